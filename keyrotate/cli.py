@@ -1,0 +1,208 @@
+"""The command line: parse, call the library, render text or --json. Nothing else."""
+
+from __future__ import annotations
+
+import functools
+import signal
+import sys
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import click
+
+from keyrotate import __version__, render
+from keyrotate.crypto.codecs import FORMATS, MODES
+from keyrotate.errors import EXIT_FAILURES, EXIT_INCOMPLETE, KeyrotateError
+from keyrotate.progress_bar import progress_for
+from keyrotate.store import open_store
+from keyrotate.store.base import RowStore
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """KeyrotateError -> one line on stderr and its exit code; never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KeyrotateError as e:
+            click.echo(f"keyrotate: error: {e}", err=True)
+            sys.exit(e.exit_code)
+
+    return wrapper
+
+
+def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def opened(db: str) -> Iterator[RowStore]:
+    store = open_store(db)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def finish(result: dict[str, Any], as_json: bool, text: str, code: int) -> None:
+    if as_json:
+        render.emit_json(result)
+    else:
+        click.echo(text)
+    sys.exit(code)
+
+
+db_option = click.option("--db", required=True, metavar="URL",
+                         help="file:PATH, libsql://, http(s)://, ws(s)://")
+target_option = click.option("--target", required=True, metavar="TABLE.COLUMN",
+                             help="The encrypted column.")
+key_column_option = click.option("--key-column", metavar="COL",
+                                 help="Unique column to page by (default: the primary key).")
+format_option = click.option("--format", "fmt", type=click.Choice(FORMATS),
+                             default="tminus-envelope", show_default=True)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+batch_option = click.option("--batch-size", type=click.IntRange(1, 50_000), default=1000,
+                            show_default=True)
+workers_option = click.option("--workers", type=click.IntRange(0, 64), default=None,
+                              help="Crypto processes (default: 0 for small tables, else 2).")
+
+
+@click.group()
+@click.version_option(__version__, prog_name="keyrotate")
+def main() -> None:
+    """Safe secret rotation and key migration for Cloudflare Workers + D1.
+
+    Keys are always given as references (env:NAME, file:PATH, dotenv:PATH#NAME,
+    keyring:SERVICE#NAME, vault:MOUNT/PATH#FIELD@VERSION), never as values.
+    """
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+
+
+@main.command()
+@db_option
+@target_option
+@click.option("--old-key", required=True, metavar="REF", help="Reference to the key being retired.")
+@click.option("--new-key", required=True, metavar="REF", help="Reference to the new key.")
+@key_column_option
+@format_option
+@click.option("--mode", type=click.Choice(MODES), default="rewrap", show_default=True,
+              help="rewrap: new key wraps the same DEK. fresh-dek: new DEK and IV (compromise).")
+@batch_option
+@workers_option
+@click.option("--dry-run", is_flag=True, help="Read and decrypt everything, write nothing.")
+@json_option
+@handle_errors
+def reencrypt(db: str, target: str, old_key: str, new_key: str, key_column: str | None,
+              fmt: str, mode: str, batch_size: int, workers: int | None, dry_run: bool,
+              as_json: bool) -> None:
+    """Move every row of TABLE.COLUMN from the old key to the new key.
+
+    Resumable: running the same command again continues an unfinished run, and rows
+    already under the new key are never rewritten. Exit 0 done, 1 some rows failed
+    (listed, left untouched), 2 usage error, 3 interrupted (run again).
+    """
+    from keyrotate.engine.reencrypt import ReencryptOptions
+    from keyrotate.engine.reencrypt import reencrypt as run_reencrypt
+    from keyrotate.keys_from_refs import codec_from_refs
+    from keyrotate.store.base import resolve_target
+
+    codec = codec_from_refs(fmt, new_key, old_key, mode)
+    with opened(db) as store:
+        tgt = resolve_target(store, target, key_column)
+        options = ReencryptOptions(fmt=fmt, mode=mode, batch_size=batch_size, dry_run=dry_run,
+                                   workers=workers)
+        result = run_reencrypt(store, tgt, codec, options, progress_for(tgt.name)).as_dict()
+    code = EXIT_FAILURES if result["rows_failed"] else 0
+    if result["rows_unsettled"] and not code:
+        code = EXIT_INCOMPLETE
+    finish(result, as_json, render.reencrypt_text(result), code)
+
+
+@main.command()
+@db_option
+@target_option
+@click.option("--key", required=True, metavar="REF", help="Reference to the key rows should open under.")
+@click.option("--old-key", metavar="REF", help="Also count rows still under this key.")
+@key_column_option
+@format_option
+@batch_option
+@workers_option
+@json_option
+@handle_errors
+def verify(db: str, target: str, key: str, old_key: str | None, key_column: str | None,
+           fmt: str, batch_size: int, workers: int | None, as_json: bool) -> None:
+    """Census of TABLE.COLUMN: rows ok under --key, old, null, failed.
+
+    Exit 0 only if no row failed and none is under the old key.
+    """
+    from keyrotate.engine.verify import verify as run_verify
+    from keyrotate.keys_from_refs import codec_from_refs
+    from keyrotate.store.base import resolve_target
+
+    codec = codec_from_refs(fmt, key, old_key, "rewrap", new_flag="--key")
+    with opened(db) as store:
+        tgt = resolve_target(store, target, key_column)
+        census = run_verify(store, tgt, codec, batch_size, workers, progress_for(tgt.name))
+    result = census.as_dict()
+    finish(result, as_json, render.verify_text(result), 0 if census.clean else EXIT_FAILURES)
+
+
+@main.command()
+@db_option
+@click.argument("run_id", required=False)
+@json_option
+@handle_errors
+def runs(db: str, run_id: str | None, as_json: bool) -> None:
+    """List reencrypt runs from the journal, or show one run with its failed rows."""
+    from keyrotate.engine.journal import list_runs, run_failures
+    from keyrotate.errors import ConfigError
+
+    with opened(db) as store:
+        found = list_runs(store, run_id)
+        if run_id:
+            if not found:
+                raise ConfigError(f"no run {run_id!r} in {db}")
+            one = dict(found[0], failures=run_failures(store, run_id))
+            text = render.runs_text(found) + "\n" + "\n".join(
+                render.failure_lines(one["failures"], int(one["rows_failed"])))
+            finish(one, as_json, text.rstrip(), 0)
+    finish({"runs": found}, as_json, render.runs_text(found), 0)
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["base64", "hex", "fernet"]), default="base64",
+              show_default=True, help="base64 like `openssl rand -base64 32`; hex = 64 hex chars.")
+@click.option("--bytes", "nbytes", type=int, default=32, show_default=True)
+@click.option("--to", "to", metavar="REF", help="Write the key into a store instead of printing it.")
+@handle_errors
+def keygen(fmt: str, nbytes: int, to: str | None) -> None:
+    """Make a new random secret. With --to it is stored and never printed."""
+    from keyrotate.keygen import generate, write_new_secret
+
+    value = generate(fmt, nbytes)
+    if to is None:
+        click.echo(value)
+        return
+    where = write_new_secret(to, value)
+    render.say(f"wrote a new {nbytes}-byte {fmt} secret to {where}")
+
+
+@main.command()
+@click.option("--rows", type=click.IntRange(1, 10_000_000), default=10_000, show_default=True)
+@click.option("--dir", "directory", default="keyrotate-demo", show_default=True,
+              help="Where the demo database and its .env go (replaced if present).")
+@click.option("--workers", type=click.IntRange(0, 64), default=None)
+@json_option
+@handle_errors
+def demo(rows: int, directory: str, workers: int | None, as_json: bool) -> None:
+    """Build a local database of synthetic accounts, rotate its master key, verify it."""
+    from keyrotate.demo_run import run_demo
+
+    result = run_demo(rows, directory, workers, say=render.say)
+    text = "\n".join(result.pop("text_lines"))
+    finish(result, as_json, text, 0 if result["clean"] else EXIT_FAILURES)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Pure cryptography: key derivation, key ids and the stored-value codecs. No I/O here."""

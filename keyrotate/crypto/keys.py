@@ -1,0 +1,59 @@
+"""Master keys exactly as the Workers derive them, and their non-secret identifiers.
+
+The Workers turn the MASTER_KEY secret string into an AES-256 key like this: a string of
+exactly 64 hex characters is the raw 32-byte key; any other string is hashed with SHA-256
+over its UTF-8 bytes. keyrotate must do the same or rotated rows would not open.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass, field
+
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+_KID_LABEL = b"keyrotate key id v1"
+
+
+def derive_master_key(secret: str) -> bytes:
+    """The 32-byte AES key the Workers derive from the secret string."""
+    if not isinstance(secret, str):
+        raise TypeError("a master key secret is a str")
+    if not secret:
+        raise ValueError("a master key secret must not be empty")
+    if _HEX64.fullmatch(secret):
+        return bytes.fromhex(secret)
+    return hashlib.sha256(secret.encode("utf-8")).digest()
+
+
+def key_id(raw_key: bytes) -> str:
+    """A short, stable, one-way identifier of a key: safe to store and to print.
+
+    HMAC keyed by the key itself, so the id reveals nothing about the key and cannot be
+    computed without it. 12 hex characters: collisions among a handful of keys are
+    negligible, and a wrong guess costs only a trial decryption.
+    """
+    if len(raw_key) == 0:
+        raise ValueError("empty key")
+    return hmac.new(raw_key, _KID_LABEL, hashlib.sha256).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class MasterKey:
+    """A derived AES-256 master key. Its repr never shows the key."""
+
+    raw: bytes = field(repr=False)
+    kid: str
+
+    @classmethod
+    def from_secret(cls, secret: str) -> "MasterKey":
+        raw = derive_master_key(secret)
+        return cls(raw=raw, kid=key_id(raw))
+
+    def same_as(self, other: "MasterKey") -> bool:
+        """Constant-time equality of the key bytes."""
+        return hmac.compare_digest(self.raw, other.raw)
+
+    def __repr__(self) -> str:
+        return f"MasterKey(kid={self.kid!r})"

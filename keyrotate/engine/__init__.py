@@ -1,0 +1,1 @@
+"""The engine: reencrypt, verify and the checkpoint journal they share."""

@@ -1,0 +1,65 @@
+"""The one exception hierarchy of keyrotate.
+
+Every error a user can cause or meet derives from KeyrotateError and carries an exit code,
+so the CLI can print one clear line instead of a traceback. Messages never contain key
+material: they name references, tables and row ids, never values.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURES = 1
+EXIT_USAGE = 2
+EXIT_INCOMPLETE = 3
+
+
+class KeyrotateError(Exception):
+    """Root of every keyrotate error."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(KeyrotateError):
+    """Bad arguments, references, URLs or configuration (exit 2)."""
+
+
+class SecretStoreError(KeyrotateError):
+    """A secret reference could not be read or written (exit 2)."""
+
+
+class InvalidEnvelope(KeyrotateError):
+    """A stored value is malformed or opens under none of the keys tried.
+
+    Raised for hostile or corrupt data, never for programmer errors (those are
+    ValueError / TypeError). `reason` is a short, value-free explanation.
+    """
+
+    exit_code = EXIT_FAILURES
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class StoreError(KeyrotateError):
+    """The database could not be opened, read or written."""
+
+
+class CasConflict(StoreError):
+    """A compare-and-swap write found the row changed since it was read."""
+
+
+class JournalError(StoreError):
+    """keyrotate's own journal tables are missing, damaged or disagree with the data."""
+
+
+class DeployError(KeyrotateError):
+    """A wrangler or Cloudflare operation failed."""
+
+    exit_code = EXIT_FAILURES
+
+
+class Interrupted(KeyrotateError):
+    """The work stopped before finishing; running the same command again resumes it."""
+
+    exit_code = EXIT_INCOMPLETE

@@ -1,0 +1,66 @@
+"""Rendering results: one JSON object as the last line of stdout, or short text for people.
+
+Results are plain dicts built by the library; nothing here reads keys or values.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+
+def emit_json(result: dict[str, Any]) -> None:
+    click.echo(json.dumps(result, sort_keys=False, default=str))
+
+
+def say(message: str) -> None:
+    """Human progress and logs go to stderr, keeping stdout for results."""
+    click.echo(message, err=True)
+
+
+def reencrypt_text(r: dict[str, Any]) -> str:
+    lines = [
+        f"{'dry run: ' if r['dry_run'] else ''}{r['target']}: {r['status']}"
+        + (f" (run {r['run_id']}{', resumed' if r['resumed'] else ''})" if r["run_id"] else ""),
+        f"  scanned {r['rows_scanned']:,}  rewritten {r['rows_rewritten']:,}  "
+        f"already current {r['rows_already_current']:,}  null {r['rows_null']:,}  "
+        f"failed {r['rows_failed']:,}  conflicts {r['rows_conflicted']:,}",
+        f"  {r['seconds']:.2f} s"
+        + (f", {r['rows_per_second']:,} rows/s" if r["rows_per_second"] else "")
+        + f"  (mode {r['mode']}, kid {r['old_kid']} -> {r['new_kid']})",
+    ]
+    lines += failure_lines(r["failures"], r["rows_failed"])
+    if r["rows_unsettled"]:
+        lines.append(f"  {r['rows_unsettled']} rows kept changing during the run: run again")
+    return "\n".join(lines)
+
+
+def verify_text(r: dict[str, Any]) -> str:
+    verdict = "clean" if r["clean"] else "NOT clean"
+    lines = [f"{r['target']}: {verdict}: {r['rows']:,} rows, {r['ok']:,} ok (kid {r['kid']}), "
+             f"{r['old']:,} old, {r['null']:,} null, {r['failed']:,} failed"]
+    lines += failure_lines(r["failures"], r["failed"])
+    return "\n".join(lines)
+
+
+def failure_lines(failures: list[dict[str, str]], total: int) -> list[str]:
+    out = [f"  row {f['id']}: {f['reason']}" for f in failures[:20]]
+    if total > len(out):
+        out.append(f"  ... {total - len(out)} more (see `keyrotate runs RUN_ID --json`)")
+    return out
+
+
+def runs_text(runs: list[dict[str, Any]]) -> str:
+    if not runs:
+        return "no runs recorded"
+    return "\n".join(
+        f"{r['run_id']}  {r['status']:<24} {r['target']:<32} {r['mode']:<9} "
+        f"scanned {r['rows_scanned']:,} rewritten {r['rows_rewritten']:,} "
+        f"failed {r['rows_failed']:,}  started {r['started_at']}" for r in runs)
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()

@@ -1,0 +1,1 @@
+"""Secret stores: where keys live (.env files, the OS keyring, Vault / OpenBao)."""

@@ -1,0 +1,100 @@
+"""`file:` URLs: a local SQLite file (a local D1 state file is one) through the sqlite3 module.
+
+Why not libsql-client's own file client: it opens a new connection for every call and
+sets the busy timeout to 0, so any concurrent application write makes keyrotate fail
+with "database is locked" instead of waiting its turn. Here one connection waits up to
+`busy_timeout`, and each batch is one short BEGIN IMMEDIATE transaction so the
+application is never starved for long.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Sequence
+from urllib.parse import unquote, urlparse
+
+from keyrotate.errors import ConfigError, StoreError
+from keyrotate.store.base import (
+    CasWrite, ColumnInfo, Statement, Target, Value, cas_statement, columns_from_pragma,
+    quote_ident, unique_single_columns_via,
+)
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def file_url_path(url: str) -> str:
+    """The filesystem path of `file:PATH` or `file:///abs/path`."""
+    if url.startswith("file://"):
+        parsed = urlparse(url)
+        if parsed.netloc not in ("", "localhost"):
+            raise ConfigError(f"a file: URL cannot name a host: {url}")
+        return unquote(parsed.path)
+    path = url[len("file:"):]
+    if not path:
+        raise ConfigError("file: URL without a path")
+    return path
+
+
+def _text(data: bytes) -> str:
+    # Invalid UTF-8 in a TEXT cell must not abort the scan; surrogates mark it for the codec.
+    return data.decode("utf-8", "surrogateescape")
+
+
+class SqliteFileStore:
+    """A row store over one SQLite file. Never creates a database that does not exist."""
+
+    def __init__(self, url: str):
+        path = file_url_path(url)
+        self.display_url = url
+        self.path = path
+        if not os.path.isfile(path):
+            raise ConfigError(f"database file not found: {path} "
+                              "(keyrotate never creates an empty database)")
+        try:
+            # mode=rw: fail rather than create; isolation_level=None: we say BEGIN ourselves
+            self.conn = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=rw", uri=True,
+                                        isolation_level=None, check_same_thread=False,
+                                        timeout=BUSY_TIMEOUT_MS / 1000)
+            self.conn.text_factory = _text
+            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise ConfigError(f"cannot open {path} as an SQLite database: {e}") from None
+
+    def columns(self, table: str) -> list[ColumnInfo]:
+        return columns_from_pragma(self.query(f"PRAGMA table_info({quote_ident(table)})"))
+
+    def unique_single_columns(self, table: str) -> set[str]:
+        return unique_single_columns_via(self, table)
+
+    def query(self, sql: str, params: Sequence[Value] = ()) -> list[tuple[Value, ...]]:
+        try:
+            return self.conn.execute(sql, tuple(params)).fetchall()
+        except sqlite3.Error as e:
+            raise StoreError(f"query failed on {self.display_url}: {e}") from None
+
+    def apply(self, writes: Sequence[CasWrite], target: Target | None,
+              statements: Sequence[Statement]) -> list[bool]:
+        """CAS writes, then journal statements, in one immediate transaction."""
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                hits = []
+                for w in writes:
+                    st = cas_statement(target, w)  # type: ignore[arg-type]
+                    hits.append(conn.execute(st.sql, st.params).rowcount == 1)
+                for st in statements:
+                    conn.execute(st.sql, st.params)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise StoreError(f"write failed on {self.display_url}: {e}") from None
+        return hits
+
+    def close(self) -> None:
+        self.conn.close()

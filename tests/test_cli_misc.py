@@ -1,0 +1,73 @@
+"""keygen, runs, demo, and the CLI's contract (help, --json last line, no tracebacks)."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from keyrotate.cli import main
+from keyrotate.refs import resolve
+
+from tests.helpers import file_mode, last_json, run_cli
+
+
+def test_keygen_prints_openssl_style_base64_and_hex():
+    b64 = run_cli("keygen").output.strip()
+    assert len(base64.b64decode(b64, validate=True)) == 32
+    hexkey = run_cli("keygen", "--format", "hex").output.strip()
+    assert len(bytes.fromhex(hexkey)) == 32 and len(hexkey) == 64
+    assert run_cli("keygen").output.strip() != b64
+
+
+def test_keygen_to_file_and_dotenv_never_prints_and_never_overwrites(tmp_path):
+    f = tmp_path / "master.key"
+    res = run_cli("keygen", "--to", f"file:{f}")
+    assert res.exit_code == 0
+    value = resolve(f"file:{f}")
+    assert value not in res.output and file_mode(f) == 0o600
+    again = run_cli("keygen", "--to", f"file:{f}")
+    assert again.exit_code == 2 and "refusing to overwrite" in again.output
+    assert resolve(f"file:{f}") == value
+
+    env = tmp_path / ".env"
+    env.write_text("# app settings\nAPI_URL=https://x\n")
+    res = run_cli("keygen", "--format", "hex", "--to", f"dotenv:{env}#MASTER_KEY")
+    assert res.exit_code == 0
+    assert env.read_text().startswith("# app settings\nAPI_URL=https://x\nMASTER_KEY=")
+    assert resolve(f"dotenv:{env}#MASTER_KEY") not in res.output and file_mode(env) == 0o600
+
+
+def test_keygen_to_env_is_refused():
+    res = run_cli("keygen", "--to", "env:X")
+    assert res.exit_code == 2 and "read-only" in res.output
+
+
+def test_demo_rotates_and_verifies(tmp_path):
+    res = run_cli("demo", "--rows", "400", "--dir", str(tmp_path / "d"), "--json")
+    assert res.exit_code == 0, res.output
+    out = last_json(res.output)
+    assert out["clean"] and out["verify"]["ok"] == 400 and out["reencrypt"]["rows_rewritten"] == 400
+    assert file_mode(tmp_path / "d" / ".env") == 0o600
+    # the printed commands work as printed: a re-run finds nothing to do
+    cmd = out["commands"][0].split()[1:]
+    again = run_cli(*cmd, "--json")
+    assert again.exit_code == 0 and last_json(again.output)["rows_rewritten"] == 0
+
+
+def test_runs_on_a_database_without_journal(ref_db):
+    db = ref_db(3)
+    res = run_cli("runs", "--db", f"file:{db}", "--json")
+    assert res.exit_code == 0 and last_json(res.output) == {"runs": []}
+    res = run_cli("runs", "--db", f"file:{db}", "r-nope")
+    assert res.exit_code == 2 and "no run" in res.output
+
+
+@pytest.mark.parametrize("command", ["reencrypt", "verify", "runs", "keygen", "demo"])
+def test_every_command_has_help(command):
+    res = run_cli(command, "--help")
+    assert res.exit_code == 0 and "Usage:" in res.output
+
+
+def test_console_script_is_declared():
+    assert main.name == "main" and set(main.commands) >= {"reencrypt", "verify", "runs", "keygen", "demo"}

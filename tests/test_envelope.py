@@ -1,0 +1,173 @@
+"""The tminus envelope codec: derivations, rewrap, fresh-dek, and hostile input."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from keyrotate.crypto import envelope as E
+from keyrotate.crypto.codecs import EnvelopeCodec, make_codec
+from keyrotate.crypto.keys import MasterKey, derive_master_key, key_id
+from keyrotate.errors import InvalidEnvelope
+
+from tests.helpers import NEW_SECRET, OLD_SECRET
+
+OLD, NEW = MasterKey.from_secret(OLD_SECRET), MasterKey.from_secret(NEW_SECRET)
+
+
+def test_hex64_is_raw_key_and_anything_else_is_sha256():
+    assert derive_master_key(NEW_SECRET) == bytes.fromhex(NEW_SECRET)
+    assert derive_master_key(NEW_SECRET.upper()) == bytes.fromhex(NEW_SECRET)
+    assert derive_master_key(OLD_SECRET) == hashlib.sha256(OLD_SECRET.encode()).digest()
+    # 63 or 65 hex characters are "any other string"
+    assert derive_master_key(NEW_SECRET[:-1]) == hashlib.sha256(NEW_SECRET[:-1].encode()).digest()
+    assert derive_master_key(NEW_SECRET + "0") == hashlib.sha256((NEW_SECRET + "0").encode()).digest()
+    assert derive_master_key("ключ") == hashlib.sha256("ключ".encode("utf-8")).digest()
+
+
+def test_programmer_errors_are_value_and_type_errors():
+    with pytest.raises(TypeError):
+        derive_master_key(b"bytes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        derive_master_key("")
+    with pytest.raises(ValueError):
+        make_codec("tminus-envelope", NEW_SECRET, NEW_SECRET)
+    with pytest.raises(ValueError):
+        make_codec("rot13", NEW_SECRET, OLD_SECRET)
+
+
+def test_key_id_is_short_stable_and_not_the_key():
+    kid = key_id(NEW.raw)
+    assert kid == NEW.kid and len(kid) == 12
+    assert kid not in NEW_SECRET and kid != key_id(OLD.raw)
+    assert NEW_SECRET not in repr(NEW) and "raw" not in repr(NEW)
+
+
+def _fields(value: str) -> dict:
+    return json.loads(value)
+
+
+@settings(max_examples=60, deadline=None)
+@given(payload=st.binary(max_size=2048), with_kid=st.booleans())
+def test_rewrap_keeps_iv_and_ciphertext_and_only_new_key_opens(payload: bytes, with_kid: bool):
+    sealed = E.seal(payload, OLD, with_kid=with_kid)
+    codec = EnvelopeCodec(new=NEW, old=OLD, mode="rewrap")
+    rotated = codec.rotate(sealed)
+    assert rotated is not None
+    a, b = _fields(sealed), _fields(rotated)
+    assert (a["iv"], a["ciphertext"]) == (b["iv"], b["ciphertext"])
+    assert a["dekIv"] != b["dekIv"] and a["encryptedDek"] != b["encryptedDek"]
+    assert b["kid"] == NEW.kid
+    env = E.parse(rotated)
+    assert E.unwrap_dek(env, OLD) is None
+    assert E.open_payload(env, E.unwrap_dek(env, NEW)) == payload
+    assert codec.rotate(rotated) is None  # already current: never rewritten again
+    assert codec.census(rotated) == "ok" and codec.census(sealed) == "old"
+
+
+@settings(max_examples=40, deadline=None)
+@given(payload=st.binary(max_size=2048))
+def test_fresh_dek_changes_dek_and_iv_not_payload(payload: bytes):
+    sealed = E.seal(payload, OLD, with_kid=False)
+    rotated = EnvelopeCodec(new=NEW, old=OLD, mode="fresh-dek").rotate(sealed)
+    a, b = _fields(sealed), _fields(rotated)
+    assert a["iv"] != b["iv"] and a["ciphertext"] != b["ciphertext"]
+    old_dek = E.unwrap_dek(E.parse(sealed), OLD)
+    new_dek = E.unwrap_dek(E.parse(rotated), NEW)
+    assert old_dek != new_dek
+    assert E.open_payload(E.parse(rotated), new_dek) == payload
+
+
+def test_field_order_and_format_match_the_workers():
+    value = E.seal(b"x", NEW, with_kid=False)
+    assert list(_fields(value)) == ["iv", "ciphertext", "encryptedDek", "dekIv"]
+    rotated = EnvelopeCodec(new=OLD, old=NEW).rotate(value)
+    assert list(_fields(rotated)) == ["iv", "ciphertext", "encryptedDek", "dekIv", "kid"]
+    for f in ("iv", "ciphertext", "encryptedDek", "dekIv"):
+        raw = _fields(rotated)[f]
+        assert base64.b64encode(base64.b64decode(raw)).decode() == raw  # standard, padded
+
+
+def test_unknown_fields_are_kept_and_escaped():
+    obj = _fields(E.seal(b"x", OLD, with_kid=False))
+    obj["note"] = 'quote " and \\ and \u2028'
+    rotated = EnvelopeCodec(new=NEW, old=OLD).rotate(json.dumps(obj))
+    assert _fields(rotated)["note"] == obj["note"]
+
+
+def test_a_lying_kid_does_not_fool_classification():
+    obj = _fields(E.seal(b"x", OLD, with_kid=False))
+    obj["kid"] = NEW.kid  # claims the new key, is under the old one
+    codec = EnvelopeCodec(new=NEW, old=OLD)
+    assert codec.census(json.dumps(obj)) == "old"
+    assert codec.rotate(json.dumps(obj)) is not None
+
+
+def _b64(n: int) -> str:
+    return base64.b64encode(b"\0" * n).decode()
+
+
+def _good() -> dict:
+    return _fields(E.seal(b'{"access_token":"a"}', OLD, with_kid=False))
+
+
+HOSTILE = {
+    "not json": ("{nope", "not valid JSON"),
+    "json array": ("[1,2]", "not an object"),
+    "empty": ("", "empty string"),
+    "missing field": (json.dumps({k: v for k, v in _good().items() if k != "dekIv"}), "missing field dekIv"),
+    "bad base64": (json.dumps(dict(_good(), iv="!!!notbase64")), "iv is not valid base64"),
+    "unpadded base64": (json.dumps(dict(_good(), iv=_b64(11).rstrip("="))), "iv is not valid base64"),
+    "iv 16 bytes": (json.dumps(dict(_good(), iv=_b64(16))), "iv is 16 bytes"),
+    "dekIv 8 bytes": (json.dumps(dict(_good(), dekIv=_b64(8))), "dekIv is 8 bytes"),
+    "dek 16 bytes": (json.dumps(dict(_good(), encryptedDek=_b64(32))), "encryptedDek is 32 bytes"),
+    "truncated tag": (json.dumps(dict(_good(), ciphertext=_b64(10))), "shorter than the GCM tag"),
+    "number field": (json.dumps(dict(_good(), iv=12)), "iv is not a string"),
+    "third key": (E.seal(b"x", MasterKey.from_secret("third"), with_kid=False), "neither"),
+    "kid not string": (json.dumps(dict(_good(), kid=5)), "kid is not a string"),
+    "blob": (b"\x00\x01", "BLOB"),
+    "integer": (42, "int"),
+    "deep nesting": ("[" * 100000 + "]" * 100000, "JSON"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_values_raise_invalid_envelope_with_a_reason(name: str):
+    value, reason = HOSTILE[name]
+    codec = EnvelopeCodec(new=NEW, old=OLD)
+    with pytest.raises(InvalidEnvelope) as err:
+        codec.rotate(value)
+    if reason:
+        assert reason in err.value.reason
+    assert OLD_SECRET not in str(err.value) and NEW_SECRET not in str(err.value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=300), st.binary(max_size=300),
+                 st.dictionaries(st.sampled_from(["iv", "ciphertext", "encryptedDek", "dekIv", "kid", "x"]),
+                                 st.one_of(st.text(max_size=40), st.integers(), st.none()))
+                 .map(json.dumps)))
+def test_any_input_either_rotates_or_raises_invalid_envelope(value):
+    codec = EnvelopeCodec(new=NEW, old=OLD)
+    try:
+        codec.rotate(value)
+    except InvalidEnvelope:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0), st.integers(min_value=0, max_value=7))
+def test_any_single_bit_flip_is_detected(pos: int, bit: int):
+    sealed = E.seal(b"payload", OLD, with_kid=False)
+    obj = _fields(sealed)
+    name = ["iv", "ciphertext", "encryptedDek", "dekIv"][pos % 4]
+    raw = bytearray(base64.b64decode(obj[name]))
+    raw[pos % len(raw)] ^= 1 << bit
+    obj[name] = base64.b64encode(bytes(raw)).decode()
+    codec = EnvelopeCodec(new=NEW, old=OLD)
+    with pytest.raises(InvalidEnvelope):
+        codec.census(json.dumps(obj))

@@ -1,0 +1,244 @@
+"""reencrypt / verify on SQLite files: the issue's acceptance criteria, end to end."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+
+import pytest
+
+from keyrotate.crypto.keys import MasterKey
+from keyrotate.engine.reencrypt import ReencryptOptions, reencrypt
+from keyrotate.errors import Interrupted
+from keyrotate.keys_from_refs import codec_from_refs
+from keyrotate.store import open_store
+from keyrotate.store.base import resolve_target
+
+from tests.helpers import NEW_SECRET, OLD_SECRET, last_json, open_value, rows_of, run_cli
+
+
+def _reencrypt(db, keys, *extra):
+    return run_cli("reencrypt", "--db", f"file:{db}", "--target", "accounts.encrypted_tokens",
+                   "--old-key", keys["old"], "--new-key", keys["new"], "--json", *extra)
+
+
+def _payloads(db, secret):
+    return {k: open_value(v.decode(), secret) for k, v in rows_of(db).items() if v is not None}
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_rewrap_moves_every_row_and_keeps_iv_and_ciphertext(ref_db, keys_env, workers):
+    db = ref_db(1200, null_every=100)
+    before = rows_of(db)
+    payloads = _payloads(db, OLD_SECRET)
+    res = _reencrypt(db, keys_env, "--workers", workers, "--batch-size", "100")
+    assert res.exit_code == 0, res.output
+    out = last_json(res.output)
+    assert out["status"] == "completed"
+    assert out["rows_scanned"] == 1200 and out["rows_null"] == 12
+    assert out["rows_rewritten"] == 1188 and out["rows_failed"] == 0
+    assert _payloads(db, NEW_SECRET) == payloads
+    for key, value in rows_of(db).items():
+        if value is None:
+            assert before[key] is None
+            continue
+        old, new = json.loads(before[key]), json.loads(value)
+        assert (old["iv"], old["ciphertext"]) == (new["iv"], new["ciphertext"])
+        assert new["kid"] == MasterKey.from_secret(NEW_SECRET).kid
+        assert open_value(value.decode(), OLD_SECRET) is None
+
+    verify = run_cli("verify", "--db", f"file:{db}", "--target", "accounts.encrypted_tokens",
+                     "--key", keys_env["new"], "--old-key", keys_env["old"], "--json")
+    assert verify.exit_code == 0, verify.output
+    census = last_json(verify.output)
+    assert (census["rows"], census["ok"], census["old"], census["null"], census["failed"]) == (1200, 1188, 0, 12, 0)
+
+    again = last_json(_reencrypt(db, keys_env).output)
+    assert again["rows_rewritten"] == 0 and again["rows_already_current"] == 1188
+    assert again["run_id"] != out["run_id"] and not again["resumed"]
+
+
+def test_fresh_dek_changes_dek_and_iv_keeps_payload(ref_db, keys_env):
+    db = ref_db(300)
+    before, payloads = rows_of(db), _payloads(db, OLD_SECRET)
+    res = _reencrypt(db, keys_env, "--mode", "fresh-dek")
+    assert res.exit_code == 0 and last_json(res.output)["rows_rewritten"] == 300
+    assert _payloads(db, NEW_SECRET) == payloads
+    for key, value in rows_of(db).items():
+        old, new = json.loads(before[key]), json.loads(value)
+        assert old["iv"] != new["iv"] and old["ciphertext"] != new["ciphertext"]
+        assert old["encryptedDek"] != new["encryptedDek"]
+
+
+def test_verify_counts_old_rows_and_fails(ref_db, keys_env):
+    db = ref_db(50)
+    res = run_cli("verify", "--db", f"file:{db}", "--target", "accounts.encrypted_tokens",
+                  "--key", keys_env["new"], "--old-key", keys_env["old"], "--json")
+    assert res.exit_code == 1
+    assert last_json(res.output)["old"] == 50
+    res = run_cli("verify", "--db", f"file:{db}", "--target", "accounts.encrypted_tokens",
+                  "--key", keys_env["new"], "--json")
+    census = last_json(res.output)
+    assert res.exit_code == 1 and census["failed"] == 50
+
+
+def test_malformed_rows_reported_untouched_others_rotated(ref_db, keys_env):
+    db = ref_db(200)
+    conn = sqlite3.connect(db)
+    bad = {"acc_00000003": "{not json", "acc_00000050": "", "acc_00000120": '{"iv":"x"}'}
+    for k, v in bad.items():
+        conn.execute("UPDATE accounts SET encrypted_tokens = ? WHERE account_id = ?", (v, k))
+    conn.execute("UPDATE accounts SET encrypted_tokens = NULL WHERE account_id = 'acc_00000007'")
+    conn.commit()
+    conn.close()
+    before = rows_of(db)
+    res = _reencrypt(db, keys_env, "--batch-size", "64")
+    assert res.exit_code == 1, res.output
+    out = last_json(res.output)
+    assert out["rows_failed"] == 3 and out["rows_null"] == 1 and out["rows_rewritten"] == 196
+    assert out["status"] == "completed_with_failures"
+    reasons = {f["id"]: f["reason"] for f in out["failures"]}
+    assert reasons == {"acc_00000003": "value is not valid JSON",
+                       "acc_00000050": "value is an empty string",
+                       "acc_00000120": "missing field ciphertext, encryptedDek, dekIv"}
+    after = rows_of(db)
+    for k in bad:
+        assert after[k] == before[k]  # byte-identical
+    shown = run_cli("runs", "--db", f"file:{db}", out["run_id"], "--json")
+    assert {f["id"] for f in last_json(shown.output)["failures"]} == set(bad)
+
+
+def test_dry_run_writes_nothing_not_even_the_journal(ref_db, keys_env):
+    db = ref_db(120)
+    digest = hashlib.sha256(db.read_bytes()).hexdigest()
+    res = _reencrypt(db, keys_env, "--dry-run")
+    assert res.exit_code == 0
+    out = last_json(res.output)
+    assert out["dry_run"] and out["rows_rewritten"] == 120 and out["run_id"] is None
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == digest
+    tables = {r[0] for r in sqlite3.connect(db).execute("SELECT name FROM sqlite_master")}
+    assert not any(t.startswith("keyrotate") for t in tables)
+
+
+class _StopAfter:
+    """A progress sink that interrupts the run after n batches, like Ctrl-C would."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def start(self, total: int) -> None:
+        pass
+
+    def advance(self, rows: int) -> None:
+        self.n -= 1
+        if self.n == 0:
+            raise KeyboardInterrupt
+
+    def close(self) -> None:
+        pass
+
+
+def test_interrupted_run_resumes_where_it_stopped(ref_db, keys_env):
+    db = ref_db(1000)
+    codec = codec_from_refs("tminus-envelope", keys_env["new"], keys_env["old"])
+    store = open_store(f"file:{db}")
+    target = resolve_target(store, "accounts.encrypted_tokens", None)
+    with pytest.raises(Interrupted):
+        reencrypt(store, target, codec, ReencryptOptions(batch_size=100, workers=0), _StopAfter(3))
+    store.close()
+    done = sum(open_value(v.decode(), NEW_SECRET) is not None for v in rows_of(db).values())
+    assert done == 300  # three committed batches, nothing else
+
+    res = _reencrypt(db, keys_env, "--batch-size", "100")
+    out = last_json(res.output)
+    assert res.exit_code == 0 and out["resumed"]
+    assert out["rows_scanned"] == 1000 and out["rows_rewritten"] == 1000  # counters span the run
+    assert all(open_value(v.decode(), NEW_SECRET) for v in rows_of(db).values())
+    runs = last_json(run_cli("runs", "--db", f"file:{db}", "--json").output)["runs"]
+    assert len(runs) == 1 and runs[0]["status"] == "completed" and runs[0]["batches"] == 10
+
+
+class _Meddler:
+    """Wraps a store: just before a batch is written, another connection changes a row."""
+
+    def __init__(self, store, db, victim, new_value):
+        self.store, self.db, self.victim, self.new_value = store, db, victim, new_value
+        self.done = False
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def apply(self, writes, target, statements):
+        if not self.done and any(w.key == self.victim for w in writes):
+            self.done = True
+            other = sqlite3.connect(self.db)
+            other.execute("UPDATE accounts SET encrypted_tokens = ? WHERE account_id = ?",
+                          (self.new_value, self.victim))
+            other.commit()
+            other.close()
+        return self.store.apply(writes, target, statements)
+
+
+def test_concurrent_write_is_not_lost_and_is_picked_up_again(ref_db, keys_env):
+    from keyrotate.crypto.envelope import seal
+
+    db = ref_db(300)
+    app_value = seal(b'{"access_token":"written by the app"}', MasterKey.from_secret(OLD_SECRET),
+                     with_kid=False)
+    codec = codec_from_refs("tminus-envelope", keys_env["new"], keys_env["old"])
+    store = _Meddler(open_store(f"file:{db}"), db, "acc_00000150", app_value)
+    target = resolve_target(store.store, "accounts.encrypted_tokens", None)
+    result = reencrypt(store, target, codec, ReencryptOptions(batch_size=100, workers=0))
+    assert result.counts.rows_conflicted == 1
+    assert result.counts.rows_rewritten == 300
+    value = rows_of(db)["acc_00000150"].decode()
+    assert open_value(value, NEW_SECRET) == b'{"access_token":"written by the app"}'
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--target", "nosuch.encrypted_tokens"], "table 'nosuch' does not exist"),
+    (["--target", "accounts.nosuch"], "column 'nosuch' does not exist"),
+    (["--target", "accounts"], "must be TABLE.COLUMN"),
+    (["--old-key", OLD_SECRET], "literal keys are refused"),
+    (["--old-key", "env:KR_UNSET_VARIABLE"], "env:KR_UNSET_VARIABLE is not set"),
+    (["--old-key", "file:/nonexistent/key"], "does not exist"),
+    (["--old-key", "env:KR_NEW"], "name the same key"),
+    (["--db", "file:/nonexistent/x.db"], "database file not found"),
+    (["--db", "postgres://x"], "unsupported database URL"),
+    (["--key-column", "user_id"], "neither the primary key nor"),
+])
+def test_bad_arguments_exit_2_with_one_line(ref_db, keys_env, args, message):
+    db = ref_db(5)
+    base = {"--db": f"file:{db}", "--target": "accounts.encrypted_tokens",
+            "--old-key": keys_env["old"], "--new-key": keys_env["new"]}
+    for i in range(0, len(args), 2):
+        base[args[i]] = args[i + 1]
+    argv = ["reencrypt"] + [x for kv in base.items() for x in kv]
+    res = run_cli(*argv)
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert "Traceback" not in res.output and OLD_SECRET not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_composite_and_missing_primary_keys_need_key_column(tmp_path, keys_env):
+    db = tmp_path / "c.db"
+    conn = sqlite3.connect(db)
+    conn.executescript("CREATE TABLE c (a TEXT, b TEXT, v TEXT, PRIMARY KEY (a, b));"
+                       "CREATE TABLE n (a TEXT UNIQUE, v TEXT);")
+    conn.close()
+    for target, msg in (("c.v", "composite primary key"), ("n.v", "has no primary key")):
+        res = run_cli("reencrypt", "--db", f"file:{db}", "--target", target,
+                      "--old-key", keys_env["old"], "--new-key", keys_env["new"])
+        assert res.exit_code == 2 and msg in res.output
+    res = run_cli("reencrypt", "--db", f"file:{db}", "--target", "n.v", "--key-column", "a",
+                  "--old-key", keys_env["old"], "--new-key", keys_env["new"], "--json")
+    assert res.exit_code == 0 and last_json(res.output)["rows_scanned"] == 0
+
+
+def test_unknown_mode_is_a_usage_error(ref_db, keys_env):
+    db = ref_db(1)
+    res = run_cli("reencrypt", "--db", f"file:{db}", "--target", "accounts.encrypted_tokens",
+                  "--old-key", keys_env["old"], "--new-key", keys_env["new"], "--mode", "nope")
+    assert res.exit_code == 2 and "Invalid value for '--mode'" in res.output

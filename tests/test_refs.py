@@ -1,0 +1,72 @@
+"""Secret references: env, file, dotenv; literals refused without echoing them."""
+
+from __future__ import annotations
+
+import pytest
+
+from keyrotate.errors import ConfigError, SecretStoreError
+from keyrotate.refs import parse_ref, resolve
+from keyrotate.secrets.dotenv import add_new_entry, read_dotenv
+
+from tests.helpers import NEW_SECRET, OLD_SECRET, file_mode
+
+
+def test_env(monkeypatch):
+    monkeypatch.setenv("K1", OLD_SECRET)
+    assert resolve("env:K1") == OLD_SECRET
+    monkeypatch.delenv("K1")
+    with pytest.raises(SecretStoreError, match="env:K1 is not set"):
+        resolve("env:K1")
+
+
+def test_file_strips_exactly_one_newline(tmp_path):
+    p = tmp_path / "k"
+    p.write_text(NEW_SECRET + "\n\n")
+    assert resolve(f"file:{p}") == NEW_SECRET + "\n"
+    p.write_text(NEW_SECRET + "\r\n")
+    assert resolve(f"file:{p}") == NEW_SECRET
+    p.write_text(NEW_SECRET)
+    assert resolve(f"file:{p}") == NEW_SECRET
+    with pytest.raises(SecretStoreError, match="does not exist"):
+        resolve(f"file:{tmp_path}/missing")
+
+
+def test_dotenv_parsing(tmp_path):
+    p = tmp_path / ".env"
+    p.write_text("# comment\n\nexport A=plain # trailing comment\nB='single # kept'\n"
+                 'C="esc\\"aped\\nline"\nD = spaced \nA=second\n')
+    values = read_dotenv(str(p))
+    assert values == {"A": "second", "B": "single # kept", "C": 'esc"aped\nline', "D": "spaced"}
+    assert resolve(f"dotenv:{p}#B") == "single # kept"
+    with pytest.raises(SecretStoreError, match="Z is not set"):
+        resolve(f"dotenv:{p}#Z")
+    p.write_text("this is not a dotenv line\n")
+    with pytest.raises(SecretStoreError, match="line 1 is not NAME=value"):
+        resolve(f"dotenv:{p}#A")
+
+
+@pytest.mark.parametrize("literal", [OLD_SECRET, NEW_SECRET, "hunter2", "MASTER_KEY"])
+def test_literal_keys_are_refused_and_not_echoed(literal):
+    with pytest.raises(ConfigError) as err:
+        parse_ref(literal, "--old-key")
+    assert literal not in str(err.value)
+    assert "literal keys are refused" in str(err.value)
+
+
+def test_ref_shapes():
+    with pytest.raises(ConfigError, match="needs #NAME"):
+        parse_ref("dotenv:.env")
+    with pytest.raises(ConfigError, match="names nothing"):
+        parse_ref("env:")
+    assert str(parse_ref("vault:secret/app/MASTER_KEY#value@2")) == "vault:secret/app/MASTER_KEY#value@2"
+
+
+def test_add_new_entry_is_0600_keeps_lines_and_never_overwrites(tmp_path):
+    p = tmp_path / ".env"
+    p.write_text("# keep me\nOTHER='x'  \n")
+    add_new_entry(str(p), "MASTER_KEY", OLD_SECRET)
+    assert p.read_text() == f"# keep me\nOTHER='x'  \nMASTER_KEY={OLD_SECRET}\n"
+    assert file_mode(p) == 0o600
+    with pytest.raises(SecretStoreError, match="already set"):
+        add_new_entry(str(p), "MASTER_KEY", NEW_SECRET)
+    assert resolve(f"dotenv:{p}#MASTER_KEY") == OLD_SECRET
