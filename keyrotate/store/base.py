@@ -7,6 +7,7 @@ with journal statements in one transaction, learning which writes hit.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
@@ -76,10 +77,15 @@ class RowStore(Protocol):
 
 # --- helpers shared by every backend ----------------------------------------------------
 
-def cas_statement(target: Target, write: CasWrite) -> Statement:
+@functools.lru_cache(maxsize=64)
+def cas_sql(target: Target) -> str:
+    """UPDATE ... SET col = new WHERE key = ? AND col IS expected: the compare-and-swap."""
     t, c, k = quote_ident(target.table), quote_ident(target.column), quote_ident(target.key_column)
-    return Statement(f"UPDATE {t} SET {c} = ? WHERE {k} = ? AND {c} IS ?",
-                     (write.new, write.key, write.expected))
+    return f"UPDATE {t} SET {c} = ? WHERE {k} = ? AND {c} IS ?"
+
+
+def cas_params(write: CasWrite) -> tuple[Value, Value, Value]:
+    return (write.new, write.key, write.expected)
 
 
 def scan_sql(target: Target, first: bool) -> str:
@@ -97,14 +103,16 @@ def scan(store: RowStore, target: Target, after: Value, limit: int,
 
 def read_rows(store: RowStore, target: Target, keys: Sequence[Value]) -> list[tuple[Value, Value]]:
     """Re-read specific rows (to retry a conflict), at most 90 keys per query (D1: 100 params)."""
-    t, c, k = quote_ident(target.table), quote_ident(target.column), quote_ident(target.key_column)
     out: list[tuple[Value, Value]] = []
     for i in range(0, len(keys), 90):
         chunk = keys[i:i + 90]
-        marks = ",".join("?" * len(chunk))
-        out += [(r[0], r[1]) for r in store.query(
-            f"SELECT {k}, {c} FROM {t} WHERE {k} IN ({marks}) ORDER BY {k}", tuple(chunk))]
+        out += [(r[0], r[1]) for r in store.query(rows_by_key_sql(target, len(chunk)), tuple(chunk))]
     return out
+
+
+def rows_by_key_sql(target: Target, n: int) -> str:
+    t, c, k = quote_ident(target.table), quote_ident(target.column), quote_ident(target.key_column)
+    return f"SELECT {k}, {c} FROM {t} WHERE {k} IN ({','.join('?' * n)}) ORDER BY {k}"
 
 
 def count_after(store: RowStore, target: Target, after: Value, first: bool) -> int:

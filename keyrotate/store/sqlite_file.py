@@ -16,8 +16,8 @@ from urllib.parse import unquote, urlparse
 
 from keyrotate.errors import ConfigError, StoreError
 from keyrotate.store.base import (
-    CasWrite, ColumnInfo, Statement, Target, Value, cas_statement, columns_from_pragma,
-    quote_ident, unique_single_columns_via,
+    CasWrite, ColumnInfo, Statement, Target, Value, cas_params, cas_sql, columns_from_pragma,
+    quote_ident, rows_by_key_sql, unique_single_columns_via,
 )
 
 BUSY_TIMEOUT_MS = 30_000
@@ -36,8 +36,8 @@ def file_url_path(url: str) -> str:
     return path
 
 
-def _text(data: bytes) -> str:
-    # Invalid UTF-8 in a TEXT cell must not abort the scan; surrogates mark it for the codec.
+def _lenient_text(data: bytes) -> str:
+    """Invalid UTF-8 in a TEXT cell must not abort a scan; surrogates mark it for the codec."""
     return data.decode("utf-8", "surrogateescape")
 
 
@@ -56,7 +56,6 @@ class SqliteFileStore:
             self.conn = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=rw", uri=True,
                                         isolation_level=None, check_same_thread=False,
                                         timeout=BUSY_TIMEOUT_MS / 1000)
-            self.conn.text_factory = _text
             self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.DatabaseError as e:
@@ -70,7 +69,17 @@ class SqliteFileStore:
 
     def query(self, sql: str, params: Sequence[Value] = ()) -> list[tuple[Value, ...]]:
         try:
-            return self.conn.execute(sql, tuple(params)).fetchall()
+            try:
+                return self.conn.execute(sql, tuple(params)).fetchall()
+            except sqlite3.OperationalError as e:
+                if "decode" not in str(e):
+                    raise
+                # a cell holds invalid UTF-8: read this page again, leniently (rare, slower)
+                self.conn.text_factory = _lenient_text
+                try:
+                    return self.conn.execute(sql, tuple(params)).fetchall()
+                finally:
+                    self.conn.text_factory = str
         except sqlite3.Error as e:
             raise StoreError(f"query failed on {self.display_url}: {e}") from None
 
@@ -81,10 +90,12 @@ class SqliteFileStore:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                hits = []
-                for w in writes:
-                    st = cas_statement(target, w)  # type: ignore[arg-type]
-                    hits.append(conn.execute(st.sql, st.params).rowcount == 1)
+                hits = [True] * len(writes)
+                if writes:
+                    assert target is not None
+                    changed = conn.executemany(cas_sql(target), map(cas_params, writes)).rowcount
+                    if changed != len(writes):
+                        hits = self._landed(target, writes)
                 for st in statements:
                     conn.execute(st.sql, st.params)
                 conn.execute("COMMIT")
@@ -95,6 +106,14 @@ class SqliteFileStore:
         except sqlite3.Error as e:
             raise StoreError(f"write failed on {self.display_url}: {e}") from None
         return hits
+
+    def _landed(self, target: Target, writes: Sequence[CasWrite]) -> list[bool]:
+        """Which CAS writes hit. Exact: we still hold the write lock, nobody else wrote since."""
+        now: dict[Value, Value] = {}
+        for i in range(0, len(writes), 500):
+            chunk = [w.key for w in writes[i:i + 500]]
+            now.update(self.conn.execute(rows_by_key_sql(target, len(chunk)), chunk).fetchall())
+        return [now.get(w.key) == w.new for w in writes]
 
     def close(self) -> None:
         self.conn.close()

@@ -1,0 +1,146 @@
+"""Side-by-side benchmark: keyrotate reencrypt vs the naive in-memory loop, as whole processes.
+
+Builds one reference database per size, copies it for every run, and alternates the
+contenders so machine noise hits both alike. Reports medians and ratios, never absolute
+claims: the machines here are shared and noisy.
+
+    .venv/bin/python scripts/bench.py --rows 300000,1000000 --repeats 3
+
+Figures:
+- rewrap ratio: naive seconds / keyrotate seconds (> 1 means keyrotate is faster)
+- fresh-dek ratio: naive rewrap seconds / keyrotate fresh-dek seconds
+- journal overhead: keyrotate seconds / keyrotate-without-checkpoints seconds
+- peak RSS: largest single process (wait4 maxrss) and the whole process tree (sampled)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from keyrotate.demo import build_reference_db  # noqa: E402
+from keyrotate.keygen import generate  # noqa: E402
+
+PY = sys.executable
+TARGET = "accounts.encrypted_tokens"
+
+
+def run_process(argv: list[str], env: dict[str, str]) -> dict[str, float]:
+    """Wall seconds, max RSS of the largest process, peak RSS of the whole tree (MB)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    peak_tree = peak_one = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak_tree, peak_one
+        try:
+            p = psutil.Process(proc.pid)
+            while not stop.is_set():
+                try:
+                    sizes = [c.memory_info().rss for c in [p] + p.children(recursive=True)]
+                    peak_tree = max(peak_tree, sum(sizes))
+                    peak_one = max(peak_one, max(sizes))
+                except psutil.Error:
+                    pass
+                stop.wait(0.02)
+        except psutil.Error:
+            pass
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    seconds = time.perf_counter() - started
+    stop.set()
+    sampler.join()
+    if proc.returncode not in (0,):
+        raise RuntimeError(f"{argv[:3]} exited {proc.returncode}: {err.decode()[-2000:]}")
+    return {"seconds": seconds, "tree_mb": peak_tree / 2**20, "one_mb": peak_one / 2**20,
+            "stdout": out.decode()}
+
+
+def keyrotate_argv(db: Path, mode: str = "rewrap") -> list[str]:
+    return [PY, "-m", "keyrotate.cli", "reencrypt", "--db", f"file:{db}", "--target", TARGET,
+            "--old-key", "env:KR_OLD", "--new-key", "env:KR_NEW", "--mode", mode, "--json"]
+
+
+NO_JOURNAL = """
+import sys
+from keyrotate.engine.journal import Journal
+Journal.checkpoint = staticmethod(lambda run, delta, seconds, last_key, failures: [])
+from keyrotate.cli import main
+sys.argv = ["keyrotate"] + sys.argv[1:]
+main()
+"""
+
+
+def bench_size(rows: int, repeats: int, workdir: Path, env: dict[str, str]) -> dict:
+    master = workdir / f"ref-{rows}.db"
+    if not master.exists():
+        t = time.perf_counter()
+        build_reference_db(str(master), rows, env["KR_OLD"])
+        print(f"built {rows:,} rows in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    runs: dict[str, list[dict]] = {"keyrotate": [], "naive": [], "fresh_dek": [], "no_journal": []}
+    contenders = {
+        "keyrotate": lambda db: keyrotate_argv(db),
+        "naive": lambda db: [PY, str(ROOT / "scripts" / "naive_rewrap.py"), str(db)],
+        "fresh_dek": lambda db: keyrotate_argv(db, "fresh-dek"),
+        "no_journal": lambda db: [PY, "-c", NO_JOURNAL] + keyrotate_argv(db)[3:],
+    }
+    for rep in range(repeats):
+        order = list(contenders) if rep % 2 == 0 else list(reversed(contenders))
+        for name in order:
+            db = workdir / f"run-{rows}.db"
+            shutil.copy(master, db)
+            res = run_process(contenders[name](db), env)
+            runs[name].append(res)
+            print(f"  {rows:,} {name:<10} {res['seconds']:7.2f} s  largest process "
+                  f"{res['one_mb']:6.1f} MB  tree {res['tree_mb']:6.1f} MB",
+                  file=sys.stderr)
+            db.unlink()
+    med = {name: statistics.median(r["seconds"] for r in rs) for name, rs in runs.items()}
+    rewrap_ratios = [n["seconds"] / k["seconds"] for n, k in zip(runs["naive"], runs["keyrotate"])]
+    return {
+        "rows": rows,
+        "median_seconds": {k: round(v, 3) for k, v in med.items()},
+        "rewrap_ratio_median": round(statistics.median(rewrap_ratios), 3),
+        "rewrap_ratios": [round(r, 3) for r in rewrap_ratios],
+        "fresh_dek_ratio_vs_naive_rewrap": round(med["naive"] / med["fresh_dek"], 3),
+        "journal_overhead": round(med["keyrotate"] / med["no_journal"], 3),
+        "keyrotate_rows_per_second": round(rows / med["keyrotate"]),
+        "naive_rows_per_second": round(rows / med["naive"]),
+        "peak_tree_mb": {k: round(max(r["tree_mb"] for r in rs), 1) for k, rs in runs.items()},
+        "peak_process_mb": {k: round(max(r["one_mb"] for r in rs), 1) for k, rs in runs.items()},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", default="300000,1000000")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workdir", default=None, help="keep databases here (default: a temp dir)")
+    args = ap.parse_args()
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="keyrotate-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, KR_OLD=generate("base64"), KR_NEW=generate("hex"),
+               PYTHONPATH=str(ROOT))
+    results = [bench_size(int(n), args.repeats, workdir, env) for n in args.rows.split(",")]
+    print(json.dumps({"machine": {"cpus": os.cpu_count()}, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
