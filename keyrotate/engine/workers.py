@@ -7,9 +7,13 @@ initializer, which travels over a pipe, never through argv or the environment.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Sequence
 
@@ -19,6 +23,7 @@ from keyrotate.errors import InvalidEnvelope
 Outcome = Any  # rotate: str (new value) | None (already current) | (reason,) ; census: "ok" | "old" | (reason,)
 
 _codec: Codec | None = None
+_PR_SET_PDEATHSIG = 1
 
 
 def process_values(codec: Codec, op: str, values: Sequence[Any]) -> list[Outcome]:
@@ -36,10 +41,30 @@ def process_values(codec: Codec, op: str, values: Sequence[Any]) -> list[Outcome
     return out
 
 
-def _init_worker(codec: Codec) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """A worker must not outlive a parent killed with SIGKILL: forked workers hold both
+    ends of the task pipe, so they would never see EOF and would linger forever."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the watchdog below still works
+
+    def watchdog() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    threading.Thread(target=watchdog, name="keyrotate-parent-watchdog", daemon=True).start()
+
+
+def _init_worker(codec: Codec, parent_pid: int) -> None:
     global _codec
     _codec = codec
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    _die_with_parent(parent_pid)
 
 
 def _work(op: str, values: Sequence[Any]) -> list[Outcome]:
@@ -57,7 +82,8 @@ class CryptoRunner:
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
             self.pool = ProcessPoolExecutor(max_workers=workers,
                                             mp_context=multiprocessing.get_context(method),
-                                            initializer=_init_worker, initargs=(codec,))
+                                            initializer=_init_worker,
+                                            initargs=(codec, os.getpid()))
 
     @property
     def depth(self) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from typing import Sequence
 from urllib.parse import unquote, urlparse
 
@@ -21,6 +22,8 @@ from keyrotate.store.base import (
 )
 
 BUSY_TIMEOUT_MS = 30_000
+# When another connection is writing, keyrotate holds the write lock at most half the time.
+SHARE_WHEN_CONTENDED = 1.0
 
 
 def file_url_path(url: str) -> str:
@@ -58,6 +61,7 @@ class SqliteFileStore:
                                         timeout=BUSY_TIMEOUT_MS / 1000)
             self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            self._data_version = self._read_data_version()
         except sqlite3.DatabaseError as e:
             raise ConfigError(f"cannot open {path} as an SQLite database: {e}") from None
 
@@ -87,8 +91,10 @@ class SqliteFileStore:
               statements: Sequence[Statement]) -> list[bool]:
         """CAS writes, then journal statements, in one immediate transaction."""
         conn = self.conn
+        contended = self._read_data_version() != self._data_version
         try:
             conn.execute("BEGIN IMMEDIATE")
+            locked_at = time.monotonic()
             try:
                 hits = [True] * len(writes)
                 if writes:
@@ -99,13 +105,21 @@ class SqliteFileStore:
                 for st in statements:
                     conn.execute(st.sql, st.params)
                 conn.execute("COMMIT")
+                held = time.monotonic() - locked_at
+                self._data_version = self._read_data_version()
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as e:
             raise StoreError(f"write failed on {self.display_url}: {e}") from None
+        if contended:
+            time.sleep(min(held * SHARE_WHEN_CONTENDED, 0.5))
         return hits
+
+    def _read_data_version(self) -> int:
+        """Changes whenever another connection commits to the file (never for our own)."""
+        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
 
     def _landed(self, target: Target, writes: Sequence[CasWrite]) -> list[bool]:
         """Which CAS writes hit. Exact: we still hold the write lock, nobody else wrote since."""
