@@ -106,6 +106,11 @@ def parse(value: Any) -> Envelope:
         raise InvalidEnvelope(f"value is {type(value).__name__}, not JSON text")
     if value == "":
         raise InvalidEnvelope("value is an empty string")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: the cell held invalid UTF-8
+            raise InvalidEnvelope("value is not valid UTF-8 text") from None
     obj, kid = _fields(value)
     missing = [f for f in REQUIRED_FIELDS if f not in obj]
     if missing:

@@ -53,6 +53,10 @@ def token_bytes(value: object) -> bytes:
     try:
         return value.encode("ascii")
     except UnicodeEncodeError:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidEnvelope("value is not valid UTF-8 text") from None
         raise InvalidEnvelope("value is not a Fernet token (non-ASCII)") from None
 
 

@@ -1,0 +1,131 @@
+"""Guarantee 4: key material never reaches argv, output, errors, the journal or the JSON."""
+
+from __future__ import annotations
+
+import base64
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from keyrotate.crypto.keys import derive_master_key
+from keyrotate.demo import build_reference_db
+
+from tests.helpers import NEW_SECRET, OLD_SECRET, ROOT, last_json
+
+
+def key_forms(secret: str) -> list[bytes]:
+    """Every form a leak could take: the string, the raw key, its hex and base64 forms."""
+    raw = derive_master_key(secret)
+    forms = [secret.encode(), raw, raw.hex().encode(), raw.hex().upper().encode(),
+             base64.b64encode(raw), base64.urlsafe_b64encode(raw),
+             base64.b64encode(raw).rstrip(b"="), base64.b64encode(secret.encode())]
+    return forms
+
+
+def assert_clean(blob: bytes, where: str, secrets: list[str]) -> None:
+    for secret in secrets:
+        for form in key_forms(secret):
+            assert form not in blob, f"key material ({len(form)} bytes form) found in {where}"
+
+
+class CmdlineSampler:
+    """Reads /proc/*/cmdline of every process, over and over, while work runs."""
+
+    def __init__(self) -> None:
+        self.seen: set[bytes] = set()
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for pid in os.listdir("/proc"):
+                if pid.isdigit():
+                    try:
+                        self.seen.add(Path(f"/proc/{pid}/cmdline").read_bytes())
+                    except OSError:
+                        pass
+            self.samples += 1
+            self._stop.wait(0.003)
+
+    def __enter__(self) -> "CmdlineSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "keyrotate.cli", *args], env=env,
+                          capture_output=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_no_key_material_anywhere(tmp_path):
+    db = tmp_path / "hygiene.db"
+    build_reference_db(str(db), 60_000, OLD_SECRET)
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE accounts SET encrypted_tokens = '{bad' WHERE account_id = 'acc_00000009'")
+    conn.commit()
+    conn.close()
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(f"MASTER_KEY_NEXT={NEW_SECRET}\n")
+    env = dict(os.environ, KR_OLD=OLD_SECRET, PYTHONPATH=str(ROOT))
+    new_ref = f"dotenv:{dotenv}#MASTER_KEY_NEXT"
+    target = ["--db", f"file:{db}", "--target", "accounts.encrypted_tokens"]
+    outputs: list[tuple[str, bytes]] = []
+    with CmdlineSampler() as sampler:
+        runs = [
+            _cli(env, "reencrypt", *target, "--old-key", "env:KR_OLD", "--new-key", new_ref,
+                 "--json", "--dry-run"),
+            _cli(env, "reencrypt", *target, "--old-key", "env:KR_OLD", "--new-key", new_ref,
+                 "--json", "--workers", "2"),
+            _cli(env, "reencrypt", *target, "--old-key", "env:KR_OLD", "--new-key", new_ref,
+                 "--mode", "fresh-dek"),
+            _cli(env, "verify", *target, "--key", new_ref, "--old-key", "env:KR_OLD", "--json"),
+            _cli(env, "verify", *target, "--key", "env:KR_OLD"),
+            _cli(env, "runs", "--db", f"file:{db}", "--json"),
+            _cli(env, "reencrypt", *target, "--old-key", new_ref, "--new-key", new_ref),
+            _cli(env, "reencrypt", *target, "--old-key", "env:KR_OLD", "--new-key", "env:KR_UNSET"),
+        ]
+    assert [r.returncode for r in runs] == [1, 1, 1, 1, 1, 0, 2, 2]
+    assert last_json(runs[1].stdout.decode())["rows_rewritten"] == 59_999
+    run_id = last_json(runs[1].stdout.decode())["run_id"]
+    runs.append(_cli(env, "runs", "--db", f"file:{db}", run_id, "--json"))
+    for i, r in enumerate(runs):
+        outputs += [(f"stdout of run {i}", r.stdout), (f"stderr of run {i}", r.stderr)]
+    for where, blob in outputs:
+        assert_clean(blob, where, [OLD_SECRET, NEW_SECRET])
+
+    assert sampler.samples > 20
+    assert any(b"reencrypt" in c for c in sampler.seen), "the sampler never saw a run"
+    for cmdline in sampler.seen:
+        assert_clean(cmdline, "a process command line", [OLD_SECRET, NEW_SECRET])
+
+    conn = sqlite3.connect(db)
+    tables = [r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'keyrotate%'")]
+    assert {"keyrotate_runs", "keyrotate_checkpoints", "keyrotate_row_failures"} <= set(tables)
+    for table in tables:
+        for row in conn.execute(f"SELECT * FROM {table}"):
+            assert_clean(repr(row).encode(), f"table {table}", [OLD_SECRET, NEW_SECRET])
+    conn.close()
+    assert_clean(db.read_bytes(), "the database file", [OLD_SECRET, NEW_SECRET])
+
+
+def test_demo_output_names_references_not_keys(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    res = _cli(env, "demo", "--rows", "300", "--dir", str(tmp_path / "d"), "--json")
+    assert res.returncode == 0
+    from keyrotate.secrets.dotenv import read_dotenv
+
+    keys = list(read_dotenv(str(tmp_path / "d" / ".env")).values())
+    assert len(keys) == 2
+    assert_clean(res.stdout + res.stderr, "demo output", keys)
