@@ -34,6 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from keyrotate.demo import build_reference_db  # noqa: E402
 from keyrotate.keygen import generate  # noqa: E402
+from keyrotate.secrets.dotenv import read_dotenv  # noqa: E402
+from keyrotate.secrets.files import atomic_write_secret  # noqa: E402
 
 PY = sys.executable
 TARGET = "accounts.encrypted_tokens"
@@ -113,7 +115,7 @@ def bench_size(rows: int, repeats: int, workdir: Path, env: dict[str, str]) -> d
                   file=sys.stderr)
             db.unlink()
     med = {name: statistics.median(r["seconds"] for r in rs) for name, rs in runs.items()}
-    rewrap_ratios = [n["seconds"] / k["seconds"] for n, k in zip(runs["naive"], runs["keyrotate"])]
+    rewrap_ratios = [n["seconds"] / k["seconds"] for n, k in zip(runs["naive"], runs["keyrotate"], strict=True)]
     return {
         "rows": rows,
         "median_seconds": {k: round(v, 3) for k, v in med.items()},
@@ -136,8 +138,10 @@ def main() -> None:
     args = ap.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="keyrotate-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, KR_OLD=generate("base64"), KR_NEW=generate("hex"),
-               PYTHONPATH=str(ROOT))
+    keys = workdir / "keys.env"  # databases kept in workdir are sealed under these (0600)
+    if not keys.exists():
+        atomic_write_secret(str(keys), f"KR_OLD={generate('base64')}\nKR_NEW={generate('hex')}\n")
+    env = dict(os.environ, **read_dotenv(str(keys)), PYTHONPATH=str(ROOT))
     results = [bench_size(int(n), args.repeats, workdir, env) for n in args.rows.split(",")]
     print(json.dumps({"machine": {"cpus": os.cpu_count()}, "results": results}, indent=2))
 

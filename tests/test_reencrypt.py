@@ -170,7 +170,7 @@ class _Meddler:
         return getattr(self.store, name)
 
     def apply(self, writes, target, statements):
-        if not self.done and any(w.key == self.victim for w in writes):
+        if not self.done and any(w[1] == self.victim for w in writes):
             self.done = True
             other = sqlite3.connect(self.db)
             other.execute("UPDATE accounts SET encrypted_tokens = ? WHERE account_id = ?",

@@ -1,4 +1,4 @@
-"""Keyset pages in, crypto outcomes out, with a few pages in flight so reads, crypto and
+"""Keyset pages in, page results out, with a few pages in flight so reads, crypto and
 writes overlap. Shared by reencrypt and verify."""
 
 from __future__ import annotations
@@ -6,20 +6,14 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Iterator
 
-from keyrotate.engine.workers import CryptoRunner, Outcome
+from keyrotate.engine.workers import CryptoRunner, PageResult
 from keyrotate.store.base import RowStore, Target, Value, scan
 
-Rows = list[tuple[Value, Value]]
 
-
-def non_null_values(rows: Rows) -> list[Value]:
-    return [v for _, v in rows if v is not None]
-
-
-def pages_with_outcomes(store: RowStore, target: Target, runner: CryptoRunner, batch_size: int,
-                        after: Value = None, first: bool = True) -> Iterator[tuple[Rows, list[Outcome]]]:
-    """Yield (rows, outcomes) in key order; outcomes align with the rows' non-NULL values."""
-    inflight: deque[tuple[Rows, Any]] = deque()
+def page_results(store: RowStore, target: Target, runner: CryptoRunner, batch_size: int,
+                 after: Value = None, first: bool = True) -> Iterator[PageResult]:
+    """Yield one PageResult per keyset page, in key order."""
+    inflight: deque[Any] = deque()
     exhausted = False
     while True:
         while not exhausted and len(inflight) < runner.depth:
@@ -28,8 +22,7 @@ def pages_with_outcomes(store: RowStore, target: Target, runner: CryptoRunner, b
                 exhausted = True
                 break
             first, after = False, rows[-1][0]
-            inflight.append((rows, runner.submit(non_null_values(rows))))
+            inflight.append(runner.submit(rows))
         if not inflight:
             return
-        rows, fut = inflight.popleft()
-        yield rows, fut.result()
+        yield inflight.popleft().result()

@@ -1,6 +1,6 @@
 """Streaming re-encryption: keyset pages in, crypto in parallel, CAS batches + checkpoint out.
 
-The pipeline keeps a few pages in flight: while the workers rotate page k+1 and k+2, the
+The pipeline keeps a few pages in flight: while the workers rotate pages k+1 and k+2, the
 main process writes page k in one transaction together with its checkpoint. Memory is
 bounded by (pages in flight x page size), never by the table.
 """
@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from keyrotate.crypto.codecs import Codec
 from keyrotate.engine.journal import Counts, Journal, RunIdentity, RunState, run_failures
-from keyrotate.engine.workers import CryptoRunner, default_workers, process_values
-from keyrotate.errors import Interrupted
+from keyrotate.engine.pipeline import page_results
 from keyrotate.engine.progress import NoProgress, Progress
-from keyrotate.engine.pipeline import non_null_values, pages_with_outcomes
+from keyrotate.engine.writer import OrderedWriter
+from keyrotate.engine.workers import CryptoRunner, PageResult, default_workers, process_page
+from keyrotate.errors import Interrupted
 from keyrotate.store.base import CasWrite, RowStore, Statement, Target, Value, count_after, read_rows
 
 CONFLICT_ROUNDS = 3
@@ -60,30 +61,11 @@ def _kids(codec: Codec) -> tuple[str, str]:
     return (old.kid if old is not None else "-"), codec.new.kid  # type: ignore[attr-defined]
 
 
-class _Batcher:
-    """Turns (rows, outcomes) into CAS writes, a counts delta and failures."""
-
-    @staticmethod
-    def split(rows: Sequence[tuple[Value, Value]], outcomes: Sequence[Any]
-              ) -> tuple[list[CasWrite], Counts, list[tuple[Value, str]]]:
-        it = iter(outcomes)
-        delta = Counts(rows_scanned=len(rows))
-        writes: list[CasWrite] = []
-        fails: list[tuple[Value, str]] = []
-        for key, value in rows:
-            if value is None:
-                delta.rows_null += 1
-                continue
-            out = next(it)
-            if out is None:
-                delta.rows_already_current += 1
-            elif isinstance(out, tuple):
-                delta.rows_failed += 1
-                fails.append((key, out[0]))
-            else:
-                writes.append(CasWrite(key, out, value))
-        delta.rows_rewritten = len(writes)
-        return writes, delta, fails
+def _delta(page: PageResult) -> Counts:
+    """Counters for a page, assuming every write lands (misses are corrected after)."""
+    return Counts(rows_scanned=page.rows, rows_rewritten=len(page.writes),
+                  rows_already_current=page.current, rows_null=page.null,
+                  rows_failed=len(page.failures))
 
 
 class Reencryptor:
@@ -100,10 +82,11 @@ class Reencryptor:
     # -- writing -------------------------------------------------------------------------
     def _commit(self, run: RunState, writes: list[CasWrite], delta: Counts,
                 fails: list[tuple[Value, str]], last_key: Value | None, seconds: float) -> list[bool]:
+        """Row writes and their checkpoint in one transaction; which writes landed."""
+        run.counts.add(delta)
         if self.journal is None:
-            for key, reason in fails:
-                if len(self.listed) < LISTED_FAILURES:
-                    self.listed.append({"id": str(key), "reason": reason})
+            for key, reason in fails[:LISTED_FAILURES - len(self.listed)]:
+                self.listed.append({"id": str(key), "reason": reason})
             return [True] * len(writes)
         stmts: list[Statement] = Journal.checkpoint(run, delta, seconds, last_key, fails)
         return self.store.apply(writes, self.target, stmts)
@@ -113,19 +96,17 @@ class Reencryptor:
         for _ in range(CONFLICT_ROUNDS):
             if not missed:
                 return
-            rows = read_rows(self.store, self.target, [w.key for w in missed])
-            outcomes = process_values(self.codec, "rotate", non_null_values(rows))
-            writes, delta, fails = _Batcher.split(rows, outcomes)
+            page = process_page(self.codec, "rotate",
+                                read_rows(self.store, self.target, [w[1] for w in missed]))
+            delta = _delta(page)
             delta.rows_scanned = 0  # these rows were counted when first scanned
             delta.rows_conflicted = len(missed)
             delta.rows_rewritten -= len(missed)  # the earlier attempt did not land
-            hits = self._commit(run, writes, delta, fails, None, seconds)
-            run.counts.add(delta)
-            missed = [w for w, hit in zip(writes, hits, strict=False) if not hit]
+            hits = self._commit(run, page.writes, delta, page.failures, None, seconds)
+            missed = [w for w, hit in zip(page.writes, hits, strict=True) if not hit]
         if missed:  # still changing: leave them for the next run, correct the counters
             fix = Counts(rows_rewritten=-len(missed), rows_conflicted=len(missed))
             self._commit(run, [], fix, [], None, seconds)
-            run.counts.add(fix)
             self.unsettled += len(missed)
 
     # -- the pipeline --------------------------------------------------------------------
@@ -139,22 +120,29 @@ class Reencryptor:
         runner = CryptoRunner(self.codec, "rotate", workers)
         self.progress.start(total)
         base = run.seconds
+
+        def commit_page(page: PageResult) -> None:
+            secs = base + (time.monotonic() - started)
+            hits = self._commit(run, page.writes, _delta(page), page.failures, page.last_key, secs)
+            if not all(hits):
+                missed = [w for w, hit in zip(page.writes, hits, strict=True) if not hit]
+                self._settle_conflicts(run, missed, secs)
+            self.progress.advance(page.rows)
+
+        writer: OrderedWriter[PageResult] = OrderedWriter(commit_page, depth=2)
         try:
-            pages = pages_with_outcomes(self.store, self.target, runner, self.opt.batch_size,
-                                        after, first)
-            for rows, outcomes in pages:
-                writes, delta, fails = _Batcher.split(rows, outcomes)
-                secs = base + (time.monotonic() - started)
-                hits = self._commit(run, writes, delta, fails, rows[-1][0], secs)
-                run.counts.add(delta)
-                missed = [w for w, hit in zip(writes, hits, strict=False) if not hit]
-                if missed:
-                    self._settle_conflicts(run, missed, secs)
-                self.progress.advance(len(rows))
+            for page in page_results(self.store, self.target, runner, self.opt.batch_size,
+                                     after, first):
+                writer.put(page)
+            writer.finish()
         except KeyboardInterrupt:
+            writer.abandon()
             runner.close(cancel=True)
             raise Interrupted("interrupted; the checkpoint is committed: run the same "
                               "command again to resume") from None
+        except BaseException:
+            writer.abandon()
+            raise
         finally:
             runner.close()
             self.progress.close()

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from keyrotate.crypto.codecs import Codec
-from keyrotate.engine.workers import CryptoRunner, default_workers
+from keyrotate.engine.workers import CryptoRunner, PageResult, default_workers
 from keyrotate.errors import Interrupted
 from keyrotate.engine.progress import NoProgress, Progress
-from keyrotate.engine.pipeline import pages_with_outcomes
-from keyrotate.store.base import RowStore, Target, Value, count_after
+from keyrotate.engine.pipeline import page_results
+from keyrotate.store.base import RowStore, Target, count_after
 
 LISTED = 100
 
@@ -44,22 +44,14 @@ class Census:
                 "seconds": round(self.seconds, 3), "kid": self.key_kid,
                 "old_kid": self.old_kid, "failures": self.failures}
 
-    def tally(self, rows: list[tuple[Value, Value]], outcomes: list[Any]) -> None:
-        it = iter(outcomes)
-        self.rows += len(rows)
-        for key, value in rows:
-            if value is None:
-                self.null += 1
-                continue
-            out = next(it)
-            if out == "ok":
-                self.ok += 1
-            elif out == "old":
-                self.old += 1
-            else:
-                self.failed += 1
-                if len(self.failures) < LISTED:
-                    self.failures.append({"id": str(key), "reason": out[0]})
+    def tally(self, page: PageResult) -> None:
+        self.rows += page.rows
+        self.null += page.null
+        self.ok += page.ok
+        self.old += page.old
+        self.failed += len(page.failures)
+        for key, reason in page.failures[:LISTED - len(self.failures)]:
+            self.failures.append({"id": str(key), "reason": reason})
 
 
 def verify(store: RowStore, target: Target, codec: Codec, batch_size: int = 1000,
@@ -73,9 +65,9 @@ def verify(store: RowStore, target: Target, codec: Codec, batch_size: int = 1000
     progress.start(total)
     runner = CryptoRunner(codec, "census", workers if workers is not None else default_workers(total))
     try:
-        for rows, outcomes in pages_with_outcomes(store, target, runner, batch_size):
-            census.tally(rows, outcomes)
-            progress.advance(len(rows))
+        for page in page_results(store, target, runner, batch_size):
+            census.tally(page)
+            progress.advance(page.rows)
     except KeyboardInterrupt:
         runner.close(cancel=True)
         raise Interrupted("verify interrupted; nothing was written") from None

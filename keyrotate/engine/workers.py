@@ -1,8 +1,10 @@
 """Where the crypto runs: inline for small jobs, or in worker processes for large ones.
 
 AES-GCM and JSON work hold the GIL, so threads cannot overlap them with the database
-writes; processes can. Workers get the codec (which holds the keys) through the pool
-initializer, which travels over a pipe, never through argv or the environment.
+writes; processes can. A worker takes a page of raw (key, value) rows and hands back a
+summary whose `writes` are ready for executemany, so the main process does no per-row
+Python work at all. Workers get the codec (which holds the keys) through the pool
+initializer, over a pipe, never through argv or the environment.
 """
 
 from __future__ import annotations
@@ -15,30 +17,62 @@ import signal
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from keyrotate.crypto.codecs import Codec
 from keyrotate.errors import InvalidEnvelope
+from keyrotate.store.base import CasWrite, Value
 
-Outcome = Any  # rotate: str (new value) | None (already current) | (reason,) ; census: "ok" | "old" | (reason,)
-
-_codec: Codec | None = None
+Rows = Sequence[tuple[Value, Value]]
 _PR_SET_PDEATHSIG = 1
 
 
-def process_values(codec: Codec, op: str, values: Sequence[Any]) -> list[Outcome]:
-    """Apply one codec operation to each value; a bad value becomes (reason,), never raises."""
+@dataclass
+class PageResult:
+    """What one page of rows came to. rotate: writes/current; census: ok/old."""
+
+    rows: int = 0
+    null: int = 0
+    writes: list[CasWrite] = field(default_factory=list)
+    current: int = 0
+    ok: int = 0
+    old: int = 0
+    failures: list[tuple[Value, str]] = field(default_factory=list)
+    last_key: Value = None
+
+
+def _judge(fn: Any, value: Value) -> Any:
+    """The codec's answer, or (reason,) for hostile input; never raises."""
+    try:
+        return fn(value)
+    except InvalidEnvelope as e:
+        return (e.reason,)
+    except (ValueError, TypeError, UnicodeError, OverflowError, MemoryError) as e:
+        # e.g. a payload too large for the JSON parser: hostile input, not our bug
+        return (f"unreadable value ({type(e).__name__})",)
+
+
+def process_page(codec: Codec, op: str, rows: Rows) -> PageResult:
+    """Apply one codec operation ("rotate" or "census") to every row of a page."""
+    res = PageResult(rows=len(rows), last_key=rows[-1][0] if rows else None)
     fn = codec.rotate if op == "rotate" else codec.census
-    out: list[Outcome] = []
-    for value in values:
-        try:
-            out.append(fn(value))
-        except InvalidEnvelope as e:
-            out.append((e.reason,))
-        except (ValueError, TypeError, UnicodeError, OverflowError, MemoryError) as e:
-            # e.g. a payload too large for the JSON parser: hostile input, not our bug
-            out.append((f"unreadable value ({type(e).__name__})",))
-    return out
+    for key, value in rows:
+        if value is None:
+            res.null += 1
+            continue
+        out = _judge(fn, value)
+        if out is None:
+            res.current += 1
+        elif out.__class__ is str and op == "rotate":
+            res.writes.append((out, key, value))
+        elif out == "ok":
+            res.ok += 1
+        elif out == "old":
+            res.old += 1
+        else:
+            res.failures.append((key, out[0]))
+    return res
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -60,6 +94,9 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watchdog, name="keyrotate-parent-watchdog", daemon=True).start()
 
 
+_codec: Codec | None = None
+
+
 def _init_worker(codec: Codec, parent_pid: int) -> None:
     global _codec
     _codec = codec
@@ -67,13 +104,13 @@ def _init_worker(codec: Codec, parent_pid: int) -> None:
     _die_with_parent(parent_pid)
 
 
-def _work(op: str, values: Sequence[Any]) -> list[Outcome]:
+def _work(op: str, rows: Rows) -> PageResult:
     assert _codec is not None
-    return process_values(_codec, op, values)
+    return process_page(_codec, op, rows)
 
 
 class CryptoRunner:
-    """submit(values) -> Future[list[Outcome]]; inline when workers == 0."""
+    """submit(rows) -> Future[PageResult]; inline when workers == 0."""
 
     def __init__(self, codec: Codec, op: str, workers: int):
         self.codec, self.op, self.workers = codec, op, workers
@@ -87,14 +124,14 @@ class CryptoRunner:
 
     @property
     def depth(self) -> int:
-        """How many batches to keep in flight."""
+        """How many pages to keep in flight."""
         return 1 if self.pool is None else 2 * self.workers + 1
 
-    def submit(self, values: Sequence[Any]) -> "Future[list[Outcome]]":
+    def submit(self, rows: Rows) -> "Future[PageResult]":
         if self.pool is not None:
-            return self.pool.submit(_work, self.op, values)
-        fut: Future[list[Outcome]] = Future()
-        fut.set_result(process_values(self.codec, self.op, values))
+            return self.pool.submit(_work, self.op, rows)
+        fut: Future[PageResult] = Future()
+        fut.set_result(process_page(self.codec, self.op, rows))
         return fut
 
     def close(self, cancel: bool = False) -> None:

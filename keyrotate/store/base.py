@@ -8,7 +8,7 @@ with journal statements in one transaction, learning which writes hit.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
 from keyrotate.errors import ConfigError
@@ -24,13 +24,10 @@ class Statement:
     params: tuple[Value, ...] = ()
 
 
-@dataclass(frozen=True)
-class CasWrite:
-    """Set `column` to `new` on the row `key`, but only if it still holds `expected`."""
-
-    key: Value
-    new: str
-    expected: Value = field(repr=False)
+# One compare-and-swap write: (new, key, expected), in the order of cas_sql's parameters,
+# so a list of them goes straight to executemany. A plain tuple, not a class: it is built
+# in worker processes and pickled by the hundred thousand.
+CasWrite = tuple[str, Value, Value]
 
 
 @dataclass(frozen=True)
@@ -84,8 +81,6 @@ def cas_sql(target: Target) -> str:
     return f"UPDATE {t} SET {c} = ? WHERE {k} = ? AND {c} IS ?"
 
 
-def cas_params(write: CasWrite) -> tuple[Value, Value, Value]:
-    return (write.new, write.key, write.expected)
 
 
 def scan_sql(target: Target, first: bool) -> str:

@@ -15,7 +15,7 @@ import libsql_client
 
 from keyrotate.errors import ConfigError, StoreError
 from keyrotate.store.base import (
-    CasWrite, ColumnInfo, Statement, Target, Value, cas_params, cas_sql, columns_from_pragma,
+    CasWrite, ColumnInfo, Statement, Target, Value, cas_sql, columns_from_pragma,
     quote_ident, unique_single_columns_via,
 )
 
@@ -53,7 +53,7 @@ class LibsqlRemoteStore:
 
     def apply(self, writes: Sequence[CasWrite], target: Target | None,
               statements: Sequence[Statement]) -> list[bool]:
-        stmts = [Statement(cas_sql(target), cas_params(w)) for w in writes]  # type: ignore[arg-type]
+        stmts = [Statement(cas_sql(target), w) for w in writes]  # type: ignore[arg-type]
         stmts += list(statements)
         try:
             results = self.client.batch(

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from typing import Sequence
 from urllib.parse import unquote, urlparse
 
 from keyrotate.errors import ConfigError, StoreError
 from keyrotate.store.base import (
-    CasWrite, ColumnInfo, Statement, Target, Value, cas_params, cas_sql, columns_from_pragma,
+    CasWrite, ColumnInfo, Statement, Target, Value, cas_sql, columns_from_pragma,
     quote_ident, rows_by_key_sql, unique_single_columns_via,
 )
 
@@ -54,14 +55,23 @@ class SqliteFileStore:
         if not os.path.isfile(path):
             raise ConfigError(f"database file not found: {path} "
                               "(keyrotate never creates an empty database)")
+        # Two connections: reads (keyset scans) and writes (CAS batches), so a writer thread
+        # can commit while the main thread scans; sqlite3 releases the GIL inside SQLite.
+        self._read_lock = threading.Lock()
+        self.conn = self._connect(path)
+        self.wconn = self._connect(path)
+        self._data_version = self._read_data_version()
+
+    @staticmethod
+    def _connect(path: str) -> sqlite3.Connection:
         try:
             # mode=rw: fail rather than create; isolation_level=None: we say BEGIN ourselves
-            self.conn = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=rw", uri=True,
-                                        isolation_level=None, check_same_thread=False,
-                                        timeout=BUSY_TIMEOUT_MS / 1000)
-            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            self._data_version = self._read_data_version()
+            conn = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=rw", uri=True,
+                                   isolation_level=None, check_same_thread=False,
+                                   timeout=BUSY_TIMEOUT_MS / 1000)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
         except sqlite3.DatabaseError as e:
             raise ConfigError(f"cannot open {path} as an SQLite database: {e}") from None
 
@@ -72,6 +82,10 @@ class SqliteFileStore:
         return unique_single_columns_via(self, table)
 
     def query(self, sql: str, params: Sequence[Value] = ()) -> list[tuple[Value, ...]]:
+        with self._read_lock:
+            return self._query(sql, params)
+
+    def _query(self, sql: str, params: Sequence[Value]) -> list[tuple[Value, ...]]:
         try:
             try:
                 return self.conn.execute(sql, tuple(params)).fetchall()
@@ -90,7 +104,7 @@ class SqliteFileStore:
     def apply(self, writes: Sequence[CasWrite], target: Target | None,
               statements: Sequence[Statement]) -> list[bool]:
         """CAS writes, then journal statements, in one immediate transaction."""
-        conn = self.conn
+        conn = self.wconn
         contended = self._read_data_version() != self._data_version
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -99,7 +113,7 @@ class SqliteFileStore:
                 hits = [True] * len(writes)
                 if writes:
                     assert target is not None
-                    changed = conn.executemany(cas_sql(target), map(cas_params, writes)).rowcount
+                    changed = conn.executemany(cas_sql(target), writes).rowcount
                     if changed != len(writes):
                         hits = self._landed(target, writes)
                 for st in statements:
@@ -119,15 +133,16 @@ class SqliteFileStore:
 
     def _read_data_version(self) -> int:
         """Changes whenever another connection commits to the file (never for our own)."""
-        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+        return int(self.wconn.execute("PRAGMA data_version").fetchone()[0])
 
     def _landed(self, target: Target, writes: Sequence[CasWrite]) -> list[bool]:
         """Which CAS writes hit. Exact: we still hold the write lock, nobody else wrote since."""
         now: dict[Value, Value] = {}
         for i in range(0, len(writes), 500):
-            chunk = [w.key for w in writes[i:i + 500]]
-            now.update(self.conn.execute(rows_by_key_sql(target, len(chunk)), chunk).fetchall())
-        return [now.get(w.key) == w.new for w in writes]
+            chunk = [w[1] for w in writes[i:i + 500]]
+            now.update(self.wconn.execute(rows_by_key_sql(target, len(chunk)), chunk).fetchall())
+        return [now.get(key) == new for new, key, _ in writes]
 
     def close(self) -> None:
         self.conn.close()
+        self.wconn.close()

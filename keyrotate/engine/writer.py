@@ -1,0 +1,74 @@
+"""One background thread that commits pages in order, so the main thread can keep
+scanning and dispatching while SQLite writes and fsyncs (sqlite3 releases the GIL there).
+
+Pages are handled strictly in the order they were put, so checkpoints only move forward.
+An error in the thread stops it and is re-raised in the caller at the next put or at
+finish; the page being committed when the caller stops is always finished or rolled back
+by SQLite, never torn.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Callable, Generic, TypeVar
+
+T = TypeVar("T")
+_STOP = object()
+
+
+class OrderedWriter(Generic[T]):
+    def __init__(self, handle: Callable[[T], None], depth: int = 2):
+        self._handle = handle
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="keyrotate-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            if self._error is None:
+                try:
+                    self._handle(item)  # type: ignore[arg-type]
+                except BaseException as e:  # surfaced in the caller's thread
+                    self._error = e
+
+    def put(self, item: T) -> None:
+        """Queue a page; waits while the writer is `depth` pages behind."""
+        while True:
+            self._raise_if_failed()
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self) -> None:
+        """Wait until every queued page is committed; re-raise the writer's error."""
+        self._stop()
+        self._raise_if_failed()
+
+    def abandon(self) -> None:
+        """Stop after the page in hand (used when interrupted): queued pages are dropped."""
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._stop()
+
+    def _stop(self) -> None:
+        while self._thread.is_alive():
+            try:
+                self._queue.put(_STOP, timeout=0.2)
+                break
+            except queue.Full:
+                continue
+        self._thread.join()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
