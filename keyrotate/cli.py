@@ -188,6 +188,25 @@ def keygen(fmt: str, nbytes: int, to: str | None) -> None:
     render.say(f"wrote a new {nbytes}-byte {fmt} secret to {where}")
 
 
+@main.group()
+def secrets() -> None:
+    """Inspect secrets in their stores (values are never printed unless asked)."""
+
+
+@secrets.command("show")
+@click.argument("ref")
+@click.option("--reveal", is_flag=True, help="Print the value itself (to stdout).")
+@json_option
+@handle_errors
+def secrets_show(ref: str, reveal: bool, as_json: bool) -> None:
+    """Show a fingerprint of the secret at REF: never the value, unless --reveal."""
+    from keyrotate.secret_info import describe
+
+    info = describe(ref, reveal)
+    text = "\n".join(f"{k}: {v}" for k, v in info.items() if v is not None)
+    finish(info, as_json, text, 0)
+
+
 @main.command()
 @click.option("--rows", type=click.IntRange(1, 10_000_000), default=10_000, show_default=True)
 @click.option("--dir", "directory", default="keyrotate-demo", show_default=True,

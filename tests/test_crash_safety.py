@@ -19,7 +19,7 @@ from keyrotate.demo import build_reference_db
 
 from tests.helpers import NEW_SECRET, OLD_SECRET, ROOT, open_value, rows_of
 
-ROWS = 100_000
+ROWS = 150_000  # enough that 20 kills land before the rotation can finish
 KILLS = 20
 NEW_KID = MasterKey.from_secret(NEW_SECRET).kid
 
@@ -76,7 +76,7 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
         workers = ("--workers", "0") if attempts % 2 else ()
         proc = subprocess.Popen(_argv(db, *workers), env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.05, 0.7))
+        time.sleep(rng.uniform(0.05, 0.6))
         if proc.poll() is not None:
             break  # finished before the kill landed: the rotation is done
         try:

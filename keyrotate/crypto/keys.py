@@ -16,13 +16,18 @@ _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _KID_LABEL = b"keyrotate key id v1"
 
 
+def is_raw_hex_key(secret: str) -> bool:
+    """Exactly 64 hex characters: the Workers use these as the raw key bytes."""
+    return bool(_HEX64.fullmatch(secret))
+
+
 def derive_master_key(secret: str) -> bytes:
     """The 32-byte AES key the Workers derive from the secret string."""
     if not isinstance(secret, str):
         raise TypeError("a master key secret is a str")
     if not secret:
         raise ValueError("a master key secret must not be empty")
-    if _HEX64.fullmatch(secret):
+    if is_raw_hex_key(secret):
         return bytes.fromhex(secret)
     return hashlib.sha256(secret.encode("utf-8")).digest()
 

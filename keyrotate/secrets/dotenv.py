@@ -7,11 +7,14 @@ a trailing ` # comment` removed.
 
 from __future__ import annotations
 
+import hmac
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from keyrotate.errors import SecretStoreError
+from keyrotate.secrets.base import Slot, now_utc, pending_name, previous_name, slot_name
 
 _LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*=\s*(.*?)\s*$")
 _DQ_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\"}
@@ -70,6 +73,111 @@ def read_dotenv(path: str) -> dict[str, str]:
         raise SecretStoreError(f"cannot read dotenv file {path}: {type(e).__name__}") from None
     return {ln.name: ln.value for ln in parse_lines(text, path)
             if ln.name is not None and ln.value is not None}
+
+
+class DotenvStore:
+    """Secrets as lines of a .env file: NAME, NAME_PENDING, NAME_PREVIOUS.
+
+    Every rewrite is atomic (temp file, fsync, rename, mode 0600) and leaves every other
+    line and comment byte-identical. When a value becomes current, a comment line
+    `# keyrotate: NAME set <ISO time>` above it records its age.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.base = f"dotenv:{path}"
+
+    def ref(self, name: str, slot: Slot = "current") -> str:
+        return f"dotenv:{self.path}#{slot_name(name, slot)}"
+
+    def _lines(self) -> list[DotenvLine]:
+        p = Path(self.path)
+        if not p.exists():
+            return []
+        try:
+            return parse_lines(p.read_text(encoding="utf-8"), self.path)
+        except (OSError, UnicodeDecodeError) as e:
+            raise SecretStoreError(f"cannot read dotenv file {self.path}: {type(e).__name__}") from None
+
+    def read(self, name: str, slot: Slot = "current") -> str | None:
+        want = slot_name(name, slot)
+        values = [ln.value for ln in self._lines() if ln.name == want]
+        return values[-1] if values else None
+
+    def write_pending(self, name: str, value: str) -> None:
+        existing = self.read(name, "pending")
+        if existing is not None and not hmac.compare_digest(existing.encode(), value.encode()):
+            raise SecretStoreError(f"{self.ref(name, 'pending')} already holds a different pending "
+                                   "value: finish or abort that rotation first")
+        if existing is None:
+            self._rewrite(self._lines(), {pending_name(name): value}, after=name)
+
+    def promote(self, name: str) -> None:
+        lines = self._lines()
+        pending = self.read(name, "pending")
+        if pending is None:
+            raise SecretStoreError(f"nothing pending at {self.ref(name, 'pending')}")
+        current = self.read(name)
+        updates: dict[str, str | None] = {name: pending, pending_name(name): None}
+        if current is not None:
+            updates[previous_name(name)] = current
+        self._rewrite(lines, updates, after=name, stamp=name)
+
+    def discard_pending(self, name: str) -> None:
+        if self.read(name, "pending") is not None:
+            self._rewrite(self._lines(), {pending_name(name): None}, after=name)
+
+    def names(self) -> list[str]:
+        seen = [ln.name for ln in self._lines() if ln.name]
+        return [n for n in dict.fromkeys(seen)
+                if not n.endswith(("_PENDING", "_PREVIOUS"))]
+
+    def set_at(self, name: str) -> datetime | None:
+        stamp = _STAMP.format(name=name)
+        for ln in self._lines():
+            if ln.name is None and ln.raw.startswith(stamp):
+                try:
+                    return datetime.fromisoformat(ln.raw[len(stamp):].strip())
+                except ValueError:
+                    return None
+        return None
+
+    def _rewrite(self, lines: list[DotenvLine], updates: dict[str, str | None], after: str,
+                 stamp: str | None = None) -> None:
+        """Replace lines in place, delete them (None), and insert names the file lacks right
+        after the line of `after` (else at the end). Every other line is kept byte-identical."""
+        from keyrotate.secrets.files import atomic_write_secret
+
+        stamp_prefix = _STAMP.format(name=stamp) if stamp else None
+
+        def emit(name: str, value: str) -> list[str]:
+            head = [f"{stamp_prefix}{now_utc().isoformat()}"] if name == stamp else []
+            return head + [f"{name}={quote_value(value)}"]
+
+        present = {ln.name for ln in lines if ln.name}
+        inserts = [ln for n, v in updates.items() if v is not None and n not in present
+                   for ln in emit(n, v)]
+        out: list[str] = []
+        for ln in lines:
+            if stamp_prefix and ln.name is None and ln.raw.startswith(stamp_prefix):
+                continue  # the stamp moves with its value
+            if ln.name in updates:
+                value = updates[ln.name]
+                if value is not None:
+                    out += emit(ln.name, value)
+            else:
+                out.append(ln.raw)
+            if ln.name == after and inserts:
+                out += inserts
+                inserts = []
+        out += inserts
+        original = Path(self.path).read_bytes() if Path(self.path).exists() else b""
+        newline = "\r\n" if b"\r\n" in original else "\n"
+        final = newline if out and (not original or original.endswith(b"\n")) else ""
+        atomic_write_secret(self.path, newline.join(out) + final)
+
+
+_STAMP = "# keyrotate: {name} set "
 
 
 def add_new_entry(path: str, name: str, value: str) -> None:

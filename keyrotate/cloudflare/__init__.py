@@ -1,0 +1,1 @@
+"""Cloudflare: the subprocess runner, the wrangler adapter, health checks, D1's REST API."""

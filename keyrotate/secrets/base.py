@@ -1,0 +1,69 @@
+"""One interface for every place keys live: a .env file, the OS keyring, Vault / OpenBao.
+
+A rotation writes the new value as *pending* before anything else changes (so a crash
+never leaves the only copy of a key in memory), and *promote* makes it current while
+keeping the old value as *previous* (the old key is never discarded before nothing
+depends on it). Values are only ever returned to the caller; stores never log them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+from typing import Literal, Protocol
+
+from keyrotate.crypto.keys import key_id
+
+Slot = Literal["current", "pending", "previous"]
+SLOTS: tuple[Slot, ...] = ("current", "pending", "previous")
+
+
+class SecretStore(Protocol):
+    base: str  # e.g. "dotenv:.env", "keyring:tminus-production", "vault:secret/tminus/production"
+
+    def ref(self, name: str, slot: Slot = "current") -> str:
+        """The secret reference that reads this slot (usable as --old-key / --new-key)."""
+        ...
+
+    def read(self, name: str, slot: Slot = "current") -> str | None:
+        """The value, or None if the slot is empty."""
+        ...
+
+    def write_pending(self, name: str, value: str) -> None:
+        """Store a new value beside the current one; refuses to replace a different pending."""
+        ...
+
+    def promote(self, name: str) -> None:
+        """pending -> current, current -> previous. Fails if nothing is pending."""
+        ...
+
+    def discard_pending(self, name: str) -> None: ...
+
+    def names(self) -> list[str]:
+        """Names with a current value."""
+        ...
+
+    def set_at(self, name: str) -> datetime | None:
+        """When the current value was set, if the store knows."""
+        ...
+
+
+def fingerprint(value: str) -> str:
+    """A one-way, printable fingerprint of a secret value (never the value)."""
+    return "fp:" + key_id(hashlib.sha256(value.encode("utf-8")).digest())
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def pending_name(name: str) -> str:
+    return name + "_PENDING"
+
+
+def previous_name(name: str) -> str:
+    return name + "_PREVIOUS"
+
+
+def slot_name(name: str, slot: Slot) -> str:
+    return {"current": name, "pending": pending_name(name), "previous": previous_name(name)}[slot]
