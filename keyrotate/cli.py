@@ -62,8 +62,8 @@ key_column_option = click.option("--key-column", metavar="COL",
 format_option = click.option("--format", "fmt", type=click.Choice(FORMATS),
                              default="tminus-envelope", show_default=True)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-batch_option = click.option("--batch-size", type=click.IntRange(1, 50_000), default=1000,
-                            show_default=True)
+batch_option = click.option("--batch-size", type=click.IntRange(1, 50_000), default=None,
+                            help="Rows per page and transaction (default: 1000; 2000 for d1://).")
 workers_option = click.option("--workers", type=click.IntRange(0, 64), default=None,
                               help="Crypto processes (default: 0 for small tables, else 2).")
 

@@ -10,6 +10,14 @@ from keyrotate.engine.workers import CryptoRunner, PageResult
 from keyrotate.store.base import RowStore, Target, Value, scan
 
 
+DEFAULT_PAGE = 1000
+
+
+def page_size(store: RowStore, requested: int | None) -> int:
+    """The page size asked for, else the store's preference (remote stores want fuller pages)."""
+    return requested or getattr(store, "preferred_batch_size", DEFAULT_PAGE)
+
+
 def page_results(store: RowStore, target: Target, runner: CryptoRunner, batch_size: int,
                  after: Value = None, first: bool = True) -> Iterator[PageResult]:
     """Yield one PageResult per keyset page, in key order."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from keyrotate.crypto.codecs import Codec
 from keyrotate.engine.journal import Counts, Journal, RunIdentity, RunState, run_failures
-from keyrotate.engine.pipeline import page_results
+from keyrotate.engine.pipeline import page_results, page_size
 from keyrotate.engine.progress import NoProgress, Progress
 from keyrotate.engine.writer import OrderedWriter
 from keyrotate.engine.workers import CryptoRunner, PageResult, default_workers, process_page
@@ -28,7 +28,7 @@ LISTED_FAILURES = 100
 class ReencryptOptions:
     fmt: str = "tminus-envelope"
     mode: str = "rewrap"
-    batch_size: int = 1000
+    batch_size: int | None = None  # None: the store's preferred page size
     dry_run: bool = False
     workers: int | None = None  # None: decide by table size
 
@@ -131,8 +131,8 @@ class Reencryptor:
 
         writer: OrderedWriter[PageResult] = OrderedWriter(commit_page, depth=2)
         try:
-            for page in page_results(self.store, self.target, runner, self.opt.batch_size,
-                                     after, first):
+            for page in page_results(self.store, self.target, runner, page_size(self.store,
+                                     self.opt.batch_size), after, first):
                 writer.put(page)
             writer.finish()
         except KeyboardInterrupt:
@@ -154,7 +154,7 @@ class Reencryptor:
             self.store.apply([], None, [
                 *Journal.checkpoint(run, Counts(), seconds, None, []),
                 Journal.finish(run, status)])
-            failures = run_failures(self.store, run.run_id, LISTED_FAILURES)
+            failures = run_failures(self.store, run.run_id, LISTED_FAILURES) if c.rows_failed else []
         else:
             status = "dry-run"
         return ReencryptResult(

@@ -14,7 +14,7 @@ from keyrotate.crypto.codecs import Codec
 from keyrotate.engine.workers import CryptoRunner, PageResult, default_workers
 from keyrotate.errors import Interrupted
 from keyrotate.engine.progress import NoProgress, Progress
-from keyrotate.engine.pipeline import page_results
+from keyrotate.engine.pipeline import page_results, page_size
 from keyrotate.store.base import RowStore, Target, count_after
 
 LISTED = 100
@@ -54,7 +54,7 @@ class Census:
             self.failures.append({"id": str(key), "reason": reason})
 
 
-def verify(store: RowStore, target: Target, codec: Codec, batch_size: int = 1000,
+def verify(store: RowStore, target: Target, codec: Codec, batch_size: int | None = None,
            workers: int | None = None, progress: Progress | None = None) -> Census:
     started = time.monotonic()
     old = getattr(codec, "old", None)
@@ -65,7 +65,7 @@ def verify(store: RowStore, target: Target, codec: Codec, batch_size: int = 1000
     progress.start(total)
     runner = CryptoRunner(codec, "census", workers if workers is not None else default_workers(total))
     try:
-        for page in page_results(store, target, runner, batch_size):
+        for page in page_results(store, target, runner, page_size(store, batch_size)):
             census.tally(page)
             progress.advance(page.rows)
     except KeyboardInterrupt:

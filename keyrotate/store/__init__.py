@@ -18,5 +18,9 @@ def open_store(url: str) -> RowStore:
         from keyrotate.store.libsql_remote import LibsqlRemoteStore
 
         return LibsqlRemoteStore(url)
+    if url.startswith("d1://"):
+        from keyrotate.store.d1 import D1Store
+
+        return D1Store(url)
     raise ConfigError(f"unsupported database URL {url!r}: use file:PATH, libsql://, "
-                      "http(s)://, ws(s)://")
+                      "http(s)://, ws(s)://, d1://ACCOUNT_ID/DATABASE_ID")

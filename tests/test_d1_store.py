@@ -1,0 +1,132 @@
+"""The d1:// store against the Cloudflare API stand-in (real SQLite behind D1's API rules)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+
+from keyrotate.errors import StoreError
+from keyrotate.store.d1 import D1Store, RequestBudget
+
+from tests.cf_api import CloudflareStandIn
+from tests.helpers import NEW_SECRET, OLD_SECRET, last_json, open_value, rows_of, run_cli
+
+
+@pytest.fixture
+def cf(monkeypatch):
+    standin = CloudflareStandIn()
+    monkeypatch.setenv("CLOUDFLARE_API_BASE_URL", standin.base_url)
+    monkeypatch.setenv("CLOUDFLARE_API_TOKEN", "test-token")
+    yield standin
+    standin.stop()
+
+
+def _d1(cf, path, db_id="db1") -> str:
+    cf.d1[db_id] = str(path)
+    return f"d1://acct/{db_id}"
+
+
+def _reencrypt(url, keys, *extra):
+    return run_cli("reencrypt", "--db", url, "--target", "accounts.encrypted_tokens",
+                   "--old-key", keys["old"], "--new-key", keys["new"], "--json", *extra)
+
+
+def test_rotation_over_d1_costs_few_requests(cf, ref_db, keys_env):
+    db = ref_db(10_000)
+    payloads = {k: open_value(v.decode(), OLD_SECRET) for k, v in rows_of(db).items()}
+    url = _d1(cf, db)
+    res = _reencrypt(url, keys_env, "--workers", "0")
+    assert res.exit_code == 0, res.output
+    assert last_json(res.output)["rows_rewritten"] == 10_000
+    assert cf.d1_requests <= 30, f"{cf.d1_requests} requests for 10,000 rows"
+    assert {k: open_value(v.decode(), NEW_SECRET) for k, v in rows_of(db).items()} == payloads
+    census = last_json(run_cli("verify", "--db", url, "--target", "accounts.encrypted_tokens",
+                               "--key", keys_env["new"], "--json").output)
+    assert census["ok"] == 10_000
+
+
+def test_rotation_survives_429_500_slow_and_dropped_connections(cf, ref_db, keys_env, monkeypatch):
+    real_sleep = time.sleep
+    monkeypatch.setattr("keyrotate.store.d1.time.sleep", lambda s: real_sleep(min(s, 0.05)))
+    db = ref_db(3_000)
+    payloads = {k: open_value(v.decode(), OLD_SECRET) for k, v in rows_of(db).items()}
+    url = _d1(cf, db)
+    cf.inject("429", "500", "drop", "slow", "429", "drop", "500", "500", "slow", "drop")
+    res = _reencrypt(url, keys_env, "--batch-size", "250", "--workers", "0")
+    assert res.exit_code == 0, res.output
+    assert not cf.faults, "every injected fault was met"
+    after = rows_of(db)
+    assert {k: open_value(v.decode(), NEW_SECRET) for k, v in after.items()} == payloads
+
+
+def test_stand_in_enforces_d1_limits(cf, ref_db):
+    url = _d1(cf, ref_db(3))
+    store = D1Store(url)
+    with pytest.raises(StoreError, match="7500"):
+        store.query("BEGIN")
+    with pytest.raises(StoreError, match="100 parameters|allows 100"):
+        store.query("SELECT " + ",".join("?" * 101), [1] * 101)
+    with pytest.raises(StoreError, match="7500.*no such table"):
+        store.query("SELECT * FROM nosuch")
+    # and the stand-in itself refuses what our store would not send
+    import httpx
+
+    r = httpx.post(f"{cf.base_url}/accounts/a/d1/database/db1/query",
+                   json={"sql": "SELECT " + ",".join("?" * 101), "params": [1] * 101})
+    assert r.status_code == 400 and r.json()["errors"][0]["code"] == 7500
+    store.close()
+
+
+def test_store_paces_itself_under_the_budget(cf, ref_db):
+    cf.rate_limit, cf.rate_window = 6, 1.0   # the "API" allows 6 requests a second
+    url = _d1(cf, ref_db(3))
+    store = D1Store(url, budget=RequestBudget(5, 1.0))
+    for _ in range(12):
+        store.query("SELECT count(*) FROM accounts")
+    assert cf.d1_requests == 12  # no 429 was ever answered, so nothing was retried
+    store.close()
+
+
+def test_429_with_retry_after_is_honoured(cf, ref_db, monkeypatch):
+    waits: list[float] = []
+    monkeypatch.setattr("keyrotate.store.d1.time.sleep", lambda s: waits.append(s))
+    url = _d1(cf, ref_db(3))
+    store = D1Store(url)
+    cf.inject("429")
+    assert store.query("SELECT count(*) FROM accounts") == [(3,)]
+    assert 1.0 in waits  # the stand-in's Retry-After: 1
+    store.close()
+
+
+def test_cas_conflict_over_d1(cf, ref_db, keys_env):
+    from keyrotate.engine.reencrypt import ReencryptOptions, reencrypt
+    from keyrotate.keys_from_refs import codec_from_refs
+    from keyrotate.store.base import resolve_target
+
+    db = ref_db(300)
+    store = D1Store(_d1(cf, db))
+    real_apply = store.apply
+
+    def meddling_apply(writes, target, statements):
+        if writes and writes[0][1] == "acc_00000000":
+            other = sqlite3.connect(db)
+            other.execute("UPDATE accounts SET encrypted_tokens = NULL WHERE account_id = 'acc_00000005'")
+            other.commit()
+            other.close()
+        return real_apply(writes, target, statements)
+
+    store.apply = meddling_apply  # type: ignore[method-assign]
+    codec = codec_from_refs("tminus-envelope", keys_env["new"], keys_env["old"])
+    target = resolve_target(store, "accounts.encrypted_tokens", None)
+    result = reencrypt(store, target, codec, ReencryptOptions(batch_size=100, workers=0))
+    assert result.counts.rows_conflicted == 1 and result.counts.rows_null == 1
+    assert rows_of(db)["acc_00000005"] is None  # the application's write stands
+    store.close()
+
+
+def test_d1_needs_a_token(monkeypatch):
+    monkeypatch.delenv("CLOUDFLARE_API_TOKEN", raising=False)
+    res = run_cli("runs", "--db", "d1://acct/db")
+    assert res.exit_code == 2 and "CLOUDFLARE_API_TOKEN" in res.output
