@@ -12,7 +12,7 @@ import click
 
 from keyrotate import __version__, render
 from keyrotate.crypto.codecs import FORMATS, MODES
-from keyrotate.errors import EXIT_FAILURES, EXIT_INCOMPLETE, KeyrotateError
+from keyrotate.errors import EXIT_FAILURES, EXIT_INCOMPLETE, EXIT_USAGE, KeyrotateError
 from keyrotate.progress_bar import progress_for
 from keyrotate.store import open_store
 from keyrotate.store.base import RowStore
@@ -188,9 +188,124 @@ def keygen(fmt: str, nbytes: int, to: str | None) -> None:
     render.say(f"wrote a new {nbytes}-byte {fmt} secret to {where}")
 
 
+manifest_option = click.option("--manifest", "manifest_path", metavar="PATH",
+                               help="keyrotate.toml (default: found here or above).")
+env_option = click.option("--env", "env_name", required=True, metavar="ENV",
+                          help="An environment of the manifest (staging, production, ...).")
+
+
+def context(env_name: str, manifest_path: str | None):
+    from keyrotate.control import Context
+
+    return Context.load(env_name, manifest_path)
+
+
+@main.command()
+@click.option("--path", default="keyrotate.toml", show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing file.")
+@handle_errors
+def init(path: str, force: bool) -> None:
+    """Write a commented manifest for the reference application."""
+    from pathlib import Path
+
+    from keyrotate.control import write_init
+
+    render.say(f"wrote {write_init(Path(path), force)}")
+
+
 @main.group()
 def secrets() -> None:
-    """Inspect secrets in their stores (values are never printed unless asked)."""
+    """Secrets in their stores and on the Workers (values are never printed unless asked)."""
+
+
+@secrets.command("list")
+@env_option
+@manifest_option
+@json_option
+@handle_errors
+def secrets_list_cmd(env_name: str, manifest_path: str | None, as_json: bool) -> None:
+    """Secret names per Worker against the manifest: missing and extra (drift).
+
+    Exit 1 when a Worker lacks a secret the manifest gives it.
+    """
+    from keyrotate.control import secrets_list
+
+    result = secrets_list(context(env_name, manifest_path))
+    finish(result, as_json, render.secrets_list_text(result), EXIT_FAILURES if result["missing"] else 0)
+
+
+@secrets.command("push")
+@env_option
+@click.option("--only", metavar="NAME", help="Push just this secret.")
+@click.option("--dry-run", is_flag=True, help="Show the plan with fingerprints; push nothing.")
+@manifest_option
+@json_option
+@handle_errors
+def secrets_push_cmd(env_name: str, only: str | None, dry_run: bool, manifest_path: str | None,
+                     as_json: bool) -> None:
+    """Push secrets from the environment's store to the Workers that hold them.
+
+    In deploy order, one Worker at a time (each push deploys a new version), values on
+    wrangler's stdin only.
+    """
+    from keyrotate.control import secrets_push
+
+    result = secrets_push(context(env_name, manifest_path), only, dry_run, render.say)
+    finish(result, as_json, render.push_text(result), 0)
+
+
+@main.command()
+@env_option
+@click.option("--only", metavar="WORKER")
+@click.option("--dry-run", is_flag=True, help="Show the plan; deploy nothing.")
+@manifest_option
+@json_option
+@handle_errors
+def deploy(env_name: str, only: str | None, dry_run: bool, manifest_path: str | None,
+           as_json: bool) -> None:
+    """Deploy Workers in deploy order, validating each; a failed health check rolls back
+    what this run deployed, in reverse order (exit 1)."""
+    from keyrotate.control import deploy as run_deploy
+
+    result = run_deploy(context(env_name, manifest_path), only, dry_run, render.say)
+    finish(result, as_json, render.deploy_text(result), 0 if result.get("ok", True) else EXIT_FAILURES)
+
+
+@main.command()
+@env_option
+@click.option("--only", metavar="WORKER")
+@click.option("--yes", is_flag=True, help="Really roll back (without it: show the plan).")
+@click.option("--force", is_flag=True,
+              help="Also across a MASTER_KEY / JWT rotation: roll back the code, then re-push "
+                   "the current secrets.")
+@manifest_option
+@json_option
+@handle_errors
+def rollback(env_name: str, only: str | None, yes: bool, force: bool, manifest_path: str | None,
+             as_json: bool) -> None:
+    """Roll Workers back to their previous deployment, in reverse deploy order, then validate.
+
+    Refuses (exit 1) a rollback to a version from before a MASTER_KEY or JWT change that
+    keyrotate pushed: that version carries the old secret values.
+    """
+    from keyrotate.control import rollback as run_rollback
+
+    result = run_rollback(context(env_name, manifest_path), only, yes, force, render.say)
+    code = EXIT_USAGE if not result["done"] else (0 if result["ok"] else EXIT_FAILURES)
+    finish(result, as_json, render.rollback_text(result), code)
+
+
+@main.command()
+@env_option
+@manifest_option
+@json_option
+@handle_errors
+def validate(env_name: str, manifest_path: str | None, as_json: bool) -> None:
+    """Health of every Worker with a health URL; exit 1 on any failure."""
+    from keyrotate.control import validate as run_validate
+
+    result = run_validate(context(env_name, manifest_path))
+    finish(result, as_json, render.validate_text(result), 0 if result["ok"] else EXIT_FAILURES)
 
 
 @secrets.command("show")

@@ -62,5 +62,52 @@ def runs_text(runs: list[dict[str, Any]]) -> str:
         f"failed {r['rows_failed']:,}  started {r['started_at']}" for r in runs)
 
 
+def secrets_list_text(r: dict[str, Any]) -> str:
+    lines = [f"secrets on {r['env']} Workers" + (" (drift)" if r["drift"] else " (as the manifest says)")]
+    for w in r["workers"]:
+        state = "ok"
+        if w["missing"] or w["extra"]:
+            state = ", ".join(filter(None, [
+                "missing " + " ".join(w["missing"]) if w["missing"] else "",
+                "extra " + " ".join(w["extra"]) if w["extra"] else ""]))
+        lines.append(f"  {w['name']:<32} {len(w['present'])} secrets  {state}")
+    return "\n".join(lines)
+
+
+def push_text(r: dict[str, Any]) -> str:
+    head = "plan (dry run, nothing pushed):" if r["dry_run"] else "pushed:"
+    return "\n".join([head] + [
+        f"  {s['name']:<32} " + " ".join(f"{n}={fp}" for n, fp in s["secrets"].items())
+        for s in r["steps"]])
+
+
+def validate_text(r: dict[str, Any]) -> str:
+    lines = [f"health of {r['env']}: {'ok' if r['ok'] else 'FAILED'}"]
+    lines += [f"  {w['worker']:<16} {w['status']:<12} {w['url']} {w['detail']}" for w in r["workers"]]
+    return "\n".join(lines)
+
+
+def deploy_text(r: dict[str, Any]) -> str:
+    if r["dry_run"]:
+        return "\n".join(["plan (dry run, nothing deployed):"] + [
+            f"  {i + 1}. {s['name']} from {s['dir']}" + (f", then health {s['health']}" if s["health"] else "")
+            for i, s in enumerate(r["steps"])])
+    if r["ok"]:
+        return f"deployed {', '.join(r['deployed'])}; all healthy"
+    return (f"health check failed after deploying {r['failed_at']}; rolled back "
+            f"{', '.join(r['rolled_back']) or 'nothing'}")
+
+
+def rollback_text(r: dict[str, Any]) -> str:
+    lines = ["rolled back:" if r["done"] else "plan (nothing rolled back; add --yes):"]
+    for s in r["plan"]:
+        target = s["target"] or "no earlier version"
+        cross = f"  crosses {s['crosses']['secret']} change" if s["crosses"] else ""
+        lines.append(f"  {s['name']:<32} -> {target}{cross}")
+    if r["done"]:
+        lines.append("health: " + ("ok" if r["ok"] else "FAILED"))
+    return "\n".join(lines)
+
+
 def stderr_is_terminal() -> bool:
     return sys.stderr.isatty()

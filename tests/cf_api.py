@@ -205,7 +205,7 @@ class CloudflareStandIn:
             for st in stmts:
                 cur = conn.execute(st["sql"], st.get("params") or [])
                 cols = [d[0] for d in cur.description or ()]
-                rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+                rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
                 results.append({"results": rows, "success": True,
                                 "meta": {"changes": max(cur.rowcount, 0),
                                          "rows_read": len(rows), "duration": 0.1}})
@@ -268,8 +268,7 @@ class CloudflareStandIn:
                 v = Version(uuid.uuid4().hex, len(s.versions) + 1, dict(s.active.secrets),
                             time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime()), "upload")
                 s.versions.append(v)
-                return 200, _ok({"id": v.id, "number": v.number, "metadata": {},
-                                 "resources": {"bindings": []}}), None
+                return 200, _ok(_version_json(v)), None
         return 200, _ok({}), None  # script-settings, subdomain, schedules, ...
 
 
@@ -289,7 +288,8 @@ def _version_json(v: Version) -> dict[str, Any]:
     return {"id": v.id, "number": v.number, "annotations": {"workers/message": v.message},
             "metadata": {"created_on": v.created_on, "source": "wrangler", "author_email": "ci@example"},
             "resources": {"bindings": [{"type": "secret_text", "name": n} for n in sorted(v.secrets)],
-                          "script": {"etag": "e"}, "script_runtime": {}}}
+                          "script": {"etag": "etag-" + v.id, "handlers": ["fetch"]},
+                          "script_runtime": {"usage_model": "standard"}}}
 
 
 def _multipart_field(body: bytes, ctype: str, name: str) -> dict[str, Any]:

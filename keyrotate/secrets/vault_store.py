@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Callable, TypeVar
 
 from keyrotate.errors import SecretStoreError
 from keyrotate.refs import register_reader
 from keyrotate.secrets.base import Slot
+from keyrotate.timeutil import parse_utc
 
 T = TypeVar("T")
 PENDING_FIELD = "pending"
@@ -90,18 +91,6 @@ def _first_line(e: Exception) -> str:
     return (str(e).splitlines() or [""])[0][:200]
 
 
-def parse_vault_time(stamp: str | None) -> datetime | None:
-    """Vault's RFC 3339 times carry nanoseconds, which datetime does not take."""
-    if not stamp:
-        return None
-    main, _, frac = stamp.rstrip("Z").partition(".")
-    try:
-        return datetime.fromisoformat(main + ("." + frac[:6] if frac else "")).replace(
-            tzinfo=timezone.utc)
-    except ValueError:
-        return None
-
-
 class VaultSecret:
     """One KV v2 secret: its versions and fields."""
 
@@ -145,7 +134,7 @@ class VaultSecret:
     def created_time(self, version: int) -> datetime | None:
         meta = vault_call(self.where, lambda: self.client.secrets.kv.v2.read_secret_metadata(
             path=self.path, mount_point=self.mount))
-        return parse_vault_time(meta["data"]["versions"].get(str(version), {}).get("created_time"))
+        return parse_utc(meta["data"]["versions"].get(str(version), {}).get("created_time"))
 
 
 class VaultStore:

@@ -25,6 +25,8 @@ from keyrotate.store.base import (
 BUSY_TIMEOUT_MS = 30_000
 # When another connection is writing, keyrotate holds the write lock at most half the time.
 SHARE_WHEN_CONTENDED = 1.0
+# SQLite's busy handler backs off in steps up to 100 ms: a shorter gap is often missed.
+MIN_BREATHER = 0.05
 
 
 def file_url_path(url: str) -> str:
@@ -128,7 +130,9 @@ class SqliteFileStore:
         except sqlite3.Error as e:
             raise StoreError(f"write failed on {self.display_url}: {e}") from None
         if contended:
-            time.sleep(min(held * SHARE_WHEN_CONTENDED, 0.5))
+            # quiet on both connections: a reader's SHARED lock would block their COMMIT too
+            with self._read_lock:
+                time.sleep(min(max(held * SHARE_WHEN_CONTENDED, MIN_BREATHER), 0.5))
         return hits
 
     def _read_data_version(self) -> int:

@@ -1,0 +1,214 @@
+"""Manifest, secrets push/list, validate, deploy and rollback: real wrangler 4.86 against
+the Cloudflare API stand-in, health endpoints served locally."""
+
+from __future__ import annotations
+
+
+import pytest
+
+from keyrotate.demo import build_reference_db
+from keyrotate.secrets.dotenv import DotenvStore
+
+from tests.cf_api import CloudflareStandIn
+from tests.health_server import HealthServer
+from tests.helpers import NEW_SECRET, OLD_SECRET, ROOT, last_json, run_cli
+from tests.test_secret_hygiene import CmdlineSampler, assert_clean
+
+WRANGLER = ROOT / "node_modules" / ".bin" / "wrangler"
+WORKERS = ["api", "oauth", "webhook"]
+JWT = "jwt-secret-value-for-tests-0123456789"
+GOOGLE = "google-client-secret-for-tests"
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    if not WRANGLER.exists():
+        pytest.fail("wrangler is not installed: run `npm ci` (setup-dev.sh)")
+    cf, health = CloudflareStandIn(), HealthServer()
+    for w in WORKERS:
+        d = tmp_path / "workers" / w
+        d.mkdir(parents=True)
+        (d / "index.js").write_text("export default { fetch() { return new Response('ok') } }\n")
+        (d / "wrangler.toml").write_text(f'name = "tminus-{w}"\nmain = "index.js"\n'
+                                         f'compatibility_date = "2024-12-01"\n'
+                                         f'[env.staging]\nname = "tminus-{w}-staging"\n')
+    build_reference_db(str(tmp_path / "staging.db"), 50, OLD_SECRET)
+    store = DotenvStore(str(tmp_path / ".env.staging"))
+    for name, value in (("MASTER_KEY", OLD_SECRET), ("JWT_SECRET", JWT), ("GOOGLE_CLIENT_SECRET", GOOGLE)):
+        store.write_pending(name, value)
+        store.promote(name)
+    (tmp_path / "keyrotate.toml").write_text(f'''
+[project]
+name = "tminus"
+worker_name = "tminus-{{worker}}-{{env}}"
+deploy_order = ["api", "oauth", "webhook"]
+wrangler = ["{WRANGLER}"]
+
+[environments.staging]
+database = "file:staging.db"
+secrets = "dotenv:.env.staging"
+health = {{ api = "{health.url('api')}", oauth = "{health.url('oauth')}" }}
+
+[secrets.MASTER_KEY]
+kind = "master-key"
+workers = ["api", "oauth"]
+
+[secrets.JWT_SECRET]
+kind = "jwt-hs256"
+workers = ["api", "oauth"]
+
+[secrets.GOOGLE_CLIENT_SECRET]
+kind = "external"
+workers = ["oauth", "webhook"]
+
+[[encrypted]]
+secret = "MASTER_KEY"
+table = "accounts"
+column = "encrypted_tokens"
+''')
+    monkeypatch.chdir(tmp_path)
+    for k, v in {"CLOUDFLARE_API_BASE_URL": cf.base_url, "CLOUDFLARE_API_TOKEN": "test-token",
+                 "CLOUDFLARE_ACCOUNT_ID": "acct", "WRANGLER_SEND_METRICS": "false",
+                 "WRANGLER_LOG_PATH": str(tmp_path / "wrangler-logs"), "CI": "true"}.items():
+        monkeypatch.setenv(k, v)
+    yield tmp_path, cf, health, store
+    cf.stop()
+    health.stop()
+
+
+def _active(cf, worker):
+    return cf.script(f"tminus-{worker}-staging").active.secrets
+
+
+def test_init_writes_a_manifest_that_loads(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("init").exit_code == 0
+    from keyrotate.manifest import load_manifest
+
+    m = load_manifest(tmp_path / "keyrotate.toml")
+    assert m.deploy_order[0] == "api" and m.full_name("oauth", "production") == "tminus-oauth-production"
+    assert [t.spec for t in m.targets_of("MASTER_KEY")][0] == "accounts.encrypted_tokens"
+    again = run_cli("init")
+    assert again.exit_code == 2 and "refusing to overwrite" in again.output
+
+
+@pytest.mark.parametrize("edit,message", [
+    (('workers = ["oauth", "webhook"]', 'workers = ["oauth", "nosuch"]'), "unknown worker 'nosuch'"),
+    (('database = "file:staging.db"', 'database = "postgres://x"'), "database must be"),
+    (('secrets = "dotenv:.env.staging"', 'secrets = "MASTER_KEY"'), "store base"),
+    (('kind = "external"', 'kind = "magic"'), "kind 'magic'"),
+])
+def test_manifest_errors_are_clear(project, edit, message):
+    path = project[0] / "keyrotate.toml"
+    path.write_text(path.read_text().replace(*edit))
+    res = run_cli("validate", "--env", "staging")
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
+
+
+def test_unknown_environment(project):
+    res = run_cli("validate", "--env", "nosuch")
+    assert res.exit_code == 2 and "no environment 'nosuch'" in res.output
+
+
+def test_secrets_push_list_and_hygiene(project):
+    root, cf, _, store = project
+    listed = run_cli("secrets", "list", "--env", "staging", "--json")
+    assert listed.exit_code == 1 and last_json(listed.output)["missing"]
+
+    plan = run_cli("secrets", "push", "--env", "staging", "--dry-run", "--json")
+    assert plan.exit_code == 0
+    assert all(_active(cf, w) == {} for w in WORKERS)  # nothing pushed
+    steps = last_json(plan.output)["steps"]
+    assert [s["worker"] for s in steps] == WORKERS
+    assert set(steps[0]["secrets"]) == {"MASTER_KEY", "JWT_SECRET"}
+
+    with CmdlineSampler() as sampler:
+        pushed = run_cli("secrets", "push", "--env", "staging", "--json")
+    assert pushed.exit_code == 0, pushed.output
+    assert _active(cf, "api") == {"MASTER_KEY": OLD_SECRET, "JWT_SECRET": JWT}
+    assert _active(cf, "oauth") == {"MASTER_KEY": OLD_SECRET, "JWT_SECRET": JWT, "GOOGLE_CLIENT_SECRET": GOOGLE}
+    assert _active(cf, "webhook") == {"GOOGLE_CLIENT_SECRET": GOOGLE}
+    # one Worker at a time, in deploy order
+    touched = [p.split("/scripts/")[1].split("/")[0] for m, p, _ in cf.log
+               if m in ("PUT", "PATCH") and p.endswith(("/secrets", "/settings"))]
+    assert touched == [f"tminus-{w}-staging" for w in WORKERS]
+
+    secrets = [OLD_SECRET, JWT, GOOGLE]
+    assert any(b"wrangler" in c for c in sampler.seen)
+    for cmdline in sampler.seen:
+        assert_clean(cmdline, "a command line", secrets)
+    assert_clean(plan.output.encode() + pushed.output.encode(), "keyrotate output", secrets)
+    for log in (root / "wrangler-logs").rglob("*"):
+        if log.is_file():
+            assert_clean(log.read_bytes(), f"wrangler log {log.name}", secrets)
+
+    listed = run_cli("secrets", "list", "--env", "staging", "--json")
+    assert listed.exit_code == 0 and not last_json(listed.output)["drift"]
+
+
+def test_validate_health_contract(project):
+    _, _, health, _ = project
+    assert run_cli("validate", "--env", "staging").exit_code == 0
+    health.answers["oauth"] = (200, {"ok": True, "data": {"status": "degraded"}})
+    assert run_cli("validate", "--env", "staging").exit_code == 0
+    for answer in [(200, {"ok": False, "data": {"status": "healthy"}}), (200, "not json"),
+                   (503, {"ok": True, "data": {"status": "healthy"}}), (200, {"ok": True, "data": {"status": "down"}})]:
+        health.answers["oauth"] = answer
+        res = run_cli("validate", "--env", "staging", "--json")
+        assert res.exit_code == 1, answer
+        assert [w["ok"] for w in last_json(res.output)["workers"]] == [True, False]
+
+
+def test_deploy_in_order_and_roll_back_on_failed_health(project):
+    _, cf, health, _ = project
+    plan = run_cli("deploy", "--env", "staging", "--dry-run", "--json")
+    assert [s["worker"] for s in last_json(plan.output)["steps"]] == WORKERS
+    assert not any(m == "POST" and "/versions" in p for m, p, _ in cf.log)
+
+    res = run_cli("deploy", "--env", "staging", "--json")
+    assert res.exit_code == 0, res.output
+    uploads = [p.split("/scripts/")[1].split("/")[0] for m, p, _ in cf.log if m == "POST" and "/versions" in p]
+    assert uploads == [f"tminus-{w}-staging" for w in WORKERS]
+    before = {w: cf.script(f"tminus-{w}-staging").active.id for w in WORKERS}
+
+    health.answers["oauth"] = (500, {"ok": False})
+    res = run_cli("deploy", "--env", "staging", "--json")
+    out = last_json(res.output)
+    assert res.exit_code == 1 and out["failed_at"] == "oauth" and out["rolled_back"] == ["oauth", "api"]
+    assert {w: cf.script(f"tminus-{w}-staging").active.id for w in ["api", "oauth"]} == \
+        {w: before[w] for w in ["api", "oauth"]}
+
+
+def test_rollback_refuses_to_cross_a_master_key_rotation(project):
+    root, cf, _, store = project
+    assert run_cli("deploy", "--env", "staging").exit_code == 0
+    assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
+    # a MASTER_KEY rotation: new key pushed (the data would now be under it)
+    store.write_pending("MASTER_KEY", NEW_SECRET)
+    store.promote("MASTER_KEY")
+    assert run_cli("secrets", "push", "--env", "staging", "--only", "MASTER_KEY").exit_code == 0
+    active_before = {w: cf.script(f"tminus-{w}-staging").active.id for w in WORKERS}
+
+    refused = run_cli("rollback", "--env", "staging", "--only", "api", "--yes")
+    assert refused.exit_code == 1 and "refusing to roll back across a secret rotation" in refused.output
+    assert {w: cf.script(f"tminus-{w}-staging").active.id for w in WORKERS} == active_before
+
+    forced = run_cli("rollback", "--env", "staging", "--only", "api", "--yes", "--force", "--json")
+    assert forced.exit_code == 0, forced.output
+    assert _active(cf, "api")["MASTER_KEY"] == NEW_SECRET  # the current key was re-pushed
+
+
+def test_rollback_of_a_code_deploy_needs_yes_and_goes_in_reverse(project):
+    _, cf, _, _ = project
+    assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
+    assert run_cli("deploy", "--env", "staging").exit_code == 0
+    assert run_cli("deploy", "--env", "staging").exit_code == 0
+    current = {w: cf.script(f"tminus-{w}-staging").active.id for w in WORKERS}
+    plan = run_cli("rollback", "--env", "staging", "--json")
+    assert plan.exit_code == 2 and not last_json(plan.output)["done"]
+    assert [s["worker"] for s in last_json(plan.output)["plan"]] == list(reversed(WORKERS))
+    res = run_cli("rollback", "--env", "staging", "--yes", "--json")
+    assert res.exit_code == 0, res.output
+    after = {w: cf.script(f"tminus-{w}-staging").active.id for w in WORKERS}
+    assert all(after[w] != current[w] for w in WORKERS)
+    assert _active(cf, "oauth")["MASTER_KEY"] == OLD_SECRET
