@@ -212,3 +212,13 @@ def test_rollback_of_a_code_deploy_needs_yes_and_goes_in_reverse(project):
     after = {w: cf.script(f"tminus-{w}-staging").active.id for w in WORKERS}
     assert all(after[w] != current[w] for w in WORKERS)
     assert _active(cf, "oauth")["MASTER_KEY"] == OLD_SECRET
+
+
+def test_cloudflare_error_codes_become_clear_messages():
+    from keyrotate.cloudflare.wrangler import explain
+
+    out = ("\x1b[31m✘ \x1b[41;31m[ERROR]\x1b[0m A request to the Cloudflare API failed.\n"
+           "  Secrets have changed since this version was deployed [code: 10220]\n")
+    assert "Cloudflare error 10220: secrets changed since that version" in explain(out)
+    assert "latest version of the Worker is not deployed" in explain("oops [code: 10215]")
+    assert "SQL error" in explain('{"errors":[{"code": 7500, "message": "no such table"}]}')
