@@ -322,6 +322,60 @@ def secrets_show(ref: str, reveal: bool, as_json: bool) -> None:
     finish(info, as_json, text, 0)
 
 
+@main.group()
+def migrations() -> None:
+    """Forward-only D1 migrations (recorded in d1_migrations, as wrangler does)."""
+
+
+@migrations.command("list")
+@env_option
+@manifest_option
+@json_option
+@handle_errors
+def migrations_list_cmd(env_name: str, manifest_path: str | None, as_json: bool) -> None:
+    """Migrations of migrations_dir and whether ENV has applied them."""
+    from keyrotate.control import migrations_list
+
+    result = migrations_list(context(env_name, manifest_path))
+    text = "\n".join(f"  {'applied' if m['applied'] else 'PENDING':<8} {m['name']}"
+                     for m in result["migrations"]) or "  no migrations"
+    finish(result, as_json, f"migrations on {env_name}:\n{text}", 0)
+
+
+@migrations.command("apply")
+@env_option
+@click.option("--dry-run", is_flag=True, help="List what would be applied.")
+@click.option("--force", is_flag=True, help="Apply even what staging has not applied.")
+@manifest_option
+@json_option
+@handle_errors
+def migrations_apply_cmd(env_name: str, dry_run: bool, force: bool, manifest_path: str | None,
+                         as_json: bool) -> None:
+    """Apply pending migrations, each with its record in one transaction."""
+    from keyrotate.control import migrations_apply
+
+    result = migrations_apply(context(env_name, manifest_path), dry_run, force, render.say)
+    names = result.get("would_apply") if dry_run else result.get("applied")
+    verb = "would apply" if dry_run else "applied"
+    finish(result, as_json, f"{verb}: {', '.join(names) if names else 'nothing'}", 0)
+
+
+@migrations.command("compensate")
+@click.argument("file", type=click.Path(dir_okay=False))
+@json_option
+@handle_errors
+def migrations_compensate_cmd(file: str, as_json: bool) -> None:
+    """Write NNNN_rollback_<name>.sql that undoes FILE (next free number, same folder)."""
+    from pathlib import Path
+
+    from keyrotate.compensate import write_compensation
+
+    path, comp = write_compensation(Path(file))
+    for w in comp.warnings:
+        render.say(f"WARNING: {w}")
+    finish({"written": str(path), "warnings": comp.warnings}, as_json, f"wrote {path}", 0)
+
+
 @main.command()
 @click.option("--rows", type=click.IntRange(1, 10_000_000), default=10_000, show_default=True)
 @click.option("--dir", "directory", default="keyrotate-demo", show_default=True,

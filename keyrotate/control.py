@@ -274,3 +274,57 @@ def write_init(path: Path, force: bool = False) -> Path:
         raise ConfigError(f"{path} exists; refusing to overwrite it (use --force)")
     path.write_text(TEMPLATE)
     return path
+
+
+# --- D1 migrations ---------------------------------------------------------------------
+
+def migrations_folder(ctx: Context) -> Path:
+    return ctx.manifest.root / ctx.manifest.migrations_dir
+
+
+def migrations_list(ctx: Context) -> dict[str, Any]:
+    from keyrotate.migrate import applied, discover
+
+    files = discover(migrations_folder(ctx))
+    store = ctx.open_db()
+    try:
+        done = applied(store)
+    finally:
+        store.close()
+    return {"env": ctx.env.name, "migrations": [{"name": m.name, "applied": m.name in done}
+                                                for m in files],
+            "pending": [m.name for m in files if m.name not in done],
+            "unknown_applied": [n for n in done if n not in {m.name for m in files}]}
+
+
+STAGING = "staging"
+
+
+def migrations_apply(ctx: Context, dry_run: bool, force: bool, say: Say) -> dict[str, Any]:
+    """Apply pending migrations in order, each with its d1_migrations row in one batch.
+    Outside staging, a migration staging has not applied is refused unless --force."""
+    from keyrotate.migrate import apply_one, applied, discover, pending
+
+    files = discover(migrations_folder(ctx))
+    store = ctx.open_db()
+    try:
+        todo = pending(store, files)
+        if ctx.env.name != STAGING and STAGING in ctx.manifest.environments and todo:
+            staging = Context(ctx.manifest, ctx.manifest.env(STAGING), ctx.wrangler)
+            staging_store = staging.open_db()
+            try:
+                on_staging = set(applied(staging_store))
+            finally:
+                staging_store.close()
+            untested = [m.name for m in todo if m.name not in on_staging]
+            if untested and not force:
+                raise ConfigError(f"{', '.join(untested)} not applied to staging yet: apply and "
+                                  f"check it there first (or --force)")
+        if dry_run:
+            return {"env": ctx.env.name, "dry_run": True, "would_apply": [m.name for m in todo]}
+        for m in todo:
+            say(f"applying {m.name} to {ctx.env.name}")
+            apply_one(store, m)
+    finally:
+        store.close()
+    return {"env": ctx.env.name, "dry_run": False, "applied": [m.name for m in todo]}
