@@ -42,13 +42,17 @@ def parse_ref(text: str, what: str = "secret reference") -> SecretRef:
     return SecretRef(scheme, body)
 
 
-def _read_env(body: str) -> str:
-    value = os.environ.get(body)
+def required(ref: str, value: str | None, missing: str = "is not set") -> str:
+    """A reference's value, or a clear error naming the reference (never a value)."""
     if value is None:
-        raise SecretStoreError(f"env:{body} is not set")
+        raise SecretStoreError(f"{ref} {missing}")
     if value == "":
-        raise SecretStoreError(f"env:{body} is empty")
+        raise SecretStoreError(f"{ref} is empty")
     return value
+
+
+def _read_env(body: str) -> str:
+    return required(f"env:{body}", os.environ.get(body))
 
 
 def _read_file(body: str) -> str:
@@ -72,12 +76,7 @@ def _read_dotenv(body: str) -> str:
     from keyrotate.secrets.dotenv import read_dotenv
 
     path, _, name = body.rpartition("#")
-    value = read_dotenv(path).get(name)
-    if value is None:
-        raise SecretStoreError(f"dotenv:{body}: {name} is not set in {path}")
-    if value == "":
-        raise SecretStoreError(f"dotenv:{body} is empty")
-    return value
+    return required(f"dotenv:{body}:", read_dotenv(path).get(name), f"{name} is not set in {path}")
 
 
 Reader = Callable[[str], str]

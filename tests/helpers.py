@@ -74,3 +74,15 @@ def db_url(path: Path) -> str:
 
 def file_mode(path: Path) -> int:
     return os.stat(path).st_mode & 0o777
+
+
+def big_reference_db(tmp_path: Path, rows: int, name: str = "big.db") -> tuple[Path, dict, dict]:
+    """A reference database sealed under OLD, its original payloads, and the environment
+    (keys in KR_OLD / KR_NEW) for running keyrotate as a process."""
+    from keyrotate.demo import build_reference_db
+
+    db = tmp_path / name
+    build_reference_db(str(db), rows, OLD_SECRET)
+    originals = {k: open_value(v.decode(), OLD_SECRET) for k, v in rows_of(db).items()}
+    env = dict(os.environ, KR_OLD=OLD_SECRET, KR_NEW=NEW_SECRET, PYTHONPATH=str(ROOT))
+    return db, originals, env

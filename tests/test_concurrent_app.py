@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 
 import pytest
 
-from keyrotate.demo import build_reference_db
 
-from tests.helpers import NEW_SECRET, OLD_SECRET, ROOT, open_value, rows_of
+from tests.helpers import big_reference_db, NEW_SECRET, ROOT, open_value, rows_of
 
 ROWS = 60_000
 
@@ -27,10 +25,7 @@ def _reencrypt(db, env):
 
 @pytest.mark.slow
 def test_application_writes_during_rotation_are_never_lost(tmp_path):
-    db = tmp_path / "app.db"
-    build_reference_db(str(db), ROWS, OLD_SECRET)
-    originals = {k: open_value(v.decode(), OLD_SECRET) for k, v in rows_of(db).items()}
-    env = dict(os.environ, KR_OLD=OLD_SECRET, KR_NEW=NEW_SECRET, PYTHONPATH=str(ROOT))
+    db, originals, env = big_reference_db(tmp_path, ROWS, "app.db")
     log, stop = tmp_path / "app.log", tmp_path / "stop"
     app = subprocess.Popen([sys.executable, str(ROOT / "tests" / "app_writer.py"), str(db),
                             str(log), str(stop), str(ROWS)], env=env)

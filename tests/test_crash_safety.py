@@ -15,9 +15,8 @@ import psutil
 import pytest
 
 from keyrotate.crypto.keys import MasterKey
-from keyrotate.demo import build_reference_db
 
-from tests.helpers import NEW_SECRET, OLD_SECRET, ROOT, open_value, rows_of
+from tests.helpers import big_reference_db, NEW_SECRET, open_value, rows_of
 
 ROWS = 150_000  # enough that 20 kills land before the rotation can finish
 KILLS = 20
@@ -62,10 +61,7 @@ def _journal_agrees_with_data(db) -> int:
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing(tmp_path):
-    db = tmp_path / "crash.db"
-    build_reference_db(str(db), ROWS, OLD_SECRET)
-    originals = {k: open_value(v.decode(), OLD_SECRET) for k, v in rows_of(db).items()}
-    env = dict(os.environ, KR_OLD=OLD_SECRET, KR_NEW=NEW_SECRET, PYTHONPATH=str(ROOT))
+    db, originals, env = big_reference_db(tmp_path, ROWS, "crash.db")
     rng = random.Random(20261128)
     kills, progress, orphans = 0, [], []
     attempts = 0

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Callable, TypeVar
 
 from keyrotate.errors import SecretStoreError
-from keyrotate.refs import register_reader
+from keyrotate.refs import register_reader, required
 from keyrotate.secrets.base import Slot, now_utc, pending_name, previous_name, slot_name
 
 T = TypeVar("T")
@@ -136,12 +136,7 @@ class KeyringStore:
 
 def read_keyring_ref(body: str) -> str:
     service, _, name = body.rpartition("#")
-    value = KeyringStore(service).read(name)
-    if value is None:
-        raise SecretStoreError(f"keyring:{body} is not set")
-    if value == "":
-        raise SecretStoreError(f"keyring:{body} is empty")
-    return value
+    return required(f"keyring:{body}", KeyringStore(service).read(name))
 
 
 register_reader("keyring", read_keyring_ref)
