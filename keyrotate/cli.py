@@ -12,7 +12,7 @@ import click
 
 from keyrotate import __version__, render
 from keyrotate.crypto.codecs import FORMATS, MODES
-from keyrotate.errors import EXIT_FAILURES, EXIT_INCOMPLETE, EXIT_USAGE, KeyrotateError
+from keyrotate.errors import EXIT_FAILURES, EXIT_INCOMPLETE, EXIT_USAGE, ConfigError, KeyrotateError
 from keyrotate.progress_bar import progress_for
 from keyrotate.store import open_store
 from keyrotate.store.base import RowStore
@@ -320,6 +320,59 @@ def secrets_show(ref: str, reveal: bool, as_json: bool) -> None:
     info = describe(ref, reveal)
     text = "\n".join(f"{k}: {v}" for k, v in info.items() if v is not None)
     finish(info, as_json, text, 0)
+
+
+@main.command()
+@click.argument("secret")
+@env_option
+@click.option("--compromised", is_flag=True,
+              help="Compromise response: fresh DEKs, no overlap, old key retired, incident report.")
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--yes", is_flag=True, help="Go ahead with a cutover that has consequences (stated).")
+@click.option("--finish", "finish_rotation", is_flag=True,
+              help="End the overlap: remove PREVIOUS, promote the new value.")
+@click.option("--force", is_flag=True, help="--finish before max_token_ttl has passed.")
+@click.option("--abort", is_flag=True, help="Abandon a rotation that has only staged its new value.")
+@manifest_option
+@json_option
+@handle_errors
+def rotate(secret: str, env_name: str, compromised: bool, dry_run: bool, yes: bool,
+           finish_rotation: bool, force: bool, abort: bool, manifest_path: str | None,
+           as_json: bool) -> None:
+    """Rotate SECRET on ENV from start to finish; a re-run resumes where it stopped.
+
+    External secrets (OAuth client secrets) take the new value on stdin, never argv.
+    """
+    from keyrotate.rotation import rotate as run_rotate
+
+    def read_external() -> str:
+        stdin = sys.stdin
+        if stdin.isatty():
+            return click.prompt(f"new value for {secret}", hide_input=True, confirmation_prompt=True)
+        value = stdin.read().rstrip("\n")
+        if not value:
+            raise ConfigError(f"no value for {secret} on stdin")
+        return value
+
+    result = run_rotate(context(env_name, manifest_path), secret, compromised=compromised,
+                        dry_run=dry_run, yes=yes, finish=finish_rotation, force=force, abort=abort,
+                        read_external=read_external, say=render.say)
+    finish(result, as_json, render.rotate_text(result), 0)
+
+
+@main.command()
+@env_option
+@click.option("--due", metavar="AGE", help="Exit 1 if a secret is older than this (e.g. 90d).")
+@manifest_option
+@json_option
+@handle_errors
+def status(env_name: str, due: str | None, manifest_path: str | None, as_json: bool) -> None:
+    """Per secret: age, rotation in progress, rows per key. For cron and CI schedules."""
+    from keyrotate.manifest import parse_duration
+    from keyrotate.rotation import status as run_status
+
+    result = run_status(context(env_name, manifest_path), parse_duration(due, "--due") if due else None)
+    finish(result, as_json, render.status_text(result), EXIT_FAILURES if result["due"] else 0)
 
 
 @main.group()

@@ -109,5 +109,33 @@ def rollback_text(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def rotate_text(r: dict[str, Any]) -> str:
+    if r["dry_run"]:
+        lines = [f"plan for {r['secret']} on {r['env']} ({r['plan']}"
+                 + (", compromised" if r["compromised"] else "") + "), nothing changed:"]
+        if r.get("warning"):
+            lines.append(f"  NOTE: {r['warning']}")
+        lines += [f"  {'done' if s['done'] else '    '} {s['step']:<16} {s['what']}" for s in r["steps"]]
+        return "\n".join(lines)
+    lines = [f"{r['secret']} on {r['env']}: {r['state']} (rotation {r['rotation_id']})",
+             f"  old {r['old_fingerprint']}  new {r['new_fingerprint']}", f"  {r['note']}"]
+    for item in r["detail"].get("checklist", []):
+        lines.append(f"  [ ] {item}")
+    return "\n".join(lines)
+
+
+def status_text(r: dict[str, Any]) -> str:
+    lines = [f"secrets on {r['env']}:"]
+    for s in r["secrets"]:
+        age = f"{s['age_days']} days" if s["age_days"] is not None else "age unknown"
+        flag = "  DUE" if s["due"] else ""
+        rot = f"  rotation {s['rotation']['state']}" if s["rotation"] else ""
+        lines.append(f"  {s['secret']:<24} {s['kind']:<11} {age}{flag}{rot}")
+        for target, c in (s.get("rows") or {}).items():
+            lines.append(f"      {target}: {c['current']} current, {c['previous']} previous, "
+                         f"{c['other']} other, {c['null']} null")
+    return "\n".join(lines)
+
+
 def stderr_is_terminal() -> bool:
     return sys.stderr.isatty()

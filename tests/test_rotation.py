@@ -1,0 +1,163 @@
+"""keyrotate rotate: MASTER_KEY with and without overlap, JWT, external secrets,
+--compromised, resume after a failure, status. Real wrangler against the stand-in."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+from tests.helpers import NEW_SECRET, OLD_SECRET, last_json, open_value, rows_of, run_cli
+from tests.test_control_plane import GOOGLE, JWT, _active, project  # noqa: F401 (fixture)
+from tests.test_secret_hygiene import assert_clean
+
+
+def _manifest_edit(root, old, new):
+    path = root / "keyrotate.toml"
+    path.write_text(path.read_text().replace(old, new, 1))
+
+
+def _overlap(root, secret="MASTER_KEY", kind="master-key", extra=""):
+    _manifest_edit(root, f'[secrets.{secret}]\nkind = "{kind}"',
+                   f'[secrets.{secret}]\nkind = "{kind}"\nprevious = "{secret}_PREVIOUS"{extra}')
+
+
+def _rows_open_under(db, secret):
+    return all(open_value(v.decode(), secret) is not None for v in rows_of(db).values() if v)
+
+
+def test_master_key_with_overlap_then_finish(project):
+    root, cf, _, store = project
+    _overlap(root)
+    assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
+    plan = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--dry-run", "--json")
+    assert [s["step"] for s in last_json(plan.output)["steps"]] == \
+        ["stage", "push-overlap", "validate", "reencrypt", "verify"]
+    assert store.read("MASTER_KEY", "pending") is None  # the dry run changed nothing
+
+    res = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--json")
+    assert res.exit_code == 0, res.output
+    out = last_json(res.output)
+    assert out["state"] == "awaiting-finish"
+    new = store.read("MASTER_KEY", "pending")
+    assert store.read("MASTER_KEY") == OLD_SECRET and new and new != OLD_SECRET
+    for w in ("api", "oauth"):
+        assert _active(cf, w)["MASTER_KEY"] == new and _active(cf, w)["MASTER_KEY_PREVIOUS"] == OLD_SECRET
+    assert _rows_open_under(root / "staging.db", new)
+    assert out["detail"]["verify"]["accounts.encrypted_tokens"]["old"] == 0
+
+    waiting = run_cli("rotate", "MASTER_KEY", "--env", "staging")
+    assert waiting.exit_code == 0 and "waiting for --finish" in waiting.output
+
+    # the version before the push has only the old key: rows are under the new one now
+    refused = run_cli("rollback", "--env", "staging", "--only", "oauth", "--yes")
+    assert refused.exit_code == 1 and "across a secret rotation" in refused.output
+
+    done = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish", "--json")
+    assert done.exit_code == 0 and last_json(done.output)["state"] == "finished"
+    for w in ("api", "oauth"):
+        assert "MASTER_KEY_PREVIOUS" not in _active(cf, w) and _active(cf, w)["MASTER_KEY"] == new
+    assert store.read("MASTER_KEY") == new and store.read("MASTER_KEY", "previous") == OLD_SECRET
+
+    audit = (root / ".keyrotate" / "audit-staging.jsonl").read_bytes()
+    events = [json.loads(x)["event"] for x in audit.splitlines()]
+    assert events[0] == "started" and "verify" in events and events[-1] == "finished"
+    for blob, where in ((audit, "audit log"), (res.output.encode() + done.output.encode(), "output")):
+        assert_clean(blob, where, [OLD_SECRET, new])
+
+
+def test_a_failed_validate_resumes_without_repeating_steps(project):
+    root, cf, health, store = project
+    _overlap(root)
+    health.answers["oauth"] = (500, {"ok": False})
+    failed = run_cli("rotate", "MASTER_KEY", "--env", "staging")
+    assert failed.exit_code == 1 and "health check failed" in failed.output
+    staged = store.read("MASTER_KEY", "pending")
+    pushes = sum(1 for m, p, _ in cf.log if m in ("PUT", "PATCH") and "/workers/scripts/" in p)
+    assert staged and pushes == 2
+
+    health.answers.clear()
+    resumed = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--json")
+    assert resumed.exit_code == 0, resumed.output
+    assert last_json(resumed.output)["state"] == "awaiting-finish"
+    assert store.read("MASTER_KEY", "pending") == staged  # not generated again
+    assert sum(1 for m, p, _ in cf.log if m in ("PUT", "PATCH") and "/workers/scripts/" in p) == pushes
+    assert _rows_open_under(root / "staging.db", staged)
+
+
+def test_jwt_without_previous_refuses_without_yes(project):
+    _, cf, _, store = project
+    refused = run_cli("rotate", "JWT_SECRET", "--env", "staging")
+    assert refused.exit_code == 2 and "logs every user out" in refused.output
+    assert store.read("JWT_SECRET", "pending") is None and not any(m == "PUT" for m, _, _ in cf.log)
+    res = run_cli("rotate", "JWT_SECRET", "--env", "staging", "--yes", "--json")
+    assert res.exit_code == 0, res.output
+    new = store.read("JWT_SECRET")
+    assert new != JWT and store.read("JWT_SECRET", "previous") == JWT
+    assert _active(cf, "api")["JWT_SECRET"] == _active(cf, "oauth")["JWT_SECRET"] == new
+
+
+def test_jwt_overlap_finish_waits_for_the_token_ttl(project):
+    root, cf, _, store = project
+    _overlap(root, "JWT_SECRET", "jwt-hs256", extra="\nmax_token_ttl = \"1h\"")
+    assert run_cli("rotate", "JWT_SECRET", "--env", "staging").exit_code == 0
+    assert _active(cf, "api")["JWT_SECRET_PREVIOUS"] == JWT
+    early = run_cli("rotate", "JWT_SECRET", "--env", "staging", "--finish")
+    assert early.exit_code == 2 and "may live" in early.output
+    forced = run_cli("rotate", "JWT_SECRET", "--env", "staging", "--finish", "--force", "--json")
+    assert forced.exit_code == 0 and last_json(forced.output)["state"] == "finished"
+    assert "JWT_SECRET_PREVIOUS" not in _active(cf, "api")
+
+
+def test_external_secret_comes_from_stdin(project):
+    from click.testing import CliRunner
+
+    from keyrotate.cli import main
+
+    _, cf, _, store = project
+    res = CliRunner().invoke(main, ["rotate", "GOOGLE_CLIENT_SECRET", "--env", "staging"],
+                             input="new-google-secret-from-console\n")
+    assert res.exit_code == 0, res.output
+    assert "[ ] In the provider's console" in res.output
+    assert "new-google-secret-from-console" not in res.output
+    assert store.read("GOOGLE_CLIENT_SECRET") == "new-google-secret-from-console"
+    assert store.read("GOOGLE_CLIENT_SECRET", "previous") == GOOGLE
+    for w in ("oauth", "webhook"):
+        assert _active(cf, w)["GOOGLE_CLIENT_SECRET"] == "new-google-secret-from-console"
+
+
+def test_compromised_master_key(project):
+    root, cf, _, store = project
+    _overlap(root)  # even with overlap configured, a compromise has none
+    assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
+    before = {k: json.loads(v) for k, v in rows_of(root / "staging.db").items() if v}
+    res = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--compromised", "--yes", "--json")
+    assert res.exit_code == 0, res.output
+    out = last_json(res.output)
+    new = store.read("MASTER_KEY")
+    assert out["state"] == "finished" and out["plan"] == "cutover" and new != OLD_SECRET
+    after = {k: json.loads(v) for k, v in rows_of(root / "staging.db").items() if v}
+    assert all(after[k]["iv"] != before[k]["iv"] for k in before)  # fresh DEKs and IVs
+    assert _rows_open_under(root / "staging.db", new)
+    for w in ("api", "oauth"):
+        assert _active(cf, w)["MASTER_KEY"] == new and "MASTER_KEY_PREVIOUS" not in _active(cf, w)
+    reports = sorted((root / ".keyrotate" / "incidents").iterdir())
+    assert [p.suffix for p in reports] == [".json", ".md"]
+    text = reports[1].read_text()
+    assert "Time Travel" in text and "30 days" in text and out["old_fingerprint"] in text
+    for p in reports:
+        assert_clean(p.read_bytes(), p.name, [OLD_SECRET, new])
+        assert p.stat().st_mode & 0o777 == 0o600
+
+
+def test_status_ages_and_rows_per_key(project):
+    root, _, _, store = project
+    res = run_cli("status", "--env", "staging", "--due", "90d", "--json")
+    assert res.exit_code == 0, res.output
+    out = last_json(res.output)
+    mk = next(s for s in out["secrets"] if s["secret"] == "MASTER_KEY")
+    assert mk["rows"]["accounts.encrypted_tokens"]["current"] == 50 and mk["age_days"] < 1
+    env = root / ".env.staging"
+    env.write_text(env.read_text().replace(f"JWT_SECRET set {datetime.now(timezone.utc).year}",
+                                           "JWT_SECRET set 2020", 1))
+    due = run_cli("status", "--env", "staging", "--due", "90d", "--json")
+    assert due.exit_code == 1 and last_json(due.output)["due"] == ["JWT_SECRET"]
