@@ -10,6 +10,7 @@ import pytest
 from keyrotate.demo import build_reference_db
 
 from tests.helpers import NEW_SECRET, OLD_SECRET
+from tests.cloudflare_project import project  # noqa: F401 (a fixture)
 from tests.services import Sqld
 
 

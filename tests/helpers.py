@@ -86,3 +86,21 @@ def big_reference_db(tmp_path: Path, rows: int, name: str = "big.db") -> tuple[P
     originals = {k: open_value(v.decode(), OLD_SECRET) for k, v in rows_of(db).items()}
     env = dict(os.environ, KR_OLD=OLD_SECRET, KR_NEW=NEW_SECRET, PYTHONPATH=str(ROOT))
     return db, originals, env
+
+
+class StopAfter:
+    """A progress sink that interrupts a run after n committed batches, as Ctrl-C would."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def start(self, total: int) -> None:
+        pass
+
+    def advance(self, rows: int) -> None:
+        self.n -= 1
+        if self.n == 0:
+            raise KeyboardInterrupt
+
+    def close(self) -> None:
+        pass

@@ -15,7 +15,7 @@ from keyrotate.keys_from_refs import codec_from_refs
 from keyrotate.store import open_store
 from keyrotate.store.base import resolve_target
 
-from tests.helpers import NEW_SECRET, OLD_SECRET, last_json, open_value, rows_of, run_cli
+from tests.helpers import StopAfter, NEW_SECRET, OLD_SECRET, last_json, open_value, rows_of, run_cli
 
 
 def _reencrypt(db, keys, *extra):
@@ -121,31 +121,13 @@ def test_dry_run_writes_nothing_not_even_the_journal(ref_db, keys_env):
     assert not any(t.startswith("keyrotate") for t in tables)
 
 
-class _StopAfter:
-    """A progress sink that interrupts the run after n batches, like Ctrl-C would."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def start(self, total: int) -> None:
-        pass
-
-    def advance(self, rows: int) -> None:
-        self.n -= 1
-        if self.n == 0:
-            raise KeyboardInterrupt
-
-    def close(self) -> None:
-        pass
-
-
 def test_interrupted_run_resumes_where_it_stopped(ref_db, keys_env):
     db = ref_db(1000)
     codec = codec_from_refs("tminus-envelope", keys_env["new"], keys_env["old"])
     store = open_store(f"file:{db}")
     target = resolve_target(store, "accounts.encrypted_tokens", None)
     with pytest.raises(Interrupted):
-        reencrypt(store, target, codec, ReencryptOptions(batch_size=100, workers=0), _StopAfter(3))
+        reencrypt(store, target, codec, ReencryptOptions(batch_size=100, workers=0), StopAfter(3))
     store.close()
     done = sum(open_value(v.decode(), NEW_SECRET) is not None for v in rows_of(db).values())
     assert done == 300  # three committed batches, nothing else

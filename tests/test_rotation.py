@@ -7,7 +7,7 @@ import json
 from datetime import datetime, timezone
 
 from tests.helpers import OLD_SECRET, last_json, open_value, rows_of, run_cli
-from tests.test_control_plane import GOOGLE, JWT, _active, project  # noqa: F401 (fixture)
+from tests.cloudflare_project import GOOGLE, JWT, _active
 from tests.test_secret_hygiene import assert_clean
 
 

@@ -1,0 +1,187 @@
+"""The reference dual-key Worker (examples/worker) in the real Workers runtime: wrangler dev
+(workerd) on a local D1 opens every sampled token before, during (rows mixed old and new)
+and after `keyrotate rotate MASTER_KEY --env staging`; secret pushes go to the stand-in."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from keyrotate.crypto.envelope import seal
+from keyrotate.crypto.keys import MasterKey
+from keyrotate.demo import REFERENCE_SCHEMA, account_id, token_payload
+from keyrotate.engine.reencrypt import ReencryptOptions, reencrypt
+from keyrotate.errors import Interrupted
+from keyrotate.keys_from_refs import codec_from_refs
+from keyrotate.secrets.dotenv import DotenvStore
+from keyrotate.store import open_store
+from keyrotate.store.base import resolve_target
+
+from tests.cf_api import CloudflareStandIn
+from tests.helpers import StopAfter, OLD_SECRET, ROOT, run_cli
+from tests.services import free_port
+
+WRANGLER = ROOT / "node_modules" / ".bin" / "wrangler"
+ROWS = 400
+
+
+class DevWorker:
+    """`wrangler dev` in its own process group, stopped by group (npx would leave orphans)."""
+
+    def __init__(self, folder: Path, port: int):
+        self.folder, self.port = folder, port
+        self.proc = subprocess.Popen(
+            [str(WRANGLER), "dev", "--port", str(port), "--ip", "127.0.0.1", "--log-level", "warn"],
+            cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, env={**os.environ, "WRANGLER_SEND_METRICS": "false", "CI": "true"})
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("wrangler dev did not start")
+
+    def token(self, key: str) -> dict:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/tokens/{key}", timeout=10) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return json.loads(e.read() or b"{}")
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _dev_vars(folder: Path, **values: str) -> None:
+    from keyrotate.secrets.files import atomic_write_secret
+
+    atomic_write_secret(str(folder / ".dev.vars"), "".join(f"{k}={v}\n" for k, v in values.items()))
+
+
+def _all_open(worker: DevWorker, payloads: dict[str, bytes]) -> dict[str, int]:
+    used: dict[str, int] = {}
+    for key, payload in payloads.items():
+        got = worker.token(key)
+        assert got.get("ok"), f"{key}: {got}"
+        assert json.dumps(got["payload"], separators=(",", ":")).encode() == payload
+        used[got["key"]] = used.get(got["key"], 0) + 1
+    return used
+
+
+@pytest.mark.slow
+def test_worker_opens_every_token_before_during_and_after(tmp_path, monkeypatch):
+    if not WRANGLER.exists():
+        pytest.fail("wrangler is not installed: run `npm ci` (setup-dev.sh)")
+    cf = CloudflareStandIn()
+    monkeypatch.setenv("CLOUDFLARE_API_BASE_URL", cf.base_url)
+    monkeypatch.setenv("CLOUDFLARE_API_TOKEN", "test-token")
+    monkeypatch.setenv("CLOUDFLARE_ACCOUNT_ID", "acct")
+    monkeypatch.setenv("WRANGLER_SEND_METRICS", "false")
+    api = tmp_path / "workers" / "api"
+    shutil.copytree(ROOT / "examples" / "worker", api)
+    (api / "wrangler.toml").write_text((api / "wrangler.toml").read_text() +
+                                       '\n[env.staging]\nname = "tminus-api-staging"\n')
+    # the local D1 the dev Worker uses: a plain SQLite file keyrotate works on directly
+    schema = REFERENCE_SCHEMA.split("CREATE TABLE org_delegations")[0].strip()
+    subprocess.run([str(WRANGLER), "d1", "execute", "DB", "--local", "--command", schema], cwd=api,
+                   check=True, capture_output=True, timeout=120)
+    db = next(p for p in (api / ".wrangler").rglob("*.sqlite") if p.name != "metadata.sqlite")
+    key = MasterKey.from_secret(OLD_SECRET)
+    payloads = {account_id(i): token_payload(i) for i in range(ROWS)}
+    conn = sqlite3.connect(db)
+    conn.executemany("INSERT INTO accounts (account_id, user_id, encrypted_tokens, created_at, "
+                     "updated_at) VALUES (?, 'u', ?, 'now', 'now')",
+                     [(k, seal(p, key, with_kid=False)) for k, p in payloads.items()])
+    conn.commit()
+    conn.close()
+
+    port = free_port()
+    store = DotenvStore(str(tmp_path / ".env.staging"))
+    store.write_pending("MASTER_KEY", OLD_SECRET)
+    store.promote("MASTER_KEY")
+    (tmp_path / "keyrotate.toml").write_text(f'''
+[project]
+name = "tminus"
+deploy_order = ["api"]
+wrangler = ["{WRANGLER}"]
+[environments.staging]
+database = "file:{db}"
+secrets = "dotenv:.env.staging"
+health = {{ api = "http://127.0.0.1:{port}/health" }}
+[secrets.MASTER_KEY]
+kind = "master-key"
+workers = ["api"]
+previous = "MASTER_KEY_PREVIOUS"
+[[encrypted]]
+secret = "MASTER_KEY"
+table = "accounts"
+column = "encrypted_tokens"
+''')
+    monkeypatch.chdir(tmp_path)
+
+    _dev_vars(api, MASTER_KEY=OLD_SECRET)
+    worker = DevWorker(api, port)
+    try:
+        assert _all_open(worker, payloads) == {"MASTER_KEY": ROWS}  # before
+    finally:
+        worker.stop()
+
+    # the Worker is down: the rotation stages, pushes (to the stand-in) and stops at validate
+    paused = run_cli("rotate", "MASTER_KEY", "--env", "staging")
+    assert paused.exit_code == 1 and "health check failed" in paused.output
+    new = store.read("MASTER_KEY", "pending")
+    assert cf.script("tminus-api-staging").active.secrets == {"MASTER_KEY": new,
+                                                              "MASTER_KEY_PREVIOUS": OLD_SECRET}
+    # what the push gave Cloudflare, the dev Worker gets in .dev.vars
+    _dev_vars(api, MASTER_KEY=new, MASTER_KEY_PREVIOUS=OLD_SECRET)
+    worker = DevWorker(api, port)
+    try:
+        # half the rows move to the new key, then the run is interrupted: rows are mixed
+        codec = codec_from_refs("tminus-envelope", store.ref("MASTER_KEY", "pending"),
+                                store.ref("MASTER_KEY"))
+        rows = open_store(f"file:{db}")
+        with pytest.raises(Interrupted):
+            reencrypt(rows, resolve_target(rows, "accounts.encrypted_tokens", None), codec,
+                      ReencryptOptions(batch_size=50, workers=0), StopAfter(4))
+        rows.close()
+        during = _all_open(worker, payloads)
+        assert during == {"MASTER_KEY": 200, "MASTER_KEY_PREVIOUS": 200}, during
+
+        resumed = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--json")
+        assert resumed.exit_code == 0, resumed.output
+        assert _all_open(worker, payloads) == {"MASTER_KEY": ROWS}
+    finally:
+        worker.stop()
+
+    assert run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish").exit_code == 0
+    assert store.read("MASTER_KEY") == new
+    _dev_vars(api, MASTER_KEY=new)  # after: the previous key is gone from the Workers
+    worker = DevWorker(api, port)
+    try:
+        assert _all_open(worker, payloads) == {"MASTER_KEY": ROWS}
+    finally:
+        worker.stop()
+        cf.stop()
+
+
