@@ -30,6 +30,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from email.parser import BytesParser
 from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -60,15 +61,15 @@ class Script:
         return next(v for v in self.versions if v.id == vid)
 
     def new_version(self, secrets: dict[str, str], message: str = "") -> Version:
-        v = Version(uuid.uuid4().hex, len(self.versions) + 1, dict(secrets),
-                    time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime()), message)
+        v = Version(uuid.uuid4().hex, len(self.versions) + 1, dict(secrets), _now(), message)
         self.versions.append(v)
         self.deploy(v, message)
         return v
 
     def deploy(self, v: Version, message: str = "") -> dict[str, Any]:
+        """A deployment is stamped when it happens (a rollback's is new, its version old)."""
         d = {"id": uuid.uuid4().hex, "source": "api", "strategy": "percentage",
-             "created_on": v.created_on, "versions": [{"version_id": v.id, "percentage": 100}],
+             "created_on": _now(), "versions": [{"version_id": v.id, "percentage": 100}],
              "annotations": {"workers/message": message} if message else {}}
         self.deployments.insert(0, d)
         return d
@@ -80,6 +81,7 @@ class CloudflareStandIn:
         self.scripts: dict[str, Script] = {}
         self.log: list[tuple[str, str, bytes]] = []   # method, path, body
         self.faults: deque[str] = deque()     # for D1 requests: "429", "500", "slow", "drop"
+        self.worker_faults: deque[str] = deque()  # for Workers script requests: "500"
         self.rate_limit, self.rate_window = rate_limit, rate_window
         self.d1_times: deque[float] = deque()
         self.d1_requests = 0
@@ -161,6 +163,9 @@ class CloudflareStandIn:
                              "script": {"id": s.name, "last_deployed_from": "wrangler",
                                         "tag": "t", "etag": "e", "handlers": ["fetch"]}}}), None
         w = re.match(r"^workers/scripts/([^/]+)(?:/(.*))?$", rest)
+        if w and self.worker_faults:
+            self.worker_faults.popleft()
+            return 500, _err(10013, "An unknown error has occurred"), None
         if w:
             return self._workers(method, self.script(w.group(1)), w.group(2) or "", query, body, ctype)
         return 200, _ok({}), None  # account-level lookups wrangler makes (subdomain, ...)
@@ -265,11 +270,14 @@ class CloudflareStandIn:
                     return 404, _err(10007, "version not found"), None
                 return 200, _ok(_version_json(v)), None
             if sub == "versions" and method == "POST":  # wrangler deploy uploads a version
-                v = Version(uuid.uuid4().hex, len(s.versions) + 1, dict(s.active.secrets),
-                            time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime()), "upload")
+                v = Version(uuid.uuid4().hex, len(s.versions) + 1, dict(s.active.secrets), _now(), "upload")
                 s.versions.append(v)
                 return 200, _ok(_version_json(v)), None
         return 200, _ok({}), None  # script-settings, subdomain, schedules, ...
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class _Drop(Exception):

@@ -152,3 +152,12 @@ def test_cloudflare_error_codes_become_clear_messages():
     assert "Cloudflare error 10220: secrets changed since that version" in explain(out)
     assert "latest version of the Worker is not deployed" in explain("oops [code: 10215]")
     assert "SQL error" in explain('{"errors":[{"code": 7500, "message": "no such table"}]}')
+
+
+def test_secret_push_survives_a_transient_api_failure(project):
+    _, cf, _, _ = project
+    cf.worker_faults.extend(["500", "500"])
+    res = run_cli("secrets", "push", "--env", "staging", "--only", "JWT_SECRET")
+    assert res.exit_code == 0, res.output
+    assert not cf.worker_faults
+    assert _active(cf, "api")["JWT_SECRET"] == _active(cf, "oauth")["JWT_SECRET"] == JWT

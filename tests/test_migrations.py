@@ -180,13 +180,12 @@ def local_d1_file(project: Path) -> Path:
     return files[0]
 
 
-@pytest.mark.parametrize("name", ["0002_add_columns.sql", "0004_provider_id.sql",
-                                  "0005_widen_status.sql", "0006_delegations.sql"])
+@pytest.mark.parametrize("name", FILES)
 def test_forward_then_compensate_on_local_d1(d1_project, tmp_path, name):
     folder = d1_project / "migrations"
     earlier = [m for m in discover(folder) if m.name < name]
     setup = tmp_path / "setup.sql"
-    setup.write_text("\n".join(m.sql() for m in earlier))
+    setup.write_text("\n".join(m.sql() for m in earlier) or "SELECT 1;")
     wrangler(d1_project, "d1", "execute", "DB", "--local", "--file", str(setup))
     db = local_d1_file(d1_project)
     conn = sqlite3.connect(db, isolation_level=None)

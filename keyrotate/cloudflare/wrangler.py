@@ -18,8 +18,13 @@ from keyrotate.cloudflare.runner import Completed, run
 from keyrotate.errors import DeployError
 from keyrotate.store.d1 import CF_ERRORS
 
-TRANSIENT = re.compile(r"\b(429|500|502|503|504)\b|Too Many Requests|ECONNRESET|ETIMEDOUT|"
-                       r"fetch failed|socket hang up|timed out", re.I)
+# Worth another try: rate limits, 5xx (wrangler shows Cloudflare's code 10013, "An unknown
+# error has occurred", rather than the HTTP status), dropped connections. Every wrangler
+# call keyrotate makes is idempotent (put/bulk the same values, deploy, roll back to a
+# given version), so a retry cannot do harm.
+TRANSIENT = re.compile(r"\b(429|500|502|503|504)\b|\[code: 10013\]|Too Many Requests|"
+                       r"Internal Server Error|Bad Gateway|Service Unavailable|ECONNRESET|"
+                       r"ETIMEDOUT|fetch failed|socket hang up|timed out", re.I)
 _CODE = re.compile(r"\[code: (\d+)\]|\"code\":\s*(\d+)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
