@@ -81,17 +81,25 @@ def record_events(ctx: Context, rows: list[dict[str, Any]]) -> None:
 
 
 def last_rotation_push(ctx: Context, worker_full: str) -> tuple[str, str] | None:
-    """(secret, at) of the latest MASTER_KEY / JWT kind push to this Worker, if any."""
+    """(secret, at) of the latest push that *changed* a MASTER_KEY / JWT kind value on this
+    Worker: re-pushing the same value (same fingerprint) is no change to roll back across.
+    The first recorded push of a secret counts as a change (what was there before is unknown)."""
     store = ctx.open_db()
     try:
         ensure_journal_schema(store)
         rows = store.query(
-            "SELECT secret, at FROM keyrotate_events WHERE environment = ? AND worker = ? "
-            "AND kind = 'secret-push' AND secret_kind IN (?, ?) ORDER BY at DESC, id DESC LIMIT 1",
+            "SELECT secret, fingerprint, at FROM keyrotate_events WHERE environment = ? AND "
+            "worker = ? AND kind = 'secret-push' AND secret_kind IN (?, ?) ORDER BY at, id",
             (ctx.env.name, worker_full, *ROTATION_KINDS))
     finally:
         store.close()
-    return (str(rows[0][0]), str(rows[0][1])) if rows else None
+    seen: dict[str, str] = {}
+    change: tuple[str, str] | None = None
+    for secret, fp, at in rows:
+        if seen.get(str(secret)) != fp:
+            change = (str(secret), str(at))
+        seen[str(secret)] = fp
+    return change
 
 
 # --- secrets --------------------------------------------------------------------------------

@@ -45,14 +45,6 @@ class StoreError(KeyrotateError):
     """The database could not be opened, read or written."""
 
 
-class CasConflict(StoreError):
-    """A compare-and-swap write found the row changed since it was read."""
-
-
-class JournalError(StoreError):
-    """keyrotate's own journal tables are missing, damaged or disagree with the data."""
-
-
 class DeployError(KeyrotateError):
     """A wrangler or Cloudflare operation failed."""
 
@@ -61,5 +53,12 @@ class DeployError(KeyrotateError):
 
 class Interrupted(KeyrotateError):
     """The work stopped before finishing; running the same command again resumes it."""
+
+    exit_code = EXIT_INCOMPLETE
+
+
+class Incomplete(KeyrotateError):
+    """A resumable operation stopped at a step that cannot pass yet (a failed health
+    check, rows still under the old key); running the same command again resumes it."""
 
     exit_code = EXIT_INCOMPLETE

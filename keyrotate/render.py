@@ -6,7 +6,6 @@ Results are plain dicts built by the library; nothing here reads keys or values.
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import click
@@ -33,6 +32,7 @@ def reencrypt_text(r: dict[str, Any]) -> str:
         + f"  (mode {r['mode']}, kid {r['old_kid']} -> {r['new_kid']})",
     ]
     lines += failure_lines(r["failures"], r["rows_failed"])
+    lines += [f"  WARNING: {w}" for w in r.get("warnings", [])]
     if r["rows_unsettled"]:
         lines.append(f"  {r['rows_unsettled']} rows kept changing during the run: run again")
     return "\n".join(lines)
@@ -135,7 +135,3 @@ def status_text(r: dict[str, Any]) -> str:
             lines.append(f"      {target}: {c['current']} current, {c['previous']} previous, "
                          f"{c['other']} other, {c['null']} null")
     return "\n".join(lines)
-
-
-def stderr_is_terminal() -> bool:
-    return sys.stderr.isatty()

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from keyrotate.control import Context, record_events, validate
 from keyrotate.engine.migrations import ensure_journal_schema
-from keyrotate.errors import ConfigError, DeployError, KeyrotateError
+from keyrotate.errors import ConfigError, Incomplete, KeyrotateError
 from keyrotate.keygen import generate
 from keyrotate.manifest import SecretSpec
 from keyrotate.secrets.base import SecretStore, fingerprint
@@ -37,6 +37,7 @@ STEP_TEXT = {
     "reencrypt": "reencrypt every [[encrypted]] target from the old key to the new key",
     "catch-up": "sweep again for rows the Workers wrote with the old key meanwhile",
     "verify": "verify no row depends on the old key",
+    "re-verify": "verify again that no row depends on the old key (sweeping any that came back)",
     "promote": "promote the new value to current in the store, keeping the old as previous",
     "remove-previous": "remove PREVIOUS from the Workers",
     "report": "write the incident report (JSON and Markdown)",
@@ -70,7 +71,9 @@ def steps_for(spec: SecretSpec, plan: str, compromised: bool) -> tuple[list[str]
     """(steps up to the pause or the end, steps of --finish)."""
     if spec.kind == "master-key":
         if plan == "overlap":
-            return ["stage", "push-overlap", "validate", "reencrypt", "verify"], ["remove-previous", "promote"]
+            # the pause may last days: verify again (and sweep) before the Workers lose PREVIOUS
+            return (["stage", "push-overlap", "validate", "reencrypt", "verify"],
+                    ["re-verify", "remove-previous", "promote"])
         tail = ["remove-previous", "report"] if compromised else []
         return ["stage", "reencrypt", "push", "validate", "catch-up", "verify", "promote", *tail], []
     if spec.kind == "jwt-hs256":
@@ -225,8 +228,8 @@ class Steps:
         self.rot.detail["health"] = health["workers"]
         if not health["ok"]:
             bad = ", ".join(w["worker"] for w in health["workers"] if not w["ok"])
-            raise DeployError(f"health check failed ({bad}); fix it and run the same command "
-                              "again to resume")
+            raise Incomplete(f"health check failed ({bad}); fix it and run the same command "
+                             "again to resume")
 
     def reencrypt(self, key: str = "reencrypt") -> None:
         from keyrotate.engine.reencrypt import ReencryptOptions, reencrypt
@@ -280,8 +283,11 @@ class Steps:
         self.rot.detail["verify"] = census
         still_old = {t: c["old"] for t, c in census.items() if c["old"]}
         if still_old:
-            raise KeyrotateError(f"rows still depend on the old key: {still_old}; the old key is "
+            raise Incomplete(f"rows still depend on the old key: {still_old}; the old key is "
                                  "kept. Run the same command again to sweep and verify again.")
+
+    def re_verify(self) -> None:
+        self.verify()
 
     def promote(self) -> None:
         if self.store.read(self.spec.name, "pending") is not None:

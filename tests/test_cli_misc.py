@@ -34,7 +34,9 @@ def test_keygen_to_file_and_dotenv_never_prints_and_never_overwrites(tmp_path):
     env.write_text("# app settings\nAPI_URL=https://x\n")
     res = run_cli("keygen", "--format", "hex", "--to", f"dotenv:{env}#MASTER_KEY")
     assert res.exit_code == 0
-    assert env.read_text().startswith("# app settings\nAPI_URL=https://x\nMASTER_KEY=")
+    lines = env.read_text().splitlines()
+    assert lines[:2] == ["# app settings", "API_URL=https://x"]
+    assert lines[2].startswith("# keyrotate: MASTER_KEY set ") and lines[3].startswith("MASTER_KEY=")
     assert resolve(f"dotenv:{env}#MASTER_KEY") not in res.output and file_mode(env) == 0o600
 
 

@@ -161,3 +161,14 @@ def test_secret_push_survives_a_transient_api_failure(project):
     assert res.exit_code == 0, res.output
     assert not cf.worker_faults
     assert _active(cf, "api")["JWT_SECRET"] == _active(cf, "oauth")["JWT_SECRET"] == JWT
+
+
+def test_rollback_is_not_refused_after_re_pushing_the_same_values(project):
+    _, cf, _, _ = project
+    assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
+    assert run_cli("deploy", "--env", "staging", "--only", "api").exit_code == 0
+    deployed = cf.script("tminus-api-staging").active.id
+    assert run_cli("secrets", "push", "--env", "staging").exit_code == 0  # same values again
+    res = run_cli("rollback", "--env", "staging", "--only", "api", "--yes", "--json")
+    assert res.exit_code == 0, res.output  # nothing changed value: nothing to protect
+    assert cf.script("tminus-api-staging").active.id == deployed

@@ -224,3 +224,12 @@ def test_unknown_mode_is_a_usage_error(ref_db, keys_env):
     res = run_cli("reencrypt", "--db", f"file:{db}", "--target", "accounts.encrypted_tokens",
                   "--old-key", keys_env["old"], "--new-key", keys_env["new"], "--mode", "nope")
     assert res.exit_code == 2 and "Invalid value for '--mode'" in res.output
+
+
+def test_fresh_dek_after_a_rewrap_to_the_same_key_warns(ref_db, keys_env):
+    db = ref_db(50)
+    assert last_json(_reencrypt(db, keys_env).output)["warnings"] == []
+    res = _reencrypt(db, keys_env, "--mode", "fresh-dek")
+    out = last_json(res.output)
+    assert out["rows_already_current"] == 50 and out["rows_rewritten"] == 0
+    assert len(out["warnings"]) == 1 and "keep their old DEKs" in out["warnings"][0]

@@ -6,7 +6,7 @@ import pytest
 
 from keyrotate.errors import ConfigError, SecretStoreError
 from keyrotate.refs import parse_ref, resolve
-from keyrotate.secrets.dotenv import add_new_entry, read_dotenv
+from keyrotate.secrets.dotenv import DotenvStore, add_new_entry, read_dotenv
 
 from tests.helpers import NEW_SECRET, OLD_SECRET, file_mode
 
@@ -65,7 +65,10 @@ def test_add_new_entry_is_0600_keeps_lines_and_never_overwrites(tmp_path):
     p = tmp_path / ".env"
     p.write_text("# keep me\nOTHER='x'  \n")
     add_new_entry(str(p), "MASTER_KEY", OLD_SECRET)
-    assert p.read_text() == f"# keep me\nOTHER='x'  \nMASTER_KEY={OLD_SECRET}\n"
+    lines = p.read_text().splitlines()
+    assert lines[:2] == ["# keep me", "OTHER='x'  "] and lines[3] == f"MASTER_KEY={OLD_SECRET}"
+    assert lines[2].startswith("# keyrotate: MASTER_KEY set ")
+    assert DotenvStore(str(p)).set_at("MASTER_KEY") is not None
     assert file_mode(p) == 0o600
     with pytest.raises(SecretStoreError, match="already set"):
         add_new_entry(str(p), "MASTER_KEY", NEW_SECRET)

@@ -86,6 +86,7 @@ def _all_open(worker: DevWorker, payloads: dict[str, bytes]) -> dict[str, int]:
         assert got.get("ok"), f"{key}: {got}"
         assert json.dumps(got["payload"], separators=(",", ":")).encode() == payload
         used[got["key"]] = used.get(got["key"], 0) + 1
+        used[f"attempts={got['attempts']}"] = used.get(f"attempts={got['attempts']}", 0) + 1
     return used
 
 
@@ -143,13 +144,13 @@ column = "encrypted_tokens"
     _dev_vars(api, MASTER_KEY=OLD_SECRET)
     worker = DevWorker(api, port)
     try:
-        assert _all_open(worker, payloads) == {"MASTER_KEY": ROWS}  # before
+        assert _all_open(worker, payloads) == {"MASTER_KEY": ROWS, "attempts=1": ROWS}  # before
     finally:
         worker.stop()
 
     # the Worker is down: the rotation stages, pushes (to the stand-in) and stops at validate
     paused = run_cli("rotate", "MASTER_KEY", "--env", "staging")
-    assert paused.exit_code == 1 and "health check failed" in paused.output
+    assert paused.exit_code == 3 and "health check failed" in paused.output
     new = store.read("MASTER_KEY", "pending")
     assert cf.script("tminus-api-staging").active.secrets == {"MASTER_KEY": new,
                                                               "MASTER_KEY_PREVIOUS": OLD_SECRET}
@@ -166,11 +167,24 @@ column = "encrypted_tokens"
                       ReencryptOptions(batch_size=50, workers=0), StopAfter(4))
         rows.close()
         during = _all_open(worker, payloads)
-        assert during == {"MASTER_KEY": 200, "MASTER_KEY_PREVIOUS": 200}, during
+        # moved rows carry the new kid: opened by MASTER_KEY at once; the rest (no kid, as
+        # the Workers wrote them) need the fallback to MASTER_KEY_PREVIOUS
+        assert during == {"MASTER_KEY": 200, "MASTER_KEY_PREVIOUS": 200,
+                          "attempts=1": 200, "attempts=2": 200}, during
+        # a row whose kid names the previous key is opened by it on the first try: the
+        # Worker chooses by kid rather than trying the current key first
+        conn = sqlite3.connect(db)
+        conn.execute("UPDATE accounts SET encrypted_tokens = ? WHERE account_id = ?",
+                     (seal(payloads[account_id(399)], MasterKey.from_secret(OLD_SECRET)),
+                      account_id(399)))
+        conn.commit()
+        conn.close()
+        by_kid = worker.token(account_id(399))
+        assert (by_kid["key"], by_kid["attempts"]) == ("MASTER_KEY_PREVIOUS", 1), by_kid
 
         resumed = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--json")
         assert resumed.exit_code == 0, resumed.output
-        assert _all_open(worker, payloads) == {"MASTER_KEY": ROWS}
+        assert _all_open(worker, payloads) == {"MASTER_KEY": ROWS, "attempts=1": ROWS}
     finally:
         worker.stop()
 
@@ -179,7 +193,7 @@ column = "encrypted_tokens"
     _dev_vars(api, MASTER_KEY=new)  # after: the previous key is gone from the Workers
     worker = DevWorker(api, port)
     try:
-        assert _all_open(worker, payloads) == {"MASTER_KEY": ROWS}
+        assert _all_open(worker, payloads) == {"MASTER_KEY": ROWS, "attempts=1": ROWS}
     finally:
         worker.stop()
         cf.stop()

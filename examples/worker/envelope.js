@@ -51,12 +51,14 @@ export async function openEnvelope(keys, stored) {
   const e = JSON.parse(stored);
   const ordered = e.kid ? [...keys.filter((k) => k.kid === e.kid), ...keys.filter((k) => k.kid !== e.kid)] : keys;
   let lastError;
+  let attempts = 0;
   for (const k of ordered) {
+    attempts += 1;
     try {
       const dekRaw = await unwrapDek(e, k.key);
       const dek = await crypto.subtle.importKey("raw", dekRaw, { name: "AES-GCM" }, false, ["decrypt"]);
       const pt = await crypto.subtle.decrypt({ name: "AES-GCM", iv: unb64(e.iv) }, dek, unb64(e.ciphertext));
-      return { payload: dec.decode(pt), keyName: k.name };
+      return { payload: dec.decode(pt), keyName: k.name, attempts };
     } catch (err) {
       lastError = err;
     }

@@ -14,7 +14,8 @@ export default {
     if (!row) return new Response("no such account", { status: 404 });
     try {
       const opened = await openEnvelope(await loadKeys(env), row.encrypted_tokens);
-      return Response.json({ ok: true, key: opened.keyName, payload: JSON.parse(opened.payload) });
+      return Response.json({ ok: true, key: opened.keyName, attempts: opened.attempts,
+                             payload: JSON.parse(opened.payload) });
     } catch (err) {
       return Response.json({ ok: false, error: String(err && err.name) }, { status: 500 });
     }

@@ -13,13 +13,10 @@ from typing import Any, Sequence
 
 from keyrotate.engine.migrations import ensure_journal_schema, journal_exists
 from keyrotate.store.base import RowStore, Statement, Target, Value
+from keyrotate.timeutil import now_iso
 
 COUNTERS = ("rows_scanned", "rows_rewritten", "rows_already_current", "rows_null",
             "rows_failed", "rows_conflicted")
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -143,3 +140,13 @@ def run_failures(store: RowStore, run_id: str, limit: int = 1000) -> list[dict[s
     rows = store.query("SELECT row_key, reason FROM keyrotate_row_failures WHERE run_id = ? "
                        "ORDER BY row_key LIMIT ?", (run_id, limit))
     return [{"id": r[0], "reason": r[1]} for r in rows]
+
+
+def rewrap_runs_to(store: RowStore, target: str, new_kid: str) -> list[str]:
+    """Earlier rewrap runs that moved rows of `target` to this same new key: those rows
+    count as current for a fresh-dek run and keep the DEKs they had."""
+    if not journal_exists(store):
+        return []
+    return [str(r[0]) for r in store.query(
+        "SELECT run_id FROM keyrotate_runs WHERE kind = 'reencrypt' AND target = ? AND "
+        "new_kid = ? AND mode = 'rewrap' ORDER BY started_at", (target, new_kid))]

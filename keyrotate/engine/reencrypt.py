@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from keyrotate.crypto.codecs import Codec
-from keyrotate.engine.journal import Counts, Journal, RunIdentity, RunState, run_failures
+from keyrotate.engine.journal import (
+    Counts, Journal, RunIdentity, RunState, rewrap_runs_to, run_failures,
+)
 from keyrotate.engine.pipeline import page_results, page_size
 from keyrotate.engine.progress import NoProgress, Progress
 from keyrotate.engine.writer import OrderedWriter
@@ -110,8 +112,19 @@ class Reencryptor:
             self.unsettled += len(missed)
 
     # -- the pipeline --------------------------------------------------------------------
+    def warnings(self) -> list[str]:
+        if self.opt.mode != "fresh-dek":
+            return []
+        earlier = rewrap_runs_to(self.store, self.target.name, self.ident.new_kid)
+        if not earlier:
+            return []
+        return [f"run(s) {', '.join(earlier)} rewrapped rows to this same new key: those rows are "
+                "already current and keep their old DEKs. After a compromise, rotate to a brand-new "
+                "key with --mode fresh-dek."]
+
     def run(self) -> ReencryptResult:
         started = time.monotonic()
+        warnings = self.warnings()
         run = (self.journal.open_run(self.ident) if self.journal
                else RunState("dry-run", self.ident, False))
         first, after = not run.has_cursor, run.last_key
@@ -162,7 +175,7 @@ class Reencryptor:
             target=self.target.name, counts=c, seconds=seconds, resumed=run.resumed,
             dry_run=self.journal is None, rows_unsettled=self.unsettled, failures=failures,
             extra={"format": self.opt.fmt, "mode": self.opt.mode, "old_kid": self.ident.old_kid,
-                   "new_kid": self.ident.new_kid, "workers": workers})
+                   "new_kid": self.ident.new_kid, "workers": workers, "warnings": warnings})
 
 
 def reencrypt(store: RowStore, target: Target, codec: Codec, options: ReencryptOptions,

@@ -181,19 +181,13 @@ _STAMP = "# keyrotate: {name} set "
 
 
 def add_new_entry(path: str, name: str, value: str) -> None:
-    """Add NAME=value to a .env file (created 0600 if missing), every other byte unchanged.
-
-    Refuses if NAME is already set: replacing a key is a rotation, not a keygen.
-    """
-    from keyrotate.secrets.files import atomic_write_secret
-
-    p = Path(path)
-    text = p.read_text(encoding="utf-8") if p.exists() else ""
-    if any(ln.name == name for ln in parse_lines(text, path)):
+    """Add NAME=value (with its age stamp) to a .env file, created 0600 if missing, every
+    other byte unchanged. Refuses if NAME is already set: replacing a key is a rotation."""
+    store = DotenvStore(path)
+    lines = store._lines()
+    if any(ln.name == name for ln in lines):
         raise SecretStoreError(f"dotenv:{path}#{name} is already set; refusing to overwrite a key")
-    if text and not text.endswith("\n"):
-        text += "\n"
-    atomic_write_secret(path, text + f"{name}={quote_value(value)}\n")
+    store._rewrite(lines, {name: value}, after=name, stamp=name)
 
 
 def quote_value(value: str) -> str:
