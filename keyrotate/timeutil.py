@@ -1,4 +1,5 @@
-"""Times as Cloudflare and Vault write them (RFC 3339, up to nanoseconds), as aware UTC."""
+"""Times as Cloudflare and Vault write them (RFC 3339, up to nanoseconds), as aware UTC,
+and the time-ordered ids of runs and rotations."""
 
 from __future__ import annotations
 
@@ -21,3 +22,10 @@ def parse_utc(stamp: str | None) -> datetime | None:
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def new_id(prefix: str) -> str:
+    """A sortable, unique id: prefix + UTC time to the second + 6 random hex digits."""
+    import secrets
+
+    return prefix + datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(3)

@@ -32,8 +32,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from keyrotate.demo import build_reference_db  # noqa: E402
-from keyrotate.keygen import generate  # noqa: E402
+from keyrotate.demo.build import build_reference_db  # noqa: E402
+from keyrotate.secrets.keygen import generate  # noqa: E402
 from keyrotate.secrets.dotenv import read_dotenv  # noqa: E402
 from keyrotate.secrets.files import atomic_write_secret  # noqa: E402
 
@@ -82,7 +82,7 @@ def keyrotate_argv(db: Path, mode: str = "rewrap") -> list[str]:
 
 NO_JOURNAL = """
 import sys
-from keyrotate.engine.journal import Journal
+from keyrotate.dataplane.journal import Journal
 Journal.checkpoint = staticmethod(lambda run, delta, seconds, last_key, failures: [])
 from keyrotate.cli import main
 sys.argv = ["keyrotate"] + sys.argv[1:]

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from keyrotate.demo import build_reference_db
+from keyrotate.demo.build import build_reference_db
 
-from tests.helpers import NEW_SECRET, OLD_SECRET
-from tests.cloudflare_project import project  # noqa: F401 (a fixture)
-from tests.services import Sqld
+from tests.support.helpers import NEW_SECRET, OLD_SECRET
+from tests.support.cloudflare_project import project  # noqa: F401 (a fixture)
+from tests.support.services import Sqld
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import base64
 import pytest
 
 from keyrotate.cli import main
-from keyrotate.refs import resolve
+from keyrotate.secrets.refs import resolve
 
-from tests.helpers import file_mode, last_json, run_cli
+from tests.support.helpers import file_mode, last_json, run_cli
 
 
 def test_keygen_prints_openssl_style_base64_and_hex():
@@ -73,3 +73,33 @@ def test_every_command_has_help(command):
 
 def test_console_script_is_declared():
     assert main.name == "main" and set(main.commands) >= {"reencrypt", "verify", "runs", "keygen", "demo"}
+
+
+def test_json_errors_are_json_too(ref_db):
+    db = ref_db(3)
+    bad_ref = run_cli("reencrypt", "--db", f"file:{db}", "--target", "accounts.encrypted_tokens",
+                      "--old-key", "env:KR_NOT_SET", "--new-key", "env:KR_NOT_SET_EITHER", "--json")
+    assert bad_ref.exit_code == 2
+    err = last_json(bad_ref.output)["error"]
+    assert err["exit_code"] == 2 and err["type"] == "SecretStoreError" and "KR_NOT_SET" in err["message"]
+
+    usage = run_cli("reencrypt", "--target", "a.b", "--json")  # --db missing
+    assert usage.exit_code == 2
+    assert last_json(usage.output)["error"]["type"] == "UsageError"
+    assert "--db" in last_json(usage.output)["error"]["message"]
+
+    no_json = run_cli("reencrypt", "--target", "a.b")
+    assert no_json.exit_code == 2 and "Usage:" in no_json.output and "{" not in no_json.output
+
+
+def test_every_result_carries_its_exit_code():
+    from keyrotate.cli import render
+    from keyrotate.result import Result
+
+    results = [t for t in render.text.registry if t is not object]
+    assert len(results) >= 18
+    for kind in results:
+        assert isinstance(getattr(kind, "exit_code", None), (property, int)) or \
+            "exit_code" in getattr(kind, "__dataclass_fields__", {}), kind
+        assert callable(getattr(kind, "as_dict", None)), kind
+    assert not isinstance(object(), Result)

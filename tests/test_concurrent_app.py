@@ -10,7 +10,7 @@ import time
 import pytest
 
 
-from tests.helpers import big_reference_db, NEW_SECRET, ROOT, open_value, rows_of
+from tests.support.helpers import big_reference_db, NEW_SECRET, ROOT, open_value, rows_of
 
 ROWS = 60_000
 
@@ -27,7 +27,7 @@ def _reencrypt(db, env):
 def test_application_writes_during_rotation_are_never_lost(tmp_path):
     db, originals, env = big_reference_db(tmp_path, ROWS, "app.db")
     log, stop = tmp_path / "app.log", tmp_path / "stop"
-    app = subprocess.Popen([sys.executable, str(ROOT / "tests" / "app_writer.py"), str(db),
+    app = subprocess.Popen([sys.executable, str(ROOT / "tests" / "support" / "app_writer.py"), str(db),
                             str(log), str(stop), str(ROWS)], env=env)
     try:
         time.sleep(3)  # the application alone first: its unhindered write rate

@@ -16,7 +16,7 @@ import pytest
 
 from keyrotate.crypto.keys import MasterKey
 
-from tests.helpers import big_reference_db, NEW_SECRET, open_value, rows_of
+from tests.support.helpers import big_reference_db, NEW_SECRET, open_value, rows_of
 
 ROWS = 150_000  # enough that 20 kills land before the rotation can finish
 KILLS = 20

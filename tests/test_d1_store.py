@@ -8,10 +8,11 @@ import time
 import pytest
 
 from keyrotate.errors import StoreError
-from keyrotate.store.d1 import D1Store, RequestBudget
+from keyrotate.cloudflare_api import RequestBudget
+from keyrotate.db.d1 import D1Store
 
-from tests.cf_api import CloudflareStandIn
-from tests.helpers import NEW_SECRET, OLD_SECRET, last_json, open_value, rows_of, run_cli
+from tests.support.cf_api import CloudflareStandIn
+from tests.support.helpers import NEW_SECRET, OLD_SECRET, last_json, open_value, rows_of, run_cli
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ def test_rotation_over_d1_costs_few_requests(cf, ref_db, keys_env):
 
 def test_rotation_survives_429_500_slow_and_dropped_connections(cf, ref_db, keys_env, monkeypatch):
     real_sleep = time.sleep
-    monkeypatch.setattr("keyrotate.store.d1.time.sleep", lambda s: real_sleep(min(s, 0.05)))
+    monkeypatch.setattr("keyrotate.cloudflare_api.time.sleep", lambda s: real_sleep(min(s, 0.05)))
     db = ref_db(3_000)
     payloads = {k: open_value(v.decode(), OLD_SECRET) for k, v in rows_of(db).items()}
     url = _d1(cf, db)
@@ -91,7 +92,7 @@ def test_store_paces_itself_under_the_budget(cf, ref_db):
 
 def test_429_with_retry_after_is_honoured(cf, ref_db, monkeypatch):
     waits: list[float] = []
-    monkeypatch.setattr("keyrotate.store.d1.time.sleep", lambda s: waits.append(s))
+    monkeypatch.setattr("keyrotate.cloudflare_api.time.sleep", lambda s: waits.append(s))
     url = _d1(cf, ref_db(3))
     store = D1Store(url)
     cf.inject("429")
@@ -101,9 +102,9 @@ def test_429_with_retry_after_is_honoured(cf, ref_db, monkeypatch):
 
 
 def test_cas_conflict_over_d1(cf, ref_db, keys_env):
-    from keyrotate.engine.reencrypt import ReencryptOptions, reencrypt
-    from keyrotate.keys_from_refs import codec_from_refs
-    from keyrotate.store.base import resolve_target
+    from keyrotate.dataplane.reencrypt import ReencryptOptions, reencrypt
+    from keyrotate.dataplane.keys import codec_from_refs
+    from keyrotate.db.base import resolve_target
 
     db = ref_db(300)
     store = D1Store(_d1(cf, db))

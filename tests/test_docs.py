@@ -1,6 +1,6 @@
 """README's test command is the one CI runs."""
 
-from tests.helpers import ROOT
+from tests.support.helpers import ROOT
 
 
 def test_ci_runs_exactly_the_readme_test_command():

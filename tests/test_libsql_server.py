@@ -9,9 +9,9 @@ import pytest
 
 from keyrotate.crypto.envelope import seal
 from keyrotate.crypto.keys import MasterKey
-from keyrotate.demo import REFERENCE_SCHEMA, account_id, token_payload
+from keyrotate.demo.build import REFERENCE_SCHEMA, account_id, token_payload
 
-from tests.helpers import NEW_SECRET, OLD_SECRET, last_json, open_value, run_cli
+from tests.support.helpers import NEW_SECRET, OLD_SECRET, last_json, open_value, run_cli
 
 
 def _seed(url: str, table: str, n: int) -> dict[str, bytes]:

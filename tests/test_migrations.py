@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from keyrotate.compensate import write_compensation
-from keyrotate.migrate import discover, split_sql
+from keyrotate.controlplane.compensate import write_compensation
+from keyrotate.db.migrations import discover, split_sql
 
-from tests.helpers import ROOT, last_json, run_cli
+from tests.support.helpers import ROOT, last_json, run_cli
 
 CORPUS = ROOT / "tests" / "migrations_corpus"
 WRANGLER = ROOT / "node_modules" / ".bin" / "wrangler"
@@ -108,7 +108,7 @@ def test_forward_then_compensate_on_sqlite(tmp_path, name):
     data = data_of(conn, schema)
     run_script(conn, target)
     seed(conn, "after")  # the application keeps writing; rows made after may go
-    written, comp = write_compensation(target)
+    written = write_compensation(target).written
     assert written.name.startswith(f"{len(FILES) + 1:04d}_rollback_")
     run_script(conn, written)
     assert normalized_schema(conn) == schema
@@ -140,7 +140,7 @@ def test_compensation_warnings_for_what_cannot_be_undone(tmp_path):
 
 
 def test_drop_column_falls_back_to_rebuild_before_sqlite_3_35(tmp_path):
-    from keyrotate.compensate import compensate
+    from keyrotate.controlplane.compensate import compensate
 
     folder = tmp_path / "m"
     shutil.copytree(CORPUS, folder)
@@ -196,7 +196,7 @@ def test_forward_then_compensate_on_local_d1(d1_project, tmp_path, name):
     data = data_of(conn, schema)
     conn.close()
     wrangler(d1_project, "d1", "execute", "DB", "--local", "--file", str(folder / name))
-    written, _ = write_compensation(folder / name)
+    written = write_compensation(folder / name).written
     wrangler(d1_project, "d1", "execute", "DB", "--local", "--file", str(written))
     conn = sqlite3.connect(db)
     assert normalized_schema(conn) == schema

@@ -9,13 +9,13 @@ import sqlite3
 import pytest
 
 from keyrotate.crypto.keys import MasterKey
-from keyrotate.engine.reencrypt import ReencryptOptions, reencrypt
+from keyrotate.dataplane.reencrypt import ReencryptOptions, reencrypt
 from keyrotate.errors import Interrupted
-from keyrotate.keys_from_refs import codec_from_refs
-from keyrotate.store import open_store
-from keyrotate.store.base import resolve_target
+from keyrotate.dataplane.keys import codec_from_refs
+from keyrotate.db import open_database
+from keyrotate.db.base import resolve_target
 
-from tests.helpers import StopAfter, NEW_SECRET, OLD_SECRET, last_json, open_value, rows_of, run_cli
+from tests.support.helpers import StopAfter, NEW_SECRET, OLD_SECRET, last_json, open_value, rows_of, run_cli
 
 
 def _reencrypt(db, keys, *extra):
@@ -124,7 +124,7 @@ def test_dry_run_writes_nothing_not_even_the_journal(ref_db, keys_env):
 def test_interrupted_run_resumes_where_it_stopped(ref_db, keys_env):
     db = ref_db(1000)
     codec = codec_from_refs("tminus-envelope", keys_env["new"], keys_env["old"])
-    store = open_store(f"file:{db}")
+    store = open_database(f"file:{db}")
     target = resolve_target(store, "accounts.encrypted_tokens", None)
     with pytest.raises(Interrupted):
         reencrypt(store, target, codec, ReencryptOptions(batch_size=100, workers=0), StopAfter(3))
@@ -169,7 +169,7 @@ def test_concurrent_write_is_not_lost_and_is_picked_up_again(ref_db, keys_env):
     app_value = seal(b'{"access_token":"written by the app"}', MasterKey.from_secret(OLD_SECRET),
                      with_kid=False)
     codec = codec_from_refs("tminus-envelope", keys_env["new"], keys_env["old"])
-    store = _Meddler(open_store(f"file:{db}"), db, "acc_00000150", app_value)
+    store = _Meddler(open_database(f"file:{db}"), db, "acc_00000150", app_value)
     target = resolve_target(store.store, "accounts.encrypted_tokens", None)
     result = reencrypt(store, target, codec, ReencryptOptions(batch_size=100, workers=0))
     assert result.counts.rows_conflicted == 1

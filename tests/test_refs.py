@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from keyrotate.errors import ConfigError, SecretStoreError
-from keyrotate.refs import parse_ref, resolve
-from keyrotate.secrets.dotenv import DotenvStore, add_new_entry, read_dotenv
+from keyrotate.secrets.refs import parse_ref, resolve
+from keyrotate.secrets.dotenv import DotenvStore, read_dotenv
 
-from tests.helpers import NEW_SECRET, OLD_SECRET, file_mode
+from tests.support.helpers import NEW_SECRET, OLD_SECRET, file_mode
 
 
 def test_env(monkeypatch):
@@ -64,12 +64,12 @@ def test_ref_shapes():
 def test_add_new_entry_is_0600_keeps_lines_and_never_overwrites(tmp_path):
     p = tmp_path / ".env"
     p.write_text("# keep me\nOTHER='x'  \n")
-    add_new_entry(str(p), "MASTER_KEY", OLD_SECRET)
+    DotenvStore(str(p)).write_new("MASTER_KEY", OLD_SECRET)
     lines = p.read_text().splitlines()
     assert lines[:2] == ["# keep me", "OTHER='x'  "] and lines[3] == f"MASTER_KEY={OLD_SECRET}"
     assert lines[2].startswith("# keyrotate: MASTER_KEY set ")
     assert DotenvStore(str(p)).set_at("MASTER_KEY") is not None
     assert file_mode(p) == 0o600
     with pytest.raises(SecretStoreError, match="already set"):
-        add_new_entry(str(p), "MASTER_KEY", NEW_SECRET)
+        DotenvStore(str(p)).write_new("MASTER_KEY", NEW_SECRET)
     assert resolve(f"dotenv:{p}#MASTER_KEY") == OLD_SECRET

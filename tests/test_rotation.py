@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from tests.helpers import OLD_SECRET, last_json, open_value, rows_of, run_cli
-from tests.cloudflare_project import GOOGLE, JWT, _active
-from tests.test_secret_hygiene import assert_clean
+from tests.support.helpers import OLD_SECRET, last_json, open_value, rows_of, run_cli
+from tests.support.cloudflare_project import GOOGLE, JWT, _active
+from tests.support.hygiene import assert_clean
 
 
 def _manifest_edit(root, old, new):
@@ -185,22 +185,22 @@ def test_verify_sweeps_rows_the_workers_wrote_under_the_old_key(project, monkeyp
 
     from keyrotate.crypto.envelope import seal
     from keyrotate.crypto.keys import MasterKey
-    from keyrotate.rotation import Steps
+    from keyrotate.rotation.steps import Reencrypt
 
     root, _, _, store = project
     _overlap(root)
-    real = Steps.reencrypt
+    real = Reencrypt.run
 
-    def reencrypt_then_a_stale_worker_writes(self, key="reencrypt"):
-        real(self, key)
-        if key == "reencrypt":  # an old Worker instance still writes with the old key
+    def reencrypt_then_a_stale_worker_writes(self, job):
+        real(self, job)
+        if self.name == "reencrypt":  # an old Worker instance still writes with the old key
             conn = sqlite3.connect(root / "staging.db")
             conn.execute("UPDATE accounts SET encrypted_tokens = ? WHERE account_id = 'acc_00000007'",
                          (seal(b'{"late":true}', MasterKey.from_secret(OLD_SECRET), with_kid=False),))
             conn.commit()
             conn.close()
 
-    monkeypatch.setattr(Steps, "reencrypt", reencrypt_then_a_stale_worker_writes)
+    monkeypatch.setattr(Reencrypt, "run", reencrypt_then_a_stale_worker_writes)
     res = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--json")
     assert res.exit_code == 0, res.output
     out = last_json(res.output)
@@ -234,3 +234,25 @@ def test_finish_sweeps_rows_that_came_back_under_the_old_key(project):
     assert out["detail"]["sweep"]["accounts.encrypted_tokens"]["rows_rewritten"] == 1
     assert open_value(rows_of(root / "staging.db")["acc_00000003"].decode(), new) == b'{"restored":true}'
     assert "MASTER_KEY_PREVIOUS" not in _active(cf, "api")
+
+
+def test_a_rotation_over_d1_checks_keyrotates_tables_once_per_command(project):
+    """One connection per command: every open-and-check of keyrotate's own tables costs
+    D1 API requests, so a command opens the database once and checks once."""
+    root, cf, _, store = project
+    _manifest_edit(root, 'database = "file:staging.db"', 'database = "d1://acct/staging"')
+    _overlap(root)
+
+    def ledger_reads(since: int) -> int:  # "is keyrotate's migration ledger there?"
+        return sum(1 for _, path, body in cf.log[since:] if path.endswith("/query")
+                   and b"sqlite_master" in body and b"keyrotate_migrations" in body)
+
+    for args in (["rotate", "MASTER_KEY", "--env", "staging"],
+                 ["rotate", "MASTER_KEY", "--env", "staging", "--finish"],
+                 ["status", "--env", "staging"]):
+        since, requests = len(cf.log), cf.d1_requests
+        res = run_cli(*args)
+        assert res.exit_code == 0, res.output
+        assert ledger_reads(since) == 1, args
+        assert cf.d1_requests - requests <= 30, (args, cf.d1_requests - requests)  # was 50
+    assert _rows_open_under(root / "staging.db", store.read("MASTER_KEY"))

@@ -10,14 +10,14 @@ import hvac
 import pytest
 
 from keyrotate.errors import SecretStoreError
-from keyrotate.refs import resolve
+from keyrotate.secrets.refs import resolve
 from keyrotate.secrets.dotenv import DotenvStore
 from keyrotate.secrets.keyring_store import KeyringStore
-from keyrotate.secrets.stores import open_secret_store
+from keyrotate.secrets.schemes import open_secret_store
 from keyrotate.secrets.vault_store import VaultSecret, VaultStore
 
-from tests.helpers import NEW_SECRET, OLD_SECRET, file_mode, last_json, open_value, rows_of, run_cli
-from tests.services import OpenBaoDev, SecretService
+from tests.support.helpers import NEW_SECRET, OLD_SECRET, file_mode, last_json, open_value, rows_of, run_cli
+from tests.support.services import OpenBaoDev, SecretService
 
 
 @pytest.fixture(scope="session")

@@ -18,17 +18,17 @@ import pytest
 
 from keyrotate.crypto.envelope import seal
 from keyrotate.crypto.keys import MasterKey
-from keyrotate.demo import REFERENCE_SCHEMA, account_id, token_payload
-from keyrotate.engine.reencrypt import ReencryptOptions, reencrypt
+from keyrotate.demo.build import REFERENCE_SCHEMA, account_id, token_payload
+from keyrotate.dataplane.reencrypt import ReencryptOptions, reencrypt
 from keyrotate.errors import Interrupted
-from keyrotate.keys_from_refs import codec_from_refs
+from keyrotate.dataplane.keys import codec_from_refs
 from keyrotate.secrets.dotenv import DotenvStore
-from keyrotate.store import open_store
-from keyrotate.store.base import resolve_target
+from keyrotate.db import open_database
+from keyrotate.db.base import resolve_target
 
-from tests.cf_api import CloudflareStandIn
-from tests.helpers import StopAfter, OLD_SECRET, ROOT, run_cli
-from tests.services import free_port
+from tests.support.cf_api import CloudflareStandIn
+from tests.support.helpers import StopAfter, OLD_SECRET, ROOT, run_cli
+from tests.support.services import free_port
 
 WRANGLER = ROOT / "node_modules" / ".bin" / "wrangler"
 ROWS = 400
@@ -161,7 +161,7 @@ column = "encrypted_tokens"
         # half the rows move to the new key, then the run is interrupted: rows are mixed
         codec = codec_from_refs("tminus-envelope", store.ref("MASTER_KEY", "pending"),
                                 store.ref("MASTER_KEY"))
-        rows = open_store(f"file:{db}")
+        rows = open_database(f"file:{db}")
         with pytest.raises(Interrupted):
             reencrypt(rows, resolve_target(rows, "accounts.encrypted_tokens", None), codec,
                       ReencryptOptions(batch_size=50, workers=0), StopAfter(4))

@@ -26,20 +26,45 @@ from keyrotate.errors import InvalidEnvelope
 
 FORMATS = ("tminus-envelope", "fernet")
 MODES = ("rewrap", "fresh-dek")
-Census = Literal["ok", "old"]
+Verdict = Literal["ok", "old"]  # what census() says of one value
 
 
 class Codec(Protocol):
+    """The keys of one rotation, bound to a format. Key ids are one-way and printable."""
+
+    mode: str
+
+    @property
+    def new_kid(self) -> str: ...
+
+    @property
+    def old_kid(self) -> str | None: ...
+
     def rotate(self, value: object) -> str | None: ...
 
-    def census(self, value: object) -> Census: ...
+    def census(self, value: object) -> Verdict: ...
+
+
+class _KeyIds:
+    """new_kid / old_kid from the codec's `new` and `old` keys."""
+
+    new: MasterKey | FernetKey
+    old: MasterKey | FernetKey | None
+
+    @property
+    def new_kid(self) -> str:
+        return self.new.kid
+
+    @property
+    def old_kid(self) -> str | None:
+        return self.old.kid if self.old is not None else None
 
 
 NEITHER_KEY = "opens under neither the old nor the new key"
 
 
 @dataclass(frozen=True)
-class EnvelopeCodec:
+class EnvelopeCodec(_KeyIds):
     """tminus-envelope rows: `new` is the target key, `old` the key being retired."""
 
     new: MasterKey
@@ -67,7 +92,7 @@ class EnvelopeCodec:
             return env_mod.rewrap(env, dek, self.new)
         raise InvalidEnvelope(NEITHER_KEY)
 
-    def census(self, value: object) -> Census:
+    def census(self, value: object) -> Verdict:
         env = env_mod.parse(value)
         for name, key in self._keys_in_order(env.kid):
             dek = env_mod.unwrap_dek(env, key)
@@ -79,7 +104,7 @@ class EnvelopeCodec:
 
 
 @dataclass(frozen=True)
-class FernetCodec:
+class FernetCodec(_KeyIds):
     """Fernet tokens. Fernet has no separate DEK: both modes re-encrypt with a fresh IV."""
 
     new: FernetKey
@@ -95,7 +120,7 @@ class FernetCodec:
             raise InvalidEnvelope(NEITHER_KEY)
         return fernet_codec.reencrypt(payload, self.new)
 
-    def census(self, value: object) -> Census:
+    def census(self, value: object) -> Verdict:
         token = fernet_codec.token_bytes(value)
         if fernet_codec.opens(self.new, token) is not None:
             return "ok"

@@ -1,1 +1,2 @@
-"""Secret stores: where keys live (.env files, the OS keyring, Vault / OpenBao)."""
+"""Secrets: references (env:, file:, dotenv:, keyring:, vault:) and the one registry of
+their schemes, secret stores with current / pending / previous slots, new values."""

@@ -14,6 +14,8 @@ from datetime import datetime
 from pathlib import Path
 
 from keyrotate.errors import SecretStoreError
+from keyrotate.secrets.refs import required
+from keyrotate.secrets.schemes import Scheme
 from keyrotate.secrets.base import Slot, now_utc, pending_name, previous_name, slot_name
 
 _LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*=\s*(.*?)\s*$")
@@ -127,6 +129,14 @@ class DotenvStore:
         if self.read(name, "pending") is not None:
             self._rewrite(self._lines(), {pending_name(name): None}, after=name)
 
+    def write_new(self, name: str, value: str) -> None:
+        """keygen --to: NAME=value (with its age stamp), the file created 0600 if missing,
+        every other byte unchanged. Refuses if NAME is set: replacing a key is a rotation."""
+        lines = self._lines()
+        if any(ln.name == name for ln in lines):
+            raise SecretStoreError(f"{self.ref(name)} is already set; refusing to overwrite a key")
+        self._rewrite(lines, {name: value}, after=name, stamp=name)
+
     def names(self) -> list[str]:
         seen = [ln.name for ln in self._lines() if ln.name]
         return [n for n in dict.fromkeys(seen)
@@ -180,19 +190,22 @@ class DotenvStore:
 _STAMP = "# keyrotate: {name} set "
 
 
-def add_new_entry(path: str, name: str, value: str) -> None:
-    """Add NAME=value (with its age stamp) to a .env file, created 0600 if missing, every
-    other byte unchanged. Refuses if NAME is already set: replacing a key is a rotation."""
-    store = DotenvStore(path)
-    lines = store._lines()
-    if any(ln.name == name for ln in lines):
-        raise SecretStoreError(f"dotenv:{path}#{name} is already set; refusing to overwrite a key")
-    store._rewrite(lines, {name: value}, after=name, stamp=name)
-
-
 def quote_value(value: str) -> str:
     """Unquoted when safe (base64 and hex keys are), else double-quoted with escapes."""
     if re.fullmatch(r"[A-Za-z0-9+/=_.:@-]*", value):
         return value
     escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return f'"{escaped}"'
+
+
+def read_dotenv_ref(body: str) -> str:
+    path, _, name = body.rpartition("#")
+    return required(f"dotenv:{body}:", read_dotenv(path).get(name), f"{name} is not set in {path}")
+
+
+def write_new_dotenv_ref(body: str, value: str) -> None:
+    path, _, name = body.rpartition("#")
+    DotenvStore(path).write_new(name, value)
+
+
+SCHEMES = {"dotenv": Scheme("dotenv", read_dotenv_ref, write_new_dotenv_ref, DotenvStore)}

@@ -13,7 +13,8 @@ from datetime import datetime
 from typing import Callable, TypeVar
 
 from keyrotate.errors import SecretStoreError
-from keyrotate.refs import register_reader, required
+from keyrotate.secrets.refs import required
+from keyrotate.secrets.schemes import Scheme
 from keyrotate.secrets.base import Slot, now_utc, pending_name, previous_name, slot_name
 
 T = TypeVar("T")
@@ -139,4 +140,9 @@ def read_keyring_ref(body: str) -> str:
     return required(f"keyring:{body}", KeyringStore(service).read(name))
 
 
-register_reader("keyring", read_keyring_ref)
+def write_new_keyring_ref(body: str, value: str) -> None:
+    service, _, name = body.rpartition("#")
+    KeyringStore(service).write_new(name, value)
+
+
+SCHEMES = {"keyring": Scheme("keyring", read_keyring_ref, write_new_keyring_ref, KeyringStore)}

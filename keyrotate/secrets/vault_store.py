@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, TypeVar
 
-from keyrotate.errors import SecretStoreError
-from keyrotate.refs import register_reader
+from keyrotate.errors import ConfigError, SecretStoreError
+from keyrotate.secrets.schemes import Scheme
 from keyrotate.secrets.base import Slot
 from keyrotate.timeutil import parse_utc
 
@@ -266,4 +266,13 @@ def read_vault_ref(body: str) -> str:
     return value
 
 
-register_reader("vault", read_vault_ref)
+def write_new_vault_ref(body: str, value: str) -> None:
+    """keygen --to vault:MOUNT/PATH: a brand-new secret (check-and-set 0) only."""
+    vref = parse_vault_ref(body)
+    if vref.version is not None or vref.field != "value":
+        raise ConfigError(f"--to {vref}: name the secret, without #FIELD or @VERSION")
+    parent, _, name = vref.path.rpartition("/")
+    VaultStore(f"{vref.mount}/{parent}" if parent else vref.mount).write_new(name, value)
+
+
+SCHEMES = {"vault": Scheme("vault", read_vault_ref, write_new_vault_ref, VaultStore)}

@@ -1,0 +1,70 @@
+"""The command line: parse, call the library, render the result. Nothing else.
+
+Every command returns a typed result (keyrotate.result.Result); output.emit renders it
+and exits with its code. Errors (KeyrotateError, and usage errors under --json) are
+turned into one line on stderr, plus the JSON error object under --json, here in the
+group, once for every command.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import click
+
+from keyrotate import __version__
+from keyrotate.cli.output import fail
+from keyrotate.errors import EXIT_USAGE, KeyrotateError
+
+_JSON = "keyrotate.json"
+
+
+class KeyrotateGroup(click.Group):
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        wants_json = "--json" in args
+        try:
+            ctx = super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as e:
+            if not wants_json or parent is not None:
+                raise
+            fail("UsageError", e.format_message(), EXIT_USAGE, True)
+        ctx.meta.setdefault(_JSON, wants_json)
+        return ctx
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyrotateError as e:
+            fail(type(e).__name__, str(e), e.exit_code, ctx.meta.get(_JSON, False))
+        except click.UsageError as e:
+            if not ctx.meta.get(_JSON) or ctx.parent is not None:
+                raise
+            fail("UsageError", e.format_message(), EXIT_USAGE, True)
+
+
+def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@click.group(cls=KeyrotateGroup)
+@click.version_option(__version__, prog_name="keyrotate")
+def main() -> None:
+    """Safe secret rotation and key migration for Cloudflare Workers + D1.
+
+    Keys are always given as references (env:NAME, file:PATH, dotenv:PATH#NAME,
+    keyring:SERVICE#NAME, vault:MOUNT/PATH#FIELD@VERSION), never as values.
+    """
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+
+
+def _register() -> None:
+    from keyrotate.cli import control, data, rotation, secrets
+
+    for module in (data, secrets, control, rotation):
+        for command in module.COMMANDS:
+            main.add_command(command)
+
+
+_register()

@@ -1,0 +1,3 @@
+from keyrotate.cli import main
+
+main()

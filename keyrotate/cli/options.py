@@ -1,0 +1,59 @@
+"""Options shared by several commands, as decorators (sqlite-utils' habit), and the two
+things a command may own: the --db database and the --env context, each opened once and
+closed when the command ends."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import click
+
+from keyrotate.crypto.codecs import FORMATS
+from keyrotate.db import DB_URL_HELP, open_database
+from keyrotate.db.base import RowStore
+
+F = Callable[..., Any]
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+target_option = click.option("--target", required=True, metavar="TABLE.COLUMN",
+                             help="The encrypted column.")
+key_column_option = click.option("--key-column", metavar="COL",
+                                 help="Unique column to page by (default: the primary key).")
+format_option = click.option("--format", "fmt", type=click.Choice(FORMATS),
+                             default="tminus-envelope", show_default=True)
+batch_option = click.option("--batch-size", type=click.IntRange(1, 50_000), default=None,
+                            help="Rows per page and transaction (default: 1000; 2000 for d1://).")
+workers_option = click.option("--workers", type=click.IntRange(0, 64), default=None,
+                              help="Crypto processes (default: 0 for small tables, else 2).")
+dry_run_option = click.option("--dry-run", is_flag=True, help="Show the plan; change nothing.")
+
+
+db_option = click.option("--db", "db_url", required=True, metavar="URL", help=DB_URL_HELP)
+
+
+def opened(db_url: str) -> RowStore:
+    """The command's database, opened once and closed when the command ends. Commands
+    open it after resolving their keys, so a bad reference never touches the database."""
+    db = open_database(db_url)
+    click.get_current_context().call_on_close(db.close)
+    return db
+
+
+def environment(fn: F) -> F:
+    """--env ENV and --manifest PATH, loaded into a Context handed to the command as
+    `env`; its database connection (opened on first use) is closed when it ends."""
+
+    @click.option("--env", "env_name", required=True, metavar="ENV",
+                  help="An environment of the manifest (staging, production, ...).")
+    @click.option("--manifest", "manifest_path", metavar="PATH",
+                  help="keyrotate.toml (default: found here or above).")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, env_name: str, manifest_path: str | None, **kwargs: Any) -> Any:
+        from keyrotate.controlplane.context import Context
+
+        ctx = Context.load(env_name, manifest_path)
+        click.get_current_context().call_on_close(ctx.close)
+        return fn(*args, env=ctx, **kwargs)
+
+    return wrapper

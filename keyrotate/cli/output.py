@@ -1,0 +1,43 @@
+"""How results and errors leave the process: one JSON object as the last line of stdout
+with --json, short text otherwise; progress and logs on stderr; the result's exit code.
+
+An error under --json is a JSON object too, `{"error": {"type", "message",
+"exit_code"}}`, so automation never has to parse stderr.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NoReturn
+
+import click
+
+from keyrotate.cli import render
+from keyrotate.result import Result
+
+
+def say(message: str) -> None:
+    """Human progress and logs go to stderr, keeping stdout for results."""
+    click.echo(message, err=True)
+
+
+def emit(result: Result, as_json: bool) -> NoReturn:
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), default=str))
+    else:
+        text = render.text(result)
+        if text:
+            click.echo(text)
+    click.get_current_context().exit(result.exit_code)
+
+
+def error_envelope(kind: str, message: str, exit_code: int) -> dict[str, Any]:
+    return {"error": {"type": kind, "message": message, "exit_code": exit_code}}
+
+
+def fail(kind: str, message: str, exit_code: int, as_json: bool) -> NoReturn:
+    """One line on stderr (never a traceback); under --json also the error object."""
+    click.echo(f"keyrotate: error: {message}", err=True)
+    if as_json:
+        click.echo(json.dumps(error_envelope(kind, message, exit_code)))
+    raise click.exceptions.Exit(exit_code)

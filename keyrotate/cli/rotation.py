@@ -1,0 +1,61 @@
+"""`rotate` and `status`: rotations of the manifest's secrets, start to finish."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from keyrotate.cli.options import environment, json_option
+from keyrotate.cli.output import emit, say
+from keyrotate.controlplane.context import Context
+from keyrotate.errors import ConfigError
+
+
+@click.command()
+@click.argument("secret")
+@environment
+@click.option("--compromised", is_flag=True,
+              help="Compromise response: fresh DEKs, no overlap, old key retired, incident report.")
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--yes", is_flag=True, help="Go ahead with a cutover that has consequences (stated).")
+@click.option("--finish", "finish_rotation", is_flag=True,
+              help="End the overlap: remove PREVIOUS, promote the new value.")
+@click.option("--force", is_flag=True, help="--finish before max_token_ttl has passed.")
+@click.option("--abort", is_flag=True, help="Abandon a rotation that has only staged its new value.")
+@json_option
+def rotate(secret: str, env: Context, compromised: bool, dry_run: bool, yes: bool,
+           finish_rotation: bool, force: bool, abort: bool, as_json: bool) -> None:
+    """Rotate SECRET on ENV from start to finish; a re-run resumes where it stopped.
+
+    External secrets (OAuth client secrets) take the new value on stdin, never argv.
+    """
+    from keyrotate.rotation.rotate import rotate as run_rotate
+
+    def read_external() -> str:
+        stdin = sys.stdin
+        if stdin.isatty():
+            return click.prompt(f"new value for {secret}", hide_input=True, confirmation_prompt=True)
+        value = stdin.read().rstrip("\n")
+        if not value:
+            raise ConfigError(f"no value for {secret} on stdin")
+        return value
+
+    emit(run_rotate(env, secret, compromised=compromised, dry_run=dry_run, yes=yes,
+                    finish=finish_rotation, force=force, abort=abort,
+                    read_external=read_external, say=say), as_json)
+
+
+@click.command()
+@environment
+@click.option("--due", metavar="AGE", help="Exit 1 if a secret is older than this (e.g. 90d).")
+@json_option
+def status(env: Context, due: str | None, as_json: bool) -> None:
+    """Per secret: age, rotation in progress, rows per key. For cron and CI schedules."""
+    from keyrotate.controlplane.manifest import parse_duration
+    from keyrotate.rotation.status import status as run_status
+
+    emit(run_status(env, parse_duration(due, "--due") if due else None), as_json)
+
+
+COMMANDS = [rotate, status]

@@ -1,0 +1,57 @@
+"""`secrets list|push|show`: secrets in their stores and on the Workers."""
+
+from __future__ import annotations
+
+import click
+
+from keyrotate.cli.options import dry_run_option, environment, json_option
+from keyrotate.cli.output import emit, say
+from keyrotate.controlplane.context import Context
+
+
+@click.group()
+def secrets() -> None:
+    """Secrets in their stores and on the Workers (values are never printed unless asked)."""
+
+
+@secrets.command("list")
+@environment
+@json_option
+def secrets_list_cmd(env: Context, as_json: bool) -> None:
+    """Secret names per Worker against the manifest: missing and extra (drift).
+
+    Exit 1 when a Worker lacks a secret the manifest gives it.
+    """
+    from keyrotate.controlplane.secrets_cmd import secrets_list
+
+    emit(secrets_list(env), as_json)
+
+
+@secrets.command("push")
+@environment
+@click.option("--only", metavar="NAME", help="Push just this secret.")
+@dry_run_option
+@json_option
+def secrets_push_cmd(env: Context, only: str | None, dry_run: bool, as_json: bool) -> None:
+    """Push secrets from the environment's store to the Workers that hold them.
+
+    In deploy order, one Worker at a time (each push deploys a new version), values on
+    wrangler's stdin only.
+    """
+    from keyrotate.controlplane.secrets_cmd import secrets_push
+
+    emit(secrets_push(env, only, dry_run, say), as_json)
+
+
+@secrets.command("show")
+@click.argument("ref")
+@click.option("--reveal", is_flag=True, help="Print the value itself (to stdout).")
+@json_option
+def secrets_show(ref: str, reveal: bool, as_json: bool) -> None:
+    """Show a fingerprint of the secret at REF: never the value, unless --reveal."""
+    from keyrotate.secrets.describe import describe
+
+    emit(describe(ref, reveal), as_json)
+
+
+COMMANDS = [secrets]

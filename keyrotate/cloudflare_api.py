@@ -1,0 +1,140 @@
+"""Cloudflare's REST API, shared by the D1 row store and the control plane.
+
+Where the API is and how to authenticate follow wrangler: CLOUDFLARE_API_TOKEN, and
+CLOUDFLARE_API_BASE_URL to point somewhere else (the test suite's local stand-in).
+Facts the client respects (Cloudflare API docs; docs/cloudflare.md):
+- errors come as {"success": false, "errors": [{"code", "message"}]};
+- the API allows 1,200 requests per 5 minutes per user and answers 429 with
+  Retry-After past it: the client paces itself under a sliding-window budget;
+- 429, 5xx and dropped connections are worth another try, with backoff.
+
+httpx gives pooled keep-alive connections and precise timeouts; the retry loop is ours
+because it must honour Retry-After and the request budget, not just back off.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import httpx
+
+from keyrotate.errors import ConfigError, StoreError
+
+DEFAULT_API = "https://api.cloudflare.com/client/v4"
+BUDGET_REQUESTS, BUDGET_WINDOW = 1_100, 300.0  # under the 1,200 / 5 min API limit
+ATTEMPTS = 8
+
+CF_ERRORS = {
+    7500: "SQL error",
+    10214: "the latest version of the Worker is not deployed",
+    10215: "the latest version of the Worker is not deployed",
+    10220: "secrets changed since that version (rolling back would restore old secret values)",
+}
+
+
+def api_base() -> str:
+    return os.environ.get("CLOUDFLARE_API_BASE_URL", DEFAULT_API).rstrip("/")
+
+
+def api_token(why: str) -> str:
+    token = os.environ.get("CLOUDFLARE_API_TOKEN")
+    if not token:
+        raise ConfigError(f"CLOUDFLARE_API_TOKEN is not set (needed for {why})")
+    return token
+
+
+class RequestBudget:
+    """A sliding window: at most `limit` requests in any `window` seconds, shared by threads."""
+
+    def __init__(self, limit: int = BUDGET_REQUESTS, window: float = BUDGET_WINDOW):
+        self.limit, self.window = limit, window
+        self.sent: deque[float] = deque()
+        self.lock = threading.Lock()
+
+    def wait_turn(self) -> None:
+        while True:
+            with self.lock:
+                now = time.monotonic()
+                while self.sent and now - self.sent[0] >= self.window:
+                    self.sent.popleft()
+                if len(self.sent) < self.limit:
+                    self.sent.append(now)
+                    return
+                delay = self.window - (now - self.sent[0])
+            time.sleep(min(delay, 5.0))
+
+
+def cf_error_text(body: Any) -> str:
+    """Cloudflare's error envelope as one line: codes named, messages kept (they hold no values)."""
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if not errors:
+        return "no error details"
+    parts = []
+    for e in errors[:3]:
+        code = e.get("code")
+        label = CF_ERRORS.get(code)
+        parts.append(f"{code}" + (f" ({label})" if label else "") + f": {str(e.get('message', ''))[:200]}")
+    return "; ".join(parts)
+
+
+def retry_after(resp: httpx.Response) -> float | None:
+    try:
+        return max(0.0, float(resp.headers.get("retry-after", "")))
+    except ValueError:
+        return None
+
+
+class CloudflareClient:
+    """Paced, retried calls to the API; every failure names `where`, never the token."""
+
+    def __init__(self, where: str, why: str, budget: RequestBudget | None = None,
+                 timeout: float = 35.0):
+        self.where = where
+        self.base = api_base()
+        self.budget = budget or RequestBudget()
+        self.requests = 0
+        self.http = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0),
+                                 headers={"Authorization": f"Bearer {api_token(why)}"})
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The `result` of one API call (path relative to the API base), retried on 429,
+        5xx and dropped connections; StoreError on anything else."""
+        delay = 0.5
+        for attempt in range(1, ATTEMPTS + 1):
+            self.budget.wait_turn()
+            self.requests += 1
+            try:
+                resp = self.http.request(method, self.base + path, **kwargs)
+            except (httpx.TransportError, httpx.TimeoutException) as e:
+                if attempt == ATTEMPTS:
+                    raise StoreError(f"{self.where}: Cloudflare API unreachable after {ATTEMPTS} "
+                                     f"attempts ({type(e).__name__})") from None
+                time.sleep(delay + random.uniform(0, delay))
+                delay = min(delay * 2, 30)
+                continue
+            if resp.status_code == 429 or resp.status_code >= 500:
+                if attempt == ATTEMPTS:
+                    raise StoreError(f"{self.where}: Cloudflare API kept failing "
+                                     f"(HTTP {resp.status_code}) after {ATTEMPTS} attempts")
+                wait = retry_after(resp) if resp.status_code == 429 else None
+                time.sleep(wait if wait is not None else delay + random.uniform(0, delay))
+                delay = min(delay * 2, 30)
+                continue
+            try:
+                payload = resp.json()
+            except ValueError:
+                raise StoreError(f"{self.where}: Cloudflare API answered HTTP {resp.status_code} "
+                                 "without JSON") from None
+            if resp.status_code >= 400 or not payload.get("success", False):
+                raise StoreError(f"{self.where}: Cloudflare refused the request: "
+                                 f"{cf_error_text(payload)}")
+            return payload.get("result")
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.http.close()

@@ -1,0 +1,75 @@
+"""One environment of the manifest, with what commands on it share: the deployed Worker
+names, the secret store, wrangler, and one lazily opened database connection.
+
+The connection is opened on first use and closed once, when the command ends (the CLI
+closes the context): on a d1:// database every open-and-check costs API requests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from keyrotate.controlplane.manifest import Environment, Manifest, find_manifest, load_manifest
+from keyrotate.controlplane.wrangler import Wrangler
+from keyrotate.db import open_database
+from keyrotate.db.base import RowStore
+from keyrotate.db.own_schema import ensure_journal_schema
+from keyrotate.secrets.base import SecretStore
+from keyrotate.secrets.schemes import open_secret_store
+
+
+@dataclass
+class Context:
+    manifest: Manifest
+    env: Environment
+    wrangler: Wrangler
+    _db: RowStore | None = field(default=None, repr=False)
+    _secret_store: SecretStore | None = field(default=None, repr=False)
+
+    @classmethod
+    def load(cls, env_name: str, manifest_path: str | None = None) -> "Context":
+        m = load_manifest(find_manifest(explicit=manifest_path))
+        return cls(m, m.env(env_name), Wrangler(m.wrangler, m.root))
+
+    def for_env(self, env_name: str) -> "Context":
+        """Another environment of the same manifest (its own connection)."""
+        return Context(self.manifest, self.manifest.env(env_name), self.wrangler)
+
+    def _local(self, scheme: str, value: str) -> str:
+        """file: and dotenv: paths in the manifest are relative to the manifest's folder."""
+        prefix = scheme + ":"
+        if value.startswith(prefix) and not value.startswith(prefix + "/"):
+            return prefix + str(self.manifest.root / value[len(prefix):])
+        return value
+
+    def database_url(self) -> str:
+        return self._local("file", self.env.database)
+
+    @property
+    def db(self) -> RowStore:
+        """The environment's database, opened on first use, with keyrotate's tables."""
+        if self._db is None:
+            self._db = open_database(self.database_url())
+            ensure_journal_schema(self._db)
+        return self._db
+
+    @property
+    def secrets(self) -> SecretStore:
+        if self._secret_store is None:
+            self._secret_store = open_secret_store(self._local("dotenv", self.env.secrets))
+        return self._secret_store
+
+    def worker_name(self, worker: str) -> str:
+        """The deployed Worker's full name (tminus-api-staging)."""
+        return self.manifest.deployed_name(worker, self.env.name)
+
+    @property
+    def state_dir(self) -> Path:
+        """Local files keyrotate keeps beside the manifest (audit log, incident reports)."""
+        return self.manifest.root / ".keyrotate"
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None

@@ -1,0 +1,84 @@
+"""`deploy`: Workers in deploy order, each validated; a failed health check rolls back
+what this run deployed, in reverse order (the runbook: failed health after a deploy means
+roll back at once)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from keyrotate.controlplane.context import Context
+from keyrotate.controlplane.events import Event, Say, record_events
+from keyrotate.controlplane.health import Health, validate
+from keyrotate.errors import EXIT_FAILURES
+
+
+@dataclass(frozen=True)
+class DeployStep:
+    worker: str
+    name: str
+    dir: str
+    health: str | None
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    env: str
+    dry_run: bool
+    steps: list[DeployStep] = field(default_factory=list)   # the plan (dry run)
+    deployed: list[str] = field(default_factory=list)
+    health: list[Health] = field(default_factory=list)
+    failed_at: str | None = None
+    rolled_back: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed_at is None
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else EXIT_FAILURES
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"env": self.env, "dry_run": self.dry_run}
+        if self.dry_run:
+            return {**out, "steps": [s.__dict__ for s in self.steps]}
+        out.update(ok=self.ok, health=[h.as_dict() for h in self.health])
+        if self.ok:
+            return {**out, "deployed": self.deployed}
+        return {**out, "failed_at": self.failed_at, "rolled_back": self.rolled_back}
+
+
+def deploy(ctx: Context, only: str | None, dry_run: bool, say: Say) -> DeployResult:
+    order = [ctx.manifest.worker(only)] if only else list(ctx.manifest.deploy_order)
+    if dry_run:
+        return DeployResult(ctx.env.name, True, [
+            DeployStep(w, ctx.worker_name(w), str(ctx.manifest.worker_dir(w)), ctx.env.health.get(w))
+            for w in order])
+    done: list[tuple[str, str | None]] = []
+    for w in order:
+        before = ctx.wrangler.active_version(ctx.worker_name(w))
+        say(f"deploying {ctx.worker_name(w)}")
+        ctx.wrangler.deploy(ctx.manifest.worker_dir(w), ctx.env.name)
+        done.append((w, before))
+        record_events(ctx, [Event(ctx.worker_name(w), "deploy")])
+        health = validate(ctx, [w])
+        if not health.ok:
+            say(f"health check failed after deploying {w}: rolling back this run, in reverse")
+            rolled = _roll_back_to(ctx, list(reversed(done)), say)
+            return DeployResult(ctx.env.name, False, deployed=[d for d, _ in done],
+                                health=health.workers, failed_at=w, rolled_back=rolled)
+    return DeployResult(ctx.env.name, False, deployed=[w for w, _ in done],
+                        health=validate(ctx).workers)
+
+
+def _roll_back_to(ctx: Context, targets: list[tuple[str, str | None]], say: Say) -> list[str]:
+    rolled = []
+    for w, version in targets:
+        if version is None:
+            say(f"{ctx.worker_name(w)} had no earlier version: left as it is")
+            continue
+        ctx.wrangler.rollback(ctx.worker_name(w), version, "keyrotate: failed health check after deploy")
+        record_events(ctx, [Event(ctx.worker_name(w), "rollback")])
+        rolled.append(w)
+    return rolled

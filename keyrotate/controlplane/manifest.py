@@ -1,0 +1,238 @@
+"""keyrotate.toml: the application's Workers, environments, secrets and encrypted columns.
+
+Loaded once, validated whole: every error names the file, the table and the problem,
+so a typo is caught before anything touches a Worker or a row.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from keyrotate.crypto.codecs import FORMATS
+from keyrotate.db import DB_URL_HELP, is_database_url
+from keyrotate.errors import ConfigError
+from keyrotate.secrets.schemes import STORE_HELP, is_store_base
+
+MANIFEST = "keyrotate.toml"
+KINDS = ("master-key", "jwt-hs256", "external", "generic")
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str, where: str) -> int:
+    """'90d', '1h', '30m' -> seconds."""
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise ConfigError(f"{where}: {text!r} is not a duration like 30m, 1h, 90d")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+@dataclass(frozen=True)
+class SecretSpec:
+    name: str
+    kind: str
+    workers: tuple[str, ...]
+    generate: str | None = None       # "base64:32" | "hex:32"
+    previous: str | None = None       # name of the overlap secret the Workers read
+    max_token_ttl: int | None = None  # seconds (jwt-hs256)
+
+
+@dataclass(frozen=True)
+class Environment:
+    name: str
+    database: str
+    secrets: str                      # store base: dotenv:PATH, keyring:SERVICE, vault:MOUNT/PATH
+    health: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EncryptedTarget:
+    secret: str
+    table: str
+    column: str
+    format: str = "tminus-envelope"
+    key_column: str | None = None
+
+    @property
+    def name(self) -> str:
+        """TABLE.COLUMN, as --target takes it."""
+        return f"{self.table}.{self.column}"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    project: str
+    worker_name: str
+    workers_dir: str
+    deploy_order: tuple[str, ...]
+    wrangler: tuple[str, ...]
+    migrations_dir: str
+    environments: dict[str, Environment]
+    secrets: dict[str, SecretSpec]
+    encrypted: tuple[EncryptedTarget, ...]
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def env(self, name: str) -> Environment:
+        if name not in self.environments:
+            raise ConfigError(f"{self.path}: no environment {name!r} "
+                              f"(have: {', '.join(self.environments) or 'none'})")
+        return self.environments[name]
+
+    def secret(self, name: str) -> SecretSpec:
+        if name not in self.secrets:
+            raise ConfigError(f"{self.path}: no secret {name!r} "
+                              f"(have: {', '.join(self.secrets) or 'none'})")
+        return self.secrets[name]
+
+    def worker(self, name: str) -> str:
+        if name not in self.deploy_order:
+            raise ConfigError(f"{self.path}: no worker {name!r} in deploy_order")
+        return name
+
+    def deployed_name(self, worker: str, env: str) -> str:
+        """The deployed Worker's name, resolved here because `wrangler rollback --env`
+        (4.x) does not add the environment suffix (docs/cloudflare.md)."""
+        return self.worker_name.format(worker=worker, env=env, project=self.project)
+
+    def worker_dir(self, worker: str) -> Path:
+        return self.root / self.workers_dir / worker
+
+    def workers_holding(self, secret: str) -> list[str]:
+        """Workers that hold a secret, in deploy order."""
+        holders = set(self.secret(secret).workers)
+        return [w for w in self.deploy_order if w in holders]
+
+    def kind_of(self, name: str) -> str:
+        """The kind of a secret, or of the secret whose `previous` name this is."""
+        if name in self.secrets:
+            return self.secrets[name].kind
+        owner = next((s for s in self.secrets.values() if s.previous == name), None)
+        return owner.kind if owner else "generic"
+
+    def targets_of(self, secret: str) -> list[EncryptedTarget]:
+        return [t for t in self.encrypted if t.secret == secret]
+
+
+def find_manifest(start: Path | None = None, explicit: str | None = None) -> Path:
+    if explicit:
+        p = Path(explicit)
+        if not p.is_file():
+            raise ConfigError(f"manifest not found: {p}")
+        return p
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / MANIFEST).is_file():
+            return d / MANIFEST
+    raise ConfigError(f"no {MANIFEST} here or above (run `keyrotate init` to write one)")
+
+
+def load_manifest(path: Path) -> Manifest:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {path}: {type(e).__name__}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return _validate(path, data)
+
+
+def _table(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: [{key}] must be a table")
+    return value
+
+
+def _str_list(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where} must be a list of names")
+    return tuple(value)
+
+
+def _validate(path: Path, data: dict[str, Any]) -> Manifest:
+    where = str(path)
+    project = _table(data, "project", where)
+    order = _str_list(project.get("deploy_order", []), f"{where}: project.deploy_order")
+    if not order:
+        raise ConfigError(f"{where}: project.deploy_order lists no workers")
+    if len(set(order)) != len(order):
+        raise ConfigError(f"{where}: project.deploy_order lists a worker twice")
+    worker_name = str(project.get("worker_name", "{project}-{worker}-{env}"))
+    if "{worker}" not in worker_name:
+        raise ConfigError(f"{where}: project.worker_name must contain {{worker}}")
+    wrangler = _str_list(project.get("wrangler", ["npx", "wrangler"]), f"{where}: project.wrangler")
+
+    secrets: dict[str, SecretSpec] = {}
+    for name, spec in _table(data, "secrets", where).items():
+        w = f"{where}: [secrets.{name}]"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{w} must be a table")
+        kind = spec.get("kind", "generic")
+        if kind not in KINDS:
+            raise ConfigError(f"{w}: kind {kind!r} is not one of {', '.join(KINDS)}")
+        workers = _str_list(spec.get("workers", []), f"{w} workers")
+        for worker in workers:
+            if worker not in order:
+                raise ConfigError(f"{w}: unknown worker {worker!r} (not in deploy_order)")
+        generate = spec.get("generate")
+        if generate is not None and not re.fullmatch(r"(base64|hex):\d+", str(generate)):
+            raise ConfigError(f"{w}: generate must be like base64:32 or hex:32")
+        ttl = spec.get("max_token_ttl")
+        secrets[name] = SecretSpec(
+            name=name, kind=kind, workers=workers, generate=generate,
+            previous=spec.get("previous"),
+            max_token_ttl=parse_duration(str(ttl), f"{w} max_token_ttl") if ttl else None)
+
+    environments: dict[str, Environment] = {}
+    for name, env in _table(data, "environments", where).items():
+        w = f"{where}: [environments.{name}]"
+        if not isinstance(env, dict):
+            raise ConfigError(f"{w} must be a table")
+        database, store = env.get("database"), env.get("secrets")
+        if not is_database_url(database):
+            raise ConfigError(f"{w}: database must be a URL: {DB_URL_HELP}")
+        if not is_store_base(store):
+            raise ConfigError(f"{w}: secrets must be a store base: {STORE_HELP}")
+        health = env.get("health", {})
+        if not isinstance(health, dict):
+            raise ConfigError(f"{w}: health must be a table of worker = URL")
+        for worker, url in health.items():
+            if worker not in order:
+                raise ConfigError(f"{w}: health names unknown worker {worker!r}")
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise ConfigError(f"{w}: health URL for {worker} must be http(s)://")
+        environments[name] = Environment(name, database, store, dict(health))
+
+    encrypted = []
+    raw_targets = data.get("encrypted", [])
+    if not isinstance(raw_targets, list):
+        raise ConfigError(f"{where}: [[encrypted]] must be an array of tables")
+    for i, t in enumerate(raw_targets):
+        w = f"{where}: [[encrypted]] #{i + 1}"
+        if not isinstance(t, dict):
+            raise ConfigError(f"{w} must be a table")
+        secret = t.get("secret")
+        if secret not in secrets:
+            raise ConfigError(f"{w}: secret {secret!r} is not declared under [secrets]")
+        if secrets[secret].kind != "master-key":
+            raise ConfigError(f"{w}: secret {secret!r} must be of kind master-key")
+        if not t.get("table") or not t.get("column"):
+            raise ConfigError(f"{w}: needs table and column")
+        fmt = t.get("format", "tminus-envelope")
+        if fmt not in FORMATS:
+            raise ConfigError(f"{w}: format {fmt!r} is not one of {', '.join(FORMATS)}")
+        encrypted.append(EncryptedTarget(secret, t["table"], t["column"], fmt, t.get("key_column")))
+
+    return Manifest(
+        path=path, project=str(project.get("name", "app")), worker_name=worker_name,
+        workers_dir=str(project.get("workers_dir", "workers")), deploy_order=order,
+        wrangler=wrangler, migrations_dir=str(project.get("migrations_dir", "migrations")),
+        environments=environments, secrets=secrets, encrypted=tuple(encrypted))

@@ -1,0 +1,72 @@
+"""`migrations list|apply`: the application's forward-only D1 migrations, recorded in
+d1_migrations exactly as wrangler records them. Outside staging, a migration staging has
+not applied is refused unless forced (the runbook: staging before production)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from keyrotate.controlplane.context import Context
+from keyrotate.controlplane.events import Say
+from keyrotate.db.migrations import apply_one, applied, discover, pending
+from keyrotate.errors import ConfigError
+
+STAGING = "staging"
+
+
+def migrations_folder(ctx: Context) -> Path:
+    return ctx.manifest.root / ctx.manifest.migrations_dir
+
+
+@dataclass(frozen=True)
+class MigrationsListResult:
+    env: str
+    files: list[str]
+    applied: list[str]
+    exit_code: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        done = set(self.applied)
+        return {"env": self.env,
+                "migrations": [{"name": n, "applied": n in done} for n in self.files],
+                "pending": [n for n in self.files if n not in done],
+                "unknown_applied": [n for n in self.applied if n not in set(self.files)]}
+
+
+def migrations_list(ctx: Context) -> MigrationsListResult:
+    files = discover(migrations_folder(ctx))
+    return MigrationsListResult(ctx.env.name, [m.name for m in files], applied(ctx.db))
+
+
+@dataclass(frozen=True)
+class MigrationsApplyResult:
+    env: str
+    dry_run: bool
+    names: list[str] = field(default_factory=list)   # applied, or would be (dry run)
+    exit_code: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        key = "would_apply" if self.dry_run else "applied"
+        return {"env": self.env, "dry_run": self.dry_run, key: self.names}
+
+
+def migrations_apply(ctx: Context, dry_run: bool, force: bool, say: Say) -> MigrationsApplyResult:
+    """Apply pending migrations in order, each with its d1_migrations row in one batch."""
+    todo = pending(ctx.db, discover(migrations_folder(ctx)))
+    if ctx.env.name != STAGING and STAGING in ctx.manifest.environments and todo:
+        staging = ctx.for_env(STAGING)
+        try:
+            on_staging = set(applied(staging.db))
+        finally:
+            staging.close()
+        untested = [m.name for m in todo if m.name not in on_staging]
+        if untested and not force:
+            raise ConfigError(f"{', '.join(untested)} not applied to staging yet: apply and "
+                              f"check it there first (or --force)")
+    if not dry_run:
+        for m in todo:
+            say(f"applying {m.name} to {ctx.env.name}")
+            apply_one(ctx.db, m)
+    return MigrationsApplyResult(ctx.env.name, dry_run, [m.name for m in todo])

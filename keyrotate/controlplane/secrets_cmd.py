@@ -1,0 +1,115 @@
+"""`secrets list` (names per Worker against the manifest: drift) and `secrets push`
+(values from the environment's store to the Workers that hold them)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from keyrotate.controlplane.context import Context
+from keyrotate.controlplane.events import Say, push_secrets
+from keyrotate.errors import EXIT_FAILURES, ConfigError
+from keyrotate.secrets.base import fingerprint
+
+
+@dataclass(frozen=True)
+class WorkerSecrets:
+    worker: str
+    name: str
+    expected: list[str]
+    present: list[str]
+
+    @property
+    def missing(self) -> list[str]:
+        return sorted(set(self.expected) - set(self.present))
+
+    @property
+    def extra(self) -> list[str]:
+        return sorted(set(self.present) - set(self.expected))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "missing": self.missing, "extra": self.extra}
+
+
+@dataclass(frozen=True)
+class SecretsListResult:
+    env: str
+    workers: list[WorkerSecrets]
+
+    @property
+    def drift(self) -> bool:
+        return any(w.missing or w.extra for w in self.workers)
+
+    @property
+    def missing(self) -> bool:
+        return any(w.missing for w in self.workers)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_FAILURES if self.missing else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"env": self.env, "workers": [w.as_dict() for w in self.workers],
+                "drift": self.drift, "missing": self.missing}
+
+
+def expected_secrets(ctx: Context, worker: str) -> list[str]:
+    return sorted(name for name, s in ctx.manifest.secrets.items() if worker in s.workers)
+
+
+def secrets_list(ctx: Context) -> SecretsListResult:
+    return SecretsListResult(ctx.env.name, [
+        WorkerSecrets(w, ctx.worker_name(w), expected_secrets(ctx, w),
+                      ctx.wrangler.secret_names(ctx.worker_name(w)))
+        for w in ctx.manifest.deploy_order])
+
+
+@dataclass(frozen=True)
+class PushStep:
+    worker: str
+    name: str
+    secrets: dict[str, str]   # name -> fingerprint
+
+
+@dataclass(frozen=True)
+class PushResult:
+    env: str
+    dry_run: bool
+    steps: list[PushStep] = field(default_factory=list)
+    exit_code: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"env": self.env, "dry_run": self.dry_run, "steps": [asdict(s) for s in self.steps]}
+
+
+def store_values(ctx: Context, names: list[str], doing: str) -> dict[str, str]:
+    """Every value read from the store before anything is pushed."""
+    values: dict[str, str] = {}
+    for name in names:
+        value = ctx.secrets.read(name)
+        if value is None:
+            raise ConfigError(f"{name} has no value in {ctx.secrets.ref(name)}: nothing was {doing}")
+        values[name] = value
+    return values
+
+
+def push_plan(ctx: Context, only: str | None) -> list[tuple[str, dict[str, str]]]:
+    """(worker, {secret: value}) in deploy order."""
+    names = [ctx.manifest.secret(only).name] if only else list(ctx.manifest.secrets)
+    values = store_values(ctx, names, "pushed")
+    plan = []
+    for w in ctx.manifest.deploy_order:
+        mine = {n: values[n] for n in names if w in ctx.manifest.secrets[n].workers}
+        if mine:
+            plan.append((w, mine))
+    return plan
+
+
+def secrets_push(ctx: Context, only: str | None, dry_run: bool, say: Say) -> PushResult:
+    plan = push_plan(ctx, only)
+    steps = [PushStep(w, ctx.worker_name(w), {n: fingerprint(v) for n, v in sorted(vals.items())})
+             for w, vals in plan]
+    if not dry_run:
+        for worker, vals in plan:  # one Worker at a time: each push deploys a new version
+            push_secrets(ctx, worker, vals, say)
+    return PushResult(ctx.env.name, dry_run, steps)

@@ -1,0 +1,140 @@
+"""The wrangler CLI, driven through the one subprocess runner.
+
+Secret values only ever travel on wrangler's stdin (`secret put`, `secret bulk` read
+it). Worker names are resolved by keyrotate and passed with --name, because
+`wrangler rollback --env E` (4.x) targets the unsuffixed Worker (docs/cloudflare.md).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from keyrotate.controlplane.runner import Completed, run
+from keyrotate.errors import DeployError
+from keyrotate.cloudflare_api import CF_ERRORS
+
+# Worth another try: rate limits, 5xx (wrangler shows Cloudflare's code 10013, "An unknown
+# error has occurred", rather than the HTTP status), dropped connections. Every wrangler
+# call keyrotate makes is idempotent (put/bulk the same values, deploy, roll back to a
+# given version), so a retry cannot do harm.
+TRANSIENT = re.compile(r"\b(429|500|502|503|504)\b|\[code: 10013\]|Too Many Requests|"
+                       r"Internal Server Error|Bad Gateway|Service Unavailable|ECONNRESET|"
+                       r"ETIMEDOUT|fetch failed|socket hang up|timed out", re.I)
+_CODE = re.compile(r"\[code: (\d+)\]|\"code\":\s*(\d+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def explain(output: str) -> str:
+    """The useful part of wrangler's output: Cloudflare error codes named, ANSI stripped."""
+    text = _ANSI.sub("", output)
+    codes = {int(a or b) for a, b in _CODE.findall(text)}
+    named = [f"Cloudflare error {c}: {CF_ERRORS[c]}" for c in sorted(codes) if c in CF_ERRORS]
+    lines = [ln.strip() for ln in text.splitlines() if "ERROR" in ln or "✘" in ln]
+    return "; ".join(named + lines[:2]) or text.strip()[-300:]
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One deployment: which versions serve traffic, by percentage (largest first)."""
+
+    id: str
+    created_on: str
+    versions: tuple[tuple[str, float], ...]
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Deployment":
+        versions = sorted(((str(v["version_id"]), float(v.get("percentage", 100)))
+                           for v in d.get("versions", [])), key=lambda v: -v[1])
+        return cls(str(d.get("id", "")), str(d.get("created_on", "")), tuple(versions))
+
+    @property
+    def version_id(self) -> str:
+        return self.versions[0][0]
+
+
+@dataclass
+class Wrangler:
+    argv: tuple[str, ...]
+    root: Path
+    attempts: int = 3
+
+    def _argv(self) -> list[str]:
+        first = self.argv[0]
+        if "/" in first and not first.startswith("/"):
+            first = str((self.root / first).resolve())  # relative to the manifest
+        return [first, *self.argv[1:]]
+
+    def _run(self, args: Sequence[str], what: str, cwd: Path | None = None,
+             stdin_secret: str | None = None, redact_values: Sequence[str] = ()) -> Completed:
+        delay = 2.0
+        for attempt in range(1, self.attempts + 1):
+            res = run([*self._argv(), *args], cwd=cwd or self.root, stdin_secret=stdin_secret,
+                      redact_values=redact_values)
+            if res.returncode == 0:
+                return res
+            output = res.stdout + res.stderr
+            if attempt < self.attempts and TRANSIENT.search(_ANSI.sub("", output)):
+                time.sleep(delay)
+                delay *= 2
+                continue
+            raise DeployError(f"wrangler {what} failed: {explain(output)}")
+        raise AssertionError("unreachable")
+
+    def secret_put(self, worker: str, name: str, value: str) -> None:
+        self._run(["secret", "put", name, "--name", worker], f"secret put {name} on {worker}",
+                  stdin_secret=value)
+
+    def secret_bulk(self, worker: str, values: dict[str, str]) -> None:
+        """Several secrets in one new version (JSON on stdin, never a file)."""
+        self._run(["secret", "bulk", "--name", worker], f"secret bulk on {worker}",
+                  stdin_secret=json.dumps(values), redact_values=list(values.values()))
+
+    def secret_delete(self, worker: str, name: str) -> None:
+        self._run(["secret", "delete", name, "--name", worker], f"secret delete {name} on {worker}")
+
+    def secret_names(self, worker: str) -> list[str]:
+        res = self._run(["secret", "list", "--name", worker, "--format", "json"],
+                        f"secret list on {worker}")
+        return sorted(item["name"] for item in _json_tail(res.stdout))
+
+    def deploy(self, worker_dir: Path, env: str) -> None:
+        if not (worker_dir / "wrangler.toml").exists() and not (worker_dir / "wrangler.jsonc").exists() \
+                and not (worker_dir / "wrangler.json").exists():
+            raise DeployError(f"no wrangler configuration in {worker_dir}")
+        self._run(["deploy", "--env", env], f"deploy in {worker_dir}", cwd=worker_dir)
+
+    def deployments(self, worker: str) -> list["Deployment"]:
+        """The Worker's deployments, newest first."""
+        res = self._run(["deployments", "list", "--name", worker, "--json"], f"deployments list on {worker}")
+        found = [Deployment.from_json(d) for d in _json_tail(res.stdout)]
+        return sorted(found, key=lambda d: d.created_on, reverse=True)
+
+    def active_version(self, worker: str) -> str | None:
+        deployments = self.deployments(worker)
+        return deployments[0].version_id if deployments else None
+
+    def version_created_on(self, worker: str, version_id: str) -> str | None:
+        res = self._run(["versions", "list", "--name", worker, "--json"], f"versions list on {worker}")
+        return next((v.get("metadata", {}).get("created_on") for v in _json_tail(res.stdout)
+                     if v.get("id") == version_id), None)
+
+    def rollback(self, worker: str, version_id: str, message: str) -> None:
+        self._run(["rollback", version_id, "--name", worker, "--yes", "--message", message],
+                  f"rollback of {worker}")
+
+
+def _json_tail(stdout: str) -> Any:
+    """wrangler --json prints JSON, sometimes after banner lines: parse from the first [ or {."""
+    text = _ANSI.sub("", stdout)
+    starts = [i for i in (text.find("["), text.find("{")) if i >= 0]
+    if not starts:
+        raise DeployError("wrangler printed no JSON")
+    try:
+        return json.loads(text[min(starts):])
+    except ValueError:
+        raise DeployError("wrangler printed JSON keyrotate cannot read") from None

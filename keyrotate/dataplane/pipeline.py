@@ -1,0 +1,33 @@
+"""Keyset pages in, page results out, with a few pages in flight so reads, crypto and
+writes overlap. Shared by reencrypt and verify."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Iterator
+
+from keyrotate.dataplane.workers import CryptoRunner, PageResult
+from keyrotate.db.base import RowStore, Target, Value, scan
+
+
+def page_size(store: RowStore, requested: int | None) -> int:
+    """The page size asked for, else the store's preference (remote stores want fuller pages)."""
+    return requested or store.preferred_batch_size
+
+
+def page_results(store: RowStore, target: Target, runner: CryptoRunner, batch_size: int,
+                 after: Value = None, first: bool = True) -> Iterator[PageResult]:
+    """Yield one PageResult per keyset page, in key order."""
+    inflight: deque[Any] = deque()
+    exhausted = False
+    while True:
+        while not exhausted and len(inflight) < runner.depth:
+            rows = scan(store, target, after, batch_size, first)
+            if not rows:
+                exhausted = True
+                break
+            first, after = False, rows[-1][0]
+            inflight.append(runner.submit(rows))
+        if not inflight:
+            return
+        yield inflight.popleft().result()

@@ -1,0 +1,147 @@
+"""Where the crypto runs: inline for small jobs, or in worker processes for large ones.
+
+AES-GCM and JSON work hold the GIL, so threads cannot overlap them with the database
+writes; processes can. A worker takes a page of raw (key, value) rows and hands back a
+summary whose `writes` are ready for executemany, so the main process does no per-row
+Python work at all. Workers get the codec (which holds the keys) through the pool
+initializer, over a pipe, never through argv or the environment.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from keyrotate.crypto.codecs import Codec
+from keyrotate.errors import InvalidEnvelope
+from keyrotate.db.base import CasWrite, Value
+
+Rows = Sequence[tuple[Value, Value]]
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class PageResult:
+    """What one page of rows came to. rotate: writes/current; census: ok/old."""
+
+    rows: int = 0
+    null: int = 0
+    writes: list[CasWrite] = field(default_factory=list)
+    current: int = 0
+    ok: int = 0
+    old: int = 0
+    failures: list[tuple[Value, str]] = field(default_factory=list)
+    last_key: Value = None
+
+
+def _judge(fn: Any, value: Value) -> Any:
+    """The codec's answer, or (reason,) for hostile input; never raises."""
+    try:
+        return fn(value)
+    except InvalidEnvelope as e:
+        return (e.reason,)
+    except (ValueError, TypeError, UnicodeError, OverflowError, MemoryError) as e:
+        # e.g. a payload too large for the JSON parser: hostile input, not our bug
+        return (f"unreadable value ({type(e).__name__})",)
+
+
+def process_page(codec: Codec, op: str, rows: Rows) -> PageResult:
+    """Apply one codec operation ("rotate" or "census") to every row of a page."""
+    res = PageResult(rows=len(rows), last_key=rows[-1][0] if rows else None)
+    fn = codec.rotate if op == "rotate" else codec.census
+    for key, value in rows:
+        if value is None:
+            res.null += 1
+            continue
+        out = _judge(fn, value)
+        if out is None:
+            res.current += 1
+        elif out.__class__ is str and op == "rotate":
+            res.writes.append((out, key, value))
+        elif out == "ok":
+            res.ok += 1
+        elif out == "old":
+            res.old += 1
+        else:
+            res.failures.append((key, out[0]))
+    return res
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """A worker must not outlive a parent killed with SIGKILL: forked workers hold both
+    ends of the task pipe, so they would never see EOF and would linger forever."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the watchdog below still works
+
+    def watchdog() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    threading.Thread(target=watchdog, name="keyrotate-parent-watchdog", daemon=True).start()
+
+
+_codec: Codec | None = None
+
+
+def _init_worker(codec: Codec, parent_pid: int) -> None:
+    global _codec
+    _codec = codec
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    _die_with_parent(parent_pid)
+
+
+def _work(op: str, rows: Rows) -> PageResult:
+    assert _codec is not None
+    return process_page(_codec, op, rows)
+
+
+class CryptoRunner:
+    """submit(rows) -> Future[PageResult]; inline when workers == 0."""
+
+    def __init__(self, codec: Codec, op: str, workers: int):
+        self.codec, self.op, self.workers = codec, op, workers
+        self.pool: ProcessPoolExecutor | None = None
+        if workers > 0:
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            self.pool = ProcessPoolExecutor(max_workers=workers,
+                                            mp_context=multiprocessing.get_context(method),
+                                            initializer=_init_worker,
+                                            initargs=(codec, os.getpid()))
+
+    @property
+    def depth(self) -> int:
+        """How many pages to keep in flight."""
+        return 1 if self.pool is None else 2 * self.workers + 1
+
+    def submit(self, rows: Rows) -> "Future[PageResult]":
+        if self.pool is not None:
+            return self.pool.submit(_work, self.op, rows)
+        fut: Future[PageResult] = Future()
+        fut.set_result(process_page(self.codec, self.op, rows))
+        return fut
+
+    def close(self, cancel: bool = False) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
+            self.pool = None
+
+
+def default_workers(total_rows: int) -> int:
+    """No processes for small jobs (start-up costs more than it saves)."""
+    if total_rows < 20_000:
+        return 0
+    return max(1, min(2, os.cpu_count() or 1))

@@ -1,0 +1,37 @@
+"""Row databases: where encrypted rows, keyrotate's journal and the migration ledgers live.
+
+One URL scheme list, used both to open a --db URL and to validate a manifest's
+`database`.
+"""
+
+from __future__ import annotations
+
+from keyrotate.db.base import RowStore
+from keyrotate.errors import ConfigError
+
+FILE_SCHEME = "file:"
+LIBSQL_SCHEMES = ("libsql://", "http://", "https://", "ws://", "wss://")
+D1_SCHEME = "d1://"
+DB_SCHEMES = (FILE_SCHEME, *LIBSQL_SCHEMES, D1_SCHEME)
+DB_URL_HELP = "file:PATH, libsql://, http(s)://, ws(s)://, d1://ACCOUNT_ID/DATABASE_ID"
+
+
+def is_database_url(url: object) -> bool:
+    return isinstance(url, str) and url.startswith(DB_SCHEMES)
+
+
+def open_database(url: str) -> RowStore:
+    """Open the database a --db URL names. Raises ConfigError for unknown or bad URLs."""
+    if url.startswith(FILE_SCHEME):
+        from keyrotate.db.sqlite_file import SqliteFileStore
+
+        return SqliteFileStore(url)
+    if url.startswith(LIBSQL_SCHEMES):
+        from keyrotate.db.libsql_remote import LibsqlRemoteStore
+
+        return LibsqlRemoteStore(url)
+    if url.startswith(D1_SCHEME):
+        from keyrotate.db.d1 import D1Store
+
+        return D1Store(url)
+    raise ConfigError(f"unsupported database URL {url!r}: use {DB_URL_HELP}")

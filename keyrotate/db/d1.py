@@ -1,0 +1,90 @@
+"""`d1://ACCOUNT_ID/DATABASE_ID`: Cloudflare D1 over its REST API.
+
+Facts it is built on (Cloudflare's D1 and API docs; docs/cloudflare.md):
+- POST /accounts/{a}/d1/database/{id}/query takes {"sql","params"} or
+  {"batch": [{"sql","params"}, ...]}; a batch runs as one transaction; each statement's
+  result carries meta.changes, which is how a compare-and-swap learns whether it hit.
+- at most 100 bound parameters and 100 KB per statement, 30 s per request; BEGIN is
+  refused (the batch is the transaction).
+- every request spends the account's API budget (1,200 requests / 5 minutes), so
+  keyrotate carries hundreds of rows per request: a rotation costs a few requests per
+  thousand rows. Pacing and retries live in keyrotate.cloudflare_api.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+from urllib.parse import urlparse
+
+from keyrotate.cloudflare_api import CloudflareClient, RequestBudget
+from keyrotate.db.base import (
+    MAX_BOUND_PARAMS, CasWrite, ColumnInfo, Statement, Target, Value, cas_sql,
+    columns_from_pragma, quote_ident, unique_single_columns_via,
+)
+from keyrotate.errors import ConfigError, StoreError
+
+MAX_STATEMENT_BYTES = 100_000
+STATEMENTS_PER_REQUEST = 2_500  # a page of CAS (~1 KB each) plus its checkpoint: one request
+
+
+class D1Store:
+    # every request spends API budget: fewer, fuller pages
+    preferred_batch_size = 2_000
+
+    def __init__(self, url: str, budget: RequestBudget | None = None):
+        parsed = urlparse(url)
+        account, database = parsed.netloc, parsed.path.strip("/")
+        if not account or not database or "/" in database:
+            raise ConfigError(f"bad D1 URL {url!r}: expected d1://ACCOUNT_ID/DATABASE_ID")
+        self.display_url = url
+        self.path = f"/accounts/{account}/d1/database/{database}/query"
+        self.api = CloudflareClient(url, "d1:// databases", budget)
+
+    @property
+    def requests(self) -> int:
+        return self.api.requests
+
+    def _post(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """One query request; the result list (one entry per statement)."""
+        return self.api.call("POST", self.path, json=body) or []
+
+    # -- the store contract --------------------------------------------------------------
+    def columns(self, table: str) -> list[ColumnInfo]:
+        return columns_from_pragma(self.query(f"PRAGMA table_info({quote_ident(table)})"))
+
+    def unique_single_columns(self, table: str) -> set[str]:
+        return unique_single_columns_via(self, table)
+
+    def query(self, sql: str, params: Sequence[Value] = ()) -> list[tuple[Value, ...]]:
+        _check_statement(Statement(sql, tuple(params)))
+        result = self._post({"sql": sql, "params": list(params)})
+        rows = result[0].get("results", []) if result else []
+        return [tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in rows]
+
+    def apply(self, writes: Sequence[CasWrite], target: Target | None,
+              statements: Sequence[Statement]) -> list[bool]:
+        """CAS writes and journal statements. One request (one transaction) when they fit;
+        larger batches are split, CAS chunks first and the journal with the last chunk, so
+        a checkpoint never commits before the writes it records."""
+        stmts = [Statement(cas_sql(target), tuple(w)) for w in writes]  # type: ignore[arg-type]
+        stmts += list(statements)
+        for st in stmts:
+            _check_statement(st)
+        changes: list[int] = []
+        for i in range(0, len(stmts), STATEMENTS_PER_REQUEST):
+            chunk = stmts[i:i + STATEMENTS_PER_REQUEST]
+            result = self._post({"batch": [{"sql": s.sql, "params": list(s.params)} for s in chunk]})
+            changes += [int((r.get("meta") or {}).get("changes", 0)) for r in result]
+        return [c == 1 for c in changes[:len(writes)]]
+
+    def close(self) -> None:
+        self.api.close()
+
+
+def _check_statement(st: Statement) -> None:
+    if len(st.params) > MAX_BOUND_PARAMS:
+        raise StoreError(f"statement has {len(st.params)} parameters; D1 allows {MAX_BOUND_PARAMS}")
+    size = len(st.sql.encode()) + sum(len(str(p).encode()) for p in st.params if p is not None)
+    if size > MAX_STATEMENT_BYTES:
+        raise StoreError(f"statement is {size} bytes; D1 allows {MAX_STATEMENT_BYTES}")
+

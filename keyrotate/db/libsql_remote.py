@@ -1,0 +1,73 @@
+"""`libsql://`, `http(s)://`, `ws(s)://` URLs: a libSQL server (sqld, Turso) via libsql-client.
+
+A libsql-client batch runs as one transaction on the server, so CAS writes and their
+checkpoint commit together, in one round trip. The auth token comes from
+LIBSQL_AUTH_TOKEN, never from the URL (a URL lands in argv and shell history).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+from urllib.parse import parse_qs, urlparse
+
+import libsql_client
+
+from keyrotate.errors import ConfigError, StoreError
+from keyrotate.db.base import (
+    DEFAULT_BATCH_SIZE, CasWrite, ColumnInfo, Statement, Target, Value, cas_sql, columns_from_pragma,
+    quote_ident, unique_single_columns_via,
+)
+
+
+class LibsqlRemoteStore:
+    preferred_batch_size = DEFAULT_BATCH_SIZE
+
+    def __init__(self, url: str):
+        parsed = urlparse(url)
+        if "authToken" in parse_qs(parsed.query):
+            raise ConfigError("put the libSQL auth token in LIBSQL_AUTH_TOKEN, "
+                              "not in the URL (URLs end up in argv and shell history)")
+        self.display_url = url
+        try:
+            self.client = libsql_client.create_client_sync(
+                url, auth_token=os.environ.get("LIBSQL_AUTH_TOKEN") or None)
+        except Exception as e:  # libsql-client raises several types for a bad URL
+            raise ConfigError(f"cannot use database URL {url}: {e}") from None
+        try:
+            self.query("SELECT 1")
+        except StoreError:
+            self.client.close()
+            raise
+
+    def columns(self, table: str) -> list[ColumnInfo]:
+        return columns_from_pragma(self.query(f"PRAGMA table_info({quote_ident(table)})"))
+
+    def unique_single_columns(self, table: str) -> set[str]:
+        return unique_single_columns_via(self, table)
+
+    def query(self, sql: str, params: Sequence[Value] = ()) -> list[tuple[Value, ...]]:
+        try:
+            rs = self.client.execute(sql, list(params))
+        except Exception as e:
+            raise StoreError(f"query failed on {self.display_url}: {_reason(e)}") from None
+        return [tuple(row) for row in rs.rows]
+
+    def apply(self, writes: Sequence[CasWrite], target: Target | None,
+              statements: Sequence[Statement]) -> list[bool]:
+        stmts = [Statement(cas_sql(target), w) for w in writes]  # type: ignore[arg-type]
+        stmts += list(statements)
+        try:
+            results = self.client.batch(
+                [libsql_client.Statement(s.sql, list(s.params)) for s in stmts])
+        except Exception as e:
+            raise StoreError(f"write failed on {self.display_url}: {_reason(e)}") from None
+        return [rs.rows_affected == 1 for rs in results[:len(writes)]]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _reason(e: Exception) -> str:
+    """libsql-client errors carry the server's message; never include statement params."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]

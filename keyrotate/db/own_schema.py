@@ -1,0 +1,40 @@
+"""keyrotate's own schema (migrations/NNNN_name.sql), applied like any D1 migration but
+recorded in its own ledger, keyrotate_migrations."""
+
+from __future__ import annotations
+
+import weakref
+from pathlib import Path
+
+from keyrotate.db.migrations import apply_one, discover, pending
+from keyrotate.db.base import RowStore
+
+LEDGER = "keyrotate_migrations"
+
+
+def migrations_dir() -> Path:
+    """Installed wheels carry them as keyrotate/_migrations; a checkout has migrations/."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "_migrations", here.parent / "migrations"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("keyrotate's migrations folder is missing from the install")
+
+
+_READY: "weakref.WeakSet[RowStore]" = weakref.WeakSet()
+
+
+def ensure_journal_schema(store: RowStore) -> None:
+    """Apply keyrotate's pending migrations, each with its ledger row in one transaction.
+    Checked once per connection: every check costs requests on a d1:// database."""
+    if store in _READY:
+        return
+    for migration in pending(store, discover(migrations_dir()), LEDGER):
+        apply_one(store, migration, LEDGER)
+    _READY.add(store)
+
+
+def journal_exists(store: RowStore) -> bool:
+    rows = store.query("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?",
+                       ("keyrotate_runs",))
+    return bool(rows)

@@ -1,0 +1,1 @@
+"""`keyrotate demo`: synthetic data and the whole data-plane story on a local file."""

@@ -1,1 +1,0 @@
-"""The engine: reencrypt, verify and the checkpoint journal they share."""

@@ -1,0 +1,141 @@
+"""`keyrotate rotate SECRET --env ENV`: one rotation, start to finish, as a persisted,
+resumable state machine (AWS Secrets Manager's create / set / test / finish is the model).
+
+Each kind of secret has its own safe order of steps (plan.py). After each step the
+Recorder saves the rotation row and appends to the audit log, so a re-run continues where
+the last one stopped. The new value is written to the store as *pending* before anything
+else, and the old value is only given up (promoted to *previous*) after verify shows no
+row depends on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from keyrotate.controlplane.context import Context
+from keyrotate.controlplane.events import Say
+from keyrotate.controlplane.manifest import SecretSpec
+from keyrotate.errors import ConfigError
+from keyrotate.rotation.plan import cutover_warning, plan_of, steps_for
+from keyrotate.rotation.state import Recorder, Rotation
+from keyrotate.rotation.steps import Job, Step
+from keyrotate.timeutil import new_id, now_iso, parse_utc
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    step: str
+    what: str
+    done: bool
+
+
+@dataclass(frozen=True)
+class RotatePlan:
+    """--dry-run: the steps a run would take, nothing changed."""
+
+    env: str
+    secret: str
+    plan: str
+    compromised: bool
+    warning: str | None
+    steps: list[PlannedStep] = field(default_factory=list)
+    exit_code: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"env": self.env, "secret": self.secret, "dry_run": True, "plan": self.plan,
+                "compromised": self.compromised, "warning": self.warning,
+                "steps": [s.__dict__ for s in self.steps]}
+
+
+@dataclass(frozen=True)
+class RotateResult:
+    rotation: Rotation
+    note: str
+    exit_code: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.rotation.as_dict(), "dry_run": False, "note": self.note}
+
+
+def rotate(ctx: Context, secret: str, *, compromised: bool = False, dry_run: bool = False,
+           yes: bool = False, finish: bool = False, force: bool = False, abort: bool = False,
+           read_external: Callable[[], str] | None = None,
+           say: Say = print) -> RotatePlan | RotateResult:
+    spec = ctx.manifest.secret(secret)
+    recorder = Recorder(ctx)
+    rot = recorder.load_open(secret)
+    if rot is None and (finish or abort):
+        raise ConfigError(f"no {secret} rotation in progress on {ctx.env.name}")
+    plan = rot.plan if rot else plan_of(spec, compromised)
+    compromised = rot.compromised if rot else compromised
+    first, finishing = steps_for(spec, plan, compromised)
+    warning = cutover_warning(spec, plan, compromised)
+
+    if dry_run:
+        done = rot.steps_done if rot else []
+        job = Job(ctx, spec, rot or _new_rotation(ctx, spec, plan, compromised), say)
+        return RotatePlan(ctx.env.name, secret, plan, compromised, warning,
+                          [PlannedStep(s.name, job.text(s.description), s.name in done)
+                           for s in (finishing if finish else first)])
+    if abort:
+        assert rot is not None
+        return _abort(ctx, recorder, rot, say)
+    if warning and not yes and rot is None:
+        raise ConfigError(f"{warning} Nothing was changed: re-run with --yes to go ahead.")
+    if rot is None:
+        rot = _new_rotation(ctx, spec, plan, compromised)
+        recorder.started(rot)
+    if rot.state == "awaiting-finish" and not finish:
+        return RotateResult(rot, f"{secret} on {ctx.env.name} is waiting for --finish "
+                                 f"(run: keyrotate rotate {secret} --env {ctx.env.name} --finish)")
+    if finish:
+        if rot.state != "awaiting-finish":
+            raise ConfigError(f"the {secret} rotation is not ready to finish (state {rot.state})")
+        _check_token_ttl(spec, rot, force)
+    _run_steps(Job(ctx, spec, rot, say, read_external), recorder, finishing if finish else first)
+    done = finish or not finishing
+    recorder.ended(rot, "finished" if done else "awaiting-finish")
+    note = (f"{secret} rotated on {ctx.env.name}." if done else
+            f"{secret} rotated and verified; the Workers still accept the previous value. When ready: "
+            f"keyrotate rotate {secret} --env {ctx.env.name} --finish")
+    return RotateResult(rot, note)
+
+
+def _new_rotation(ctx: Context, spec: SecretSpec, plan: str, compromised: bool) -> Rotation:
+    return Rotation(new_id("rot-"), ctx.env.name, spec.name, spec.kind, plan, compromised,
+                    "in-progress", started_at=now_iso())
+
+
+def _run_steps(job: Job, recorder: Recorder, steps: list[Step]) -> None:
+    for step in steps:
+        if step.name in job.rot.steps_done:
+            continue
+        job.say(f"[{job.spec.name}] {step.name}: {job.text(step.description)}")
+        step.run(job)
+        recorder.step_done(job.rot, step.name)
+
+
+def _check_token_ttl(spec: SecretSpec, rot: Rotation, force: bool) -> None:
+    if spec.kind != "jwt-hs256" or not spec.max_token_ttl or force:
+        return
+    pushed = parse_utc(rot.detail.get("pushed_at"))
+    if pushed is None:
+        return
+    waited = (datetime.now(timezone.utc) - pushed).total_seconds()
+    if waited < spec.max_token_ttl:
+        raise ConfigError(f"tokens signed with the old {spec.name} may live {spec.max_token_ttl} s "
+                          f"and the new one was pushed {int(waited)} s ago: finishing now logs "
+                          "those users out. Wait, or use --force.")
+
+
+def _abort(ctx: Context, recorder: Recorder, rot: Rotation, say: Say) -> RotateResult:
+    """Only safe while nothing outside the store has changed."""
+    if any(s != "stage" for s in rot.steps_done):
+        raise ConfigError(f"the {rot.secret} rotation has gone past staging ({', '.join(rot.steps_done)}); "
+                          "aborting now could strand rows or Workers: finish it instead")
+    ctx.secrets.discard_pending(rot.secret)
+    recorder.ended(rot, "aborted")
+    say(f"aborted the {rot.secret} rotation; the pending value was discarded")
+    return RotateResult(rot, "aborted")

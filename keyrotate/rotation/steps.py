@@ -1,0 +1,224 @@
+"""The steps of a rotation: small objects with a name, a description and run().
+
+Every step is idempotent: a re-run after a crash or a paused step repeats nothing that
+took effect. A step that cannot pass yet raises Incomplete (exit 3, run again).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from keyrotate.controlplane.context import Context
+from keyrotate.controlplane.events import Say, push_secrets
+from keyrotate.controlplane.health import validate
+from keyrotate.controlplane.manifest import SecretSpec
+from keyrotate.dataplane.reencrypt import ReencryptOptions, reencrypt
+from keyrotate.dataplane.verify import verify
+from keyrotate.errors import ConfigError, Incomplete, KeyrotateError
+from keyrotate.rotation.state import Rotation
+from keyrotate.rotation.targets import each_target
+from keyrotate.secrets.base import fingerprint
+from keyrotate.secrets.keygen import generate
+from keyrotate.timeutil import now_iso
+
+RUN_FIELDS = ("run_id", "rows_scanned", "rows_rewritten", "rows_already_current", "rows_failed",
+              "rows_null")
+CENSUS_FIELDS = ("rows", "ok", "old", "null", "failed")
+
+
+@dataclass
+class Job:
+    """What the steps of one rotation work with."""
+
+    ctx: Context
+    spec: SecretSpec
+    rot: Rotation
+    say: Say
+    read_external: Callable[[], str] | None = None
+
+    def values(self) -> tuple[str | None, str]:
+        """(current, pending) from the store; the pending value must exist."""
+        store, name = self.ctx.secrets, self.spec.name
+        pending = store.read(name, "pending")
+        if pending is None:
+            raise KeyrotateError(f"no pending value for {name}: the rotation state and the store "
+                                 f"disagree ({store.ref(name, 'pending')})")
+        return store.read(name), pending
+
+    def holders(self) -> list[str]:
+        return self.ctx.manifest.workers_holding(self.spec.name)
+
+    def text(self, template: str) -> str:
+        return template.replace("NAME", self.spec.name).replace(
+            "PREVIOUS", self.spec.previous or "PREVIOUS")
+
+
+class Step(Protocol):
+    name: str
+    description: str   # NAME and PREVIOUS stand for the secret's names
+
+    def run(self, job: Job) -> None: ...
+
+
+class Stage:
+    name = "stage"
+    description = "generate the new value and store it as pending (before anything else changes)"
+
+    def run(self, job: Job) -> None:
+        store, spec = job.ctx.secrets, job.spec
+        if store.read(spec.name, "pending") is None:
+            if spec.kind == "external":
+                if job.read_external is None:
+                    raise ConfigError(f"{spec.name} is external: give the new value on stdin")
+                value = job.read_external()
+            else:
+                fmt, _, n = (spec.generate or "base64:32").partition(":")
+                value = generate(fmt, int(n))
+            store.write_pending(spec.name, value)
+        old, new = job.values()
+        job.rot.old_fp = fingerprint(old) if old else None
+        job.rot.new_fp = fingerprint(new)
+
+
+class PushNew:
+    """NAME=new to every Worker holding it, one Worker at a time; with `overlap`, also
+    PREVIOUS=old in the same version, so the Workers read both keys."""
+
+    def __init__(self, overlap: bool):
+        self.overlap = overlap
+        self.name = "push-overlap" if overlap else "push"
+        self.description = ("push NAME=new and PREVIOUS=old to every Worker holding it, one bulk "
+                            "update each" if overlap else
+                            "push NAME=new to every Worker holding it, one at a time")
+
+    def run(self, job: Job) -> None:
+        old, new = job.values()
+        values = {job.spec.name: new}
+        if self.overlap and old and job.spec.previous:
+            values[job.spec.previous] = old
+        pushed_at = None
+        for worker in job.holders():
+            at = push_secrets(job.ctx, worker, values, job.say)
+            pushed_at = pushed_at or at
+        job.rot.detail["pushed_at"] = pushed_at or now_iso()
+
+
+class Validate:
+    name = "validate"
+    description = "check every Worker's health"
+
+    def run(self, job: Job) -> None:
+        health = validate(job.ctx)
+        job.rot.detail["health"] = [h.as_dict() for h in health.workers]
+        if not health.ok:
+            raise Incomplete(f"health check failed ({', '.join(health.failing)}); fix it and run "
+                             "the same command again to resume")
+
+
+def reencrypt_targets(job: Job, key: str) -> None:
+    """Every [[encrypted]] target from the current key to the pending one; counts under
+    rot.detail[key]."""
+    store, name = job.ctx.secrets, job.spec.name
+    mode = "fresh-dek" if job.rot.compromised else "rewrap"
+    results: dict[str, Any] = {}
+    for t, target, codec in each_target(job.ctx, name, store.ref(name, "pending"),
+                                        store.ref(name), mode):
+        job.say(f"reencrypting {t.name} ({mode})")
+        r = reencrypt(job.ctx.db, target, codec, ReencryptOptions(fmt=t.format, mode=mode)).as_dict()
+        results[t.name] = {k: r[k] for k in RUN_FIELDS}
+    job.rot.detail[key] = results
+
+
+class Reencrypt:
+    def __init__(self, name: str = "reencrypt",
+                 description: str = "reencrypt every [[encrypted]] target from the old key to "
+                                    "the new key"):
+        self.name, self.description = name, description
+
+    def run(self, job: Job) -> None:
+        reencrypt_targets(job, self.name)
+
+
+def census(job: Job) -> dict[str, dict[str, int]]:
+    store, name = job.ctx.secrets, job.spec.name
+    return {t.name: {k: v for k, v in verify(job.ctx.db, target, codec).as_dict().items()
+                     if k in CENSUS_FIELDS}
+            for t, target, codec in each_target(job.ctx, name, store.ref(name, "pending"),
+                                                store.ref(name))}
+
+
+class Verify:
+    """No row may depend on the old key. Rows the Workers wrote under it meanwhile are
+    swept once more here, so a re-run of this step can always make progress."""
+
+    def __init__(self, name: str = "verify",
+                 description: str = "verify no row depends on the old key"):
+        self.name, self.description = name, description
+
+    def run(self, job: Job) -> None:
+        counts = census(job)
+        if any(c["old"] for c in counts.values()):
+            job.say("rows still under the old key: sweeping them")
+            reencrypt_targets(job, "sweep")
+            counts = census(job)
+        job.rot.detail["verify"] = counts
+        still_old = {t: c["old"] for t, c in counts.items() if c["old"]}
+        if still_old:
+            raise Incomplete(f"rows still depend on the old key: {still_old}; the old key is "
+                             "kept. Run the same command again to sweep and verify again.")
+
+
+class Promote:
+    name = "promote"
+    description = "promote the new value to current in the store, keeping the old as previous"
+
+    def run(self, job: Job) -> None:
+        if job.ctx.secrets.read(job.spec.name, "pending") is not None:
+            job.ctx.secrets.promote(job.spec.name)
+
+
+class RemovePrevious:
+    name = "remove-previous"
+    description = "remove PREVIOUS from the Workers"
+
+    def run(self, job: Job) -> None:
+        prev = job.spec.previous
+        if not prev:
+            return
+        for worker in job.holders():
+            full = job.ctx.worker_name(worker)
+            if prev in job.ctx.wrangler.secret_names(full):
+                job.say(f"removing {prev} from {full}")
+                job.ctx.wrangler.secret_delete(full, prev)
+
+
+class Report:
+    name = "report"
+    description = "write the incident report (JSON and Markdown)"
+
+    def run(self, job: Job) -> None:
+        from keyrotate.rotation.incident import write_report
+
+        paths = write_report(job.ctx, job.rot)
+        job.rot.detail["report"] = [str(p) for p in paths]
+        job.say(f"incident report: {paths[1]}")
+
+
+class Checklist:
+    name = "checklist"
+    description = "print the provider-console checklist"
+
+    def run(self, job: Job) -> None:
+        holders = ", ".join(job.ctx.worker_name(w) for w in job.holders())
+        job.rot.detail["checklist"] = [
+            f"The new {job.spec.name} is stored and pushed to {holders}.",
+            "In the provider's console, revoke the old client secret now that the Workers "
+            "use the new one.",
+            "Sign in once through the app to check the OAuth flow end to end.",
+        ]
+
+
+CATCH_UP = Reencrypt("catch-up", "sweep again for rows the Workers wrote with the old key meanwhile")
+RE_VERIFY = Verify("re-verify", "verify again that no row depends on the old key (sweeping any "
+                                "that came back)")

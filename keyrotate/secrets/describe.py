@@ -1,0 +1,36 @@
+"""What `secrets show` tells about a secret: fingerprints, never the value (unless asked)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from keyrotate.crypto.keys import MasterKey, is_raw_hex_key
+from keyrotate.secrets.refs import parse_ref, resolve
+from keyrotate.secrets.base import fingerprint
+
+
+@dataclass(frozen=True)
+class SecretInfo:
+    ref: str
+    fingerprint: str
+    master_key_kid: str      # the kid this value gets as a MASTER_KEY (envelopes carry it)
+    length: int
+    derivation: str
+    value: str | None = None  # only with --reveal
+    exit_code: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "exit_code"}
+        if self.value is None:
+            out.pop("value")
+        return out
+
+
+def describe(ref_text: str, reveal: bool = False) -> SecretInfo:
+    ref = parse_ref(ref_text, "REF")
+    value = resolve(ref_text, "REF")
+    return SecretInfo(str(ref), fingerprint(value), MasterKey.from_secret(value).kid, len(value),
+                      "raw 32 bytes (64 hex)" if is_raw_hex_key(value) else "SHA-256 of the string",
+                      value if reveal else None)
+
