@@ -18,8 +18,9 @@ from keyrotate.crypto.keys import MasterKey
 
 from tests.support.helpers import big_reference_db, NEW_SECRET, open_value, rows_of
 
-ROWS = 150_000  # enough that 20 kills land before the rotation can finish
+ROWS = 60_000
 KILLS = 20
+SLICE = 0.004  # seconds the run may go on between two looks at its checkpoint
 NEW_KID = MasterKey.from_secret(NEW_SECRET).kid
 
 
@@ -59,31 +60,69 @@ def _journal_agrees_with_data(db) -> int:
         conn.close()
 
 
+def _committed_rows(db) -> int | None:
+    """rows_scanned of the checkpoint, read without waiting (None while the file is busy)."""
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0)
+    except sqlite3.Error:
+        return None
+    try:
+        row = conn.execute("SELECT rows_scanned FROM keyrotate_checkpoints").fetchone()
+        return int(row[0]) if row else 0
+    except sqlite3.Error:
+        return None  # tables not made yet, or a commit holds the lock
+    finally:
+        conn.close()
+
+
+def _kill_after(proc: subprocess.Popen, db, threshold: int, rng: random.Random) -> bool:
+    """Let the run go in short slices (SIGCONT, a few ms, SIGSTOP) until the checkpoint
+    shows `threshold` rows, then let it run a random moment more and SIGKILL it. The run
+    is stopped whenever the test looks, so it cannot finish unseen however fast the
+    machine: kills land by observed progress, never by a guess at the machine's speed.
+    Returns False if the run ended first."""
+    while True:
+        os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(SLICE)
+        os.kill(proc.pid, signal.SIGSTOP)
+        if proc.poll() is not None:
+            return False
+        done = _committed_rows(db)
+        if done is not None and done >= threshold:
+            break
+    os.kill(proc.pid, signal.SIGCONT)
+    time.sleep(rng.uniform(0, SLICE))  # a random moment: mid-batch, mid-commit, anywhere
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return True
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing(tmp_path):
     db, originals, env = big_reference_db(tmp_path, ROWS, "crash.db")
     rng = random.Random(20261128)
+    # kill points spread over the table, each past the previous one
+    thresholds = sorted(rng.sample(range(1_000, ROWS - 5_000, 250), KILLS))
     kills, progress, orphans = 0, [], []
-    attempts = 0
-    while kills < KILLS:
-        attempts += 1
-        assert attempts < 200, "could not land enough kills"
+    for attempt, threshold in enumerate(thresholds):
         # alternate the inline path and the worker-process path
-        workers = ("--workers", "0") if attempts % 2 else ()
+        workers = ("--workers", "0") if attempt % 2 else ()
         proc = subprocess.Popen(_argv(db, *workers), env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.05, 0.6))
-        if proc.poll() is not None:
-            break  # finished before the kill landed: the rotation is done
+        os.kill(proc.pid, signal.SIGSTOP)
         try:
             orphans += [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
         except psutil.Error:
             pass
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        landed = _kill_after(proc, db, threshold, rng)
+        try:
+            orphans += [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        except psutil.Error:
+            pass
+        assert landed, f"the run ended before reaching {threshold} rows"
         kills += 1
         progress.append(_journal_agrees_with_data(db))
-    assert kills >= KILLS, f"only {kills} kills landed before the run finished"
+    assert kills == KILLS
     assert len(set(progress)) > 5, f"kills did not land at varied moments: {progress}"
 
     final = subprocess.run(_argv(db), env=env, capture_output=True, timeout=600)
