@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from keyrotate.errors import ConfigError, StoreError
+from keyrotate.errors import ConfigError, StoreError, StoreUnavailable
 
 DEFAULT_API = "https://api.cloudflare.com/client/v4"
 BUDGET_REQUESTS, BUDGET_WINDOW = 1_100, 300.0  # under the 1,200 / 5 min API limit
@@ -112,15 +112,15 @@ class CloudflareClient:
                 resp = self.http.request(method, self.base + path, **kwargs)
             except (httpx.TransportError, httpx.TimeoutException) as e:
                 if attempt == ATTEMPTS:
-                    raise StoreError(f"{self.where}: Cloudflare API unreachable after {ATTEMPTS} "
-                                     f"attempts ({type(e).__name__})") from None
+                    raise StoreUnavailable(f"{self.where}: Cloudflare API unreachable after "
+                                           f"{ATTEMPTS} attempts ({type(e).__name__})") from None
                 time.sleep(delay + random.uniform(0, delay))
                 delay = min(delay * 2, 30)
                 continue
             if resp.status_code == 429 or resp.status_code >= 500:
                 if attempt == ATTEMPTS:
-                    raise StoreError(f"{self.where}: Cloudflare API kept failing "
-                                     f"(HTTP {resp.status_code}) after {ATTEMPTS} attempts")
+                    raise StoreUnavailable(f"{self.where}: Cloudflare API kept failing "
+                                           f"(HTTP {resp.status_code}) after {ATTEMPTS} attempts")
                 wait = retry_after(resp) if resp.status_code == 429 else None
                 time.sleep(wait if wait is not None else delay + random.uniform(0, delay))
                 delay = min(delay * 2, 30)

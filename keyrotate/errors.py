@@ -45,6 +45,27 @@ class StoreError(KeyrotateError):
     """The database could not be opened, read or written."""
 
 
+RUN_AGAIN = "this may be temporary: run the same command again (it resumes)"
+
+
+class StoreUnavailable(StoreError):
+    """The database is busy, full or unreachable for now: resumable (exit 3)."""
+
+    exit_code = EXIT_INCOMPLETE
+
+    def __init__(self, message: str):
+        super().__init__(f"{message}; {RUN_AGAIN}")
+
+
+class SecretStoreUnavailable(SecretStoreError):
+    """The secret store is unreachable or sealed for now: resumable (exit 3)."""
+
+    exit_code = EXIT_INCOMPLETE
+
+    def __init__(self, message: str):
+        super().__init__(f"{message}; {RUN_AGAIN}")
+
+
 class DeployError(KeyrotateError):
     """A wrangler or Cloudflare operation failed."""
 
@@ -55,6 +76,13 @@ class Interrupted(KeyrotateError):
     """The work stopped before finishing; running the same command again resumes it."""
 
     exit_code = EXIT_INCOMPLETE
+
+
+class Failures(KeyrotateError):
+    """Work that cannot pass while some rows are broken (listed by id): exit 1. Fix or
+    remove those rows, then run the same command again."""
+
+    exit_code = EXIT_FAILURES
 
 
 class Incomplete(KeyrotateError):

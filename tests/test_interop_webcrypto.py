@@ -52,4 +52,5 @@ def test_node_envelopes_are_what_keyrotate_parses():
     assert list(json.loads(env)) == ["iv", "ciphertext", "encryptedDek", "dekIv"]
     from keyrotate.crypto.codecs import EnvelopeCodec
 
-    assert EnvelopeCodec(new=MasterKey.from_secret(NEW_SECRET)).census(env) == "ok"
+    new = MasterKey.from_secret(NEW_SECRET)
+    assert EnvelopeCodec(new=new).census(env) == new.kid

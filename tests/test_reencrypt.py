@@ -13,7 +13,7 @@ from keyrotate.dataplane.reencrypt import ReencryptOptions, reencrypt
 from keyrotate.errors import Interrupted
 from keyrotate.dataplane.keys import codec_from_refs
 from keyrotate.db import open_database
-from keyrotate.db.base import resolve_target
+from keyrotate.db.targets import resolve_target
 
 from tests.support.helpers import StopAfter, NEW_SECRET, OLD_SECRET, last_json, open_value, rows_of, run_cli
 
@@ -188,7 +188,7 @@ def test_concurrent_write_is_not_lost_and_is_picked_up_again(ref_db, keys_env):
     (["--old-key", "env:KR_NEW"], "name the same key"),
     (["--db", "file:/nonexistent/x.db"], "database file not found"),
     (["--db", "postgres://x"], "unsupported database URL"),
-    (["--key-column", "user_id"], "neither the primary key nor"),
+    (["--key-column", "user_id"], "not provably unique and NOT NULL"),
 ])
 def test_bad_arguments_exit_2_with_one_line(ref_db, keys_env, args, message):
     db = ref_db(5)
@@ -204,16 +204,21 @@ def test_bad_arguments_exit_2_with_one_line(ref_db, keys_env, args, message):
     assert len(res.output.strip().splitlines()) == 1
 
 
-def test_composite_and_missing_primary_keys_need_key_column(tmp_path, keys_env):
+def test_tables_without_a_provable_key_are_paged_by_rowid(tmp_path, keys_env):
     db = tmp_path / "c.db"
     conn = sqlite3.connect(db)
     conn.executescript("CREATE TABLE c (a TEXT, b TEXT, v TEXT, PRIMARY KEY (a, b));"
-                       "CREATE TABLE n (a TEXT UNIQUE, v TEXT);")
+                       "CREATE TABLE n (a TEXT UNIQUE NOT NULL, v TEXT);"
+                       "CREATE TABLE w (a TEXT, b TEXT, v TEXT, PRIMARY KEY (a, b)) WITHOUT ROWID;")
     conn.close()
-    for target, msg in (("c.v", "composite primary key"), ("n.v", "has no primary key")):
+    for target in ("c.v", "n.v"):
         res = run_cli("reencrypt", "--db", f"file:{db}", "--target", target,
-                      "--old-key", keys_env["old"], "--new-key", keys_env["new"])
-        assert res.exit_code == 2 and msg in res.output
+                      "--old-key", keys_env["old"], "--new-key", keys_env["new"], "--json")
+        assert res.exit_code == 0, res.output
+        assert last_json(res.output)["rows_scanned"] == 0
+    res = run_cli("reencrypt", "--db", f"file:{db}", "--target", "w.v",
+                  "--old-key", keys_env["old"], "--new-key", keys_env["new"])
+    assert res.exit_code == 2 and "no rowid" in res.output
     res = run_cli("reencrypt", "--db", f"file:{db}", "--target", "n.v", "--key-column", "a",
                   "--old-key", keys_env["old"], "--new-key", keys_env["new"], "--json")
     assert res.exit_code == 0 and last_json(res.output)["rows_scanned"] == 0

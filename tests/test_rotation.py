@@ -254,5 +254,6 @@ def test_a_rotation_over_d1_checks_keyrotates_tables_once_per_command(project):
         res = run_cli(*args)
         assert res.exit_code == 0, res.output
         assert ledger_reads(since) == 1, args
-        assert cf.d1_requests - requests <= 30, (args, cf.d1_requests - requests)  # was 50
+        # one connection: the count stays small (the reencrypt census and the lease included)
+        assert cf.d1_requests - requests <= 60, (args, cf.d1_requests - requests)
     assert _rows_open_under(root / "staging.db", store.read("MASTER_KEY"))

@@ -24,7 +24,7 @@ from keyrotate.errors import Interrupted
 from keyrotate.dataplane.keys import codec_from_refs
 from keyrotate.secrets.dotenv import DotenvStore
 from keyrotate.db import open_database
-from keyrotate.db.base import resolve_target
+from keyrotate.db.targets import resolve_target
 
 from tests.support.cf_api import CloudflareStandIn
 from tests.support.helpers import StopAfter, OLD_SECRET, ROOT, run_cli

@@ -11,7 +11,7 @@ from keyrotate.cli.options import (
 from keyrotate.cli.output import emit, say
 from keyrotate.cli.progress_bar import progress_for
 from keyrotate.crypto.codecs import MODES
-from keyrotate.db.base import resolve_target
+from keyrotate.db.targets import resolve_target
 
 
 @click.command()
@@ -67,7 +67,7 @@ def verify(db_url: str, target: str, key: str, old_key: str | None, key_column: 
     from keyrotate.dataplane.keys import codec_from_refs
     from keyrotate.dataplane.verify import verify as run_verify
 
-    codec = codec_from_refs(fmt, key, old_key, "rewrap", new_flag="--key")
+    codec = codec_from_refs(fmt, key, old_key, "rewrap", new_flag="--key", check_new=False)
     db = opened(db_url)
     tgt = resolve_target(db, target, key_column)
     emit(run_verify(db, tgt, codec, batch_size, workers, progress_for(tgt.name)), as_json)

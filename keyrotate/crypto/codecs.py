@@ -4,10 +4,14 @@ A codec answers two questions about one stored value, with authenticated decrypt
 the only judge (a `kid` only orders which key is tried first):
 
 - rotate(value): the value to write (under the new key), or None if the row is
-  already under the new key; InvalidEnvelope if the row is malformed or opens under
-  neither key.
-- census(value): "ok" (opens under the key being verified, payload included) or "old"
-  (opens under the old key); InvalidEnvelope otherwise.
+  already under the new key; InvalidEnvelope if the row is malformed, opens under none
+  of the keys, or its payload does not authenticate (a row a Worker could not read is
+  reported, never rewritten).
+- census(value): the kid of the key the value opens under, payload included;
+  InvalidEnvelope otherwise.
+
+A rotation has one new key, one old key and possibly more old keys (`also_old`: after a
+compromise takes over an open rotation, rows can be under either earlier key).
 
 Codecs are plain picklable objects so worker processes receive them through the
 process pool's initializer (a pipe), never through argv.
@@ -16,7 +20,9 @@ process pool's initializer (a pipe), never through argv.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Callable, Protocol, Sequence
+
+from cryptography.fernet import MultiFernet
 
 from keyrotate.crypto import envelope as env_mod
 from keyrotate.crypto import fernet_codec
@@ -26,7 +32,7 @@ from keyrotate.errors import InvalidEnvelope
 
 FORMATS = ("tminus-envelope", "fernet")
 MODES = ("rewrap", "fresh-dek")
-Verdict = Literal["ok", "old"]  # what census() says of one value
+NEITHER_KEY = "opens under neither the old nor the new key"
 
 
 class Codec(Protocol):
@@ -40,16 +46,20 @@ class Codec(Protocol):
     @property
     def old_kid(self) -> str | None: ...
 
+    @property
+    def old_kids(self) -> tuple[str, ...]: ...
+
     def rotate(self, value: object) -> str | None: ...
 
-    def census(self, value: object) -> Verdict: ...
+    def census(self, value: object) -> str: ...
 
 
-class _KeyIds:
-    """new_kid / old_kid from the codec's `new` and `old` keys."""
+class _Keys:
+    """Key ids from the codec's `new`, `old` and `also_old` keys."""
 
     new: MasterKey | FernetKey
     old: MasterKey | FernetKey | None
+    also_old: tuple[MasterKey, ...] | tuple[FernetKey, ...]
 
     @property
     def new_kid(self) -> str:
@@ -59,90 +69,101 @@ class _KeyIds:
     def old_kid(self) -> str | None:
         return self.old.kid if self.old is not None else None
 
+    @property
+    def old_kids(self) -> tuple[str, ...]:
+        return tuple(k.kid for k in self._olds())
 
-NEITHER_KEY = "opens under neither the old nor the new key"
+    def _olds(self) -> list:
+        return ([self.old] if self.old is not None else []) + list(self.also_old)
+
+    def _neither(self) -> str:
+        return NEITHER_KEY if self.old is not None else "does not open under the key"
 
 
 @dataclass(frozen=True)
-class EnvelopeCodec(_KeyIds):
-    """tminus-envelope rows: `new` is the target key, `old` the key being retired."""
+class EnvelopeCodec(_Keys):
+    """tminus-envelope rows: `new` is the target key, `old` (and `also_old`) retiring keys."""
 
     new: MasterKey
     old: MasterKey | None = None
     mode: str = "rewrap"
+    also_old: tuple[MasterKey, ...] = ()
 
-    def _keys_in_order(self, kid: str | None) -> list[tuple[str, MasterKey]]:
-        """Old key first (most rows during a rotation), unless the kid names the new key."""
-        if self.old is None:
-            return [("new", self.new)]
-        if kid == self.new.kid:
-            return [("new", self.new), ("old", self.old)]
-        return [("old", self.old), ("new", self.new)]
+    def _keys_in_order(self, kid: str | None) -> list[MasterKey]:
+        """The key the kid names first; else the old keys (most rows during a rotation)."""
+        keys = [*self._olds(), self.new]
+        if kid is not None:
+            keys.sort(key=lambda k: k.kid != kid)
+        return keys
+
+    def _open(self, value: object) -> tuple[env_mod.Envelope, MasterKey, bytes, bytes]:
+        """(envelope, key, DEK, payload) of the first key that opens it, payload included."""
+        env = env_mod.parse(value)
+        for key in self._keys_in_order(env.kid):
+            dek = env_mod.unwrap_dek(env, key)
+            if dek is not None:
+                return env, key, dek, env_mod.open_payload(env, dek)
+        raise InvalidEnvelope(self._neither())
 
     def rotate(self, value: object) -> str | None:
-        env = env_mod.parse(value)
-        for name, key in self._keys_in_order(env.kid):
-            dek = env_mod.unwrap_dek(env, key)
-            if dek is None:
-                continue
-            if name == "new":
-                return None
-            if self.mode == "fresh-dek":
-                return env_mod.fresh_dek(env, dek, self.new)
-            return env_mod.rewrap(env, dek, self.new)
-        raise InvalidEnvelope(NEITHER_KEY)
+        env, key, dek, payload = self._open(value)
+        if key is self.new:
+            return None
+        if self.mode == "fresh-dek":
+            return env_mod.seal_payload(payload, self.new, env.extra)
+        return env_mod.rewrap(env, dek, self.new)
 
-    def census(self, value: object) -> Verdict:
-        env = env_mod.parse(value)
-        for name, key in self._keys_in_order(env.kid):
-            dek = env_mod.unwrap_dek(env, key)
-            if dek is None:
-                continue
-            env_mod.open_payload(env, dek)
-            return "ok" if name == "new" else "old"
-        raise InvalidEnvelope(NEITHER_KEY if self.old else "does not open under the key")
+    def census(self, value: object) -> str:
+        return self._open(value)[1].kid
 
 
 @dataclass(frozen=True)
-class FernetCodec(_KeyIds):
-    """Fernet tokens. Fernet has no separate DEK: both modes re-encrypt with a fresh IV."""
+class FernetCodec(_Keys):
+    """Fernet tokens. Fernet has no separate DEK: both modes re-encrypt with a fresh IV and
+    keep the token's timestamp, as MultiFernet.rotate does (apps that decrypt with ttl=
+    must not see expired tokens come back to life)."""
 
     new: FernetKey
     old: FernetKey | None = None
     mode: str = "rewrap"
+    also_old: tuple[FernetKey, ...] = ()
+
+    def _opener(self, token: bytes) -> FernetKey:
+        for key in [self.new, *self._olds()]:
+            if fernet_codec.opens(key, token) is not None:
+                return key
+        raise InvalidEnvelope(self._neither())
 
     def rotate(self, value: object) -> str | None:
         token = fernet_codec.token_bytes(value)
-        if fernet_codec.opens(self.new, token) is not None:
+        key = self._opener(token)
+        if key is self.new:
             return None
-        payload = fernet_codec.opens(self.old, token) if self.old else None
-        if payload is None:
-            raise InvalidEnvelope(NEITHER_KEY)
-        return fernet_codec.reencrypt(payload, self.new)
+        rotator = MultiFernet([self.new.fernet, key.fernet])
+        return rotator.rotate(token).decode("ascii")
 
-    def census(self, value: object) -> Verdict:
-        token = fernet_codec.token_bytes(value)
-        if fernet_codec.opens(self.new, token) is not None:
-            return "ok"
-        if self.old is not None and fernet_codec.opens(self.old, token) is not None:
-            return "old"
-        raise InvalidEnvelope(NEITHER_KEY if self.old else "does not open under the key")
+    def census(self, value: object) -> str:
+        return self._opener(fernet_codec.token_bytes(value)).kid
 
 
-def make_codec(fmt: str, new_secret: str, old_secret: str | None, mode: str = "rewrap") -> Codec:
+def make_codec(fmt: str, new_secret: str, old_secret: str | None, mode: str = "rewrap",
+               also_old: Sequence[str] = ()) -> Codec:
     """Build the codec for a format from secret strings. ValueError on bad keys or names."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+    key_type: Callable[[str], Any]
     if fmt == "tminus-envelope":
-        new = MasterKey.from_secret(new_secret)
-        old = MasterKey.from_secret(old_secret) if old_secret is not None else None
-        if old is not None and old.same_as(new):
+        key_type = MasterKey.from_secret
+    elif fmt == "fernet":
+        key_type = FernetKey
+    else:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    new = key_type(new_secret)
+    olds = [key_type(s) for s in ([old_secret] if old_secret is not None else [])]
+    extra = tuple(key_type(s) for s in also_old)
+    for other in [*olds, *extra]:
+        if other.same_as(new):
             raise ValueError("the old key and the new key are the same key")
-        return EnvelopeCodec(new=new, old=old, mode=mode)
-    if fmt == "fernet":
-        newf = FernetKey(new_secret)
-        oldf = FernetKey(old_secret) if old_secret is not None else None
-        if oldf is not None and oldf.same_as(newf):
-            raise ValueError("the old key and the new key are the same key")
-        return FernetCodec(new=newf, old=oldf, mode=mode)
-    raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    codec_type = EnvelopeCodec if fmt == "tminus-envelope" else FernetCodec
+    return codec_type(new=new, old=olds[0] if olds else None, mode=mode,
+                      also_old=tuple(k for k in extra if not any(k.same_as(o) for o in olds)))

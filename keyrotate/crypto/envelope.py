@@ -216,9 +216,9 @@ def rewrap(env: Envelope, dek: bytes, new_key: MasterKey) -> str:
                     env._iv_b64, env._ct_b64).to_json()
 
 
-def fresh_dek(env: Envelope, dek: bytes, new_key: MasterKey) -> str:
-    """The payload re-encrypted under a brand-new DEK and IV, wrapped under the new key.
-
-    For compromise response: whoever held the old master key could unwrap every old DEK.
-    """
-    return _sealed(open_payload(env, dek), new_key, extra=env.extra, kid=new_key.kid)
+def seal_payload(payload: bytes, new_key: MasterKey,
+                 extra: tuple[tuple[str, Any], ...] = ()) -> str:
+    """An opened payload re-encrypted under a brand-new DEK and IV, wrapped under the new
+    key, other writers' fields kept. For compromise response: whoever held the old master
+    key could unwrap every old DEK."""
+    return _sealed(payload, new_key, extra=extra, kid=new_key.kid)

@@ -7,6 +7,7 @@ over its UTF-8 bytes. keyrotate must do the same or rotated rows would not open.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import re
@@ -30,6 +31,47 @@ def derive_master_key(secret: str) -> bytes:
     if is_raw_hex_key(secret):
         return bytes.fromhex(secret)
     return hashlib.sha256(secret.encode("utf-8")).digest()
+
+
+MIN_NEW_KEY_BYTES = 32
+_HEX = re.compile(r"[0-9a-fA-F]+")
+_B64 = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
+
+
+def _bare(secret: str) -> str:
+    return secret.strip().lstrip("\ufeff").strip()
+
+
+def hex_fallback(secret: str) -> bool:
+    """A 64-hex key with a stray space, BOM or newline: the Workers hash it as a
+    passphrase (SHA-256) instead of using its bytes, silently."""
+    return not is_raw_hex_key(secret) and is_raw_hex_key(_bare(secret))
+
+
+def new_key_problem(secret: str) -> str | None:
+    """Why a value is unfit to become a new master key (None if it is fit): under 32 bytes
+    of key material as hex, base64 or raw bytes, or a hex key that would fall back to
+    SHA-256. Never includes the value."""
+    if hex_fallback(secret):
+        return ("looks like a 64-hex-character key but has a space, BOM or newline around it: "
+                "the Workers would hash it as a passphrase instead of using its bytes")
+    if secret != _bare(secret) or any(c in secret for c in "\r\n"):
+        return "has whitespace, a BOM or a newline around or in it"
+    if _HEX.fullmatch(secret) and len(secret) != 64:
+        return (f"is {len(secret)} hex characters; a raw key is exactly 64 "
+                f"({MIN_NEW_KEY_BYTES} bytes)")
+    if _B64.fullmatch(secret) and len(secret) % 4 == 0:
+        try:
+            n = len(base64.b64decode(secret.replace("-", "+").replace("_", "/"), validate=True))
+        except ValueError:
+            n = len(secret.encode())
+        if n < MIN_NEW_KEY_BYTES:
+            return f"decodes to {n} bytes; a new key needs at least {MIN_NEW_KEY_BYTES}"
+        return None
+    if len(secret.encode("utf-8")) < MIN_NEW_KEY_BYTES:
+        return (f"is only {len(secret.encode('utf-8'))} bytes; a new key needs at least "
+                f"{MIN_NEW_KEY_BYTES} bytes of key material (keyrotate keygen makes one)")
+    return None
 
 
 def key_id(raw_key: bytes) -> str:

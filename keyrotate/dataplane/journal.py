@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 from keyrotate.db.own_schema import ensure_journal_schema, journal_exists
 from keyrotate.db.base import RowStore, Statement, Target, Value
+from keyrotate.errors import ConfigError
 from keyrotate.timeutil import new_id, now_iso
 
 COUNTERS = ("rows_scanned", "rows_rewritten", "rows_already_current", "rows_null",
@@ -54,31 +55,81 @@ class RunState:
     last_key: Value = None
     counts: Counts = field(default_factory=Counts)
     seconds: float = 0.0
+    seq: int = 0            # checkpoints committed; each one applies only at its own seq
+    superseded: list[str] = field(default_factory=list)  # runs this one took over
+
+
+@dataclass(frozen=True)
+class _Unfinished:
+    run_id: str
+    key_column: str
+    fmt: str
+    mode: str
+    old_kid: str
+    new_kid: str
+    started_at: str
+
+    def same_command(self, ident: RunIdentity) -> bool:
+        return (self.key_column, self.fmt, self.mode, self.old_kid, self.new_kid) == (
+            ident.target.key_column, ident.fmt, ident.mode, ident.old_kid, ident.new_kid)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    resume: str | None              # the run to continue, or None for a new one
+    supersede: list[_Unfinished]    # unfinished runs this one retires
 
 
 class Journal:
     def __init__(self, store: RowStore):
         self.store = store
 
-    def open_run(self, ident: RunIdentity) -> RunState:
-        """The unfinished run of the same command, or a new one (committed at once)."""
+    def plan_run(self, ident: RunIdentity) -> "RunPlan":
+        """Which run this command continues, and which unfinished runs it retires. Reads
+        only, so a refusal changes nothing.
+
+        Another unfinished run on the target is taken over only if this run's keys open
+        everything it wrote (its new key is this run's old or new key); otherwise the
+        target would end split between keys, so this refuses. A run that a later run
+        overtook is never resumed: rows behind its cursor may have moved since.
+        """
         ensure_journal_schema(self.store)
         t = ident.target
-        rows = self.store.query(
-            "SELECT r.run_id, c.has_cursor, c.last_key, c.seconds, "
-            + ", ".join(f"c.{n}" for n in COUNTERS)
-            + " FROM keyrotate_runs r JOIN keyrotate_checkpoints c USING (run_id) "
-            "WHERE r.kind = 'reencrypt' AND r.target = ? AND r.key_column = ? AND r.format = ? "
-            "AND r.mode = ? AND r.old_kid = ? AND r.new_kid = ? AND r.status = 'running' "
-            "ORDER BY r.started_at DESC LIMIT 1",
-            (t.name, t.key_column, ident.fmt, ident.mode, ident.old_kid, ident.new_kid))
-        if rows:
-            r = rows[0]
-            counts = Counts(*[int(v) for v in r[4:]])
-            return RunState(str(r[0]), ident, True, bool(r[1]), r[2], counts, float(r[3]))
-        run_id = new_id("r")
+        unfinished = [_Unfinished(*map(str, r)) for r in self.store.query(
+            "SELECT run_id, key_column, format, mode, old_kid, new_kid, started_at FROM "
+            "keyrotate_runs WHERE kind = 'reencrypt' AND target = ? AND status = 'running' "
+            "ORDER BY started_at DESC, run_id DESC", (t.name,))]
+        same = next((u for u in unfinished if u.same_command(ident)), None)
+        others = [u for u in unfinished if u is not same]
+        for u in others:
+            if u.new_kid not in (ident.old_kid, ident.new_kid):
+                raise ConfigError(
+                    f"run {u.run_id} on {t.name} is unfinished: it was moving rows from key "
+                    f"{u.old_kid} to key {u.new_kid}, which this run (key {ident.old_kid} -> "
+                    f"{ident.new_kid}) cannot open. Finish it first (the same command with the "
+                    f"new key of kid {u.new_kid}), then rotate on. Nothing was changed.")
+        if same is not None:
+            later = self.store.query(
+                "SELECT 1 FROM keyrotate_runs WHERE kind = 'reencrypt' AND target = ? AND "
+                "(started_at > ? OR (started_at = ? AND run_id > ?)) LIMIT 1",
+                (t.name, same.started_at, same.started_at, same.run_id))
+            if not later:  # every other unfinished run is older: resume, retiring those
+                return RunPlan(same.run_id, others)
+            others.append(same)  # overtaken: rows behind its cursor may have moved since
+        return RunPlan(None, others)
+
+    def start_run(self, ident: RunIdentity, plan: "RunPlan") -> RunState:
+        """Carry out a plan: retire what it retires, then resume or begin (committed)."""
         ts = now_iso()
+        retired = [u.run_id for u in plan.supersede]
+        if plan.resume is not None:
+            if plan.supersede:
+                self.store.apply([], None, _superseded(plan.supersede, ts))
+            return self._resume(plan.resume, ident, retired)
+        t = ident.target
+        run_id = new_id("r")
         self.store.apply([], None, [
+            *_superseded(plan.supersede, ts),
             Statement("INSERT INTO keyrotate_runs (run_id, kind, target, key_column, format, mode, "
                       "old_kid, new_kid, status, started_at) "
                       "VALUES (?, 'reencrypt', ?, ?, ?, ?, ?, ?, 'running', ?)",
@@ -87,12 +138,23 @@ class Journal:
             Statement("INSERT INTO keyrotate_checkpoints (run_id, updated_at) VALUES (?, ?)",
                       (run_id, ts)),
         ])
-        return RunState(run_id, ident, False)
+        return RunState(run_id, ident, False, superseded=retired)
+
+    def open_run(self, ident: RunIdentity) -> RunState:
+        return self.start_run(ident, self.plan_run(ident))
+
+    def _resume(self, run_id: str, ident: RunIdentity, superseded: list[str]) -> RunState:
+        r = self.store.query(
+            "SELECT has_cursor, last_key, seconds, seq, " + ", ".join(COUNTERS)
+            + " FROM keyrotate_checkpoints WHERE run_id = ?", (run_id,))[0]
+        return RunState(run_id, ident, True, bool(r[0]), r[1], Counts(*[int(v) for v in r[4:]]),
+                        float(r[2]), int(r[3]), superseded)
 
     @staticmethod
     def checkpoint(run: RunState, delta: Counts, seconds: float, last_key: Value | None,
                    failures: Sequence[tuple[Value, str]]) -> list[Statement]:
-        """Statements recording one batch; commit them with the batch's row writes."""
+        """Statements recording one batch; commit them with the batch's row writes. The
+        update applies only at the run's current seq, so a replayed batch counts once."""
         sets = ", ".join(f"{n} = {n} + ?" for n in COUNTERS)
         params: list[Any] = [getattr(delta, n) for n in COUNTERS]
         cursor_sql = ""
@@ -100,18 +162,24 @@ class Journal:
             cursor_sql = ", has_cursor = 1, last_key = ?, batches = batches + 1"
             params.append(last_key)
         stmts = [Statement(f"UPDATE keyrotate_checkpoints SET {sets}{cursor_sql}, seconds = ?, "
-                           "updated_at = ? WHERE run_id = ?",
-                           (*params, seconds, now_iso(), run.run_id))]
+                           "updated_at = ?, seq = seq + 1 WHERE run_id = ? AND seq = ?",
+                           (*params, seconds, now_iso(), run.run_id, run.seq))]
+        run.seq += 1
         for key, reason in failures:
             stmts.append(Statement(
-                "INSERT OR REPLACE INTO keyrotate_row_failures (run_id, row_key, reason) "
-                "VALUES (?, ?, ?)", (run.run_id, str(key), reason)))
+                "INSERT OR REPLACE INTO keyrotate_row_failures (run_id, row_key, key_value, reason) "
+                "VALUES (?, ?, ?, ?)", (run.run_id, str(key), key, reason)))
         return stmts
 
     @staticmethod
     def finish(run: RunState, status: str) -> Statement:
         return Statement("UPDATE keyrotate_runs SET status = ?, finished_at = ? WHERE run_id = ?",
                          (status, now_iso(), run.run_id))
+
+
+def _superseded(runs: list[_Unfinished], ts: str) -> list[Statement]:
+    return [Statement("UPDATE keyrotate_runs SET status = 'superseded', finished_at = ? "
+                      "WHERE run_id = ? AND status = 'running'", (ts, u.run_id)) for u in runs]
 
 
 # --- reading the journal (the `runs` command) -------------------------------------------
@@ -136,7 +204,7 @@ def list_runs(store: RowStore, run_id: str | None = None) -> list[dict[str, Any]
 
 def run_failures(store: RowStore, run_id: str, limit: int = 1000) -> list[dict[str, str]]:
     rows = store.query("SELECT row_key, reason FROM keyrotate_row_failures WHERE run_id = ? "
-                       "ORDER BY row_key LIMIT ?", (run_id, limit))
+                       "ORDER BY key_value, row_key LIMIT ?", (run_id, limit))
     return [{"id": r[0], "reason": r[1]} for r in rows]
 
 

@@ -7,7 +7,7 @@ from collections import deque
 from typing import Any, Iterator
 
 from keyrotate.dataplane.workers import CryptoRunner, PageResult
-from keyrotate.db.base import RowStore, Target, Value, scan
+from keyrotate.db.base import PAGE_BYTES, RowStore, Target, Value
 
 
 def page_size(store: RowStore, requested: int | None) -> int:
@@ -15,19 +15,22 @@ def page_size(store: RowStore, requested: int | None) -> int:
     return requested or store.preferred_batch_size
 
 
-def page_results(store: RowStore, target: Target, runner: CryptoRunner, batch_size: int,
-                 after: Value = None, first: bool = True) -> Iterator[PageResult]:
-    """Yield one PageResult per keyset page, in key order."""
+def page_results(store: RowStore, target: Target, runner: CryptoRunner, op: str,
+                 batch_size: int, after: Value = None, first: bool = True,
+                 page_bytes: int = PAGE_BYTES) -> Iterator[PageResult]:
+    """Yield one PageResult per keyset page, in key order. A page holds at most
+    `batch_size` rows and about `page_bytes` of values (at least one row), so memory
+    stays flat whatever the rows weigh."""
     inflight: deque[Any] = deque()
     exhausted = False
     while True:
         while not exhausted and len(inflight) < runner.depth:
-            rows = scan(store, target, after, batch_size, first)
+            rows = store.scan_page(target, after, first, batch_size, page_bytes)
             if not rows:
                 exhausted = True
                 break
             first, after = False, rows[-1][0]
-            inflight.append(runner.submit(rows))
+            inflight.append(runner.submit(rows, op))
         if not inflight:
             return
         yield inflight.popleft().result()

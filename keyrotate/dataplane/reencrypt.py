@@ -1,29 +1,43 @@
-"""Streaming re-encryption: keyset pages in, crypto in parallel, CAS batches + checkpoint out.
+"""Streaming re-encryption: keyset pages in, crypto in parallel, CAS batches + checkpoint out,
+and a census at the end that proves the result.
 
 The pipeline keeps a few pages in flight: while the workers rotate pages k+1 and k+2, the
 main process writes page k in one transaction together with its checkpoint. Memory is
-bounded by (pages in flight x page size), never by the table.
+bounded by pages in flight x page size (rows and bytes), never by the table.
+
+Done means done: the run ends with a census of the whole table. It is "completed" (exit
+0) only if every row opens under the new key or is NULL, and the census agrees with the
+run's counters; rows that open under neither key are listed (exit 1); anything else (a
+row under the old key written meanwhile, rows paging did not reach, counters that do not
+add up) is "incomplete": exit 3, run the same command again.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from keyrotate.crypto.codecs import Codec
 from keyrotate.dataplane.journal import (
-    Counts, Journal, RunIdentity, RunState, rewrap_runs_to, run_failures,
+    Counts, Journal, RunIdentity, RunState, rewrap_runs_to,
 )
+from keyrotate.dataplane.lease import Lease
 from keyrotate.dataplane.pipeline import page_results, page_size
 from keyrotate.dataplane.progress import NoProgress, Progress
-from keyrotate.dataplane.writer import OrderedWriter
+from keyrotate.dataplane.verify import Census, take_census
 from keyrotate.dataplane.workers import CryptoRunner, PageResult, default_workers, process_page
-from keyrotate.errors import EXIT_FAILURES, EXIT_INCOMPLETE, Interrupted
-from keyrotate.db.base import CasWrite, RowStore, Statement, Target, Value, count_after, read_rows
+from keyrotate.dataplane.writer import OrderedWriter
+from keyrotate.db.base import (
+    PAGE_BYTES, CasWrite, RowStore, Statement, Target, Value, count_after, read_rows,
+)
+from keyrotate.db.own_schema import ensure_journal_schema
+from keyrotate.errors import EXIT_FAILURES, EXIT_INCOMPLETE, ConfigError, Interrupted
 
 CONFLICT_ROUNDS = 3
 LISTED_FAILURES = 100
+PROBE_ROWS = 200
 
 
 @dataclass(frozen=True)
@@ -33,12 +47,13 @@ class ReencryptOptions:
     batch_size: int | None = None  # None: the store's preferred page size
     dry_run: bool = False
     workers: int | None = None  # None: decide by table size
+    page_bytes: int = PAGE_BYTES
 
 
 @dataclass
 class ReencryptResult:
     run_id: str | None
-    status: str
+    status: str          # completed | completed_with_failures | incomplete | dry-run
     target: str
     counts: Counts
     seconds: float
@@ -46,22 +61,27 @@ class ReencryptResult:
     dry_run: bool
     rows_unsettled: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)
+    census: Census | None = None          # the final census (not for a dry run)
+    problems: list[str] = field(default_factory=list)   # why the run is incomplete
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
-        if self.counts.rows_failed:
-            return EXIT_FAILURES
-        return EXIT_INCOMPLETE if self.rows_unsettled else 0
+        if self.status == "incomplete":
+            return EXIT_INCOMPLETE
+        return EXIT_FAILURES if self.failures or self.counts.rows_failed else 0
 
     def as_dict(self) -> dict[str, Any]:
         rate = self.counts.rows_scanned / self.seconds if self.seconds > 0 else None
+        census = None if self.census is None else {
+            k: v for k, v in self.census.as_dict().items() if k not in ("failures", "target")}
         return {"run_id": self.run_id, "status": self.status, "target": self.target,
                 **self.counts.as_dict(), "rows_unsettled": self.rows_unsettled,
                 "seconds": round(self.seconds, 3),
                 "rows_per_second": round(rate) if rate else None,
                 "resumed": self.resumed, "dry_run": self.dry_run,
-                "failures": self.failures, **self.extra}
+                "failures": self.failures, "census": census, "problems": self.problems,
+                **self.extra}
 
 
 def _delta(page: PageResult) -> Counts:
@@ -69,6 +89,40 @@ def _delta(page: PageResult) -> Counts:
     return Counts(rows_scanned=page.rows, rows_rewritten=len(page.writes),
                   rows_already_current=page.current, rows_null=page.null,
                   rows_failed=len(page.failures))
+
+
+def probe(store: RowStore, target: Target, codec: Codec, page_bytes: int = PAGE_BYTES) -> None:
+    """Refuse before writing anything when no sampled row opens under either key: a wrong
+    --old-key would otherwise fail every row and record each failure."""
+    rows = store.scan_page(target, None, True, PROBE_ROWS, page_bytes)
+    page = process_page(codec, "rotate", rows)
+    if page.rows - page.null and not (page.writes or page.current):
+        reason, _ = Counter(r for _, r in page.failures).most_common(1)[0]
+        raise ConfigError(f"none of the first {page.rows - page.null} non-NULL rows of "
+                          f"{target.name} opens under the keys given ({reason}): a wrong "
+                          "--old-key, or the wrong column? Nothing was written.")
+
+
+def reconcile(census: Census, counts: Counts, unsettled: int) -> list[str]:
+    """Why the end state does not prove the run (empty: it does)."""
+    problems = []
+    if census.old:
+        problems.append(f"{census.old} rows still open under the old key (written meanwhile?)")
+    if census.unreached:
+        problems.append(f"{census.unreached} rows of the table were not reached by paging "
+                        f"on {census.target}'s key")
+    if unsettled:
+        problems.append(f"{unsettled} rows kept changing during the run")
+    expected = {"rows": counts.rows_scanned, "under the new key":
+                counts.rows_rewritten + counts.rows_already_current,
+                "NULL": counts.rows_null, "failed": counts.rows_failed}
+    found = {"rows": census.rows, "under the new key": census.ok, "NULL": census.null,
+             "failed": census.failed}
+    off = [f"{k} {expected[k]} counted, {found[k]} found" for k in expected if expected[k] != found[k]]
+    if off:
+        problems.append("the census disagrees with the run's counters (" + "; ".join(off)
+                        + "): the application changed rows during the run")
+    return problems
 
 
 class Reencryptor:
@@ -79,6 +133,7 @@ class Reencryptor:
         self.ident = RunIdentity(target, options.fmt, options.mode, codec.old_kid or "-",
                                  codec.new_kid)
         self.journal = None if options.dry_run else Journal(store)
+        self.lease = None if options.dry_run else Lease(store, target.name)
         self.listed: list[dict[str, str]] = []  # dry run only: failures seen
         self.unsettled = 0
 
@@ -87,24 +142,29 @@ class Reencryptor:
                 fails: list[tuple[Value, str]], last_key: Value | None, seconds: float) -> list[bool]:
         """Row writes and their checkpoint in one transaction; which writes landed."""
         run.counts.add(delta)
-        if self.journal is None:
+        if self.journal is None or self.lease is None:
             for key, reason in fails[:LISTED_FAILURES - len(self.listed)]:
                 self.listed.append({"id": str(key), "reason": reason})
             return [True] * len(writes)
-        stmts: list[Statement] = Journal.checkpoint(run, delta, seconds, last_key, fails)
+        stmts: list[Statement] = [*Journal.checkpoint(run, delta, seconds, last_key, fails),
+                                  self.lease.renewal()]
         return self.store.apply(writes, self.target, stmts)
 
     def _settle_conflicts(self, run: RunState, missed: list[CasWrite], seconds: float) -> None:
-        """Re-read rows the application changed under us and rotate them again."""
+        """Re-read rows whose compare-and-swap missed. A row holding exactly the value we
+        wrote did land (a batch replayed after a lost answer misses its own writes); the
+        others were changed by the application: rotate them again."""
         for _ in range(CONFLICT_ROUNDS):
             if not missed:
                 return
-            page = process_page(self.codec, "rotate",
-                                read_rows(self.store, self.target, [w[1] for w in missed]))
+            wrote = {w[1]: w[0] for w in missed}
+            now = read_rows(self.store, self.target, list(wrote))
+            changed = [(k, v) for k, v in now if v != wrote[k]]
+            page = process_page(self.codec, "rotate", changed)
             delta = _delta(page)
             delta.rows_scanned = 0  # these rows were counted when first scanned
-            delta.rows_conflicted = len(missed)
-            delta.rows_rewritten -= len(missed)  # the earlier attempt did not land
+            delta.rows_conflicted = len(changed)
+            delta.rows_rewritten -= len(missed) - (len(now) - len(changed))  # not landed
             hits = self._commit(run, page.writes, delta, page.failures, None, seconds)
             missed = [w for w, hit in zip(page.writes, hits, strict=True) if not hit]
         if missed:  # still changing: leave them for the next run, correct the counters
@@ -124,14 +184,26 @@ class Reencryptor:
                 "key with --mode fresh-dek."]
 
     def run(self) -> ReencryptResult:
+        """Lease, then which run (a refusal writes nothing), then the probe, then the work."""
+        if self.journal is None or self.lease is None:
+            probe(self.store, self.target, self.codec, self.opt.page_bytes)
+            return self._run(RunState("dry-run", self.ident, False))
+        ensure_journal_schema(self.store)
+        self.lease.acquire()
+        try:
+            plan = self.journal.plan_run(self.ident)
+            probe(self.store, self.target, self.codec, self.opt.page_bytes)
+            return self._run(self.journal.start_run(self.ident, plan))
+        finally:
+            self.lease.release()
+
+    def _run(self, run: RunState) -> ReencryptResult:
         started = time.monotonic()
         warnings = self.warnings()
-        run = (self.journal.open_run(self.ident) if self.journal
-               else RunState("dry-run", self.ident, False))
         first, after = not run.has_cursor, run.last_key
         total = count_after(self.store, self.target, after, first)
         workers = self.opt.workers if self.opt.workers is not None else default_workers(total)
-        runner = CryptoRunner(self.codec, "rotate", workers)
+        runner = CryptoRunner(self.codec, workers)
         self.progress.start(total)
         base = run.seconds
 
@@ -144,11 +216,17 @@ class Reencryptor:
             self.progress.advance(page.rows)
 
         writer: OrderedWriter[PageResult] = OrderedWriter(commit_page, depth=2)
+        census = None
         try:
-            for page in page_results(self.store, self.target, runner, page_size(self.store,
-                                     self.opt.batch_size), after, first):
+            for page in page_results(self.store, self.target, runner, "rotate",
+                                     page_size(self.store, self.opt.batch_size), after, first,
+                                     self.opt.page_bytes):
                 writer.put(page)
             writer.finish()
+            self.progress.close()
+            if self.journal is not None and self.lease is not None:
+                census = take_census(self.store, self.target, self.codec, runner,
+                                     self.opt.batch_size, self.progress, self.lease.renew_if_due)
         except KeyboardInterrupt:
             writer.abandon()
             runner.close(cancel=True)
@@ -162,21 +240,19 @@ class Reencryptor:
             self.progress.close()
         seconds = base + (time.monotonic() - started)
         c = run.counts
-        status = "completed_with_failures" if c.rows_failed else "completed"
-        failures = self.listed
-        if self.journal is not None:
-            self.store.apply([], None, [
-                *Journal.checkpoint(run, Counts(), seconds, None, []),
-                Journal.finish(run, status)])
-            failures = run_failures(self.store, run.run_id, LISTED_FAILURES) if c.rows_failed else []
-        else:
-            status = "dry-run"
-        return ReencryptResult(
-            run_id=None if self.journal is None else run.run_id, status=status,
-            target=self.target.name, counts=c, seconds=seconds, resumed=run.resumed,
-            dry_run=self.journal is None, rows_unsettled=self.unsettled, failures=failures,
-            extra={"format": self.opt.fmt, "mode": self.opt.mode, "old_kid": self.ident.old_kid,
-                   "new_kid": self.ident.new_kid, "workers": workers, "warnings": warnings})
+        extra = {"format": self.opt.fmt, "mode": self.opt.mode, "old_kid": self.ident.old_kid,
+                 "new_kid": self.ident.new_kid, "workers": workers, "warnings": warnings,
+                 "superseded": run.superseded}
+        if census is None:
+            return ReencryptResult(None, "dry-run", self.target.name, c, seconds, False, True,
+                                   self.unsettled, self.listed, extra=extra)
+        problems = reconcile(census, c, self.unsettled)
+        status = ("incomplete" if problems else
+                  "completed_with_failures" if census.failed else "completed")
+        self.store.apply([], None, [*Journal.checkpoint(run, Counts(), seconds, None, []),
+                                    Journal.finish(run, status)])
+        return ReencryptResult(run.run_id, status, self.target.name, c, seconds, run.resumed,
+                               False, self.unsettled, census.failures, census, problems, extra)
 
 
 def reencrypt(store: RowStore, target: Target, codec: Codec, options: ReencryptOptions,

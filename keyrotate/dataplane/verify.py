@@ -1,21 +1,23 @@
-"""The census: how many rows open under the key, under the old key, are NULL, or fail.
+"""The census: how many rows open under the key, under an old key, are NULL, or fail.
 
 Reads only. Opens the payload too, not just the DEK: a row is only 'ok' if a Worker
-holding the key could actually read it.
+holding the key could actually read it. It also counts the table's rows before and after
+and reports any that paging did not reach: a census that did not see every row proves
+nothing.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from keyrotate.crypto.codecs import Codec
-from keyrotate.dataplane.workers import CryptoRunner, PageResult, default_workers
-from keyrotate.errors import EXIT_FAILURES, Interrupted
-from keyrotate.dataplane.progress import NoProgress, Progress
 from keyrotate.dataplane.pipeline import page_results, page_size
-from keyrotate.db.base import RowStore, Target, count_after
+from keyrotate.dataplane.progress import NoProgress, Progress
+from keyrotate.dataplane.workers import CryptoRunner, PageResult, default_workers
+from keyrotate.db.base import RowStore, Target, count_rows
+from keyrotate.errors import EXIT_FAILURES, Interrupted
 
 LISTED = 100
 
@@ -23,20 +25,22 @@ LISTED = 100
 @dataclass
 class Census:
     target: str
+    key_kid: str = ""
+    old_kid: str | None = None
     rows: int = 0
     ok: int = 0
     old: int = 0
     null: int = 0
     failed: int = 0
+    unreached: int = 0          # rows in the table that paging did not visit
+    by_kid: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     failures: list[dict[str, str]] = field(default_factory=list)
-    key_kid: str = ""
-    old_kid: str | None = None
 
     @property
     def clean(self) -> bool:
-        """Nothing depends on the old key and nothing is broken."""
-        return self.failed == 0 and self.old == 0
+        """Nothing depends on the old key, nothing is broken, every row was seen."""
+        return self.failed == 0 and self.old == 0 and self.unreached == 0
 
     @property
     def exit_code(self) -> int:
@@ -44,37 +48,51 @@ class Census:
 
     def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "rows": self.rows, "ok": self.ok, "old": self.old,
-                "null": self.null, "failed": self.failed, "clean": self.clean,
-                "seconds": round(self.seconds, 3), "kid": self.key_kid,
-                "old_kid": self.old_kid, "failures": self.failures}
+                "null": self.null, "failed": self.failed, "unreached": self.unreached,
+                "clean": self.clean, "seconds": round(self.seconds, 3), "kid": self.key_kid,
+                "old_kid": self.old_kid, "by_kid": self.by_kid, "failures": self.failures}
 
     def tally(self, page: PageResult) -> None:
         self.rows += page.rows
         self.null += page.null
-        self.ok += page.ok
-        self.old += page.old
         self.failed += len(page.failures)
+        for kid, n in page.by_kid.items():
+            self.by_kid[kid] = self.by_kid.get(kid, 0) + n
+            if kid == self.key_kid:
+                self.ok += n
+            else:
+                self.old += n
         for key, reason in page.failures[:LISTED - len(self.failures)]:
             self.failures.append({"id": str(key), "reason": reason})
 
 
-def verify(store: RowStore, target: Target, codec: Codec, batch_size: int | None = None,
-           workers: int | None = None, progress: Progress | None = None) -> Census:
+def take_census(store: RowStore, target: Target, codec: Codec, runner: CryptoRunner,
+                batch_size: int | None, progress: Progress,
+                between_pages: Callable[[], None] = lambda: None) -> Census:
+    """A census with a runner the caller owns (reencrypt reuses its worker processes)."""
     started = time.monotonic()
     census = Census(target.name, key_kid=codec.new_kid, old_kid=codec.old_kid)
-    total = count_after(store, target, None, True)
+    before = count_rows(store, target)
+    progress.start(before)
+    for page in page_results(store, target, runner, "census", page_size(store, batch_size)):
+        census.tally(page)
+        progress.advance(page.rows)
+        between_pages()
+    census.unreached = max(0, min(before, count_rows(store, target)) - census.rows)
+    census.seconds = time.monotonic() - started
+    return census
+
+
+def verify(store: RowStore, target: Target, codec: Codec, batch_size: int | None = None,
+           workers: int | None = None, progress: Progress | None = None) -> Census:
     progress = progress or NoProgress()
-    progress.start(total)
-    runner = CryptoRunner(codec, "census", workers if workers is not None else default_workers(total))
+    n = workers if workers is not None else default_workers(count_rows(store, target))
+    runner = CryptoRunner(codec, n)
     try:
-        for page in page_results(store, target, runner, page_size(store, batch_size)):
-            census.tally(page)
-            progress.advance(page.rows)
+        return take_census(store, target, codec, runner, batch_size, progress)
     except KeyboardInterrupt:
         runner.close(cancel=True)
         raise Interrupted("verify interrupted; nothing was written") from None
     finally:
         runner.close()
         progress.close()
-    census.seconds = time.monotonic() - started
-    return census

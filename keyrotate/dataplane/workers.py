@@ -30,16 +30,16 @@ _PR_SET_PDEATHSIG = 1
 
 @dataclass
 class PageResult:
-    """What one page of rows came to. rotate: writes/current; census: ok/old."""
+    """What one page of rows came to. rotate: writes/current; census: by_kid."""
 
     rows: int = 0
     null: int = 0
     writes: list[CasWrite] = field(default_factory=list)
     current: int = 0
-    ok: int = 0
-    old: int = 0
+    by_kid: dict[str, int] = field(default_factory=dict)  # census: rows per opening key
     failures: list[tuple[Value, str]] = field(default_factory=list)
     last_key: Value = None
+    bytes: int = 0
 
 
 def _judge(fn: Any, value: Value) -> Any:
@@ -56,7 +56,9 @@ def _judge(fn: Any, value: Value) -> Any:
 def process_page(codec: Codec, op: str, rows: Rows) -> PageResult:
     """Apply one codec operation ("rotate" or "census") to every row of a page."""
     res = PageResult(rows=len(rows), last_key=rows[-1][0] if rows else None)
-    fn = codec.rotate if op == "rotate" else codec.census
+    census = op == "census"
+    fn = codec.census if census else codec.rotate
+    by_kid = res.by_kid
     for key, value in rows:
         if value is None:
             res.null += 1
@@ -64,14 +66,12 @@ def process_page(codec: Codec, op: str, rows: Rows) -> PageResult:
         out = _judge(fn, value)
         if out is None:
             res.current += 1
-        elif out.__class__ is str and op == "rotate":
-            res.writes.append((out, key, value))
-        elif out == "ok":
-            res.ok += 1
-        elif out == "old":
-            res.old += 1
-        else:
+        elif out.__class__ is not str:
             res.failures.append((key, out[0]))
+        elif census:
+            by_kid[out] = by_kid.get(out, 0) + 1
+        else:
+            res.writes.append((out, key, value))
     return res
 
 
@@ -110,10 +110,10 @@ def _work(op: str, rows: Rows) -> PageResult:
 
 
 class CryptoRunner:
-    """submit(rows) -> Future[PageResult]; inline when workers == 0."""
+    """submit(rows, op) -> Future[PageResult]; inline when workers == 0."""
 
-    def __init__(self, codec: Codec, op: str, workers: int):
-        self.codec, self.op, self.workers = codec, op, workers
+    def __init__(self, codec: Codec, workers: int):
+        self.codec, self.workers = codec, workers
         self.pool: ProcessPoolExecutor | None = None
         if workers > 0:
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
@@ -127,11 +127,11 @@ class CryptoRunner:
         """How many pages to keep in flight."""
         return 1 if self.pool is None else 2 * self.workers + 1
 
-    def submit(self, rows: Rows) -> "Future[PageResult]":
+    def submit(self, rows: Rows, op: str) -> "Future[PageResult]":
         if self.pool is not None:
-            return self.pool.submit(_work, self.op, rows)
+            return self.pool.submit(_work, op, rows)
         fut: Future[PageResult] = Future()
-        fut.set_result(process_page(self.codec, self.op, rows))
+        fut.set_result(process_page(self.codec, op, rows))
         return fut
 
     def close(self, cancel: bool = False) -> None:

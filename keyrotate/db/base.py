@@ -11,13 +11,14 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
-from keyrotate.errors import ConfigError
 
 Value = Any  # what SQLite stores: None, int, float, str, bytes
 
 # D1 allows 100 bound parameters per statement; every multi-key query stays under it.
 MAX_BOUND_PARAMS = 100
 DEFAULT_BATCH_SIZE = 1_000
+# About this much of encrypted values per page: pages in flight x this bounds memory.
+PAGE_BYTES = 2 << 20
 
 
 @dataclass(frozen=True)
@@ -47,13 +48,6 @@ class Target:
         return f"{self.table}.{self.column}"
 
 
-@dataclass(frozen=True)
-class ColumnInfo:
-    name: str
-    decl_type: str
-    pk_position: int  # 0 when not part of the primary key
-
-
 def quote_ident(name: str) -> str:
     """An SQL identifier, double-quoted, so any table or column name is safe."""
     return '"' + name.replace('"', '""') + '"'
@@ -65,11 +59,13 @@ class RowStore(Protocol):
     display_url: str
     preferred_batch_size: int  # rows per page when the caller does not say
 
-    def columns(self, table: str) -> list[ColumnInfo]: ...
-
-    def unique_single_columns(self, table: str) -> set[str]: ...
-
     def query(self, sql: str, params: Sequence[Value] = ()) -> list[tuple[Value, ...]]: ...
+
+    def scan_page(self, target: "Target", after: Value, first: bool, limit: int,
+                  max_bytes: int) -> list[tuple[Value, Value]]:
+        """One keyset page: (key, value) of rows with key > after (or from the start), in
+        key order, at most `limit` rows and about `max_bytes` of values, at least one."""
+        ...
 
     def apply(self, writes: Sequence[CasWrite], target: Target | None,
               statements: Sequence[Statement]) -> list[bool]: ...
@@ -92,11 +88,25 @@ def scan_sql(target: Target, first: bool) -> str:
     return f"SELECT {k}, {c} FROM {t}{where} ORDER BY {k} LIMIT ?"
 
 
-def scan(store: RowStore, target: Target, after: Value, limit: int,
-         first: bool) -> list[tuple[Value, Value]]:
-    """One keyset page: rows with key > after (or from the start), in key order."""
-    params: tuple[Value, ...] = (limit,) if first else (after, limit)
-    return [(r[0], r[1]) for r in store.query(scan_sql(target, first), params)]
+def bounded_scan_sql(target: Target, first: bool) -> str:
+    """One statement that stops a page at a byte budget (for stores that answer whole
+    results): the key range of the first rows whose values fit, then those rows.
+    Parameters: [after,] limit, max_bytes[, after]."""
+    t, c, k = quote_ident(target.table), quote_ident(target.column), quote_ident(target.key_column)
+    after = "" if first else f" WHERE {k} > ?"
+    return (f"WITH page AS (SELECT {k} AS k, coalesce(length({c}), 0) AS n FROM {t}{after} "
+            f"ORDER BY {k} LIMIT ?), cut AS (SELECT k FROM (SELECT k, sum(n) OVER (ORDER BY k "
+            f"ROWS UNBOUNDED PRECEDING) - n AS before FROM page) WHERE before < ?) "
+            f"SELECT {k}, {c} FROM {t} WHERE {k} <= (SELECT max(k) FROM cut)"
+            f"{'' if first else f' AND {k} > ?'} ORDER BY {k}")
+
+
+def bounded_scan_params(after: Value, first: bool, limit: int, max_bytes: int) -> tuple[Value, ...]:
+    return (limit, max_bytes) if first else (after, limit, max_bytes, after)
+
+
+def value_size(value: Value) -> int:
+    return len(value) if isinstance(value, (str, bytes)) else 8
 
 
 def read_rows(store: RowStore, target: Target, keys: Sequence[Value]) -> list[tuple[Value, Value]]:
@@ -116,57 +126,10 @@ def rows_by_key_sql(target: Target, n: int) -> str:
 def count_after(store: RowStore, target: Target, after: Value, first: bool) -> int:
     t, k = quote_ident(target.table), quote_ident(target.key_column)
     if first:
-        return int(store.query(f"SELECT count(*) FROM {t}")[0][0])
+        return count_rows(store, target)
     return int(store.query(f"SELECT count(*) FROM {t} WHERE {k} > ?", (after,))[0][0])
 
 
-def resolve_target(store: RowStore, spec: str, key_column: str | None) -> Target:
-    """Check TABLE.COLUMN against the schema and pick the unique key column to page by."""
-    if spec.count(".") != 1 or not all(spec.split(".")):
-        raise ConfigError(f"--target must be TABLE.COLUMN, got {spec!r}")
-    table, column = spec.split(".")
-    cols = store.columns(table)
-    if not cols:
-        raise ConfigError(f"table {table!r} does not exist in {store.display_url}")
-    names = {c.name for c in cols}
-    if column not in names:
-        raise ConfigError(f"column {column!r} does not exist in table {table!r}")
-    if key_column is None:
-        pk = sorted((c for c in cols if c.pk_position), key=lambda c: c.pk_position)
-        if not pk:
-            raise ConfigError(f"table {table!r} has no primary key; name a unique column "
-                              "with --key-column")
-        if len(pk) > 1:
-            raise ConfigError(f"table {table!r} has a composite primary key "
-                              f"({', '.join(c.name for c in pk)}); name a unique column "
-                              "with --key-column")
-        key_column = pk[0].name
-    elif key_column not in names:
-        raise ConfigError(f"key column {key_column!r} does not exist in table {table!r}")
-    else:
-        pk = [c for c in cols if c.pk_position]
-        single_pk = len(pk) == 1 and pk[0].name == key_column
-        if not single_pk and key_column not in store.unique_single_columns(table):
-            raise ConfigError(f"key column {key_column!r} is neither the primary key nor "
-                              "covered by a unique index; keyset paging needs unique keys")
-    if key_column == column:
-        raise ConfigError("the key column cannot be the encrypted column itself")
-    return Target(table, column, key_column)
-
-
-def columns_from_pragma(rows: Sequence[Sequence[Value]]) -> list[ColumnInfo]:
-    """Rows of PRAGMA table_info: cid, name, type, notnull, dflt_value, pk."""
-    return [ColumnInfo(str(r[1]), str(r[2] or ""), int(r[5] or 0)) for r in rows]
-
-
-def unique_single_columns_via(store: RowStore, table: str) -> set[str]:
-    """Columns that alone carry a UNIQUE index (PRAGMA index_list / index_info)."""
-    out: set[str] = set()
-    for idx in store.query(f"PRAGMA index_list({quote_ident(table)})"):
-        name, unique = idx[1], idx[2]
-        if not unique:
-            continue
-        cols = store.query(f"PRAGMA index_info({quote_ident(str(name))})")
-        if len(cols) == 1 and cols[0][2] is not None:
-            out.add(str(cols[0][2]))
-    return out
+def count_rows(store: RowStore, target: Target) -> int:
+    """Every row of the table, however its keys are (the census's yardstick)."""
+    return int(store.query(f"SELECT count(*) FROM {quote_ident(target.table)}")[0][0])

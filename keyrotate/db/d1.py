@@ -18,8 +18,7 @@ from urllib.parse import urlparse
 
 from keyrotate.cloudflare_api import CloudflareClient, RequestBudget
 from keyrotate.db.base import (
-    MAX_BOUND_PARAMS, CasWrite, ColumnInfo, Statement, Target, Value, cas_sql,
-    columns_from_pragma, quote_ident, unique_single_columns_via,
+    MAX_BOUND_PARAMS, CasWrite, Statement, Target, Value, bounded_scan_params, bounded_scan_sql, cas_sql,
 )
 from keyrotate.errors import ConfigError, StoreError
 
@@ -49,17 +48,17 @@ class D1Store:
         return self.api.call("POST", self.path, json=body) or []
 
     # -- the store contract --------------------------------------------------------------
-    def columns(self, table: str) -> list[ColumnInfo]:
-        return columns_from_pragma(self.query(f"PRAGMA table_info({quote_ident(table)})"))
-
-    def unique_single_columns(self, table: str) -> set[str]:
-        return unique_single_columns_via(self, table)
-
     def query(self, sql: str, params: Sequence[Value] = ()) -> list[tuple[Value, ...]]:
         _check_statement(Statement(sql, tuple(params)))
         result = self._post({"sql": sql, "params": list(params)})
         rows = result[0].get("results", []) if result else []
         return [tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in rows]
+
+    def scan_page(self, target: Target, after: Value, first: bool, limit: int,
+                  max_bytes: int) -> list[tuple[Value, Value]]:
+        rows = self.query(bounded_scan_sql(target, first),
+                          bounded_scan_params(after, first, limit, max_bytes))
+        return [(r[0], r[1]) for r in rows]
 
     def apply(self, writes: Sequence[CasWrite], target: Target | None,
               statements: Sequence[Statement]) -> list[bool]:

@@ -13,10 +13,9 @@ from urllib.parse import parse_qs, urlparse
 
 import libsql_client
 
-from keyrotate.errors import ConfigError, StoreError
+from keyrotate.errors import ConfigError, StoreError, StoreUnavailable
 from keyrotate.db.base import (
-    DEFAULT_BATCH_SIZE, CasWrite, ColumnInfo, Statement, Target, Value, cas_sql, columns_from_pragma,
-    quote_ident, unique_single_columns_via,
+    DEFAULT_BATCH_SIZE, CasWrite, Statement, Target, Value, bounded_scan_params, bounded_scan_sql, cas_sql,
 )
 
 
@@ -40,18 +39,18 @@ class LibsqlRemoteStore:
             self.client.close()
             raise
 
-    def columns(self, table: str) -> list[ColumnInfo]:
-        return columns_from_pragma(self.query(f"PRAGMA table_info({quote_ident(table)})"))
-
-    def unique_single_columns(self, table: str) -> set[str]:
-        return unique_single_columns_via(self, table)
-
     def query(self, sql: str, params: Sequence[Value] = ()) -> list[tuple[Value, ...]]:
         try:
             rs = self.client.execute(sql, list(params))
         except Exception as e:
-            raise StoreError(f"query failed on {self.display_url}: {_reason(e)}") from None
+            raise _store_error(f"query failed on {self.display_url}", e) from None
         return [tuple(row) for row in rs.rows]
+
+    def scan_page(self, target: Target, after: Value, first: bool, limit: int,
+                  max_bytes: int) -> list[tuple[Value, Value]]:
+        rows = self.query(bounded_scan_sql(target, first),
+                          bounded_scan_params(after, first, limit, max_bytes))
+        return [(r[0], r[1]) for r in rows]
 
     def apply(self, writes: Sequence[CasWrite], target: Target | None,
               statements: Sequence[Statement]) -> list[bool]:
@@ -61,11 +60,22 @@ class LibsqlRemoteStore:
             results = self.client.batch(
                 [libsql_client.Statement(s.sql, list(s.params)) for s in stmts])
         except Exception as e:
-            raise StoreError(f"write failed on {self.display_url}: {_reason(e)}") from None
+            raise _store_error(f"write failed on {self.display_url}", e) from None
         return [rs.rows_affected == 1 for rs in results[:len(writes)]]
 
     def close(self) -> None:
         self.client.close()
+
+
+def _store_error(what: str, e: Exception) -> StoreError:
+    """SQL errors are the caller's to fix; a server that does not answer (or a locked
+    database) may come back: resumable, exit 3."""
+    import libsql_client
+
+    message = f"{what}: {_reason(e)}"
+    sql_error = isinstance(e, libsql_client.LibsqlError) and not any(
+        t in str(e).upper() for t in ("SQLITE_BUSY", "LOCKED", "TIMEOUT"))
+    return StoreError(message) if sql_error else StoreUnavailable(message)
 
 
 def _reason(e: Exception) -> str:

@@ -13,15 +13,16 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 from urllib.parse import unquote, urlparse
 
-from keyrotate.errors import ConfigError, StoreError
+from keyrotate.errors import ConfigError, StoreError, StoreUnavailable
 from keyrotate.db.base import (
-    DEFAULT_BATCH_SIZE, CasWrite, ColumnInfo, Statement, Target, Value, cas_sql, columns_from_pragma,
-    quote_ident, rows_by_key_sql, unique_single_columns_via,
+    DEFAULT_BATCH_SIZE, CasWrite, Statement, Target, Value, cas_sql, scan_sql, value_size, 
+    rows_by_key_sql,
 )
 
+T = TypeVar("T")
 BUSY_TIMEOUT_MS = 30_000
 # When another connection is writing, keyrotate holds the write lock at most half the time.
 SHARE_WHEN_CONTENDED = 1.0
@@ -40,6 +41,18 @@ def file_url_path(url: str) -> str:
     if not path:
         raise ConfigError("file: URL without a path")
     return path
+
+
+# SQLite errors that pass: a lock held past the busy timeout, a full or failing disk
+_TRANSIENT = ("locked", "busy", "disk is full", "disk i/o error", "out of memory")
+
+
+def store_error(what: str, e: sqlite3.Error) -> StoreError:
+    """The error for a failed SQLite call: resumable (exit 3) when it may pass."""
+    message = f"{what}: {e}"
+    if any(t in str(e).lower() for t in _TRANSIENT):
+        return StoreUnavailable(message)
+    return StoreError(message)
 
 
 def _lenient_text(data: bytes) -> str:
@@ -77,33 +90,53 @@ class SqliteFileStore:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
             return conn
         except sqlite3.DatabaseError as e:
-            raise ConfigError(f"cannot open {path} as an SQLite database: {e}") from None
-
-    def columns(self, table: str) -> list[ColumnInfo]:
-        return columns_from_pragma(self.query(f"PRAGMA table_info({quote_ident(table)})"))
-
-    def unique_single_columns(self, table: str) -> set[str]:
-        return unique_single_columns_via(self, table)
+            error = store_error(f"cannot open {path} as an SQLite database", e)
+            raise (error if isinstance(error, StoreUnavailable) else ConfigError(str(error))) from None
 
     def query(self, sql: str, params: Sequence[Value] = ()) -> list[tuple[Value, ...]]:
         with self._read_lock:
             return self._query(sql, params)
 
     def _query(self, sql: str, params: Sequence[Value]) -> list[tuple[Value, ...]]:
+        return self._lenient(lambda: self.conn.execute(sql, tuple(params)).fetchall())
+
+    def _lenient(self, read: Callable[[], T]) -> T:
         try:
             try:
-                return self.conn.execute(sql, tuple(params)).fetchall()
+                return read()
             except sqlite3.OperationalError as e:
                 if "decode" not in str(e):
                     raise
                 # a cell holds invalid UTF-8: read this page again, leniently (rare, slower)
                 self.conn.text_factory = _lenient_text
                 try:
-                    return self.conn.execute(sql, tuple(params)).fetchall()
+                    return read()
                 finally:
                     self.conn.text_factory = str
         except sqlite3.Error as e:
-            raise StoreError(f"query failed on {self.display_url}: {e}") from None
+            raise store_error(f"query failed on {self.display_url}", e) from None
+
+    def scan_page(self, target: Target, after: Value, first: bool, limit: int,
+                  max_bytes: int) -> list[tuple[Value, Value]]:
+        """Rows come off the cursor one by one until the page is full or heavy enough:
+        SQLite never hands over more than the page holds."""
+        params: tuple[Value, ...] = (limit,) if first else (after, limit)
+        with self._read_lock:
+            return self._lenient(lambda: self._fill(scan_sql(target, first), params, max_bytes))
+
+    def _fill(self, sql: str, params: tuple[Value, ...], max_bytes: int) -> list[tuple[Value, Value]]:
+        cur = self.conn.execute(sql, params)
+        page: list[tuple[Value, Value]] = []
+        size = 0
+        try:
+            for row in cur:
+                page.append(row)
+                size += value_size(row[1])
+                if size >= max_bytes:
+                    break
+        finally:
+            cur.close()
+        return page
 
     def apply(self, writes: Sequence[CasWrite], target: Target | None,
               statements: Sequence[Statement]) -> list[bool]:
@@ -130,7 +163,7 @@ class SqliteFileStore:
                     conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as e:
-            raise StoreError(f"write failed on {self.display_url}: {e}") from None
+            raise store_error(f"write failed on {self.display_url}", e) from None
         if contended:
             # quiet on both connections: a reader's SHARED lock would block their COMMIT too
             with self._read_lock:

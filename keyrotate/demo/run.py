@@ -12,7 +12,7 @@ from keyrotate.dataplane.progress import Progress
 from keyrotate.dataplane.reencrypt import ReencryptOptions, ReencryptResult, reencrypt
 from keyrotate.dataplane.verify import Census, verify
 from keyrotate.db import open_database
-from keyrotate.db.base import resolve_target
+from keyrotate.db.targets import resolve_target
 from keyrotate.demo.build import build_reference_db
 from keyrotate.secrets.files import atomic_write_secret
 from keyrotate.secrets.keygen import generate

@@ -14,8 +14,8 @@ from keyrotate.controlplane.events import Say, push_secrets
 from keyrotate.controlplane.health import validate
 from keyrotate.controlplane.manifest import SecretSpec
 from keyrotate.dataplane.reencrypt import ReencryptOptions, reencrypt
-from keyrotate.dataplane.verify import verify
-from keyrotate.errors import ConfigError, Incomplete, KeyrotateError
+from keyrotate.dataplane.verify import Census, verify
+from keyrotate.errors import ConfigError, Failures, Incomplete, KeyrotateError
 from keyrotate.rotation.state import Rotation
 from keyrotate.rotation.targets import each_target
 from keyrotate.secrets.base import fingerprint
@@ -24,7 +24,7 @@ from keyrotate.timeutil import now_iso
 
 RUN_FIELDS = ("run_id", "rows_scanned", "rows_rewritten", "rows_already_current", "rows_failed",
               "rows_null")
-CENSUS_FIELDS = ("rows", "ok", "old", "null", "failed")
+LISTED = 20
 
 
 @dataclass
@@ -116,17 +116,28 @@ class Validate:
                              "the same command again to resume")
 
 
+def _refs(job: Job) -> tuple[str, str, list[str]]:
+    """(new, old, more old) key references of this rotation, from the store's slots."""
+    store, name = job.ctx.secrets, job.spec.name
+    also = [store.ref(name, slot) for slot in job.rot.detail.get("also_old", [])]
+    return store.ref(name, "pending"), store.ref(name), also
+
+
+def _census_counts(c: Census) -> dict[str, Any]:
+    return {"rows": c.rows, "ok": c.ok, "old": c.old, "null": c.null, "failed": c.failed,
+            "unreached": c.unreached, "failures": c.failures[:LISTED]}
+
+
 def reencrypt_targets(job: Job, key: str) -> None:
     """Every [[encrypted]] target from the current key to the pending one; counts under
     rot.detail[key]."""
-    store, name = job.ctx.secrets, job.spec.name
+    new, old, also = _refs(job)
     mode = "fresh-dek" if job.rot.compromised else "rewrap"
     results: dict[str, Any] = {}
-    for t, target, codec in each_target(job.ctx, name, store.ref(name, "pending"),
-                                        store.ref(name), mode):
+    for t, target, codec in each_target(job.ctx, job.spec.name, new, old, mode, also, writing=True):
         job.say(f"reencrypting {t.name} ({mode})")
-        r = reencrypt(job.ctx.db, target, codec, ReencryptOptions(fmt=t.format, mode=mode)).as_dict()
-        results[t.name] = {k: r[k] for k in RUN_FIELDS}
+        r = reencrypt(job.ctx.db, target, codec, ReencryptOptions(fmt=t.format, mode=mode))
+        results[t.name] = {k: v for k, v in r.as_dict().items() if k in RUN_FIELDS}
     job.rot.detail[key] = results
 
 
@@ -140,33 +151,40 @@ class Reencrypt:
         reencrypt_targets(job, self.name)
 
 
-def census(job: Job) -> dict[str, dict[str, int]]:
-    store, name = job.ctx.secrets, job.spec.name
-    return {t.name: {k: v for k, v in verify(job.ctx.db, target, codec).as_dict().items()
-                     if k in CENSUS_FIELDS}
-            for t, target, codec in each_target(job.ctx, name, store.ref(name, "pending"),
-                                                store.ref(name))}
+def census(job: Job) -> dict[str, dict[str, Any]]:
+    """A census of every target, now (rows may have changed since any reencrypt ended)."""
+    new, old, also = _refs(job)
+    return {t.name: _census_counts(verify(job.ctx.db, target, codec))
+            for t, target, codec in each_target(job.ctx, job.spec.name, new, old, "rewrap", also)}
 
 
 class Verify:
-    """No row may depend on the old key. Rows the Workers wrote under it meanwhile are
-    swept once more here, so a re-run of this step can always make progress."""
+    """Verified means a census with no row under an old key and no row that fails. Rows
+    the Workers wrote under the old key meanwhile are swept once more here, so a re-run of
+    this step can always make progress; failed rows must be fixed first (exit 1)."""
 
     def __init__(self, name: str = "verify",
-                 description: str = "verify no row depends on the old key"):
+                 description: str = "verify no row depends on the old key and none fails"):
         self.name, self.description = name, description
 
     def run(self, job: Job) -> None:
         counts = census(job)
-        if any(c["old"] for c in counts.values()):
+        if any(c["old"] or c["unreached"] for c in counts.values()):
             job.say("rows still under the old key: sweeping them")
             reencrypt_targets(job, "sweep")
             counts = census(job)
         job.rot.detail["verify"] = counts
-        still_old = {t: c["old"] for t, c in counts.items() if c["old"]}
-        if still_old:
-            raise Incomplete(f"rows still depend on the old key: {still_old}; the old key is "
+        still = {t: c["old"] + c["unreached"] for t, c in counts.items() if c["old"] or c["unreached"]}
+        if still:
+            raise Incomplete(f"rows still depend on the old key: {still}; the old key is "
                              "kept. Run the same command again to sweep and verify again.")
+        failed = {t: c for t, c in counts.items() if c["failed"]}
+        if failed:
+            listed = "; ".join(f"{t}: {c['failed']} rows, e.g. " + ", ".join(
+                f"{f['id']} ({f['reason']})" for f in c["failures"][:5]) for t, c in failed.items())
+            raise Failures(f"not verified: rows open under no key ({listed}). The old key is "
+                           "kept. Fix or remove those rows (keyrotate verify ... --json lists "
+                           "them all), then run the same command again.")
 
 
 class Promote:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, TypeVar
 
-from keyrotate.errors import ConfigError, SecretStoreError
+from keyrotate.errors import ConfigError, SecretStoreError, SecretStoreUnavailable
 from keyrotate.secrets.schemes import Scheme
 from keyrotate.secrets.base import Slot
 from keyrotate.timeutil import parse_utc
@@ -68,9 +68,9 @@ def vault_call(where: str, fn: Callable[[], T]) -> T:
     try:
         return fn()
     except requests.exceptions.RequestException:
-        raise SecretStoreError(f"{where}: Vault is unreachable (check VAULT_ADDR)") from None
+        raise SecretStoreUnavailable(f"{where}: Vault is unreachable (check VAULT_ADDR)") from None
     except hx.VaultDown:
-        raise SecretStoreError(f"{where}: Vault is sealed") from None
+        raise SecretStoreUnavailable(f"{where}: Vault is sealed") from None
     except hx.Forbidden:
         raise SecretStoreError(f"{where}: permission denied (403); check VAULT_TOKEN's policy") from None
     except hx.Unauthorized:

@@ -81,6 +81,9 @@ class CloudflareStandIn:
         self.scripts: dict[str, Script] = {}
         self.log: list[tuple[str, str, bytes]] = []   # method, path, body
         self.faults: deque[str] = deque()     # for D1 requests: "429", "500", "slow", "drop"
+        # (fault, needle) for the next D1 request whose body holds needle: "commit-drop"
+        # commits it, then drops the connection unanswered (a lost answer, to the client)
+        self.matching_faults: deque[tuple[str, bytes]] = deque()
         self.worker_faults: deque[str] = deque()  # for Workers script requests: "500"
         self.rate_limit, self.rate_window = rate_limit, rate_window
         self.d1_times: deque[float] = deque()
@@ -183,6 +186,8 @@ class CloudflareStandIn:
                     {"retry-after": str(retry)}
             self.d1_times.append(now)
             fault = self.faults.popleft() if self.faults else None
+            if fault is None and self.matching_faults and self.matching_faults[0][1] in body:
+                fault = self.matching_faults.popleft()[0]
         if fault == "429":
             return 429, _err(971, "rate limited"), {"retry-after": "1"}
         if fault == "500":
@@ -215,6 +220,8 @@ class CloudflareStandIn:
                                 "meta": {"changes": max(cur.rowcount, 0),
                                          "rows_read": len(rows), "duration": 0.1}})
             conn.execute("COMMIT")
+            if fault == "commit-drop":
+                raise _Drop
         except sqlite3.Error as e:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

@@ -76,13 +76,16 @@ def file_mode(path: Path) -> int:
     return os.stat(path).st_mode & 0o777
 
 
-def big_reference_db(tmp_path: Path, rows: int, name: str = "big.db") -> tuple[Path, dict, dict]:
+def big_reference_db(tmp_path: Path, rows: int, name: str = "big.db",
+                     payload_bytes: int = 0) -> tuple[Path, dict, dict]:
     """A reference database sealed under OLD, its original payloads, and the environment
-    (keys in KR_OLD / KR_NEW) for running keyrotate as a process."""
-    from keyrotate.demo.build import build_reference_db
+    (keys in KR_OLD / KR_NEW) for running keyrotate as a process. payload_bytes > 0 makes
+    every payload that heavy."""
+    from keyrotate.demo.build import build_reference_db, token_payload
 
     db = tmp_path / name
-    build_reference_db(str(db), rows, OLD_SECRET)
+    payload = (lambda i: token_payload(i).ljust(payload_bytes, b" ")) if payload_bytes else token_payload
+    build_reference_db(str(db), rows, OLD_SECRET, payload=payload)
     originals = {k: open_value(v.decode(), OLD_SECRET) for k, v in rows_of(db).items()}
     env = dict(os.environ, KR_OLD=OLD_SECRET, KR_NEW=NEW_SECRET, PYTHONPATH=str(ROOT))
     return db, originals, env
