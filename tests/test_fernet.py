@@ -34,3 +34,18 @@ def test_bad_tokens(value, reason):
 def test_not_a_fernet_key_is_a_value_error():
     with pytest.raises(ValueError):
         make_codec("fernet", "not-a-key", None)
+
+
+def test_rotation_keeps_the_token_timestamp():
+    """Apps that decrypt with ttl= must not see an expired token come back to life."""
+    import time
+
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    issued = int(time.time()) - 3 * 86400
+    token = Fernet(old).encrypt_at_time(b"expired three days ago", issued).decode()
+    rotated = make_codec("fernet", new, old).rotate(token)
+    assert Fernet(new).extract_timestamp(rotated.encode()) == issued
+    with pytest.raises(InvalidToken):
+        Fernet(new).decrypt(rotated.encode(), ttl=86400)
+    fresh = make_codec("fernet", new, old, "fresh-dek").rotate(token)
+    assert Fernet(new).extract_timestamp(fresh.encode()) == issued
