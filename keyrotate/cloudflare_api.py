@@ -14,6 +14,7 @@ because it must honour Retry-After and the request budget, not just back off.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import threading
@@ -25,6 +26,7 @@ import httpx
 
 from keyrotate.errors import ConfigError, StoreError, StoreUnavailable
 
+log = logging.getLogger("keyrotate.cloudflare")
 DEFAULT_API = "https://api.cloudflare.com/client/v4"
 BUDGET_REQUESTS, BUDGET_WINDOW = 1_100, 300.0  # under the 1,200 / 5 min API limit
 ATTEMPTS = 8
@@ -111,6 +113,7 @@ class CloudflareClient:
             try:
                 resp = self.http.request(method, self.base + path, **kwargs)
             except (httpx.TransportError, httpx.TimeoutException) as e:
+                log.debug("%s: attempt %d: %s", self.where, attempt, type(e).__name__)
                 if attempt == ATTEMPTS:
                     raise StoreUnavailable(f"{self.where}: Cloudflare API unreachable after "
                                            f"{ATTEMPTS} attempts ({type(e).__name__})") from None
@@ -118,6 +121,7 @@ class CloudflareClient:
                 delay = min(delay * 2, 30)
                 continue
             if resp.status_code == 429 or resp.status_code >= 500:
+                log.debug("%s: attempt %d: HTTP %d", self.where, attempt, resp.status_code)
                 if attempt == ATTEMPTS:
                     raise StoreUnavailable(f"{self.where}: Cloudflare API kept failing "
                                            f"(HTTP {resp.status_code}) after {ATTEMPTS} attempts")

@@ -37,7 +37,9 @@ def test_keygen_to_file_and_dotenv_never_prints_and_never_overwrites(tmp_path):
     lines = env.read_text().splitlines()
     assert lines[:2] == ["# app settings", "API_URL=https://x"]
     assert lines[2].startswith("# keyrotate: MASTER_KEY set ") and lines[3].startswith("MASTER_KEY=")
-    assert resolve(f"dotenv:{env}#MASTER_KEY") not in res.output and file_mode(env) == 0o600
+    assert resolve(f"dotenv:{env}#MASTER_KEY") not in res.output
+    # an existing file keeps its mode (0644 from write_text here), with a warning
+    assert file_mode(env) == 0o644 and "readable by every user" in res.output
 
 
 def test_keygen_to_env_is_refused():
@@ -103,3 +105,38 @@ def test_every_result_carries_its_exit_code():
             "exit_code" in getattr(kind, "__dataclass_fields__", {}), kind
         assert callable(getattr(kind, "as_dict", None)), kind
     assert not isinstance(object(), Result)
+
+
+@pytest.mark.parametrize("name", ["MASTER_KEY ", "export MASTER_KEY", "MASTER_KEY=x", "", "BAD NAME",
+                                  "9LIVES", "MASTER-KEY"])
+def test_keygen_to_refuses_names_that_are_not_names(tmp_path, name):
+    env = tmp_path / ".env"
+    env.write_text("MASTER_KEY=keep-this-one\n")
+    res = run_cli("keygen", "--to", f"dotenv:{env}#{name}")
+    assert res.exit_code == 2 and "secret name must be" in res.output, res.output
+    assert env.read_text() == "MASTER_KEY=keep-this-one\n"
+    assert resolve(f"dotenv:{env}#MASTER_KEY") == "keep-this-one"
+
+
+@pytest.mark.parametrize("url", ["libsql://user:s3cr3t-t0ken@db.example", "https://:s3cr3t-t0ken@db.example",
+                                 "libsql://db.example?authToken=s3cr3t-t0ken",
+                                 "wss://db.example/?jwt=s3cr3t-t0ken", "d1://s3cr3t-t0ken@acct/db"])
+def test_credentials_in_database_urls_are_refused_and_never_printed(url):
+    res = run_cli("runs", "--db", url, "--json")
+    assert res.exit_code == 2 and "must not carry credentials" in res.output
+    assert "s3cr3t-t0ken" not in res.output
+
+
+def test_demo_refuses_a_folder_it_did_not_make(tmp_path):
+    real = tmp_path / "app"
+    real.mkdir()
+    (real / ".env").write_text("MASTER_KEY=the-real-one\n")
+    (real / "demo.db").write_bytes(b"not the demo's")
+    res = run_cli("demo", "--rows", "10", "--dir", str(real))
+    assert res.exit_code == 2 and "did not make" in res.output
+    assert (real / ".env").read_text() == "MASTER_KEY=the-real-one\n"
+    assert (real / "demo.db").read_bytes() == b"not the demo's"
+    ours = tmp_path / "d"
+    assert run_cli("demo", "--rows", "10", "--dir", str(ours)).exit_code == 0
+    assert run_cli("demo", "--rows", "10", "--dir", str(ours)).exit_code == 0  # its own: again
+    assert run_cli("demo", "--rows", "10", "--dir", str(real), "--force").exit_code == 0

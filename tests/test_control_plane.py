@@ -172,3 +172,19 @@ def test_rollback_is_not_refused_after_re_pushing_the_same_values(project):
     res = run_cli("rollback", "--env", "staging", "--only", "api", "--yes", "--json")
     assert res.exit_code == 0, res.output  # nothing changed value: nothing to protect
     assert cf.script("tminus-api-staging").active.id == deployed
+
+
+@pytest.mark.parametrize("edit,line_of,message", [
+    (('[secrets.JWT_SECRET]\nkind = "jwt-hs256"', '[secrets.JWT_SECRET]\nkind = "jwt-hs256"\nmax_tokn_ttl = "2h"'),
+     'max_tokn_ttl = "2h"', "unknown key 'max_tokn_ttl' in [secrets.JWT_SECRET]; did you mean 'max_token_ttl'?"),
+    (('[[encrypted]]', '[notifyy]\nsinks = []\n\n[[encrypted]]'), "[notifyy]",
+     "unknown key 'notifyy' in the top level"),
+    (('secrets = "dotenv:.env.staging"', 'secrets = "dotenv:.env.staging"\nhealht = {}'),
+     "healht = {}", "did you mean 'health'?"),
+])
+def test_unknown_keys_in_the_manifest_name_file_line_and_the_closest_key(project, edit, line_of, message):
+    path = project[0] / "keyrotate.toml"
+    path.write_text(path.read_text().replace(*edit, 1))
+    line = path.read_text().splitlines().index(line_of) + 1
+    res = run_cli("validate", "--env", "staging")
+    assert res.exit_code == 2 and message in res.output and f"keyrotate.toml:{line}:" in res.output

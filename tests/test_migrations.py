@@ -242,3 +242,51 @@ def test_production_waits_for_staging(tmp_path):
     assert done.exit_code == 0 and last_json(done.output)["applied"] == FILES
     again = run_cli("migrations", "apply", "--env", "production", *args)
     assert last_json(again.output)["applied"] == []
+
+
+def _compensated(tmp_path, first: str, second: str):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "0001_a.sql").write_text(first)
+    (folder / "0002_b.sql").write_text(second)
+    res = run_cli("migrations", "compensate", str(folder / "0002_b.sql"), "--json")
+    return folder, res
+
+
+@pytest.mark.parametrize("second,table,columns", [
+    ("ALTER TABLE t RENAME COLUMN a TO renamed;", "t", ["id", "a"]),
+    ("ALTER TABLE t RENAME TO u;", "t", ["id", "a"]),
+    ('ALTER TABLE t RENAME TO "new name";\nALTER TABLE "new name" RENAME a TO "b c";', "t", ["id", "a"]),
+])
+def test_a_rename_is_undone_by_a_rename_keeping_the_data(tmp_path, second, table, columns):
+    folder, res = _compensated(tmp_path, "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT NOT NULL);\n"
+                                         "INSERT INTO t (a) VALUES ('kept'), ('also kept');", second)
+    assert res.exit_code == 0, res.output
+    assert not last_json(res.output)["warnings"]
+    conn = _connect(tmp_path / "x.db")
+    for p in ("0001_a.sql", "0002_b.sql", "0003_rollback_b.sql"):
+        run_script(conn, folder / p)
+    assert [c[1] for c in conn.execute(f"PRAGMA table_info({table})")] == columns
+    assert sorted(r[0] for r in conn.execute(f"SELECT a FROM {table}")) == ["also kept", "kept"]
+
+
+def test_a_rebuild_that_cannot_refill_a_not_null_column_is_refused(tmp_path):
+    folder, res = _compensated(tmp_path, "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT NOT NULL, "
+                                         "b TEXT, UNIQUE (b));",
+                               "CREATE TABLE t2 (id INTEGER PRIMARY KEY, b TEXT, UNIQUE (b));\n"
+                               "INSERT INTO t2 SELECT id, b FROM t;\nDROP TABLE t;\n"
+                               "ALTER TABLE t2 RENAME TO t;")
+    assert res.exit_code == 2 and "NOT NULL without a default" in res.output
+    assert not (folder / "0003_rollback_b.sql").exists()
+
+
+@pytest.mark.parametrize("second,needle", [
+    ('CREATE TABLE "other t" (x TEXT);\nINSERT INTO "my table" (v) VALUES (1);', "INSERT on my table"),
+    ("WITH s AS (SELECT 1 AS v) INSERT INTO t (v) SELECT v FROM s;", "INSERT on t"),
+    ("WITH s AS (SELECT 1) UPDATE [my table] SET v = 2;", "UPDATE on my table"),
+])
+def test_data_changes_are_found_behind_quotes_and_ctes(tmp_path, second, needle):
+    _, res = _compensated(tmp_path, 'CREATE TABLE t (v INTEGER);\nCREATE TABLE "my table" (v INTEGER);',
+                          second)
+    assert res.exit_code == 0, res.output
+    assert any(needle in w for w in last_json(res.output)["warnings"]), res.output

@@ -238,3 +238,21 @@ def test_fresh_dek_after_a_rewrap_to_the_same_key_warns(ref_db, keys_env):
     out = last_json(res.output)
     assert out["rows_already_current"] == 50 and out["rows_rewritten"] == 0
     assert len(out["warnings"]) == 1 and "keep their old DEKs" in out["warnings"][0]
+
+
+def test_failures_are_listed_in_key_order_not_text_order(tmp_path, keys_env):
+    from keyrotate.crypto.envelope import seal
+
+    db = tmp_path / "ints.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, encrypted_tokens TEXT)")
+    old = MasterKey.from_secret(OLD_SECRET)
+    conn.executemany("INSERT INTO accounts VALUES (?, ?)",
+                     [(i, "{bad" if i in (9, 10, 100) else seal(b"{}", old)) for i in range(1, 120)])
+    conn.commit()
+    conn.close()
+    res = _reencrypt(db, keys_env)
+    out = last_json(res.output)
+    assert res.exit_code == 1 and [f["id"] for f in out["failures"]] == ["9", "10", "100"]
+    listed = last_json(run_cli("runs", "--db", f"file:{db}", out["run_id"], "--json").output)
+    assert [f["id"] for f in listed["failures"]] == ["9", "10", "100"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from keyrotate.errors import ConfigError, SecretStoreError
@@ -61,9 +63,10 @@ def test_ref_shapes():
     assert str(parse_ref("vault:secret/app/MASTER_KEY#value@2")) == "vault:secret/app/MASTER_KEY#value@2"
 
 
-def test_add_new_entry_is_0600_keeps_lines_and_never_overwrites(tmp_path):
+def test_add_new_entry_keeps_lines_and_mode_and_never_overwrites(tmp_path):
     p = tmp_path / ".env"
     p.write_text("# keep me\nOTHER='x'  \n")
+    os.chmod(p, 0o600)
     DotenvStore(str(p)).write_new("MASTER_KEY", OLD_SECRET)
     lines = p.read_text().splitlines()
     assert lines[:2] == ["# keep me", "OTHER='x'  "] and lines[3] == f"MASTER_KEY={OLD_SECRET}"
@@ -73,3 +76,37 @@ def test_add_new_entry_is_0600_keeps_lines_and_never_overwrites(tmp_path):
     with pytest.raises(SecretStoreError, match="already set"):
         DotenvStore(str(p)).write_new("MASTER_KEY", NEW_SECRET)
     assert resolve(f"dotenv:{p}#MASTER_KEY") == OLD_SECRET
+
+
+def test_dotenv_quoted_values_may_carry_a_comment(tmp_path):
+    p = tmp_path / ".env"
+    p.write_text('A="v1" # the first\nB=\'v 2\'   # the second\nC="a \\"q\\" # not a comment"\n')
+    assert read_dotenv(str(p)) == {"A": "v1", "B": "v 2", "C": 'a "q" # not a comment'}
+    p.write_text('A="v1" trailing\n')
+    with pytest.raises(SecretStoreError, match="after the closing quote"):
+        read_dotenv(str(p))
+
+
+def test_dotenv_writes_follow_a_symlink_and_keep_mode_and_group(tmp_path):
+    real = tmp_path / "secrets" / "app.env"
+    real.parent.mkdir()
+    real.write_text("A=1\n")
+    os.chmod(real, 0o640)
+    gid = next((g for g in os.getgroups() if g != os.stat(real).st_gid), os.stat(real).st_gid)
+    os.chown(real, -1, gid)
+    link = tmp_path / ".env"
+    link.symlink_to(real)
+    DotenvStore(str(link)).write_new("MASTER_KEY", NEW_SECRET)
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert read_dotenv(str(real))["MASTER_KEY"] == NEW_SECRET
+    assert file_mode(real) == 0o640 and os.stat(real).st_gid == gid
+    fresh = tmp_path / "new.env"
+    DotenvStore(str(fresh)).write_new("MASTER_KEY", NEW_SECRET)
+    assert file_mode(fresh) == 0o600
+
+
+def test_a_missing_folder_is_a_clear_error(tmp_path):
+    from tests.support.helpers import run_cli
+
+    res = run_cli("keygen", "--to", f"dotenv:{tmp_path}/no/such/dir/.env#MASTER_KEY")
+    assert res.exit_code == 2 and "does not exist" in res.output and "Traceback" not in res.output

@@ -257,3 +257,67 @@ def test_a_rotation_over_d1_checks_keyrotates_tables_once_per_command(project):
         # one connection: the count stays small (the reencrypt census and the lease included)
         assert cf.d1_requests - requests <= 60, (args, cf.d1_requests - requests)
     assert _rows_open_under(root / "staging.db", store.read("MASTER_KEY"))
+
+
+def test_rotate_is_not_verified_while_rows_open_under_no_key(project):
+    import sqlite3
+
+    root, cf, _, store = project
+    _overlap(root)
+    conn = sqlite3.connect(root / "staging.db")
+    conn.execute("UPDATE accounts SET encrypted_tokens = '{\"iv\": \"broken' WHERE account_id = 'acc_00000004'")
+    conn.commit()
+    conn.close()
+    res = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--json")
+    assert res.exit_code == 1, res.output
+    err = last_json(res.output)["error"]
+    assert "not verified" in err["message"] and "acc_00000004" in err["message"]
+    assert store.read("MASTER_KEY") == OLD_SECRET  # the old key is kept
+    assert "rotated and verified" not in res.output
+    conn = sqlite3.connect(root / "staging.db")
+    conn.execute("DELETE FROM accounts WHERE account_id = 'acc_00000004'")  # the fix
+    conn.commit()
+    conn.close()
+    again = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--json")
+    assert again.exit_code == 0, again.output
+    assert last_json(again.output)["state"] == "awaiting-finish"
+
+
+def test_status_during_the_overlap_counts_rows_per_slot(project):
+    root, _, _, store = project
+    _overlap(root)
+    assert run_cli("rotate", "MASTER_KEY", "--env", "staging").exit_code == 0
+    out = last_json(run_cli("status", "--env", "staging", "--json").output)
+    rows = next(s for s in out["secrets"] if s["secret"] == "MASTER_KEY")["rows"]
+    assert rows["accounts.encrypted_tokens"] == {"current": 0, "pending": 50, "previous": 0,
+                                                 "null": 0, "other": 0}
+    assert run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish").exit_code == 0
+    out = last_json(run_cli("status", "--env", "staging", "--json").output)
+    rows = next(s for s in out["secrets"] if s["secret"] == "MASTER_KEY")["rows"]
+    assert rows["accounts.encrypted_tokens"]["current"] == 50
+
+
+def test_a_compromise_takes_over_an_open_overlap_rotation(project):
+    root, cf, _, store = project
+    _overlap(root)
+    assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
+    assert run_cli("rotate", "MASTER_KEY", "--env", "staging").exit_code == 0
+    routine = store.read("MASTER_KEY", "pending")
+    refused = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--compromised")
+    assert refused.exit_code == 2 and "takes it over" in refused.output
+    assert store.read("MASTER_KEY", "pending") == routine  # nothing changed without --yes
+
+    res = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--compromised", "--yes", "--json")
+    assert res.exit_code == 0, res.output
+    out = last_json(res.output)
+    fresh = store.read("MASTER_KEY")
+    assert out["compromised"] and out["state"] == "finished" and out["detail"]["took_over"]
+    assert fresh not in (OLD_SECRET, routine)
+    assert _rows_open_under(root / "staging.db", fresh)
+    for w in ("api", "oauth"):
+        assert _active(cf, w)["MASTER_KEY"] == fresh and "MASTER_KEY_PREVIOUS" not in _active(cf, w)
+    reports = sorted((root / ".keyrotate" / "incidents").glob("*.json"))
+    assert len(reports) == 1
+    audit = [json.loads(x) for x in (root / ".keyrotate" / "audit-staging.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "superseded" and e["rotation_id"] != out["rotation_id"] for e in audit)
+    assert run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish").exit_code == 2  # none open

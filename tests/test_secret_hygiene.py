@@ -16,21 +16,22 @@ from tests.support.hygiene import CmdlineSampler, assert_clean
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "keyrotate.cli", *args], env=env,
-                          capture_output=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "keyrotate.cli", *env.get("KR_LEVEL", "").split(),
+                           *args], env=env, capture_output=True, timeout=600)
 
 
 @pytest.mark.slow
-def test_no_key_material_anywhere(tmp_path):
+@pytest.mark.parametrize("level", [(), ("-v",), ("-q",)], ids=["default", "verbose", "quiet"])
+def test_no_key_material_anywhere(tmp_path, level):
     db = tmp_path / "hygiene.db"
-    build_reference_db(str(db), 60_000, OLD_SECRET)
+    build_reference_db(str(db), 30_000, OLD_SECRET)
     conn = sqlite3.connect(db)
     conn.execute("UPDATE accounts SET encrypted_tokens = '{bad' WHERE account_id = 'acc_00000009'")
     conn.commit()
     conn.close()
     dotenv = tmp_path / ".env"
     dotenv.write_text(f"MASTER_KEY_NEXT={NEW_SECRET}\n")
-    env = dict(os.environ, KR_OLD=OLD_SECRET, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, KR_OLD=OLD_SECRET, PYTHONPATH=str(ROOT), KR_LEVEL=" ".join(level))
     new_ref = f"dotenv:{dotenv}#MASTER_KEY_NEXT"
     target = ["--db", f"file:{db}", "--target", "accounts.encrypted_tokens"]
     outputs: list[tuple[str, bytes]] = []
@@ -49,7 +50,9 @@ def test_no_key_material_anywhere(tmp_path):
             _cli(env, "reencrypt", *target, "--old-key", "env:KR_OLD", "--new-key", "env:KR_UNSET"),
         ]
     assert [r.returncode for r in runs] == [1, 1, 1, 1, 1, 0, 2, 2]
-    assert last_json(runs[1].stdout.decode())["rows_rewritten"] == 59_999
+    assert last_json(runs[1].stdout.decode())["rows_rewritten"] == 29_999
+    if level == ("-v",):  # the scan covers the debug detail too
+        assert b"keyrotate: debug: keyrotate.reencrypt: census of" in runs[1].stderr
     run_id = last_json(runs[1].stdout.decode())["run_id"]
     runs.append(_cli(env, "runs", "--db", f"file:{db}", run_id, "--json"))
     for i, r in enumerate(runs):

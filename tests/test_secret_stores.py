@@ -105,6 +105,7 @@ def test_dotenv_rewrite_keeps_every_other_byte(tmp_path):
                 "MASTER_KEY=" + OLD_SECRET + "\r\nMASTER_KEY_PREVIOUS=older\r\n"
                 "GOOGLE_CLIENT_ID='abc#def'\r\n# trailing comment\r\n")
     path.write_bytes(original.encode())
+    path.chmod(0o600)
     store = DotenvStore(str(path))
     store.write_pending("MASTER_KEY", NEW_SECRET)
     store.promote("MASTER_KEY")

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from keyrotate import __version__
-from keyrotate.cli.output import fail
+from keyrotate.cli.output import configure_logging, fail
 from keyrotate.errors import EXIT_USAGE, KeyrotateError
 
 _JSON = "keyrotate.json"
@@ -50,12 +50,15 @@ def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
 
 @click.group(cls=KeyrotateGroup)
 @click.version_option(__version__, prog_name="keyrotate")
-def main() -> None:
+@click.option("-v", "--verbose", count=True, help="Also debug detail on stderr.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+def main(verbose: int, quiet: bool) -> None:
     """Safe secret rotation and key migration for Cloudflare Workers + D1.
 
     Keys are always given as references (env:NAME, file:PATH, dotenv:PATH#NAME,
     keyring:SERVICE#NAME, vault:MOUNT/PATH#FIELD@VERSION), never as values.
     """
+    configure_logging(verbose, quiet)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
 

@@ -103,14 +103,15 @@ def keygen(fmt: str, nbytes: int, to: str | None, as_json: bool) -> None:
 @click.command()
 @click.option("--rows", type=click.IntRange(1, 10_000_000), default=10_000, show_default=True)
 @click.option("--dir", "directory", default="keyrotate-demo", show_default=True,
-              help="Where the demo database and its .env go (replaced if present).")
+              help="Where the demo database and its .env go (a new folder, or one the demo made).")
+@click.option("--force", is_flag=True, help="Use --dir even if it holds files the demo did not make.")
 @click.option("--workers", type=click.IntRange(0, 64), default=None)
 @json_option
-def demo(rows: int, directory: str, workers: int | None, as_json: bool) -> None:
+def demo(rows: int, directory: str, force: bool, workers: int | None, as_json: bool) -> None:
     """Build a local database of synthetic accounts, rotate its master key, verify it."""
     from keyrotate.demo.run import run_demo
 
-    emit(run_demo(rows, directory, workers, say, progress_for), as_json)
+    emit(run_demo(rows, directory, workers, say, progress_for, force), as_json)
 
 
 COMMANDS = [reencrypt, verify, runs, keygen, demo]

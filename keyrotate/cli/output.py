@@ -8,6 +8,8 @@ An error under --json is a JSON object too, `{"error": {"type", "message",
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from typing import Any, NoReturn
 
 import click
@@ -16,9 +18,35 @@ from keyrotate.cli import render
 from keyrotate.result import Result
 
 
+log = logging.getLogger("keyrotate")
+
+
+class _Format(logging.Formatter):
+    """Progress as plain lines; warnings and debug detail marked as such."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            return f"keyrotate: {record.levelname.lower()}: {message}"
+        if record.levelno < logging.INFO:
+            return f"keyrotate: debug: {record.name}: {message}"
+        return message
+
+
+def configure_logging(verbose: int, quiet: bool) -> None:
+    """stdlib logging for keyrotate's loggers only, to stderr: -q warnings and errors,
+    default progress too, -v everything (debug). Third-party loggers stay silent."""
+    handler = logging.StreamHandler(sys.stderr)  # at call time: the stream of this run
+    handler.setFormatter(_Format())
+    log.handlers[:] = [handler]
+    log.propagate = False
+    log.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+
+
 def say(message: str) -> None:
-    """Human progress and logs go to stderr, keeping stdout for results."""
-    click.echo(message, err=True)
+    """Human progress goes to stderr (through logging: -q silences it), keeping stdout
+    for results."""
+    log.info(message)
 
 
 def emit(result: Result, as_json: bool) -> NoReturn:

@@ -207,6 +207,6 @@ def _status(r: StatusResult) -> str:
         rot = f"  rotation {s.rotation['state']}" if s.rotation else ""
         lines.append(f"  {s.secret:<24} {s.kind:<11} {age}{flag}{rot}")
         for target, c in (s.rows or {}).items():
-            lines.append(f"      {target}: {c['current']} current, {c['previous']} previous, "
-                         f"{c['other']} other, {c['null']} null")
+            lines.append(f"      {target}: {c['current']} current, {c['pending']} pending, "
+                         f"{c['previous']} previous, {c['other']} other, {c['null']} null")
     return "\n".join(lines)

@@ -99,9 +99,18 @@ def compensate(file: Path, sqlite_version: tuple[int, ...] | None = None) -> Com
         raise ConfigError(f"{file} is not a NNNN_name.sql migration of {folder}")
     earlier = [m for m in all_migrations if m.number < target.number]
     before = read_schema(replay(earlier))
-    after = read_schema(replay(earlier + [target]))
+    # a rename is undone by a rename (a rebuild would lose the renamed data): those go
+    # first, and the rest is what differs once they are undone
+    renames_back = _renames_back(target, set(before.tables))
+    after_conn = replay(earlier + [target])
+    for sql in renames_back:
+        after_conn.execute(sql)
+    after = read_schema(after_conn)
     version = sqlite_version or tuple(int(x) for x in sqlite3.sqlite_version.split("."))
     body, warnings = _undo(before, after, target, version)
+    if renames_back:
+        body = ["-- undo the renames", *renames_back,
+                *([] if body == [NOTHING] else body)]
     number = max(m.number for m in all_migrations) + 1
     stem = re.sub(r"^\d{4}_", "", target.name)[:-4]
     name = f"{number:04d}_rollback_{stem}.sql"
@@ -118,13 +127,13 @@ def _undo(before: Schema, after: Schema, target: Migration,
     created_here = set(after.tables) - set(before.tables)
 
     statements = [_strip(s).strip() for s in split_sql(target.sql())]
-    made_here = {m.group(1).lower() for s in statements
-                 if (m := re.match(r"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?[\"`\[]?(\w+)", s, re.I))}
+    made_here = {_ident(m).lower() for s in statements
+                 if (m := re.match(r"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?" + _NAME, s, re.I))}
     for stmt in statements:
-        m = _DATA_CHANGE.match(stmt)
-        if m and m.group(2).lower() not in made_here:  # filling a table it builds is no change
+        m = _data_change(stmt)
+        if m and _ident(m, 2).lower() not in made_here:  # filling a table it builds is no change
             warnings.append(f"{target.name} changes data ({m.group(1).split()[0].upper()} on "
-                            f"{m.group(2)}); that cannot be undone here")
+                            f"{_ident(m, 2)}); that cannot be undone here")
 
     for name in after.triggers:
         if name not in before.triggers or before.triggers[name] != after.triggers[name]:
@@ -181,12 +190,55 @@ def _undo(before: Schema, after: Schema, target: Migration,
         if after.triggers.get(name) != (tbl, sql) or tbl in rebuilt:  # a rebuild drops them
             out.append(sql.rstrip(";") + ";")
     if not out:
-        out.append("-- nothing to undo: the schema before and after is the same")
+        out.append(NOTHING)
     return out, warnings
 
 
+# a table name: "quoted", `quoted`, [quoted] or bare, optionally after a schema name
+_NAME = r'(?:(?:"[^"]+"|`[^`]+`|\[[^\]]+\]|\w+)\s*\.\s*)?("[^"]+"|`[^`]+`|\[[^\]]+\]|\w+)'
 _DATA_CHANGE = re.compile(r"(INSERT\s+(?:OR\s+\w+\s+)?INTO|REPLACE\s+INTO|UPDATE(?:\s+OR\s+\w+)?|"
-                          r"DELETE\s+FROM)\s+[\"`\[]?(\w+)", re.I)
+                          r"DELETE\s+FROM)\s+" + _NAME, re.I)
+_RENAME_TABLE = re.compile(r"ALTER\s+TABLE\s+" + _NAME + r"\s+RENAME\s+TO\s+" + _NAME + r"\s*;?$", re.I)
+_RENAME_COLUMN = re.compile(r"ALTER\s+TABLE\s+" + _NAME + r"\s+RENAME\s+(?:COLUMN\s+)?" + _NAME
+                            + r"\s+TO\s+" + _NAME + r"\s*;?$", re.I)
+NOTHING = "-- nothing to undo: the schema before and after is the same"
+
+
+def _ident(m: re.Match[str], group: int = 1) -> str:
+    """The name a _NAME group matched, quotes removed."""
+    raw = m.group(group)
+    return raw[1:-1] if raw[0] in "\"`[" else raw
+
+
+def _data_change(stmt: str) -> re.Match[str] | None:
+    """INSERT / REPLACE / UPDATE / DELETE, also after a WITH clause (a CTE)."""
+    if re.match(r"WITH\b", stmt, re.I):
+        return next((m for m in _DATA_CHANGE.finditer(stmt)), None)
+    return _DATA_CHANGE.match(stmt)
+
+
+def _renames_back(target: Migration, existing: set[str]) -> list[str]:
+    """ALTER TABLE ... RENAME statements that undo FILE's renames of tables that existed
+    before it (`existing`), last first. A table FILE creates and then renames into place
+    (the rebuild pattern) is not renamed back: the rebuild is undone as a change."""
+    back = []
+    pre = {name: True for name in existing}   # current name -> existed before FILE
+    for stmt in (_strip(s).strip() for s in split_sql(target.sql())):
+        if m := re.match(r"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?" + _NAME, stmt, re.I):
+            pre.setdefault(_ident(m), False)
+        elif m := _RENAME_COLUMN.match(stmt):
+            table, old, new = _ident(m, 1), _ident(m, 2), _ident(m, 3)
+            if pre.get(table):
+                back.append(f"ALTER TABLE {quote_ident(table)} RENAME COLUMN {quote_ident(new)} "
+                            f"TO {quote_ident(old)};")
+        elif m := _RENAME_TABLE.match(stmt):
+            old, new = _ident(m, 1), _ident(m, 2)
+            pre[new] = pre.pop(old, False)
+            if pre[new]:
+                back.append(f"ALTER TABLE {quote_ident(new)} RENAME TO {quote_ident(old)};")
+        elif m := re.match(r"DROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?" + _NAME, stmt, re.I):
+            pre.pop(_ident(m), None)
+    return back[::-1]
 
 
 def _strip(sql: str) -> str:
@@ -263,6 +315,15 @@ def _rebuild(old: Table, new: Table) -> list[str]:
     """
     copy = f"_keyrotate_copy_{old.name}"
     keep = [c for c in old.column_names if c in new.column_names]
+    # (cid, name, type, notnull, default, pk, hidden): a NOT NULL column without a default
+    # that the table no longer has cannot be refilled: the INSERT back would fail
+    unfillable = [c[1] for c in old.columns if c[1] not in keep and c[3] and c[4] is None
+                  and not (c[5] and c[2].upper() == "INTEGER")]
+    if unfillable:
+        raise ConfigError(f"cannot write a compensation that restores {old.name}: its column(s) "
+                          f"{', '.join(unfillable)} were NOT NULL without a default and the "
+                          "migration removed them, so the rows cannot be put back. Write this "
+                          "compensating migration by hand (nothing was written).")
     cols = ", ".join(quote_ident(c) for c in keep)
     return [f"-- rebuild {old.name} to its definition before this change, keeping its data",
             "PRAGMA defer_foreign_keys = true;",

@@ -6,6 +6,7 @@ so a typo is caught before anything touches a Worker or a row.
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -13,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from keyrotate.crypto.codecs import FORMATS
-from keyrotate.db import DB_URL_HELP, is_database_url
+from keyrotate.db import DB_URL_HELP, is_database_url, refuse_credentials
 from keyrotate.errors import ConfigError
+from keyrotate.secrets.names import check_name
 from keyrotate.secrets.schemes import STORE_HELP, is_store_base
 
 MANIFEST = "keyrotate.toml"
@@ -136,12 +138,13 @@ def find_manifest(start: Path | None = None, explicit: str | None = None) -> Pat
 
 def load_manifest(path: Path) -> Manifest:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text)
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read {path}: {type(e).__name__}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    return _validate(path, data)
+    return _validate(path, data, text)
 
 
 def _table(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
@@ -157,9 +160,47 @@ def _str_list(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _validate(path: Path, data: dict[str, Any]) -> Manifest:
+# Every key each table may hold: anything else is a typo, and a typo must not quietly
+# fall back to a default (`max_tokn_ttl = "2h"` would leave the default TTL in force).
+KNOWN: dict[str, tuple[str, ...]] = {
+    "": ("project", "environments", "secrets", "encrypted"),
+    "project": ("name", "worker_name", "workers_dir", "deploy_order", "wrangler", "migrations_dir"),
+    "environments.*": ("database", "secrets", "health"),
+    "secrets.*": ("kind", "workers", "generate", "previous", "max_token_ttl"),
+    "encrypted": ("secret", "table", "column", "format", "key_column"),
+}
+
+
+def _check_known(table: dict[str, Any], section: str, label: str, path: Path, text: str) -> None:
+    """An unknown key is an error naming the file, its line and the closest known key."""
+    known = KNOWN[section]
+    for key in table:
+        if key in known:
+            continue
+        line = _line_of(text, key)
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        raise ConfigError(f"{path}{f':{line}' if line else ''}: unknown key {key!r} in "
+                          f"{label or 'the top level'}"
+                          + (f"; did you mean {close[0]!r}?" if close else
+                             f" (known: {', '.join(known)})"))
+
+
+def _line_of(text: str, key: str) -> int | None:
+    """The first line that defines `key` (as a key, a [table] or an [[array]])."""
+    word = re.escape(key)
+    pattern = re.compile(rf'(^\s*\[+\s*(?:[\w"-]+\.)*"?{word}"?\s*[\].])|'
+                         rf'((^|[{{,])\s*"?{word}"?\s*=)')
+    for n, line in enumerate(text.splitlines(), 1):
+        if pattern.search(line):
+            return n
+    return None
+
+
+def _validate(path: Path, data: dict[str, Any], text: str = "") -> Manifest:
     where = str(path)
+    _check_known(data, "", "", path, text)
     project = _table(data, "project", where)
+    _check_known(project, "project", "[project]", path, text)
     order = _str_list(project.get("deploy_order", []), f"{where}: project.deploy_order")
     if not order:
         raise ConfigError(f"{where}: project.deploy_order lists no workers")
@@ -173,8 +214,12 @@ def _validate(path: Path, data: dict[str, Any]) -> Manifest:
     secrets: dict[str, SecretSpec] = {}
     for name, spec in _table(data, "secrets", where).items():
         w = f"{where}: [secrets.{name}]"
+        check_name(name, w)
         if not isinstance(spec, dict):
             raise ConfigError(f"{w} must be a table")
+        _check_known(spec, "secrets.*", f"[secrets.{name}]", path, text)
+        if spec.get("previous") is not None:
+            check_name(str(spec["previous"]), f"{w} previous")
         kind = spec.get("kind", "generic")
         if kind not in KINDS:
             raise ConfigError(f"{w}: kind {kind!r} is not one of {', '.join(KINDS)}")
@@ -196,9 +241,11 @@ def _validate(path: Path, data: dict[str, Any]) -> Manifest:
         w = f"{where}: [environments.{name}]"
         if not isinstance(env, dict):
             raise ConfigError(f"{w} must be a table")
+        _check_known(env, "environments.*", f"[environments.{name}]", path, text)
         database, store = env.get("database"), env.get("secrets")
         if not is_database_url(database):
             raise ConfigError(f"{w}: database must be a URL: {DB_URL_HELP}")
+        refuse_credentials(str(database))
         if not is_store_base(store):
             raise ConfigError(f"{w}: secrets must be a store base: {STORE_HELP}")
         health = env.get("health", {})
@@ -219,6 +266,7 @@ def _validate(path: Path, data: dict[str, Any]) -> Manifest:
         w = f"{where}: [[encrypted]] #{i + 1}"
         if not isinstance(t, dict):
             raise ConfigError(f"{w} must be a table")
+        _check_known(t, "encrypted", f"[[encrypted]] #{i + 1}", path, text)
         secret = t.get("secret")
         if secret not in secrets:
             raise ConfigError(f"{w}: secret {secret!r} is not declared under [secrets]")

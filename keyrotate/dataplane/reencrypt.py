@@ -14,6 +14,7 @@ add up) is "incomplete": exit 3, run the same command again.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from keyrotate.db.base import (
 from keyrotate.db.own_schema import ensure_journal_schema
 from keyrotate.errors import EXIT_FAILURES, EXIT_INCOMPLETE, ConfigError, Interrupted
 
+log = logging.getLogger("keyrotate.reencrypt")
 CONFLICT_ROUNDS = 3
 LISTED_FAILURES = 100
 PROBE_ROWS = 200
@@ -190,8 +192,12 @@ class Reencryptor:
             return self._run(RunState("dry-run", self.ident, False))
         ensure_journal_schema(self.store)
         self.lease.acquire()
+        log.debug("lease on %s taken by %s", self.target.name, self.lease.holder)
         try:
             plan = self.journal.plan_run(self.ident)
+            log.debug("run plan for %s: %s; retiring %s", self.target.name,
+                      f"resume {plan.resume}" if plan.resume else "a new run",
+                      [u.run_id for u in plan.supersede] or "nothing")
             probe(self.store, self.target, self.codec, self.opt.page_bytes)
             return self._run(self.journal.start_run(self.ident, plan))
         finally:
@@ -247,6 +253,9 @@ class Reencryptor:
             return ReencryptResult(None, "dry-run", self.target.name, c, seconds, False, True,
                                    self.unsettled, self.listed, extra=extra)
         problems = reconcile(census, c, self.unsettled)
+        log.debug("census of %s: %d rows, %d ok, %d old, %d null, %d failed, %d unreached",
+                  self.target.name, census.rows, census.ok, census.old, census.null,
+                  census.failed, census.unreached)
         status = ("incomplete" if problems else
                   "completed_with_failures" if census.failed else "completed")
         self.store.apply([], None, [*Journal.checkpoint(run, Counts(), seconds, None, []),

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 from typing import Sequence
-from urllib.parse import parse_qs, urlparse
 
 import libsql_client
 
+from keyrotate.db import refuse_credentials
 from keyrotate.errors import ConfigError, StoreError, StoreUnavailable
 from keyrotate.db.base import (
     DEFAULT_BATCH_SIZE, CasWrite, Statement, Target, Value, bounded_scan_params, bounded_scan_sql, cas_sql,
@@ -23,10 +23,7 @@ class LibsqlRemoteStore:
     preferred_batch_size = DEFAULT_BATCH_SIZE
 
     def __init__(self, url: str):
-        parsed = urlparse(url)
-        if "authToken" in parse_qs(parsed.query):
-            raise ConfigError("put the libSQL auth token in LIBSQL_AUTH_TOKEN, "
-                              "not in the URL (URLs end up in argv and shell history)")
+        refuse_credentials(url)  # also checked by open_database; stores can be made directly
         self.display_url = url
         try:
             self.client = libsql_client.create_client_sync(

@@ -14,6 +14,7 @@ from keyrotate.dataplane.verify import Census, verify
 from keyrotate.db import open_database
 from keyrotate.db.targets import resolve_target
 from keyrotate.demo.build import build_reference_db
+from keyrotate.errors import ConfigError
 from keyrotate.secrets.files import atomic_write_secret
 from keyrotate.secrets.keygen import generate
 from keyrotate.secrets.refs import resolve
@@ -46,9 +47,27 @@ class DemoResult:
                 "rows_per_second": rot["rows_per_second"], "commands": self.commands}
 
 
-def run_demo(rows: int, directory: str, workers: int | None, say: Callable[[str], None],
-             progress: Callable[[str], Progress]) -> DemoResult:
+MARKER = ".keyrotate-demo"
+DEMO_FILES = {MARKER, ".env", "demo.db", "demo.db-journal", "demo.db-wal", "demo.db-shm"}
+
+
+def _claim(directory: str, force: bool) -> None:
+    """The demo replaces its own database and .env: a folder holding anything the demo did
+    not make (a real .env, a real database) is refused unless --force."""
+    present = set(os.listdir(directory)) if os.path.isdir(directory) else set()
+    ours = MARKER in present and present <= DEMO_FILES
+    if present and not ours and not force:
+        raise ConfigError(f"{directory} holds files the demo did not make "
+                          f"({', '.join(sorted(present - {MARKER})[:5])}): the demo replaces "
+                          "demo.db and .env there. Use an empty or new folder (or --force).")
     os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, MARKER), "w") as fh:
+        fh.write("made by `keyrotate demo`; the demo may replace this folder's demo.db and .env\n")
+
+
+def run_demo(rows: int, directory: str, workers: int | None, say: Callable[[str], None],
+             progress: Callable[[str], Progress], force: bool = False) -> DemoResult:
+    _claim(directory, force)
     db_path = os.path.join(directory, "demo.db")
     env_path = os.path.join(directory, ".env")
     for stale in (db_path, env_path):

@@ -68,10 +68,15 @@ def rotate(ctx: Context, secret: str, *, compromised: bool = False, dry_run: boo
     rot = recorder.load_open(secret)
     if rot is None and (finish or abort):
         raise ConfigError(f"no {secret} rotation in progress on {ctx.env.name}")
+    taken_over = None
+    if rot is not None and compromised and not rot.compromised and not (finish or abort):
+        taken_over, rot = rot, None  # a compromise never continues a routine rotation
     plan = rot.plan if rot else plan_of(spec, compromised)
     compromised = rot.compromised if rot else compromised
     first, finishing = steps_for(spec, plan, compromised)
     warning = cutover_warning(spec, plan, compromised)
+    if taken_over is not None:
+        warning = (f"{_takeover_text(taken_over)} {warning or ''}").strip()
 
     if dry_run:
         done = rot.steps_done if rot else []
@@ -86,6 +91,9 @@ def rotate(ctx: Context, secret: str, *, compromised: bool = False, dry_run: boo
         raise ConfigError(f"{warning} Nothing was changed: re-run with --yes to go ahead.")
     if rot is None:
         rot = _new_rotation(ctx, spec, plan, compromised)
+        if taken_over is not None:
+            rot.detail.update(took_over=taken_over.rotation_id,
+                              also_old=_take_over(ctx, recorder, taken_over, rot, say))
         recorder.started(rot)
     if rot.state == "awaiting-finish" and not finish:
         return RotateResult(rot, f"{secret} on {ctx.env.name} is waiting for --finish "
@@ -128,6 +136,33 @@ def _check_token_ttl(spec: SecretSpec, rot: Rotation, force: bool) -> None:
         raise ConfigError(f"tokens signed with the old {spec.name} may live {spec.max_token_ttl} s "
                           f"and the new one was pushed {int(waited)} s ago: finishing now logs "
                           "those users out. Wait, or use --force.")
+
+
+def _takeover_text(open_rot: Rotation) -> str:
+    return (f"A {open_rot.plan} rotation of {open_rot.secret} ({open_rot.rotation_id}, done: "
+            f"{', '.join(open_rot.steps_done) or 'nothing'}) is open: the compromise response "
+            "takes it over. Its new value is treated as compromised too: a fresh value is "
+            "made, every row under the current or that value gets fresh DEKs under it, and "
+            "both leave the Workers.")
+
+
+def _take_over(ctx: Context, recorder: Recorder, open_rot: Rotation, new_rot: Rotation,
+               say: Say) -> list[str]:
+    """End an open routine rotation for a compromise, audited. If it changed nothing
+    outside the store, its pending value is discarded; otherwise it is promoted (the
+    Workers and some rows may use it) and becomes one more old key: the store's
+    previous slot keeps the value before it. Returns the extra old slots."""
+    store, name = ctx.secrets, open_rot.secret
+    moved = any(s != "stage" for s in open_rot.steps_done)
+    if store.read(name, "pending") is not None:
+        if moved:
+            store.promote(name)
+        else:
+            store.discard_pending(name)
+    recorder.audit(open_rot, "superseded", by=new_rot.rotation_id, reason="compromise response")
+    recorder.ended(open_rot, "superseded")
+    say(f"took over the open {name} rotation {open_rot.rotation_id} for the compromise response")
+    return ["previous"] if moved else []
 
 
 def _abort(ctx: Context, recorder: Recorder, rot: Rotation, say: Say) -> RotateResult:

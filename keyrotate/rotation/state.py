@@ -103,6 +103,6 @@ class Recorder:
 
     def ended(self, rot: Rotation, state: str) -> None:
         rot.state = state
-        finished = state in ("finished", "aborted")
+        finished = state in ("finished", "aborted", "superseded")
         self.save(rot, finished=finished)
         self.audit(rot, state)

@@ -48,6 +48,24 @@ class StatusResult:
         return {"env": self.env, "secrets": [s.as_dict() for s in self.secrets], "due": self.due}
 
 
+def rows_per_slot(ctx: Context, name: str) -> dict[str, dict[str, int]]:
+    """Rows of every target by the store slot whose key opens them: current, pending (a
+    rotation in progress) and previous; 'other' opens under none of them."""
+    store = ctx.secrets
+    others = [s for s in ("pending", "previous") if store.read(name, s) is not None]
+    refs = [store.ref(name, s) for s in others]
+    rows = {}
+    for t, target, codec in each_target(ctx, name, store.ref(name), refs[0] if refs else None,
+                                        also_old=refs[1:]):
+        c = verify(ctx.db, target, codec)
+        slot_of = dict(zip((codec.new_kid, *codec.old_kids), ("current", *others)))
+        counts = {"current": 0, "pending": 0, "previous": 0}
+        for kid, n in c.by_kid.items():
+            counts[slot_of[kid]] += n
+        rows[t.name] = {**counts, "null": c.null, "other": c.failed}
+    return rows
+
+
 def status(ctx: Context, due_seconds: int | None) -> StatusResult:
     store = ctx.secrets
     in_progress = {r["secret"]: r for r in Recorder(ctx).open_rotations()}
@@ -61,11 +79,6 @@ def status(ctx: Context, due_seconds: int | None) -> StatusResult:
                              bool(due_seconds and age is not None and age > due_seconds),
                              in_progress.get(name))
         if ctx.manifest.targets_of(name) and store.read(name):
-            previous = store.ref(name, "previous") if store.read(name, "previous") else None
-            entry.rows = {}
-            for t, target, codec in each_target(ctx, name, store.ref(name), previous):
-                c = verify(ctx.db, target, codec)
-                entry.rows[t.name] = {"current": c.ok, "previous": c.old, "null": c.null,
-                                      "other": c.failed}
+            entry.rows = rows_per_slot(ctx, name)
         out.append(entry)
     return StatusResult(ctx.env.name, out)

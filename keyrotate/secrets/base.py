@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from typing import Literal, Protocol
 
 from keyrotate.crypto.keys import key_id
+from keyrotate.secrets.names import check_name
 
 Slot = Literal["current", "pending", "previous"]
 SLOTS: tuple[Slot, ...] = ("current", "pending", "previous")
@@ -66,4 +67,5 @@ def previous_name(name: str) -> str:
 
 
 def slot_name(name: str, slot: Slot) -> str:
+    check_name(name, "secret store")
     return {"current": name, "pending": pending_name(name), "previous": previous_name(name)}[slot]

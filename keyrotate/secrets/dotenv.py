@@ -29,24 +29,33 @@ class DotenvLine:
     value: str | None
 
 
+def _after_quote(rest: str, where: str) -> None:
+    """After a closing quote: nothing, or a ` # comment`."""
+    if rest.strip() and not re.match(r"\s+#", rest):
+        raise SecretStoreError(f"{where}: text after the closing quote")
+
+
 def _unquote(raw: str, where: str) -> str:
     if raw.startswith("'"):
-        if len(raw) < 2 or not raw.endswith("'"):
+        end = raw.find("'", 1)
+        if end < 0:
             raise SecretStoreError(f"{where}: unterminated single quote")
-        return raw[1:-1]
+        _after_quote(raw[end + 1:], where)
+        return raw[1:end]
     if raw.startswith('"'):
-        if len(raw) < 2 or not raw.endswith('"'):
-            raise SecretStoreError(f"{where}: unterminated double quote")
-        body, out, i = raw[1:-1], [], 0
-        while i < len(body):
-            ch = body[i]
-            if ch == "\\" and i + 1 < len(body):
-                out.append(_DQ_ESCAPES.get(body[i + 1], "\\" + body[i + 1]))
+        out, i = [], 1
+        while i < len(raw):
+            ch = raw[i]
+            if ch == "\\" and i + 1 < len(raw):
+                out.append(_DQ_ESCAPES.get(raw[i + 1], "\\" + raw[i + 1]))
                 i += 2
+            elif ch == '"':
+                _after_quote(raw[i + 1:], where)
+                return "".join(out)
             else:
                 out.append(ch)
                 i += 1
-        return "".join(out)
+        raise SecretStoreError(f"{where}: unterminated double quote")
     return re.split(r"\s+#", raw, maxsplit=1)[0].rstrip()
 
 

@@ -1,9 +1,21 @@
-"""Writing files that hold secrets: mode 0600 from the first byte, replaced atomically."""
+"""Writing files that hold secrets: never readable by others while written, replaced
+atomically.
+
+A new file is 0600 from its first byte. An existing file keeps its mode and group (an
+operator may have given a .env to a group on purpose), and a symlink is followed: the
+file it points to is replaced, the link stays.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import tempfile
+
+from keyrotate.errors import SecretStoreError
+
+log = logging.getLogger("keyrotate.files")
 
 
 def atomic_write_secret(path: str, text: str) -> None:
@@ -11,15 +23,26 @@ def atomic_write_secret(path: str, text: str) -> None:
 
     A crash leaves either the old file or the new one, never a torn or world-readable one.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".keyrotate-", suffix=".tmp", dir=folder)  # 0600
+    real = os.path.realpath(path)  # through a symlink to the file it names
+    folder = os.path.dirname(real)
+    if not os.path.isdir(folder):
+        raise SecretStoreError(f"cannot write {path}: the folder {folder} does not exist")
+    try:
+        existing = os.stat(real)
+    except FileNotFoundError:
+        existing = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".keyrotate-", suffix=".tmp", dir=folder)  # 0600
+    except OSError as e:
+        raise SecretStoreError(f"cannot write {path}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
+        if existing is not None:
+            _keep_mode_and_group(tmp, existing, path)
+        os.replace(tmp, real)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -31,3 +54,14 @@ def atomic_write_secret(path: str, text: str) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _keep_mode_and_group(tmp: str, existing: os.stat_result, path: str) -> None:
+    mode = stat.S_IMODE(existing.st_mode)
+    try:
+        os.chown(tmp, -1, existing.st_gid)
+    except PermissionError:
+        pass  # not in that group: the file keeps ours, and its mode still applies
+    os.chmod(tmp, mode)
+    if mode & stat.S_IROTH:
+        log.warning("%s is readable by every user (mode %o); it holds secrets", path, mode)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from keyrotate.errors import ConfigError, SecretStoreError
+from keyrotate.secrets.names import check_name
 from keyrotate.secrets.schemes import NAMES as SCHEMES
 from keyrotate.secrets.schemes import scheme_for
 
@@ -35,8 +36,13 @@ def parse_ref(text: str, what: str = "secret reference") -> SecretRef:
                           "so they never land in argv or shell history")
     if not body:
         raise ConfigError(f"{what} {scheme}: names nothing")
-    if scheme in ("dotenv", "keyring") and "#" not in body:
-        raise ConfigError(f"{what} {text} needs #NAME ({scheme}:{'PATH' if scheme == 'dotenv' else 'SERVICE'}#NAME)")
+    if scheme in ("dotenv", "keyring"):
+        if "#" not in body:
+            raise ConfigError(f"{what} {text} needs #NAME ({scheme}:"
+                              f"{'PATH' if scheme == 'dotenv' else 'SERVICE'}#NAME)")
+        check_name(body.rpartition("#")[2], f"{what} {scheme}:{body.rpartition('#')[0]}#...")
+    if scheme == "env":
+        check_name(body, f"{what} env:...")
     return SecretRef(scheme, body)
 
 

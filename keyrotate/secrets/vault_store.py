@@ -12,16 +12,19 @@ overwritten. VAULT_ADDR and VAULT_TOKEN are read as hvac reads them.
 from __future__ import annotations
 
 import hmac
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, TypeVar
 
 from keyrotate.errors import ConfigError, SecretStoreError, SecretStoreUnavailable
+from keyrotate.secrets.names import check_name
 from keyrotate.secrets.schemes import Scheme
 from keyrotate.secrets.base import Slot
 from keyrotate.timeutil import parse_utc
 
 T = TypeVar("T")
+_SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
 PENDING_FIELD = "pending"
 MAX_VERSIONS_BACK = 20
 
@@ -51,6 +54,11 @@ def parse_vault_ref(body: str) -> VaultRef:
     mount, _, path = rest.strip("/").partition("/")
     if not mount or not path:
         raise SecretStoreError(f"vault:{body}: expected vault:MOUNT/PATH[#FIELD][@VERSION]")
+    if not all(_SEGMENT.fullmatch(p) for p in (mount, *path.split("/"))):
+        raise ConfigError(f"vault:{mount}/...: path segments must be letters, digits, '.', '_' "
+                          "or '-'")
+    if field:
+        check_name(field, f"vault:{mount}/{path}#...")
     return VaultRef(mount, path, field or "value", version)
 
 
@@ -147,6 +155,7 @@ class VaultStore:
         self._client = client
 
     def _secret(self, name: str) -> VaultSecret:
+        check_name(name, self.base)
         path = f"{self.prefix}/{name}" if self.prefix else name
         if self._client is None:
             self._client = _client()
