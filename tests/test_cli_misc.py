@@ -140,3 +140,13 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path):
     assert run_cli("demo", "--rows", "10", "--dir", str(ours)).exit_code == 0
     assert run_cli("demo", "--rows", "10", "--dir", str(ours)).exit_code == 0  # its own: again
     assert run_cli("demo", "--rows", "10", "--dir", str(real), "--force").exit_code == 0
+
+
+def test_keygen_json(tmp_path):
+    printed = last_json(run_cli("keygen", "--format", "hex", "--json").output)
+    assert len(bytes.fromhex(printed["value"])) == 32 and printed["written_to"] is None
+    f = tmp_path / "k"
+    stored = run_cli("keygen", "--to", f"file:{f}", "--json")
+    out = last_json(stored.output)
+    assert out["written_to"] == f"file:{f}" and "value" not in out
+    assert resolve(f"file:{f}") not in stored.output
