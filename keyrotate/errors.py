@@ -11,6 +11,7 @@ EXIT_OK = 0
 EXIT_FAILURES = 1
 EXIT_USAGE = 2
 EXIT_INCOMPLETE = 3
+RUN_AGAIN = "this may be temporary: run the same command again (it resumes)"
 
 
 class KeyrotateError(Exception):
@@ -45,9 +46,6 @@ class StoreError(KeyrotateError):
     """The database could not be opened, read or written."""
 
 
-RUN_AGAIN = "this may be temporary: run the same command again (it resumes)"
-
-
 class StoreUnavailable(StoreError):
     """The database is busy, full or unreachable for now: resumable (exit 3)."""
 
@@ -59,6 +57,19 @@ class StoreUnavailable(StoreError):
 
 class SecretStoreUnavailable(SecretStoreError):
     """The secret store is unreachable or sealed for now: resumable (exit 3)."""
+
+    exit_code = EXIT_INCOMPLETE
+
+    def __init__(self, message: str):
+        super().__init__(f"{message}; {RUN_AGAIN}")
+
+
+class EndpointError(KeyrotateError):
+    """A Worker endpoint refused or misanswered (exit 2): names the endpoint, never the token."""
+
+
+class EndpointUnavailable(EndpointError):
+    """A Worker endpoint kept failing (429, 5xx, dropped): resumable (exit 3)."""
 
     exit_code = EXIT_INCOMPLETE
 

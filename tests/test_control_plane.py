@@ -17,7 +17,12 @@ def test_init_writes_a_manifest_that_loads(tmp_path, monkeypatch):
 
     m = load_manifest(tmp_path / "keyrotate.toml")
     assert m.deploy_order[0] == "api" and m.deployed_name("oauth", "production") == "tminus-oauth-production"
-    assert [t.name for t in m.targets_of("MASTER_KEY")][0] == "accounts.encrypted_tokens"
+    assert [t.name for t in m.targets_of("MASTER_KEY")] == [
+        "org_delegations.encrypted_sa_key", "org_delegations.previous_encrypted_sa_key",
+        "impersonation_token_cache.encrypted_token", "AccountDO"]
+    assert m.secret("MASTER_KEY").generate == "hex:32" and str(m.secret("MASTER_KEY").format) == "hex:32"
+    assert m.objects_of("MASTER_KEY")[0].ids == "accounts.account_id"
+    assert m.env("production").objects["AccountDO"].endswith("/internal/keyrotate/objects")
     again = run_cli("init")
     assert again.exit_code == 2 and "refusing to overwrite" in again.output
 

@@ -5,14 +5,9 @@ and after `keyrotate rotate MASTER_KEY --env staging`; secret pushes go to the s
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import sqlite3
 import subprocess
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -29,60 +24,15 @@ from keyrotate.db.targets import resolve_target
 from tests.support.cf_api import CloudflareStandIn
 from tests.support.helpers import StopAfter, OLD_SECRET, ROOT, run_cli
 from tests.support.services import free_port
+from tests.support.workerd import WRANGLER, DevWorker, dev_vars
 
-WRANGLER = ROOT / "node_modules" / ".bin" / "wrangler"
 ROWS = 400
-
-
-class DevWorker:
-    """`wrangler dev` in its own process group, stopped by group (npx would leave orphans)."""
-
-    def __init__(self, folder: Path, port: int):
-        self.folder, self.port = folder, port
-        self.proc = subprocess.Popen(
-            [str(WRANGLER), "dev", "--port", str(port), "--ip", "127.0.0.1", "--log-level", "warn"],
-            cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, env={**os.environ, "WRANGLER_SEND_METRICS": "false", "CI": "true"})
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("wrangler dev did not start")
-
-    def token(self, key: str) -> dict:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/tokens/{key}", timeout=10) as r:
-                return json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return json.loads(e.read() or b"{}")
-
-    def stop(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-def _dev_vars(folder: Path, **values: str) -> None:
-    from keyrotate.secrets.files import atomic_write_secret
-
-    atomic_write_secret(str(folder / ".dev.vars"), "".join(f"{k}={v}\n" for k, v in values.items()))
 
 
 def _all_open(worker: DevWorker, payloads: dict[str, bytes]) -> dict[str, int]:
     used: dict[str, int] = {}
     for key, payload in payloads.items():
-        got = worker.token(key)
+        got = worker.get(f"/tokens/{key}")
         assert got.get("ok"), f"{key}: {got}"
         assert json.dumps(got["payload"], separators=(",", ":")).encode() == payload
         used[got["key"]] = used.get(got["key"], 0) + 1
@@ -141,7 +91,7 @@ column = "encrypted_tokens"
 ''')
     monkeypatch.chdir(tmp_path)
 
-    _dev_vars(api, MASTER_KEY=OLD_SECRET)
+    dev_vars(api, MASTER_KEY=OLD_SECRET)
     worker = DevWorker(api, port)
     try:
         assert _all_open(worker, payloads) == {"MASTER_KEY": ROWS, "attempts=1": ROWS}  # before
@@ -155,7 +105,7 @@ column = "encrypted_tokens"
     assert cf.script("tminus-api-staging").active.secrets == {"MASTER_KEY": new,
                                                               "MASTER_KEY_PREVIOUS": OLD_SECRET}
     # what the push gave Cloudflare, the dev Worker gets in .dev.vars
-    _dev_vars(api, MASTER_KEY=new, MASTER_KEY_PREVIOUS=OLD_SECRET)
+    dev_vars(api, MASTER_KEY=new, MASTER_KEY_PREVIOUS=OLD_SECRET)
     worker = DevWorker(api, port)
     try:
         # half the rows move to the new key, then the run is interrupted: rows are mixed
@@ -179,7 +129,7 @@ column = "encrypted_tokens"
                       account_id(399)))
         conn.commit()
         conn.close()
-        by_kid = worker.token(account_id(399))
+        by_kid = worker.get(f"/tokens/{account_id(399)}")
         assert (by_kid["key"], by_kid["attempts"]) == ("MASTER_KEY_PREVIOUS", 1), by_kid
 
         resumed = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--json")
@@ -190,7 +140,7 @@ column = "encrypted_tokens"
 
     assert run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish").exit_code == 0
     assert store.read("MASTER_KEY") == new
-    _dev_vars(api, MASTER_KEY=new)  # after: the previous key is gone from the Workers
+    dev_vars(api, MASTER_KEY=new)  # after: the previous key is gone from the Workers
     worker = DevWorker(api, port)
     try:
         assert _all_open(worker, payloads) == {"MASTER_KEY": ROWS, "attempts=1": ROWS}

@@ -77,3 +77,23 @@ export async function sealEnvelope(keys, plaintext) {
   const encryptedDek = await crypto.subtle.encrypt({ name: "AES-GCM", iv: dekIv }, current.key, dekRaw);
   return JSON.stringify({ iv: b64(iv), ciphertext: b64(ciphertext), encryptedDek: b64(encryptedDek), dekIv: b64(dekIv), kid: current.kid });
 }
+
+// The same DEK wrapped under the current key with a fresh dekIv; iv and ciphertext kept.
+// `from` is the key that opened it (keys[1], MASTER_KEY_PREVIOUS, during a rotation). The
+// payload is opened first: an envelope no Worker could read is reported, not rewritten.
+export async function rewrapEnvelope(keys, stored, from) {
+  const e = JSON.parse(stored);
+  const current = keys[0];
+  const dekRaw = new Uint8Array(await unwrapDek(e, from.key));
+  const dek = await crypto.subtle.importKey("raw", dekRaw, { name: "AES-GCM" }, false, ["decrypt"]);
+  await crypto.subtle.decrypt({ name: "AES-GCM", iv: unb64(e.iv) }, dek, unb64(e.ciphertext));
+  const dekIv = crypto.getRandomValues(new Uint8Array(12));
+  const encryptedDek = await crypto.subtle.encrypt({ name: "AES-GCM", iv: dekIv }, current.key, dekRaw);
+  return JSON.stringify({ ...e, encryptedDek: b64(encryptedDek), dekIv: b64(dekIv), kid: current.kid });
+}
+
+// Which key opens an envelope, payload included: {key} or throws.
+export async function openerOf(keys, stored) {
+  const opened = await openEnvelope(keys, stored);
+  return keys.find((k) => k.name === opened.keyName);
+}

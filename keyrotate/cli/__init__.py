@@ -63,9 +63,9 @@ def main(verbose: int, quiet: bool) -> None:
 
 
 def _register() -> None:
-    from keyrotate.cli import control, data, rotation, secrets
+    from keyrotate.cli import control, data, objects, rotation, secrets
 
-    for module in (data, secrets, control, rotation):
+    for module in (data, secrets, control, objects, rotation):
         for command in module.COMMANDS:
             main.add_command(command)
 

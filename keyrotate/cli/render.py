@@ -15,6 +15,7 @@ from keyrotate.controlplane.init import InitResult
 from keyrotate.controlplane.migrations_cmd import MigrationsApplyResult, MigrationsListResult
 from keyrotate.controlplane.rollback import RollbackResult
 from keyrotate.controlplane.secrets_cmd import PushResult, SecretsListResult
+from keyrotate.dataplane.objects.driver import ObjectsCensus, ObjectsRewrap
 from keyrotate.dataplane.reencrypt import ReencryptResult
 from keyrotate.dataplane.runs import RunsResult
 from keyrotate.dataplane.verify import Census
@@ -207,6 +208,34 @@ def _status(r: StatusResult) -> str:
         rot = f"  rotation {s.rotation['state']}" if s.rotation else ""
         lines.append(f"  {s.secret:<24} {s.kind:<11} {age}{flag}{rot}")
         for target, c in (s.rows or {}).items():
+            extra = ", ".join(f"{c[k]} {k}" for k in ("null", "missing") if k in c)
             lines.append(f"      {target}: {c['current']} current, {c['pending']} pending, "
-                         f"{c['previous']} previous, {c['other']} other, {c['null']} null")
+                         f"{c['previous']} previous, {c['other']} other, {extra}")
+    return "\n".join(lines)
+
+
+@text.register
+def _objects_rewrap(r: ObjectsRewrap) -> str:
+    d = r.as_dict()
+    lines = [f"{'dry run: ' if r.dry_run else ''}{r.target}: {d['status']} (rotation id {r.run_id})",
+             f"  objects {d['objects_scanned']:,}  rewrapped {d['objects_rewrapped']:,}  "
+             f"already current {d['objects_already_current']:,}  missing {d['objects_missing']:,}  "
+             f"conflicts {d['objects_conflicted']:,}  stale {d['objects_stale']:,}  "
+             f"failed {d['objects_failed']:,}",
+             f"  {d['requests']:,} requests, {d['seconds']:.2f} s"]
+    lines += [f"  object {f['id']}: {f['reason']}" for f in d["failed"][:20]]
+    lines += [f"  object {s['id']}: still answers with key {s['kid']} (old version?)"
+              for s in d["stale"][:20]]
+    if d["status"] == "incomplete":
+        lines.append("  incomplete: run the same command again")
+    return "\n".join(lines)
+
+
+@text.register
+def _objects_census(c: ObjectsCensus) -> str:
+    d = c.as_dict()
+    lines = [f"{c.target}: {'clean' if c.clean else 'NOT clean'}: {c.objects:,} objects, "
+             f"{c.current:,} current (kid {c.new_kid}), {d['old']:,} old, {d['stale']:,} stale, "
+             f"{c.missing:,} missing, {d['failed']:,} failed"]
+    lines += [f"  object {f['id']}: {f['reason']}" for f in d["failures"][:20]]
     return "\n".join(lines)

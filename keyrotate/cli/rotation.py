@@ -23,13 +23,16 @@ from keyrotate.errors import ConfigError
               help="End the overlap: remove PREVIOUS, promote the new value.")
 @click.option("--force", is_flag=True, help="--finish before max_token_ttl has passed.")
 @click.option("--abort", is_flag=True, help="Abandon a rotation that has only staged its new value.")
+@click.option("--stale-wait", type=click.FloatRange(0, 3600), default=120.0, show_default=True,
+              help="Seconds to keep asking Durable Objects still on the old key.")
 @json_option
 def rotate(secret: str, env: Context, compromised: bool, dry_run: bool, yes: bool,
-           finish_rotation: bool, force: bool, abort: bool, as_json: bool) -> None:
+           finish_rotation: bool, force: bool, abort: bool, stale_wait: float, as_json: bool) -> None:
     """Rotate SECRET on ENV from start to finish; a re-run resumes where it stopped.
 
     External secrets (OAuth client secrets) take the new value on stdin, never argv.
     """
+    from keyrotate.dataplane.objects.driver import ObjectsOptions
     from keyrotate.rotation.rotate import rotate as run_rotate
 
     def read_external() -> str:
@@ -43,7 +46,8 @@ def rotate(secret: str, env: Context, compromised: bool, dry_run: bool, yes: boo
 
     emit(run_rotate(env, secret, compromised=compromised, dry_run=dry_run, yes=yes,
                     finish=finish_rotation, force=force, abort=abort,
-                    read_external=read_external, say=say), as_json)
+                    read_external=read_external, say=say,
+                    objects=ObjectsOptions(stale_wait=stale_wait)), as_json)
 
 
 @click.command()

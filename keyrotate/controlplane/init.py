@@ -8,7 +8,7 @@ from typing import Any
 
 from keyrotate.errors import ConfigError
 
-TEMPLATE = '''# keyrotate.toml: what keyrotate needs to know about this application.
+TEMPLATE = '''# keyrotate.toml: what keyrotate needs to know about this application (tminus).
 # Keys never appear here: secrets live in the store named per environment.
 
 [project]
@@ -28,19 +28,32 @@ migrations_dir = "migrations/d1-registry"
 database = "file:.wrangler/state/v3/d1/miniflare-D1DatabaseObject/<hash>.sqlite"
 secrets = "dotenv:.env.staging"
 health = { api = "https://api-staging.example/health" }
+# the API Worker's keyrotate route (examples/durable-objects): AccountDO holds the OAuth tokens
+objects = { AccountDO = "https://api-staging.example/internal/keyrotate/objects" }
 
 [environments.production]
 # Cloudflare D1 over its REST API (CLOUDFLARE_API_TOKEN from the environment)
 database = "d1://ACCOUNT_ID/DATABASE_ID"
 secrets = "vault:secret/tminus/production"
 health = { api = "https://api.example/health", oauth = "https://oauth.example/health" }
+objects = { AccountDO = "https://api.example/internal/keyrotate/objects" }
 
 [secrets.MASTER_KEY]
-kind = "master-key"            # rows must be migrated: see [[encrypted]]
+kind = "master-key"            # rows and objects must be migrated: see [[encrypted]]
 workers = ["api", "oauth"]     # must be identical on both
-generate = "base64:32"         # like `openssl rand -base64 32`
-# Set when the Workers can read a previous key: zero-downtime rotation.
+# 64 hex characters, always: the API Worker's org-delegation routes import MASTER_KEY
+# with a function that accepts exactly 64 hex characters and throws on anything else
+# (packages/shared/src/service-account-crypto.ts). A base64 key, like
+# `openssl rand -base64 32` makes, takes those routes down the moment it is pushed.
+format = "hex:32"
+# The Workers read a previous key during a rotation: zero downtime, and the Worker
+# can rewrap the AccountDO objects with both keys.
 previous = "MASTER_KEY_PREVIOUS"
+
+[secrets.KEYROTATE_OBJECTS_TOKEN]
+kind = "internal"              # the bearer token of the keyrotate route: generated, pushed, rotated
+workers = ["api"]
+format = "hex:32"
 
 [secrets.JWT_SECRET]
 kind = "jwt-hs256"
@@ -53,12 +66,7 @@ max_token_ttl = "1h"
 kind = "external"              # the value comes from the provider console
 workers = ["api", "oauth"]
 
-[[encrypted]]
-secret = "MASTER_KEY"
-table = "accounts"
-column = "encrypted_tokens"
-format = "tminus-envelope"
-
+# Envelopes in D1 (migrations 0022-0024 of the registry)
 [[encrypted]]
 secret = "MASTER_KEY"
 table = "org_delegations"
@@ -73,6 +81,16 @@ column = "previous_encrypted_sa_key"
 secret = "MASTER_KEY"
 table = "impersonation_token_cache"
 column = "encrypted_token"
+
+# OAuth tokens: not in D1. One AccountDO per account holds them (its `auth` table); the
+# Worker rewraps them through the route above. D1's accounts table lists the objects, and
+# the registry's key_rotation_log (migration 0006) is the ledger.
+[[encrypted]]
+secret = "MASTER_KEY"
+object = "AccountDO"
+ids = "accounts.account_id"
+ledger = "key_rotation_log"
+token = "KEYROTATE_OBJECTS_TOKEN"
 '''
 
 

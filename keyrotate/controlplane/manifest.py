@@ -16,11 +16,14 @@ from typing import Any
 from keyrotate.crypto.codecs import FORMATS
 from keyrotate.db import DB_URL_HELP, is_database_url, refuse_credentials
 from keyrotate.errors import ConfigError
+from keyrotate.secrets.formats import ValueFormat
 from keyrotate.secrets.names import check_name
 from keyrotate.secrets.schemes import STORE_HELP, is_store_base
 
 MANIFEST = "keyrotate.toml"
-KINDS = ("master-key", "jwt-hs256", "external", "generic")
+# internal: a secret only the application and keyrotate use (the Durable Object
+# endpoint's bearer token): generated, pushed and rotated like the others
+KINDS = ("master-key", "jwt-hs256", "external", "internal", "generic")
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -41,6 +44,7 @@ class SecretSpec:
     generate: str | None = None       # "base64:32" | "hex:32"
     previous: str | None = None       # name of the overlap secret the Workers read
     max_token_ttl: int | None = None  # seconds (jwt-hs256)
+    format: ValueFormat | None = None  # what every value must look like
 
 
 @dataclass(frozen=True)
@@ -49,10 +53,13 @@ class Environment:
     database: str
     secrets: str                      # store base: dotenv:PATH, keyring:SERVICE, vault:MOUNT/PATH
     health: dict[str, str] = field(default_factory=dict)
+    objects: dict[str, str] = field(default_factory=dict)  # Durable Object class -> endpoint
 
 
 @dataclass(frozen=True)
-class EncryptedTarget:
+class ColumnTarget:
+    """An encrypted column of the environment's database."""
+
     secret: str
     table: str
     column: str
@@ -63,6 +70,33 @@ class EncryptedTarget:
     def name(self) -> str:
         """TABLE.COLUMN, as --target takes it."""
         return f"{self.table}.{self.column}"
+
+
+@dataclass(frozen=True)
+class ObjectTarget:
+    """Envelopes inside Durable Objects, reached through the Worker's endpoint: one object
+    per id in a D1 column, progress in the application's own ledger table."""
+
+    secret: str
+    object: str            # the Durable Object class, also the key of `objects` per environment
+    ids: str               # TABLE.COLUMN listing the objects
+    ledger: str            # key_rotation_log
+    token: str             # the secret holding the endpoint's bearer token
+
+    @property
+    def name(self) -> str:
+        return self.object
+
+    @property
+    def ids_table(self) -> str:
+        return self.ids.split(".")[0]
+
+    @property
+    def ids_column(self) -> str:
+        return self.ids.split(".")[1]
+
+
+EncryptedTarget = ColumnTarget | ObjectTarget
 
 
 @dataclass(frozen=True)
@@ -122,6 +156,21 @@ class Manifest:
     def targets_of(self, secret: str) -> list[EncryptedTarget]:
         return [t for t in self.encrypted if t.secret == secret]
 
+    def columns_of(self, secret: str) -> list[ColumnTarget]:
+        return [t for t in self.encrypted if t.secret == secret and isinstance(t, ColumnTarget)]
+
+    def objects_of(self, secret: str) -> list[ObjectTarget]:
+        return [t for t in self.encrypted if t.secret == secret and isinstance(t, ObjectTarget)]
+
+    def object_target(self, name: str) -> ObjectTarget:
+        found = next((t for t in self.encrypted if isinstance(t, ObjectTarget) and t.object == name),
+                     None)
+        if found is None:
+            have = [t.object for t in self.encrypted if isinstance(t, ObjectTarget)]
+            raise ConfigError(f"{self.path}: no [[encrypted]] object target {name!r} "
+                              f"(have: {', '.join(have) or 'none'})")
+        return found
+
 
 def find_manifest(start: Path | None = None, explicit: str | None = None) -> Path:
     if explicit:
@@ -165,9 +214,10 @@ def _str_list(value: Any, where: str) -> tuple[str, ...]:
 KNOWN: dict[str, tuple[str, ...]] = {
     "": ("project", "environments", "secrets", "encrypted"),
     "project": ("name", "worker_name", "workers_dir", "deploy_order", "wrangler", "migrations_dir"),
-    "environments.*": ("database", "secrets", "health"),
-    "secrets.*": ("kind", "workers", "generate", "previous", "max_token_ttl"),
-    "encrypted": ("secret", "table", "column", "format", "key_column"),
+    "environments.*": ("database", "secrets", "health", "objects"),
+    "secrets.*": ("kind", "workers", "generate", "previous", "max_token_ttl", "format"),
+    "encrypted": ("secret", "table", "column", "format", "key_column", "object", "ids", "ledger",
+                  "token"),
 }
 
 
@@ -230,11 +280,18 @@ def _validate(path: Path, data: dict[str, Any], text: str = "") -> Manifest:
         generate = spec.get("generate")
         if generate is not None and not re.fullmatch(r"(base64|hex):\d+", str(generate)):
             raise ConfigError(f"{w}: generate must be like base64:32 or hex:32")
+        fmt = ValueFormat.parse(str(spec["format"]), w) if "format" in spec else None
+        if fmt is not None and generate is None and fmt.can_generate:
+            generate = str(fmt)  # a value that fits the format
+        if fmt is not None and generate is not None and fmt.can_generate and str(fmt) != generate:
+            raise ConfigError(f"{w}: generate = {generate!r} makes values that do not fit "
+                              f"format = {str(fmt)!r}")
         ttl = spec.get("max_token_ttl")
         secrets[name] = SecretSpec(
             name=name, kind=kind, workers=workers, generate=generate,
             previous=spec.get("previous"),
-            max_token_ttl=parse_duration(str(ttl), f"{w} max_token_ttl") if ttl else None)
+            max_token_ttl=parse_duration(str(ttl), f"{w} max_token_ttl") if ttl else None,
+            format=fmt)
 
     environments: dict[str, Environment] = {}
     for name, env in _table(data, "environments", where).items():
@@ -256,7 +313,11 @@ def _validate(path: Path, data: dict[str, Any], text: str = "") -> Manifest:
                 raise ConfigError(f"{w}: health names unknown worker {worker!r}")
             if not isinstance(url, str) or not url.startswith(("http://", "https://")):
                 raise ConfigError(f"{w}: health URL for {worker} must be http(s)://")
-        environments[name] = Environment(name, database, store, dict(health))
+        objects = env.get("objects", {})
+        if not isinstance(objects, dict) or not all(
+                isinstance(u, str) and u.startswith(("http://", "https://")) for u in objects.values()):
+            raise ConfigError(f"{w}: objects must be a table of DurableObjectClass = \"https://...\"")
+        environments[name] = Environment(name, database, store, dict(health), dict(objects))
 
     encrypted = []
     raw_targets = data.get("encrypted", [])
@@ -272,15 +333,52 @@ def _validate(path: Path, data: dict[str, Any], text: str = "") -> Manifest:
             raise ConfigError(f"{w}: secret {secret!r} is not declared under [secrets]")
         if secrets[secret].kind != "master-key":
             raise ConfigError(f"{w}: secret {secret!r} must be of kind master-key")
-        if not t.get("table") or not t.get("column"):
-            raise ConfigError(f"{w}: needs table and column")
-        fmt = t.get("format", "tminus-envelope")
-        if fmt not in FORMATS:
-            raise ConfigError(f"{w}: format {fmt!r} is not one of {', '.join(FORMATS)}")
-        encrypted.append(EncryptedTarget(secret, t["table"], t["column"], fmt, t.get("key_column")))
+        encrypted.append(_object_target(t, w, secrets, environments) if "object" in t
+                         else _column_target(t, w))
 
+    names = [t.name for t in encrypted]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: an [[encrypted]] target is listed twice")
     return Manifest(
         path=path, project=str(project.get("name", "app")), worker_name=worker_name,
         workers_dir=str(project.get("workers_dir", "workers")), deploy_order=order,
         wrangler=wrangler, migrations_dir=str(project.get("migrations_dir", "migrations")),
         environments=environments, secrets=secrets, encrypted=tuple(encrypted))
+
+
+def _column_target(t: dict[str, Any], w: str) -> ColumnTarget:
+    if not t.get("table") or not t.get("column"):
+        raise ConfigError(f"{w}: needs table and column (or object, ids, ledger, token)")
+    stray = [k for k in ("ids", "ledger", "token") if k in t]
+    if stray:
+        raise ConfigError(f"{w}: {', '.join(stray)} belong to an object target (object = ...)")
+    fmt = t.get("format", "tminus-envelope")
+    if fmt not in FORMATS:
+        raise ConfigError(f"{w}: format {fmt!r} is not one of {', '.join(FORMATS)}")
+    return ColumnTarget(t["secret"], t["table"], t["column"], fmt, t.get("key_column"))
+
+
+def _object_target(t: dict[str, Any], w: str, secrets: dict[str, SecretSpec],
+                   environments: dict[str, Environment]) -> ObjectTarget:
+    stray = [k for k in ("table", "column", "key_column") if k in t]
+    if stray:
+        raise ConfigError(f"{w}: {', '.join(stray)} belong to a column target, not object =")
+    missing = [k for k in ("ids", "ledger", "token") if not t.get(k)]
+    if missing:
+        raise ConfigError(f"{w}: an object target needs {', '.join(missing)}")
+    if t.get("format", "tminus-envelope") != "tminus-envelope":
+        raise ConfigError(f"{w}: object targets hold tminus envelopes")
+    ids = str(t["ids"])
+    if ids.count(".") != 1 or not all(ids.split(".")):
+        raise ConfigError(f"{w}: ids must be TABLE.COLUMN (the D1 column listing the objects)")
+    token = str(t["token"])
+    if token not in secrets:
+        raise ConfigError(f"{w}: token {token!r} is not declared under [secrets]")
+    if not secrets[t["secret"]].previous:
+        raise ConfigError(f"{w}: the Worker rewraps objects with both keys: [secrets."
+                          f"{t['secret']}] needs previous = \"{t['secret']}_PREVIOUS\"")
+    for env in environments.values():
+        if str(t["object"]) not in env.objects:
+            raise ConfigError(f"{w}: [environments.{env.name}] objects has no endpoint for "
+                              f"{t['object']!r}")
+    return ObjectTarget(t["secret"], str(t["object"]), ids, str(t["ledger"]), token)

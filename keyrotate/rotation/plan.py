@@ -18,7 +18,8 @@ def plan_of(spec: SecretSpec, compromised: bool) -> str:
         else "cutover"
 
 
-def steps_for(spec: SecretSpec, plan: str, compromised: bool) -> tuple[list[Step], list[Step]]:
+def steps_for(spec: SecretSpec, plan: str, compromised: bool,
+              has_objects: bool = False) -> tuple[list[Step], list[Step]]:
     """(steps up to the pause or the end, steps of --finish)."""
     compromise_tail: list[Step] = [RemovePrevious(), Report()] if compromised else []
     if spec.kind == "master-key":
@@ -26,6 +27,11 @@ def steps_for(spec: SecretSpec, plan: str, compromised: bool) -> tuple[list[Step
             # the pause may last days: verify again (and sweep) before the Workers lose PREVIOUS
             return ([Stage(), PushNew(overlap=True), Validate(), Reencrypt(), Verify()],
                     [RE_VERIFY, RemovePrevious(), Promote()])
+        if has_objects:
+            # objects are rewrapped by the Worker, which needs both keys: push them first,
+            # then everything runs to the end without a pause
+            return [Stage(), PushNew(overlap=True), Validate(), Reencrypt(), Verify(),
+                    Promote(), RemovePrevious(), *compromise_tail[1:]], []
         return [Stage(), Reencrypt(), PushNew(overlap=False), Validate(), CATCH_UP, Verify(),
                 Promote(), *compromise_tail], []
     if spec.kind == "jwt-hs256":

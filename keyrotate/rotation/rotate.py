@@ -17,8 +17,10 @@ from typing import Any, Callable
 from keyrotate.controlplane.context import Context
 from keyrotate.controlplane.events import Say
 from keyrotate.controlplane.manifest import SecretSpec
+from keyrotate.dataplane.objects.driver import ObjectsOptions
 from keyrotate.errors import ConfigError
 from keyrotate.rotation.plan import cutover_warning, plan_of, steps_for
+from keyrotate.rotation.preflight import preflight
 from keyrotate.rotation.state import Recorder, Rotation
 from keyrotate.rotation.steps import Job, Step
 from keyrotate.timeutil import new_id, now_iso, parse_utc
@@ -62,7 +64,7 @@ class RotateResult:
 def rotate(ctx: Context, secret: str, *, compromised: bool = False, dry_run: bool = False,
            yes: bool = False, finish: bool = False, force: bool = False, abort: bool = False,
            read_external: Callable[[], str] | None = None,
-           say: Say = print) -> RotatePlan | RotateResult:
+           say: Say = print, objects: ObjectsOptions = ObjectsOptions()) -> RotatePlan | RotateResult:
     spec = ctx.manifest.secret(secret)
     recorder = Recorder(ctx)
     rot = recorder.load_open(secret)
@@ -73,11 +75,13 @@ def rotate(ctx: Context, secret: str, *, compromised: bool = False, dry_run: boo
         taken_over, rot = rot, None  # a compromise never continues a routine rotation
     plan = rot.plan if rot else plan_of(spec, compromised)
     compromised = rot.compromised if rot else compromised
-    first, finishing = steps_for(spec, plan, compromised)
+    first, finishing = steps_for(spec, plan, compromised, bool(ctx.manifest.objects_of(secret)))
     warning = cutover_warning(spec, plan, compromised)
     if taken_over is not None:
         warning = (f"{_takeover_text(taken_over)} {warning or ''}").strip()
 
+    if not abort:
+        preflight(ctx, spec)
     if dry_run:
         done = rot.steps_done if rot else []
         job = Job(ctx, spec, rot or _new_rotation(ctx, spec, plan, compromised), say)
@@ -102,7 +106,8 @@ def rotate(ctx: Context, secret: str, *, compromised: bool = False, dry_run: boo
         if rot.state != "awaiting-finish":
             raise ConfigError(f"the {secret} rotation is not ready to finish (state {rot.state})")
         _check_token_ttl(spec, rot, force)
-    _run_steps(Job(ctx, spec, rot, say, read_external), recorder, finishing if finish else first)
+    _run_steps(Job(ctx, spec, rot, say, read_external, objects), recorder,
+               finishing if finish else first)
     done = finish or not finishing
     recorder.ended(rot, "finished" if done else "awaiting-finish")
     note = (f"{secret} rotated on {ctx.env.name}." if done else

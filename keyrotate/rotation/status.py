@@ -8,6 +8,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from keyrotate.controlplane.context import Context
+from keyrotate.controlplane.objects_cmd import objects_census
+from keyrotate.crypto.keys import MasterKey
+from keyrotate.dataplane.objects.driver import ObjectsOptions
+from keyrotate.secrets.base import SLOTS
 from keyrotate.dataplane.verify import verify
 from keyrotate.errors import EXIT_FAILURES
 from keyrotate.rotation.state import Recorder
@@ -63,7 +67,27 @@ def rows_per_slot(ctx: Context, name: str) -> dict[str, dict[str, int]]:
         for kid, n in c.by_kid.items():
             counts[slot_of[kid]] += n
         rows[t.name] = {**counts, "null": c.null, "other": c.failed}
+    rows.update(objects_per_slot(ctx, name))
     return rows
+
+
+def objects_per_slot(ctx: Context, name: str) -> dict[str, dict[str, int]]:
+    """Objects of every object target by the store slot whose key the object reports."""
+    store = ctx.secrets
+    slot_of = {MasterKey.from_secret(v).kid: slot for slot in SLOTS[::-1]
+               if (v := store.read(name, slot)) is not None}
+    out = {}
+    for obj in ctx.manifest.objects_of(name):
+        c = objects_census(ctx, obj, ObjectsOptions())
+        counts = {"current": 0, "pending": 0, "previous": 0, "missing": c.missing,
+                  "other": len(c.failed) + len(c.unanswered)}
+        for kid, n in c.by_kid.items():
+            if kid in slot_of:
+                counts[slot_of[kid]] += n
+            else:
+                counts["other"] += n
+        out[obj.name] = counts
+    return out
 
 
 def status(ctx: Context, due_seconds: int | None) -> StatusResult:

@@ -13,6 +13,8 @@ from keyrotate.controlplane.context import Context
 from keyrotate.controlplane.events import Say, push_secrets
 from keyrotate.controlplane.health import validate
 from keyrotate.controlplane.manifest import SecretSpec
+from keyrotate.controlplane.objects_cmd import objects_census, objects_rewrap
+from keyrotate.dataplane.objects.driver import ObjectsOptions
 from keyrotate.dataplane.reencrypt import ReencryptOptions, reencrypt
 from keyrotate.dataplane.verify import Census, verify
 from keyrotate.errors import ConfigError, Failures, Incomplete, KeyrotateError
@@ -36,6 +38,7 @@ class Job:
     rot: Rotation
     say: Say
     read_external: Callable[[], str] | None = None
+    objects: ObjectsOptions = ObjectsOptions()   # for object targets
 
     def values(self) -> tuple[str | None, str]:
         """(current, pending) from the store; the pending value must exist."""
@@ -75,10 +78,20 @@ class Stage:
             else:
                 fmt, _, n = (spec.generate or "base64:32").partition(":")
                 value = generate(fmt, int(n))
+            check_format(spec, value, "the new value")
             store.write_pending(spec.name, value)
         old, new = job.values()
+        check_format(spec, new, f"the pending value at {store.ref(spec.name, 'pending')}")
         job.rot.old_fp = fingerprint(old) if old else None
         job.rot.new_fp = fingerprint(new)
+
+
+def check_format(spec: SecretSpec, value: str, what: str) -> None:
+    """A value the application would refuse never reaches a store slot or a Worker."""
+    problem = spec.format.problem(value) if spec.format else None
+    if problem:
+        raise ConfigError(f"{what} for {spec.name} {problem}; the manifest says format = "
+                          f"{str(spec.format)!r}. Nothing was changed.")
 
 
 class PushNew:
@@ -128,9 +141,15 @@ def _census_counts(c: Census) -> dict[str, Any]:
             "unreached": c.unreached, "failures": c.failures[:LISTED]}
 
 
-def reencrypt_targets(job: Job, key: str) -> None:
-    """Every [[encrypted]] target from the current key to the pending one; counts under
-    rot.detail[key]."""
+OBJECT_FIELDS = ("run_id", "status", "objects_scanned", "objects_rewrapped",
+                 "objects_already_current", "objects_missing", "objects_stale", "objects_failed",
+                 "requests")
+
+
+def reencrypt_targets(job: Job, key: str, only_objects: dict[str, list[str]] | None = None) -> None:
+    """Every [[encrypted]] target from the current key to the pending one, counts under
+    rot.detail[key]: columns row by row, objects through the Worker (the rotation id is
+    the ledger's). `only_objects`: a sweep sends just these ids again, ledger or not."""
     new, old, also = _refs(job)
     mode = "fresh-dek" if job.rot.compromised else "rewrap"
     results: dict[str, Any] = {}
@@ -138,53 +157,85 @@ def reencrypt_targets(job: Job, key: str) -> None:
         job.say(f"reencrypting {t.name} ({mode})")
         r = reencrypt(job.ctx.db, target, codec, ReencryptOptions(fmt=t.format, mode=mode))
         results[t.name] = {k: v for k, v in r.as_dict().items() if k in RUN_FIELDS}
+    unfinished = []
+    for obj in job.ctx.manifest.objects_of(job.spec.name):
+        only = None if only_objects is None else only_objects.get(obj.name, [])
+        if only == []:
+            continue
+        job.say(f"rewrapping {obj.name} objects through the Worker")
+        o = objects_rewrap(job.ctx, obj, job.objects, rotation_id=job.rot.rotation_id,
+                           only=only)
+        results[obj.name] = {k: v for k, v in o.as_dict().items() if k in OBJECT_FIELDS}
+        if o.status == "incomplete":
+            unfinished.append(f"{obj.name}: {len(o.stale)} still on the old key, "
+                              f"{len(o.unfinished)} kept busy")
     job.rot.detail[key] = results
+    if unfinished:
+        raise Incomplete(f"objects not done yet ({'; '.join(unfinished)}): a Durable Object keeps "
+                         "the secrets of the version it started with for a while. Run the same "
+                         "command again in a few minutes.")
 
 
 class Reencrypt:
     def __init__(self, name: str = "reencrypt",
                  description: str = "reencrypt every [[encrypted]] target from the old key to "
-                                    "the new key"):
+                                    "the new key (objects through the Worker)"):
         self.name, self.description = name, description
 
     def run(self, job: Job) -> None:
         reencrypt_targets(job, self.name)
 
 
-def census(job: Job) -> dict[str, dict[str, Any]]:
-    """A census of every target, now (rows may have changed since any reencrypt ended)."""
+def census(job: Job) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
+    """A census of every target, now (rows may have changed since any reencrypt ended):
+    counts per target, and per object target the ids under the old key or stale."""
     new, old, also = _refs(job)
-    return {t.name: _census_counts(verify(job.ctx.db, target, codec))
-            for t, target, codec in each_target(job.ctx, job.spec.name, new, old, "rewrap", also)}
+    counts = {t.name: _census_counts(verify(job.ctx.db, target, codec))
+              for t, target, codec in each_target(job.ctx, job.spec.name, new, old, "rewrap", also)}
+    behind: dict[str, list[str]] = {}
+    for obj in job.ctx.manifest.objects_of(job.spec.name):
+        c = objects_census(job.ctx, obj, job.objects)
+        counts[obj.name] = {**{k: v for k, v in c.as_dict().items()
+                               if k in ("objects", "current", "old", "stale", "missing", "failed",
+                                        "unanswered")},
+                            "failures": c.as_dict()["failures"][:LISTED]}
+        behind[obj.name] = sorted({*c.old, *c.stale, *c.unanswered})
+    return counts, behind
+
+
+def _still_old(c: dict[str, Any]) -> int:
+    """Rows or objects that still need the old key, or that the census could not see."""
+    return c["old"] + c.get("unreached", 0) + c.get("stale", 0) + c.get("unanswered", 0)
 
 
 class Verify:
-    """Verified means a census with no row under an old key and no row that fails. Rows
-    the Workers wrote under the old key meanwhile are swept once more here, so a re-run of
-    this step can always make progress; failed rows must be fixed first (exit 1)."""
+    """Verified means a census with no row or object under an old key and none that
+    fails. Rows the Workers wrote under the old key meanwhile, and objects a census finds
+    under it (whatever the ledger says), are swept once more here, so a re-run of this step
+    can always make progress; failed rows and objects must be fixed first (exit 1)."""
 
     def __init__(self, name: str = "verify",
-                 description: str = "verify no row depends on the old key and none fails"):
+                 description: str = "verify no row or object depends on the old key and none fails"):
         self.name, self.description = name, description
 
     def run(self, job: Job) -> None:
-        counts = census(job)
-        if any(c["old"] or c["unreached"] for c in counts.values()):
-            job.say("rows still under the old key: sweeping them")
-            reencrypt_targets(job, "sweep")
-            counts = census(job)
+        counts, behind = census(job)
+        if any(_still_old(c) for c in counts.values()):
+            job.say("rows or objects still under the old key: sweeping them")
+            reencrypt_targets(job, "sweep", only_objects=behind)
+            counts, behind = census(job)
         job.rot.detail["verify"] = counts
-        still = {t: c["old"] + c["unreached"] for t, c in counts.items() if c["old"] or c["unreached"]}
+        still = {t: _still_old(c) for t, c in counts.items() if _still_old(c)}
         if still:
-            raise Incomplete(f"rows still depend on the old key: {still}; the old key is "
+            raise Incomplete(f"still depending on the old key: {still}; the old key is "
                              "kept. Run the same command again to sweep and verify again.")
         failed = {t: c for t, c in counts.items() if c["failed"]}
         if failed:
-            listed = "; ".join(f"{t}: {c['failed']} rows, e.g. " + ", ".join(
+            listed = "; ".join(f"{t}: {c['failed']}, e.g. " + ", ".join(
                 f"{f['id']} ({f['reason']})" for f in c["failures"][:5]) for t, c in failed.items())
-            raise Failures(f"not verified: rows open under no key ({listed}). The old key is "
-                           "kept. Fix or remove those rows (keyrotate verify ... --json lists "
-                           "them all), then run the same command again.")
+            raise Failures(f"not verified: rows or objects open under no key ({listed}). The "
+                           "old key is kept. Fix or remove them (keyrotate verify / objects "
+                           "census --json list them all), then run the same command again.")
 
 
 class Promote:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Iterator, Sequence
 
 from keyrotate.controlplane.context import Context
-from keyrotate.controlplane.manifest import EncryptedTarget
+from keyrotate.controlplane.manifest import ColumnTarget
 from keyrotate.crypto.codecs import Codec
 from keyrotate.dataplane.keys import codec_from_refs
 from keyrotate.db.base import Target
@@ -15,10 +15,10 @@ from keyrotate.db.targets import resolve_target
 
 def each_target(ctx: Context, secret: str, new_ref: str, old_ref: str | None,
                 mode: str = "rewrap", also_old: Sequence[str] = (), writing: bool = False
-                ) -> Iterator[tuple[EncryptedTarget, Target, Codec]]:
-    """(manifest target, resolved target, codec) for every [[encrypted]] of `secret`;
+                ) -> Iterator[tuple[ColumnTarget, Target, Codec]]:
+    """(manifest target, resolved target, codec) for every encrypted column of `secret`;
     `writing`: rows will be written under new_ref, which must be fit to be a new key."""
-    for t in ctx.manifest.targets_of(secret):
+    for t in ctx.manifest.columns_of(secret):
         codec = codec_from_refs(t.format, new_ref, old_ref, mode, also_old=also_old,
                                 check_new=writing)
         yield t, resolve_target(ctx.db, t.name, t.key_column), codec

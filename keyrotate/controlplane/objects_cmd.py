@@ -1,0 +1,73 @@
+"""`objects census|rewrap`: a Durable Object target of the manifest on one environment.
+
+The endpoint's URL comes from the environment (`objects = { AccountDO = URL }`), its
+bearer token from the environment's store, and the key ids keyrotate trusts from the
+store too: during a rotation the new key is the pending value and the old one the
+current; otherwise the current value and the previous one. A standalone rewrap uses
+`rewrap-<old kid>-<new kid>` as its rotation id, so running it again continues it and
+the next rotation starts fresh.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from keyrotate.controlplane.context import Context
+from keyrotate.controlplane.manifest import ObjectTarget
+from keyrotate.crypto.keys import MasterKey
+from keyrotate.dataplane.objects.driver import (
+    IdSource, Keys, ObjectsCensus, ObjectsOptions, ObjectsRewrap, census, rewrap,
+)
+from keyrotate.dataplane.objects.wire import Endpoint
+from keyrotate.dataplane.progress import Progress
+from keyrotate.errors import ConfigError
+from keyrotate.secrets.refs import required
+
+
+def endpoint_for(ctx: Context, target: ObjectTarget) -> Endpoint:
+    url = ctx.env.objects.get(target.object)
+    if url is None:
+        raise ConfigError(f"[environments.{ctx.env.name}] objects has no endpoint for {target.object}")
+    token = required(ctx.secrets.ref(target.token), ctx.secrets.read(target.token))
+    return Endpoint(url, token)
+
+
+def store_keys(ctx: Context, secret: str) -> Keys:
+    """The key ids to trust, from the store's slots (values never leave this process)."""
+    store = ctx.secrets
+    current, pending = store.read(secret), store.read(secret, "pending")
+    new = pending or current
+    old = current if pending else store.read(secret, "previous")
+    if new is None:
+        raise ConfigError(f"{secret} has no value in {store.ref(secret)}")
+    return Keys(MasterKey.from_secret(new).kid, MasterKey.from_secret(old).kid if old else None)
+
+
+def ids_of(target: ObjectTarget) -> IdSource:
+    return IdSource(target.ids_table, target.ids_column)
+
+
+def objects_census(ctx: Context, target: ObjectTarget, options: ObjectsOptions,
+                   progress: Progress | None = None, new_kid: str | None = None,
+                   only: Sequence[str] | None = None) -> ObjectsCensus:
+    endpoint = endpoint_for(ctx, target)
+    try:
+        kid = new_kid or store_keys(ctx, target.secret).new
+        return census(ctx.db, endpoint, ids_of(target), target.name, kid, options, progress, only)
+    finally:
+        endpoint.close()
+
+
+def objects_rewrap(ctx: Context, target: ObjectTarget, options: ObjectsOptions,
+                   progress: Progress | None = None, rotation_id: str | None = None,
+                   only: Sequence[str] | None = None) -> ObjectsRewrap:
+    keys = store_keys(ctx, target.secret)
+    if keys.old is None:
+        raise ConfigError(f"nothing to rewrap: {target.secret} has neither a pending value "
+                          "(a rotation in progress) nor a previous one in the store")
+    endpoint = endpoint_for(ctx, target)
+    try:
+        return rewrap(ctx.db, endpoint, ids_of(target), target.ledger, target.name,
+                      rotation_id or f"rewrap-{keys.old}-{keys.new}", keys, options, progress, only)
+    finally:
+        endpoint.close()

@@ -1,0 +1,335 @@
+"""Census and rewrap of Durable Object targets: ids paged from D1 by keyset, N requests
+in flight, each answer judged by the key id the object itself reports.
+
+Trust only key ids: an object still running the code and secrets of the version it
+started with answers `current` for an envelope still under the old key. So `current`
+and `rewrapped` count only when their kid is the new key's id (from keyrotate's own
+store); any other kid is *stale*: sent again later with backoff for up to `stale_wait`
+seconds, then reported, and the run is incomplete (exit 3).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+from keyrotate.dataplane.objects.fanout import fan_out
+from keyrotate.dataplane.objects.ledger import Ledger
+from keyrotate.dataplane.objects.wire import Endpoint, ObjectResult, Ping
+from keyrotate.dataplane.progress import NoProgress, Progress
+from keyrotate.db.base import RowStore, quote_ident
+from keyrotate.errors import (
+    EXIT_FAILURES, EXIT_INCOMPLETE, EndpointError, Incomplete, Interrupted,
+)
+
+log = logging.getLogger("keyrotate.objects")
+DEFAULT_BATCH, MAX_BATCH = 50, 1000
+ID_PAGE = 1000
+CONFLICT_TRIES, RETRY_TRIES = 5, 8
+LISTED = 100
+
+
+@dataclass(frozen=True)
+class ObjectsOptions:
+    concurrency: int = 4
+    batch: int = DEFAULT_BATCH
+    stale_wait: float = 120.0
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The key ids a run trusts, computed from keyrotate's own store."""
+
+    new: str
+    old: str | None
+
+
+@dataclass(frozen=True)
+class IdSource:
+    """The D1 column listing the objects (keyset paged, never all in memory)."""
+
+    table: str
+    column: str
+
+    def pages(self, db: RowStore, size: int = ID_PAGE) -> Iterator[list[str]]:
+        t, c = quote_ident(self.table), quote_ident(self.column)
+        after: Any = None
+        while True:
+            rows = db.query(f"SELECT {c} FROM {t} WHERE {c} IS NOT NULL"
+                            + ("" if after is None else f" AND {c} > ?") + f" ORDER BY {c} LIMIT ?",
+                            (size,) if after is None else (after, size))
+            if not rows:
+                return
+            after = rows[-1][0]
+            yield [str(r[0]) for r in rows]
+
+    def count(self, db: RowStore) -> int:
+        t, c = quote_ident(self.table), quote_ident(self.column)
+        return int(db.query(f"SELECT count(*) FROM {t} WHERE {c} IS NOT NULL")[0][0])
+
+
+def _backoff(n: int, cap: float = 10.0) -> float:
+    base = min(0.5 * 2 ** n, cap)
+    return base + random.uniform(0, base / 2)
+
+
+@dataclass
+class ObjectsRewrap:
+    """What `objects rewrap` did (SPEC field names)."""
+
+    run_id: str
+    target: str
+    dry_run: bool = False
+    scanned: int = 0
+    rewrapped: int = 0
+    already_current: int = 0
+    missing: int = 0
+    conflicted: int = 0
+    stale: dict[str, str | None] = field(default_factory=dict)     # id -> kid it answered
+    failed: dict[str, str] = field(default_factory=dict)           # id -> reason
+    unfinished: set[str] = field(default_factory=set)              # retry / conflict gave up
+    requests: int = 0
+    seconds: float = 0.0
+
+    @property
+    def status(self) -> str:
+        if self.dry_run:
+            return "dry-run"
+        if self.stale or self.unfinished:
+            return "incomplete"
+        return "completed_with_failures" if self.failed else "completed"
+
+    @property
+    def exit_code(self) -> int:
+        if self.status == "incomplete":
+            return EXIT_INCOMPLETE
+        return EXIT_FAILURES if self.failed else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "status": self.status, "target": self.target,
+                "dry_run": self.dry_run, "objects_scanned": self.scanned,
+                "objects_rewrapped": self.rewrapped,
+                "objects_already_current": self.already_current,
+                "objects_missing": self.missing, "objects_conflicted": self.conflicted,
+                "objects_stale": len(self.stale), "objects_failed": len(self.failed),
+                "objects_unfinished": len(self.unfinished), "requests": self.requests,
+                "seconds": round(self.seconds, 3),
+                "failed": [{"id": i, "reason": r} for i, r in sorted(self.failed.items())[:LISTED]],
+                "stale": [{"id": i, "kid": k} for i, k in sorted(self.stale.items())[:LISTED]]}
+
+
+@dataclass
+class ObjectsCensus:
+    target: str
+    new_kid: str
+    objects: int = 0
+    current: int = 0
+    missing: int = 0
+    old: list[str] = field(default_factory=list)
+    stale: dict[str, str | None] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    unanswered: set[str] = field(default_factory=set)   # kept answering retry / conflict
+    by_kid: dict[str, int] = field(default_factory=dict)
+    requests: int = 0
+    seconds: float = 0.0
+
+    @property
+    def clean(self) -> bool:
+        return not (self.old or self.stale or self.failed or self.unanswered)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.clean else EXIT_FAILURES
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "kid": self.new_kid, "objects": self.objects,
+                "current": self.current, "old": len(self.old), "stale": len(self.stale),
+                "missing": self.missing, "failed": len(self.failed),
+                "unanswered": len(self.unanswered), "clean": self.clean,
+                "by_kid": self.by_kid, "requests": self.requests,
+                "seconds": round(self.seconds, 3),
+                "failures": [{"id": i, "reason": r} for i, r in sorted(self.failed.items())[:LISTED]],
+                "old_ids": sorted(self.old)[:LISTED],
+                "stale_ids": [{"id": i, "kid": k} for i, k in sorted(self.stale.items())[:LISTED]]}
+
+
+def _batches(pages: Iterator[list[str]], size: int) -> Iterator[list[str]]:
+    for page in pages:
+        for i in range(0, len(page), size):
+            yield page[i:i + size]
+
+
+class _Attempts:
+    def __init__(self) -> None:
+        self.tries: dict[str, int] = {}
+        self.first_stale: dict[str, float] = {}
+
+    def again(self, i: str, limit: int) -> bool:
+        self.tries[i] = self.tries.get(i, 0) + 1
+        return self.tries[i] < limit
+
+
+def census(db: RowStore, endpoint: Endpoint, ids: IdSource, target: str, new_kid: str,
+           options: ObjectsOptions, progress: Progress | None = None,
+           only: Sequence[str] | None = None) -> ObjectsCensus:
+    """Ask every object (or `only` these) which key opens its envelope."""
+    progress = progress or NoProgress()
+    started, before = time.monotonic(), endpoint.requests
+    result = ObjectsCensus(target, new_kid)
+    attempts = _Attempts()
+    progress.start(len(only) if only is not None else ids.count(db))
+
+    def handle(batch: Sequence[str], results: list[ObjectResult]) -> list[tuple[str, float]]:
+        again = []
+        for r in results:
+            if r.status in ("retry", "conflict"):
+                if attempts.again(r.id, RETRY_TRIES):
+                    again.append((r.id, _backoff(attempts.tries[r.id])))
+                else:
+                    result.unanswered.add(r.id)
+                continue
+            result.objects += 1
+            progress.advance(1)
+            if r.kid:
+                result.by_kid[r.kid] = result.by_kid.get(r.kid, 0) + 1
+            if r.status == "missing":
+                result.missing += 1
+            elif r.status == "failed":
+                result.failed[r.id] = r.reason or "failed"
+            elif r.status == "old":
+                result.old.append(r.id)
+            elif r.kid == new_kid:   # current (or rewrapped): only the new key's id counts
+                result.current += 1
+            else:
+                result.stale[r.id] = r.kid
+        return again
+
+    source = ([list(only[i:i + options.batch]) for i in range(0, len(only), options.batch)]
+              if only is not None else _batches(ids.pages(db), options.batch))
+    try:
+        fan_out(source, lambda b: endpoint.census(b), handle, options.concurrency, options.batch)
+    except KeyboardInterrupt:
+        raise Interrupted("census interrupted; nothing was written") from None
+    finally:
+        progress.close()
+    result.requests, result.seconds = endpoint.requests - before, time.monotonic() - started
+    return result
+
+
+def await_keys(endpoint: Endpoint, keys: Keys, wait_s: float) -> Ping:
+    """Before any rewrap: the route must hold the new key as MASTER_KEY and the old one as
+    MASTER_KEY_PREVIOUS. A route still on the old key gets `wait_s` to catch up."""
+    deadline, n = time.monotonic() + wait_s, 0
+    while True:
+        ping = endpoint.ping()
+        if ping.kid == keys.new and ping.previous_kid == keys.old:
+            return ping
+        if ping.kid == keys.new and ping.previous_kid is None:
+            raise EndpointError(f"{endpoint.url} holds the new key but no MASTER_KEY_PREVIOUS: "
+                                "push both (the rotation's push step does) before a rewrap")
+        if ping.kid not in (keys.new, keys.old) or (ping.kid == keys.new and ping.previous_kid != keys.old):
+            raise EndpointError(f"{endpoint.url} holds MASTER_KEY kid {ping.kid} and "
+                                f"MASTER_KEY_PREVIOUS kid {ping.previous_kid}, not the new key "
+                                f"(kid {keys.new}) and the old one (kid {keys.old}): the wrong "
+                                "environment or store?")
+        if time.monotonic() > deadline:
+            raise Incomplete(f"{endpoint.url} still holds the old key as MASTER_KEY (kid "
+                             f"{ping.kid}): the push has not reached it yet. Run the same command "
+                             "again in a minute.")
+        n += 1
+        log.info("%s still answers with the old key (kid %s); waiting for the new version",
+                 endpoint.url, ping.kid)
+        time.sleep(_backoff(n))
+
+
+def rewrap(db: RowStore, endpoint: Endpoint, ids: IdSource, ledger_table: str, target: str,
+           rotation_id: str, keys: Keys, options: ObjectsOptions,
+           progress: Progress | None = None, only: Sequence[str] | None = None) -> ObjectsRewrap:
+    """Rewrap every object not yet completed in the ledger (or `only` these, completed or
+    not: a sweep after a census found them under the old key)."""
+    progress = progress or NoProgress()
+    started, before = time.monotonic(), endpoint.requests
+    result = ObjectsRewrap(rotation_id, target, dry_run=options.dry_run)
+    if options.dry_run:  # the same pipeline, asking instead of writing
+        c = census(db, endpoint, ids, target, keys.new, options, progress, only)
+        result.scanned, result.already_current, result.missing = c.objects, c.current, c.missing
+        result.failed, result.stale = c.failed, c.stale
+        result.requests, result.seconds = endpoint.requests - before, time.monotonic() - started
+        return result
+    await_keys(endpoint, keys, options.stale_wait)
+    ledger = Ledger(db, ledger_table, rotation_id)
+    attempts = _Attempts()
+    progress.start(len(only) if only is not None else ids.count(db))
+
+    def fresh() -> Iterator[list[str]]:
+        if only is not None:
+            yield from (list(only[i:i + options.batch]) for i in range(0, len(only), options.batch))
+            return
+        for page in ids.pages(db):
+            done = ledger.completed(page)
+            progress.advance(len(done))
+            todo = [i for i in page if i not in done]
+            for i in range(0, len(todo), options.batch):
+                yield todo[i:i + options.batch]
+
+    def before_send(batch: Sequence[str]) -> None:
+        db.apply([], None, ledger.started(batch, again=only is not None))
+
+    def handle(batch: Sequence[str], results: list[ObjectResult]) -> list[tuple[str, float]]:
+        completed, failed, again = [], {}, []
+        now = time.monotonic()
+        for r in results:
+            if r.status in ("rewrapped", "current") and r.kid != keys.new:
+                first = attempts.first_stale.setdefault(r.id, now)
+                if now - first < options.stale_wait:
+                    attempts.tries[r.id] = attempts.tries.get(r.id, 0) + 1
+                    again.append((r.id, min(_backoff(attempts.tries[r.id]), options.stale_wait)))
+                else:
+                    result.stale[r.id] = r.kid
+                    result.scanned += 1
+                    progress.advance(1)
+                continue
+            if r.status in ("conflict", "retry"):
+                result.conflicted += r.status == "conflict"
+                limit = CONFLICT_TRIES if r.status == "conflict" else RETRY_TRIES
+                if attempts.again(r.id, limit):
+                    delay = 0.0 if r.status == "conflict" else _backoff(attempts.tries[r.id])
+                    again.append((r.id, delay))
+                else:
+                    result.unfinished.add(r.id)
+                    result.scanned += 1
+                    progress.advance(1)
+                continue
+            result.scanned += 1
+            progress.advance(1)
+            result.stale.pop(r.id, None)
+            if r.status == "rewrapped":
+                result.rewrapped += 1
+                completed.append(r.id)
+            elif r.status == "current":
+                result.already_current += 1
+                completed.append(r.id)
+            elif r.status == "missing":
+                result.missing += 1
+                completed.append(r.id)
+            else:  # failed, or `old`, which a rewrap never answers
+                failed[r.id] = r.reason or ("answered 'old' to a rewrap" if r.status == "old" else "failed")
+        result.failed.update(failed)
+        if completed or failed:
+            db.apply([], None, ledger.outcome(completed, failed))
+        return again
+
+    try:
+        fan_out(fresh(), lambda b: endpoint.rewrap(b, rotation_id), handle, options.concurrency,
+                options.batch, before_send)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted; the ledger records every confirmed object: run the same "
+                          "command again to resume") from None
+    finally:
+        progress.close()
+    result.requests, result.seconds = endpoint.requests - before, time.monotonic() - started
+    return result

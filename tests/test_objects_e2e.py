@@ -1,0 +1,245 @@
+"""Durable Object targets in the real Workers runtime (wrangler dev: workerd, local
+Durable Objects, local D1): the reference endpoint and AccountDO of examples/, tokens
+sealed by the Workers' own WebCrypto code, a full `rotate MASTER_KEY` over D1 and object
+targets with kill -9, faults, concurrent token refreshes, stale objects and failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from keyrotate.crypto.keys import MasterKey
+
+from tests.support.helpers import ROOT, last_json, run_cli
+from tests.support.hygiene import CmdlineSampler, assert_clean
+from tests.support.objects_app import OLD_HEX, TOKEN, ObjectsApp
+
+pytestmark = pytest.mark.slow
+OLD_KID = MasterKey.from_secret(OLD_HEX).kid
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch):
+    def make(accounts: int) -> ObjectsApp:
+        made = ObjectsApp(tmp_path, accounts)
+        apps.append(made)
+        monkeypatch.chdir(tmp_path)
+        for k, v in made.env().items():
+            monkeypatch.setenv(k, v)
+        return made
+
+    apps: list[ObjectsApp] = []
+    yield make
+    for a in apps:
+        a.close()
+
+
+def _prepare(app: ObjectsApp, delegations: int = 20) -> dict[str, str]:
+    """Objects seeded and D1 rows sealed under the old key by the Worker; the ledger
+    table from the shipped migration. Returns the D1 payloads."""
+    dev = app.start(MASTER_KEY=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN)
+    app.each("/test/seed", app.ids)
+    payloads = {f"del_{i:03d}": json.dumps({"private_key": f"pk-{i}"}) for i in range(delegations)}
+    sealed = dev.post("/test/seal", {"payloads": list(payloads.values())})
+    conn = sqlite3.connect(app.d1)
+    conn.executemany("INSERT INTO org_delegations (delegation_id, domain, admin_email, "
+                     "encrypted_sa_key) VALUES (?, ?, 'admin@x', ?)",
+                     [(k, f"{k}.example", v) for k, v in zip(payloads, sealed)])
+    conn.commit()
+    conn.close()
+    applied = run_cli("migrations", "apply", "--env", "staging", "--json")
+    assert applied.exit_code == 0, applied.output
+    assert last_json(applied.output)["applied"] == ["0006_key_rotation_log.sql"]
+    return payloads
+
+
+def _all_open(app: ObjectsApp, ids: list[str], expect: dict[str, str] | None = None) -> dict[str, int]:
+    """Every token opens (the app's dual-key read path), with the payload it should have:
+    the last refresh of it, if any. An id refreshed while this reads is not judged."""
+    before = dict(expect or {})
+    got_all = app.each("/test/tokens", ids)
+    moving = {i for i, v in dict(expect or {}).items() if before.get(i) != v}
+    keys: dict[str, int] = {}
+    for i, got in got_all.items():
+        assert got and "tokens" in got, f"{i}: {got}"
+        if i not in moving:
+            assert got["tokens"]["access_token"] == before.get(i, f"at-{i}"), (i, got)
+        keys[got["key"]] = keys.get(got["key"], 0) + 1
+    return keys
+
+
+def _d1_open(app: ObjectsApp, payloads: dict[str, str]) -> None:
+    conn = sqlite3.connect(app.d1)
+    rows = dict(conn.execute("SELECT delegation_id, encrypted_sa_key FROM org_delegations"))
+    conn.close()
+    assert app.dev is not None
+    opened = app.dev.post("/test/open", {"values": [rows[k] for k in payloads]})
+    assert opened == list(payloads.values())
+
+
+class Refresher(threading.Thread):
+    """The app refreshing tokens while keyrotate works: every refresh must survive."""
+
+    def __init__(self, app: ObjectsApp):
+        super().__init__(daemon=True)
+        self.app, self.expect, self.n = app, {}, 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        rng = random.Random(7)
+        while not self.halt.is_set():
+            ids = rng.sample(self.app.ids, 5)
+            self.n += 1
+            try:
+                done = self.app.dev.post("/test/refresh", {"ids": ids, "n": self.n}, timeout=30)
+            except (OSError, AttributeError):  # the Worker is restarting or stopped
+                continue
+            for i, token in done.items():
+                if isinstance(token, str):
+                    self.expect[i] = token
+            time.sleep(0.02)
+
+
+def _completed(app: ObjectsApp) -> int:
+    try:
+        return sum(1 for *_, status in app.ledger() if status == "completed")
+    except sqlite3.Error:
+        return 0
+
+
+def test_a_full_rotation_over_d1_and_objects_survives_kill_faults_and_refreshes(app):
+    a = app(2_000)
+    payloads = _prepare(a)
+    assert _all_open(a, a.ids) == {"MASTER_KEY": 2_000}                      # before
+
+    # the push reaches Cloudflare, but the running Worker still has the old version: the
+    # route answers ping with the old key, and the rotation waits, then pauses (exit 3)
+    paused = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--stale-wait", "1", "--json")
+    assert paused.exit_code == 3 and "has not reached it yet" in paused.output
+    new = a.store.read("MASTER_KEY", "pending")
+    assert len(new) == 64 and a.cf.script("tminus-api-staging").active.secrets == {
+        "MASTER_KEY": new, "MASTER_KEY_PREVIOUS": OLD_HEX}
+
+    a.start(MASTER_KEY=new, MASTER_KEY_PREVIOUS=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN,
+            FAULT_RATE="0.05")                                               # 500 / 429 at random
+    refresher = Refresher(a)
+    refresher.start()
+    argv = [sys.executable, "-m", "keyrotate.cli", "rotate", "MASTER_KEY", "--env", "staging", "--json"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with CmdlineSampler() as sampler:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        while _completed(a) < 600:                                           # mid-rewrap
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.05)
+        during = _all_open(a, random.Random(1).sample(a.ids, 300), refresher.expect)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert set(during) <= {"MASTER_KEY", "MASTER_KEY_PREVIOUS"}
+        again = subprocess.run(argv, env=env, capture_output=True, timeout=900)
+    refresher.halt.set()
+    refresher.join()
+    assert again.returncode == 0, again.stderr.decode()[-3000:]
+    out = last_json(again.stdout.decode())
+    assert out["state"] == "awaiting-finish", out
+    detail = out["detail"]
+    assert detail["verify"]["AccountDO"]["current"] == 2_000 and detail["verify"]["AccountDO"]["old"] == 0
+    # the ledger: every id completed, exactly one row each, under this rotation
+    ledger = a.ledger(out["rotation_id"])
+    assert len(ledger) == 2_000 and {s for *_, s in ledger} == {"completed"}
+    rewraps = [s["rewraps"] for s in a.each("/test/stats", a.ids).values()]
+    assert max(rewraps) == 1 and sum(rewraps) >= 2_000 - len(refresher.expect)
+    assert _all_open(a, a.ids, refresher.expect) == {"MASTER_KEY": 2_000}    # after, refreshes kept
+    _d1_open(a, payloads)
+    for cmdline in sampler.seen:
+        assert_clean(cmdline, "a command line", [OLD_HEX, new, TOKEN])
+    assert_clean(again.stdout + again.stderr, "keyrotate's output", [OLD_HEX, new, TOKEN])
+
+    done = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish", "--json")
+    assert done.exit_code == 0, done.output
+    assert last_json(done.output)["state"] == "finished"
+    assert a.cf.script("tminus-api-staging").active.secrets["MASTER_KEY"] == new
+    assert "MASTER_KEY_PREVIOUS" not in a.cf.script("tminus-api-staging").active.secrets
+    a.start(MASTER_KEY=new, KEYROTATE_OBJECTS_TOKEN=TOKEN)                   # the previous key is gone
+    assert _all_open(a, a.ids, refresher.expect) == {"MASTER_KEY": 2_000}
+    _d1_open(a, payloads)
+    status = last_json(run_cli("status", "--env", "staging", "--json").output)
+    rows = next(s for s in status["secrets"] if s["secret"] == "MASTER_KEY")["rows"]
+    assert rows["AccountDO"]["current"] == 2_000 and rows["org_delegations.encrypted_sa_key"]["current"] == 20
+
+
+def test_stale_and_failed_objects_are_never_completed_and_finish_refuses(app):
+    a = app(150)
+    _prepare(a, delegations=3)
+    stale, broken = a.ids[10:15], a.ids[40:43]
+    assert run_cli("rotate", "MASTER_KEY", "--env", "staging", "--stale-wait", "1").exit_code == 3
+    new = a.store.read("MASTER_KEY", "pending")
+    a.start(MASTER_KEY=new, MASTER_KEY_PREVIOUS=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN,
+            FAULT_RATE="0.2")
+    a.each("/test/flag", stale, name="stale", value=1)   # still on the pre-push version
+    a.each("/test/corrupt", broken)
+
+    first = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--stale-wait", "2", "--json")
+    assert first.exit_code == 3, first.output
+    assert "5 still on the old key" in last_json(first.output)["error"]["message"]
+    ledger = {i: s for _, i, s in a.ledger()}
+    assert all(ledger[i] == "started" for i in stale)
+    assert all(ledger[i] == "failed" for i in broken)
+    assert sum(1 for s in ledger.values() if s == "completed") == 150 - 8
+    refused = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish")
+    assert refused.exit_code == 2 and "not ready to finish" in refused.output
+
+    a.each("/test/flag", stale, name="stale", value=0)   # the new version reached them
+    second = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--stale-wait", "2", "--json")
+    assert second.exit_code == 1, second.output          # not verified: three objects fail
+    message = last_json(second.output)["error"]["message"]
+    assert all(i in message for i in broken) and "not verified" in message
+    assert all(v == "completed" for i, v in ((i, s) for _, i, s in a.ledger()) if i in stale)
+    assert run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish").exit_code == 2
+
+    a.each("/test/remove", broken)                       # fixed: those accounts are revoked
+    third = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--json")
+    assert third.exit_code == 0, third.output
+    verify = last_json(third.output)["detail"]["verify"]["AccountDO"]
+    assert (verify["current"], verify["missing"], verify["failed"]) == (147, 3, 0)
+    assert run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish").exit_code == 0
+
+
+def test_endpoint_refusals_and_preflight(app):
+    a = app(60)
+    _prepare(a, delegations=1)
+    census = run_cli("objects", "census", "--env", "staging", "--target", "AccountDO", "--json")
+    assert census.exit_code == 0 and last_json(census.output)["current"] == 60
+    rewrap = run_cli("objects", "rewrap", "--env", "staging", "--target", "AccountDO")
+    assert rewrap.exit_code == 2 and "nothing to rewrap" in rewrap.output
+    # a pending key, but a Worker with no MASTER_KEY_PREVIOUS: 409, exit 2
+    a.store.write_pending("MASTER_KEY", "ab" * 32)
+    a.start(MASTER_KEY="ab" * 32, KEYROTATE_OBJECTS_TOKEN=TOKEN)
+    no_prev = run_cli("objects", "rewrap", "--env", "staging", "--target", "AccountDO", "--json")
+    assert no_prev.exit_code == 2 and "no MASTER_KEY_PREVIOUS" in no_prev.output
+    a.store.discard_pending("MASTER_KEY")
+    # the wrong token: exit 2 naming the endpoint, never the token
+    a.start(MASTER_KEY=OLD_HEX, KEYROTATE_OBJECTS_TOKEN="ff" * 32)
+    refused = run_cli("objects", "census", "--env", "staging", "--target", "AccountDO")
+    assert refused.exit_code == 2 and "refused the token (HTTP 401)" in refused.output
+    assert a.url in refused.output and TOKEN not in refused.output
+    # preflight: every problem at once, nothing changed
+    conn = sqlite3.connect(a.d1)
+    conn.execute("DROP TABLE key_rotation_log")
+    conn.execute("ALTER TABLE org_delegations RENAME COLUMN encrypted_sa_key TO sa_key")
+    conn.commit()
+    conn.close()
+    plan = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--dry-run", "--json")
+    assert plan.exit_code == 2
+    message = last_json(plan.output)["error"]["message"]
+    assert "3 problem(s)" in message and "key_rotation_log does not exist" in message
+    assert "encrypted_sa_key" in message and "refused the token" in message
+    assert a.store.read("MASTER_KEY", "pending") is None
