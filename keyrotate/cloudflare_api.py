@@ -43,6 +43,13 @@ def api_base() -> str:
     return os.environ.get("CLOUDFLARE_API_BASE_URL", DEFAULT_API).rstrip("/")
 
 
+def account_id(why: str) -> str:
+    account = os.environ.get("CLOUDFLARE_ACCOUNT_ID")
+    if not account:
+        raise ConfigError(f"CLOUDFLARE_ACCOUNT_ID is not set (needed for {why})")
+    return account
+
+
 def api_token(why: str) -> str:
     token = os.environ.get("CLOUDFLARE_API_TOKEN")
     if not token:
@@ -106,6 +113,20 @@ class CloudflareClient:
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         """The `result` of one API call (path relative to the API base), retried on 429,
         5xx and dropped connections; StoreError on anything else."""
+        resp = self.request(method, path, **kwargs)
+        try:
+            payload = resp.json()
+        except ValueError:
+            raise StoreError(f"{self.where}: Cloudflare API answered HTTP {resp.status_code} "
+                             "without JSON") from None
+        if resp.status_code >= 400 or not payload.get("success", False):
+            raise StoreError(f"{self.where}: Cloudflare refused the request: "
+                             f"{cf_error_text(payload)}")
+        return payload.get("result")
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One API request, paced and retried on 429, 5xx and dropped connections; the
+        response as it came (for the few endpoints that do not answer JSON)."""
         delay = 0.5
         for attempt in range(1, ATTEMPTS + 1):
             self.budget.wait_turn()
@@ -129,15 +150,7 @@ class CloudflareClient:
                 time.sleep(wait if wait is not None else delay + random.uniform(0, delay))
                 delay = min(delay * 2, 30)
                 continue
-            try:
-                payload = resp.json()
-            except ValueError:
-                raise StoreError(f"{self.where}: Cloudflare API answered HTTP {resp.status_code} "
-                                 "without JSON") from None
-            if resp.status_code >= 400 or not payload.get("success", False):
-                raise StoreError(f"{self.where}: Cloudflare refused the request: "
-                                 f"{cf_error_text(payload)}")
-            return payload.get("result")
+            return resp
         raise AssertionError("unreachable")
 
     def close(self) -> None:

@@ -7,18 +7,8 @@ import json
 from datetime import datetime, timezone
 
 from tests.support.helpers import OLD_SECRET, last_json, open_value, rows_of, run_cli
-from tests.support.cloudflare_project import GOOGLE, JWT, _active
+from tests.support.cloudflare_project import GOOGLE, JWT, _active, edit_manifest, with_overlap
 from tests.support.hygiene import assert_clean
-
-
-def _manifest_edit(root, old, new):
-    path = root / "keyrotate.toml"
-    path.write_text(path.read_text().replace(old, new, 1))
-
-
-def _overlap(root, secret="MASTER_KEY", kind="master-key", extra=""):
-    _manifest_edit(root, f'[secrets.{secret}]\nkind = "{kind}"',
-                   f'[secrets.{secret}]\nkind = "{kind}"\nprevious = "{secret}_PREVIOUS"{extra}')
 
 
 def _rows_open_under(db, secret):
@@ -27,7 +17,7 @@ def _rows_open_under(db, secret):
 
 def test_master_key_with_overlap_then_finish(project):
     root, cf, _, store = project
-    _overlap(root)
+    with_overlap(root)
     assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
     plan = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--dry-run", "--json")
     assert [s["step"] for s in last_json(plan.output)["steps"]] == \
@@ -67,7 +57,7 @@ def test_master_key_with_overlap_then_finish(project):
 
 def test_a_failed_validate_resumes_without_repeating_steps(project):
     root, cf, health, store = project
-    _overlap(root)
+    with_overlap(root)
     health.answers["oauth"] = (500, {"ok": False})
     failed = run_cli("rotate", "MASTER_KEY", "--env", "staging")
     assert failed.exit_code == 3 and "health check failed" in failed.output  # incomplete: run again
@@ -98,7 +88,7 @@ def test_jwt_without_previous_refuses_without_yes(project):
 
 def test_jwt_overlap_finish_waits_for_the_token_ttl(project):
     root, cf, _, store = project
-    _overlap(root, "JWT_SECRET", "jwt-hs256", extra="\nmax_token_ttl = \"1h\"")
+    with_overlap(root, "JWT_SECRET", "jwt-hs256", extra="\nmax_token_ttl = \"1h\"")
     assert run_cli("rotate", "JWT_SECRET", "--env", "staging").exit_code == 0
     assert _active(cf, "api")["JWT_SECRET_PREVIOUS"] == JWT
     early = run_cli("rotate", "JWT_SECRET", "--env", "staging", "--finish")
@@ -127,7 +117,7 @@ def test_external_secret_comes_from_stdin(project):
 
 def test_compromised_master_key(project):
     root, cf, _, store = project
-    _overlap(root)  # even with overlap configured, a compromise has none
+    with_overlap(root)  # even with overlap configured, a compromise has none
     assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
     before = {k: json.loads(v) for k, v in rows_of(root / "staging.db").items() if v}
     res = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--compromised", "--yes", "--json")
@@ -188,7 +178,7 @@ def test_verify_sweeps_rows_the_workers_wrote_under_the_old_key(project, monkeyp
     from keyrotate.rotation.steps import Reencrypt
 
     root, _, _, store = project
-    _overlap(root)
+    with_overlap(root)
     real = Reencrypt.run
 
     def reencrypt_then_a_stale_worker_writes(self, job):
@@ -219,7 +209,7 @@ def test_finish_sweeps_rows_that_came_back_under_the_old_key(project):
     from keyrotate.crypto.keys import MasterKey
 
     root, cf, _, store = project
-    _overlap(root)
+    with_overlap(root)
     assert run_cli("rotate", "MASTER_KEY", "--env", "staging").exit_code == 0
     new = store.read("MASTER_KEY", "pending")
     conn = sqlite3.connect(root / "staging.db")
@@ -240,8 +230,8 @@ def test_a_rotation_over_d1_checks_keyrotates_tables_once_per_command(project):
     """One connection per command: every open-and-check of keyrotate's own tables costs
     D1 API requests, so a command opens the database once and checks once."""
     root, cf, _, store = project
-    _manifest_edit(root, 'database = "file:staging.db"', 'database = "d1://acct/staging"')
-    _overlap(root)
+    edit_manifest(root, 'database = "file:staging.db"', 'database = "d1://acct/staging"')
+    with_overlap(root)
 
     def ledger_reads(since: int) -> int:  # "is keyrotate's migration ledger there?"
         return sum(1 for _, path, body in cf.log[since:] if path.endswith("/query")
@@ -263,7 +253,7 @@ def test_rotate_is_not_verified_while_rows_open_under_no_key(project):
     import sqlite3
 
     root, cf, _, store = project
-    _overlap(root)
+    with_overlap(root)
     conn = sqlite3.connect(root / "staging.db")
     conn.execute("UPDATE accounts SET encrypted_tokens = '{\"iv\": \"broken' WHERE account_id = 'acc_00000004'")
     conn.commit()
@@ -285,7 +275,7 @@ def test_rotate_is_not_verified_while_rows_open_under_no_key(project):
 
 def test_status_during_the_overlap_counts_rows_per_slot(project):
     root, _, _, store = project
-    _overlap(root)
+    with_overlap(root)
     assert run_cli("rotate", "MASTER_KEY", "--env", "staging").exit_code == 0
     out = last_json(run_cli("status", "--env", "staging", "--json").output)
     rows = next(s for s in out["secrets"] if s["secret"] == "MASTER_KEY")["rows"]
@@ -299,7 +289,7 @@ def test_status_during_the_overlap_counts_rows_per_slot(project):
 
 def test_a_compromise_takes_over_an_open_overlap_rotation(project):
     root, cf, _, store = project
-    _overlap(root)
+    with_overlap(root)
     assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
     assert run_cli("rotate", "MASTER_KEY", "--env", "staging").exit_code == 0
     routine = store.read("MASTER_KEY", "pending")

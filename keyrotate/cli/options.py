@@ -27,6 +27,10 @@ batch_option = click.option("--batch-size", type=click.IntRange(1, 50_000), defa
 workers_option = click.option("--workers", type=click.IntRange(0, 64), default=None,
                               help="Crypto processes (default: 0 for small tables, else 2).")
 dry_run_option = click.option("--dry-run", is_flag=True, help="Show the plan; change nothing.")
+from_deployed_option = click.option(
+    "--from-deployed", is_flag=True,
+    help="Where a Worker's latest version is not the one deployed at 100% (after a rollback), "
+         "make the new version from the deployed one (Cloudflare API) instead of refusing.")
 
 
 db_option = click.option("--db", "db_url", required=True, metavar="URL", help=DB_URL_HELP)

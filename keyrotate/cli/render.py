@@ -149,7 +149,7 @@ def _deploy(r: DeployResult) -> str:
 def _rollback(r: RollbackResult) -> str:
     lines = ["rolled back:" if r.done else "plan (nothing rolled back; add --yes):"]
     for s in r.plan:
-        cross = f"  crosses {s.crosses['secret']} change" if s.crosses else ""
+        cross = f"  CROSSES A ROTATION: {s.crossing_text()} (needs --force)" if s.crosses else ""
         lines.append(f"  {s.name:<32} -> {s.target or 'no earlier version'}{cross}")
     if r.done:
         lines.append("health: " + ("ok" if r.ok else "FAILED"))

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from keyrotate.cli.options import environment, json_option
+from keyrotate.cli.options import environment, from_deployed_option, json_option
 from keyrotate.cli.output import emit, say
 from keyrotate.controlplane.context import Context
 from keyrotate.errors import ConfigError
@@ -25,9 +25,13 @@ from keyrotate.errors import ConfigError
 @click.option("--abort", is_flag=True, help="Abandon a rotation that has only staged its new value.")
 @click.option("--stale-wait", type=click.FloatRange(0, 3600), default=120.0, show_default=True,
               help="Seconds to keep asking Durable Objects still on the old key.")
+@click.option("--canary", is_flag=True,
+              help="New secrets reach each Worker as a canary: 0% smoke test, then 10/50/100%.")
+@from_deployed_option
 @json_option
 def rotate(secret: str, env: Context, compromised: bool, dry_run: bool, yes: bool,
-           finish_rotation: bool, force: bool, abort: bool, stale_wait: float, as_json: bool) -> None:
+           finish_rotation: bool, force: bool, abort: bool, stale_wait: float, canary: bool,
+           from_deployed: bool, as_json: bool) -> None:
     """Rotate SECRET on ENV from start to finish; a re-run resumes where it stopped.
 
     External secrets (OAuth client secrets) take the new value on stdin, never argv.
@@ -47,7 +51,8 @@ def rotate(secret: str, env: Context, compromised: bool, dry_run: bool, yes: boo
     emit(run_rotate(env, secret, compromised=compromised, dry_run=dry_run, yes=yes,
                     finish=finish_rotation, force=force, abort=abort,
                     read_external=read_external, say=say,
-                    objects=ObjectsOptions(stale_wait=stale_wait)), as_json)
+                    objects=ObjectsOptions(stale_wait=stale_wait), from_deployed=from_deployed,
+                    canary=canary), as_json)
 
 
 @click.command()

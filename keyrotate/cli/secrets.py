@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from keyrotate.cli.options import dry_run_option, environment, json_option
+from keyrotate.cli.options import dry_run_option, environment, from_deployed_option, json_option
 from keyrotate.cli.output import emit, say
 from keyrotate.controlplane.context import Context
 
@@ -30,9 +30,11 @@ def secrets_list_cmd(env: Context, as_json: bool) -> None:
 @secrets.command("push")
 @environment
 @click.option("--only", metavar="NAME", help="Push just this secret.")
+@from_deployed_option
 @dry_run_option
 @json_option
-def secrets_push_cmd(env: Context, only: str | None, dry_run: bool, as_json: bool) -> None:
+def secrets_push_cmd(env: Context, only: str | None, from_deployed: bool, dry_run: bool,
+                     as_json: bool) -> None:
     """Push secrets from the environment's store to the Workers that hold them.
 
     In deploy order, one Worker at a time (each push deploys a new version), values on
@@ -40,7 +42,7 @@ def secrets_push_cmd(env: Context, only: str | None, dry_run: bool, as_json: boo
     """
     from keyrotate.controlplane.secrets_cmd import secrets_push
 
-    emit(secrets_push(env, only, dry_run, say), as_json)
+    emit(secrets_push(env, only, dry_run, say, from_deployed), as_json)
 
 
 @secrets.command("show")

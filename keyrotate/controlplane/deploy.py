@@ -10,6 +10,7 @@ from typing import Any
 from keyrotate.controlplane.context import Context
 from keyrotate.controlplane.events import Event, Say, record_events
 from keyrotate.controlplane.health import Health, validate
+from keyrotate.controlplane.rollback import crossing, roll_back_worker
 from keyrotate.errors import EXIT_FAILURES
 
 
@@ -73,12 +74,15 @@ def deploy(ctx: Context, only: str | None, dry_run: bool, say: Say) -> DeployRes
 
 
 def _roll_back_to(ctx: Context, targets: list[tuple[str, str | None]], say: Say) -> list[str]:
+    """Back to the versions before this run; where a secret changed since one was made,
+    its code comes back with the secrets serving now (never the old values)."""
     rolled = []
     for w, version in targets:
         if version is None:
             say(f"{ctx.worker_name(w)} had no earlier version: left as it is")
             continue
-        ctx.wrangler.rollback(ctx.worker_name(w), version, "keyrotate: failed health check after deploy")
-        record_events(ctx, [Event(ctx.worker_name(w), "rollback")])
+        created = ctx.wrangler.version_created_on(ctx.worker_name(w), version)
+        roll_back_worker(ctx, w, version, crossing(ctx, ctx.worker_name(w), created) is not None,
+                         "keyrotate: failed health check after deploy", say)
         rolled.append(w)
     return rolled

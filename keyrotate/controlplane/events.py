@@ -1,69 +1,81 @@
 """What keyrotate did to the Workers, remembered in the environment's database
-(keyrotate_events): which secret values it pushed where and when (fingerprints only),
-deploys and rollbacks. The rollback guard reads it back.
+(keyrotate_events): which secret values it pushed or removed where and when
+(fingerprints only), deploys and rollbacks. The rollback guard reads it back.
+
+A push is recorded as an intent before it is made and confirmed after: if keyrotate is
+killed mid-push, the child may still finish it, so an unconfirmed intent counts as a
+change.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Callable
 
 from keyrotate.controlplane.context import Context
 from keyrotate.db.base import Statement
-from keyrotate.secrets.base import fingerprint
-from keyrotate.timeutil import now_iso
+from keyrotate.timeutil import now_iso, parse_utc
 
 Say = Callable[[str], None]
 ROTATION_KINDS = ("master-key", "jwt-hs256")
+SECRET_KINDS = ("secret-push", "secret-delete")
 
 
 @dataclass(frozen=True)
 class Event:
     worker: str                 # the deployed Worker's full name
-    kind: str                   # secret-push | deploy | rollback
+    kind: str                   # secret-push | secret-delete | deploy | rollback
     secret: str | None = None
     secret_kind: str | None = None
     fingerprint: str | None = None
     at: str | None = None
+    state: str = "done"         # intent | done | failed
+    version_id: str | None = None
 
 
 def record_events(ctx: Context, events: list[Event]) -> None:
     ctx.db.apply([], None, [Statement(
         "INSERT INTO keyrotate_events (environment, worker, kind, secret, secret_kind, "
-        "fingerprint, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "fingerprint, at, state, version_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (ctx.env.name, e.worker, e.kind, e.secret, e.secret_kind, e.fingerprint,
-         e.at or now_iso())) for e in events])
+         e.at or now_iso(), e.state, e.version_id)) for e in events])
 
 
-def push_secrets(ctx: Context, worker: str, values: dict[str, str], say: Say) -> str:
-    """Push values to one Worker (one new version: `secret put` for one, `secret bulk` for
-    several) and record each push. Returns the time taken just before the push: the
-    version it makes is newer than that."""
-    full = ctx.worker_name(worker)
-    say(f"pushing {', '.join(sorted(values))} to {full}")
-    at = now_iso()
-    if len(values) == 1:
-        (name, value), = values.items()
-        ctx.wrangler.secret_put(full, name, value)
-    else:
-        ctx.wrangler.secret_bulk(full, values)
-    record_events(ctx, [Event(full, "secret-push", n, ctx.manifest.kind_of(n), fingerprint(v), at)
-                        for n, v in values.items()])
-    return at
+def confirm(ctx: Context, worker: str, at: str, state: str, version_id: str | None = None) -> None:
+    """Intents recorded at `at` for `worker` become done or failed."""
+    ctx.db.apply([], None, [Statement(
+        "UPDATE keyrotate_events SET state = ?, version_id = coalesce(?, version_id) WHERE "
+        "environment = ? AND worker = ? AND at = ? AND state = 'intent'",
+        (state, version_id, ctx.env.name, worker, at))])
 
 
-def last_rotation_push(ctx: Context, worker_full: str) -> tuple[str, str] | None:
-    """(secret, at) of the latest push that *changed* a MASTER_KEY / JWT kind value on this
-    Worker: re-pushing the same value (same fingerprint) is no change to roll back across.
-    The first recorded push of a secret counts as a change (what was there before is unknown)."""
+@dataclass(frozen=True)
+class SecretHistory:
+    """The secret values keyrotate put on one Worker, as fingerprints, over time."""
+
+    events: list[tuple[str, str, str | None, str, str]]   # (secret, kind, fp, at, state)
+
+    def state_before(self, moment: datetime | None) -> dict[str, str | None]:
+        """name -> fingerprint (None: removed) as confirmed pushes left it just before
+        `moment` (None: now). A version made at `moment` holds these."""
+        state: dict[str, str | None] = {}
+        for secret, kind, fp, at, status in self.events:
+            when = parse_utc(at)
+            if status != "done" or (moment is not None and when is not None and when >= moment):
+                continue
+            state[secret] = None if kind == "secret-delete" else fp
+        return state
+
+    def unconfirmed_after(self, moment: datetime | None) -> list[str]:
+        """Secrets of pushes begun after `moment` that were never confirmed."""
+        return sorted({secret for secret, _, _, at, status in self.events if status == "intent"
+                       and (moment is None or (parse_utc(at) or moment) >= moment)})
+
+
+def secret_history(ctx: Context, worker_full: str, kinds: tuple[str, ...] = ROTATION_KINDS) -> SecretHistory:
     rows = ctx.db.query(
-        "SELECT secret, fingerprint, at FROM keyrotate_events WHERE environment = ? AND "
-        "worker = ? AND kind = 'secret-push' AND secret_kind IN (?, ?) ORDER BY at, id",
-        (ctx.env.name, worker_full, *ROTATION_KINDS))
-    seen: dict[str, str] = {}
-    change: tuple[str, str] | None = None
-    for secret, fp, at in rows:
-        if seen.get(str(secret)) != fp:
-            change = (str(secret), str(at))
-        seen[str(secret)] = fp
-    return change
+        "SELECT secret, kind, fingerprint, at, state FROM keyrotate_events WHERE environment = ? "
+        "AND worker = ? AND kind IN (?, ?) AND secret_kind IN (" + ", ".join("?" * len(kinds)) + ") "
+        "ORDER BY at, id", (ctx.env.name, worker_full, *SECRET_KINDS, *kinds))
+    return SecretHistory([(str(r[0]), str(r[1]), r[2], str(r[3]), str(r[4])) for r in rows])

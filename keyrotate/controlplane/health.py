@@ -26,9 +26,10 @@ class Health:
                 "detail": self.detail}
 
 
-def check(worker: str, url: str, timeout: float = 10.0) -> Health:
+def check(worker: str, url: str, timeout: float = 10.0,
+          headers: dict[str, str] | None = None) -> Health:
     try:
-        resp = httpx.get(url, timeout=timeout, follow_redirects=False)
+        resp = httpx.get(url, timeout=timeout, follow_redirects=False, headers=headers)
     except httpx.HTTPError as e:
         return Health(worker, url, False, "unreachable", type(e).__name__)
     try:

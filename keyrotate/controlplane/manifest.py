@@ -45,6 +45,7 @@ class SecretSpec:
     previous: str | None = None       # name of the overlap secret the Workers read
     max_token_ttl: int | None = None  # seconds (jwt-hs256)
     format: ValueFormat | None = None  # what every value must look like
+    canary: tuple[int, ...] | None = None  # traffic steps (%) for new values, e.g. (10, 50, 100)
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,7 @@ KNOWN: dict[str, tuple[str, ...]] = {
     "": ("project", "environments", "secrets", "encrypted"),
     "project": ("name", "worker_name", "workers_dir", "deploy_order", "wrangler", "migrations_dir"),
     "environments.*": ("database", "secrets", "health", "objects"),
-    "secrets.*": ("kind", "workers", "generate", "previous", "max_token_ttl", "format"),
+    "secrets.*": ("kind", "workers", "generate", "previous", "max_token_ttl", "format", "canary"),
     "encrypted": ("secret", "table", "column", "format", "key_column", "object", "ids", "ledger",
                   "token"),
 }
@@ -287,11 +288,12 @@ def _validate(path: Path, data: dict[str, Any], text: str = "") -> Manifest:
             raise ConfigError(f"{w}: generate = {generate!r} makes values that do not fit "
                               f"format = {str(fmt)!r}")
         ttl = spec.get("max_token_ttl")
+        canary = _canary_steps(spec.get("canary"), w)
         secrets[name] = SecretSpec(
             name=name, kind=kind, workers=workers, generate=generate,
             previous=spec.get("previous"),
             max_token_ttl=parse_duration(str(ttl), f"{w} max_token_ttl") if ttl else None,
-            format=fmt)
+            format=fmt, canary=canary)
 
     environments: dict[str, Environment] = {}
     for name, env in _table(data, "environments", where).items():
@@ -382,3 +384,17 @@ def _object_target(t: dict[str, Any], w: str, secrets: dict[str, SecretSpec],
             raise ConfigError(f"{w}: [environments.{env.name}] objects has no endpoint for "
                               f"{t['object']!r}")
     return ObjectTarget(t["secret"], str(t["object"]), ids, str(t["ledger"]), token)
+
+
+def _canary_steps(value: Any, w: str) -> tuple[int, ...] | None:
+    """`canary = true` (10, 50, 100) or a list of rising percentages ending at 100."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return (10, 50, 100)
+    if (not isinstance(value, list) or not value or value[-1] != 100
+            or not all(isinstance(v, int) and 0 < v <= 100 for v in value)
+            or value != sorted(set(value))):
+        raise ConfigError(f"{w}: canary must be true or rising percentages ending at 100, "
+                          "like [10, 50, 100]")
+    return tuple(value)

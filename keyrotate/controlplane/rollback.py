@@ -1,9 +1,17 @@
 """`rollback`: Workers back to their previous deployment, in reverse deploy order.
 
 A rollback deploys an older version *with its secrets*. After a MASTER_KEY rotation that
-would make every rewrapped row unreadable, so a rollback to a version from before a
-MASTER_KEY or JWT change keyrotate pushed is refused unless forced (and `wrangler
-rollback --yes` forces Cloudflare's own 10220 refusal without asking: seen with 4.86).
+makes every rewrapped row unreadable, and after a `--finish` it puts the retired key back
+on the Workers. So the guard compares, from keyrotate's own events, the secrets (by
+fingerprint) the target version holds with those serving now: any MASTER_KEY or JWT
+kind secret that differs (a value, or a PREVIOUS added or removed), or a push never
+confirmed since, makes the rollback one that crosses a rotation. That is refused unless
+`--force` (and `wrangler rollback --yes` forces Cloudflare's own 10220 refusal without
+asking: seen with 4.86).
+
+`--force` never lets the old values serve: it makes one new version from the target's
+code and bindings with the secrets serving now (values from the store, matched by
+fingerprint), and deploys it at 100% in one step.
 """
 
 from __future__ import annotations
@@ -12,11 +20,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from keyrotate.controlplane.context import Context
-from keyrotate.controlplane.events import Event, Say, last_rotation_push, push_secrets, record_events
+from keyrotate.controlplane.events import (
+    Event, Say, confirm, record_events, secret_history,
+)
 from keyrotate.controlplane.health import Health, validate
-from keyrotate.controlplane.secrets_cmd import expected_secrets, store_values
-from keyrotate.errors import EXIT_FAILURES, EXIT_USAGE, DeployError
-from keyrotate.timeutil import parse_utc
+from keyrotate.controlplane.manifest import KINDS
+from keyrotate.controlplane.pushes import intents
+from keyrotate.controlplane.versions import VersionsApi
+from keyrotate.errors import EXIT_FAILURES, EXIT_USAGE, DeployError, KeyrotateError
+from keyrotate.secrets.base import SLOTS, fingerprint
+from keyrotate.timeutil import now_iso, parse_utc
 
 
 @dataclass
@@ -26,7 +39,17 @@ class RollbackStep:
     target: str | None = None
     current: str | None = None
     target_created_on: str | None = None
-    crosses: dict[str, str] | None = None   # {"secret", "pushed_at"} of the change it crosses
+    crosses: dict[str, Any] | None = None   # {"secrets": [...], "unconfirmed": [...]}
+
+    def crossing_text(self) -> str:
+        """What going back to the target would undo, in words ('' when nothing)."""
+        c = self.crosses or {}
+        parts = []
+        if c.get("secrets"):
+            parts.append(f"{', '.join(c['secrets'])} changed since that version")
+        if c.get("unconfirmed"):
+            parts.append(f"a push of {', '.join(c['unconfirmed'])} was never confirmed")
+        return "; ".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"worker": self.worker, "name": self.name, "target": self.target,
@@ -61,6 +84,20 @@ class RollbackResult:
         return {**out, "health": [h.as_dict() for h in self.health], "ok": self.ok}
 
 
+def crossing(ctx: Context, full: str, target_created_on: str | None) -> dict[str, Any] | None:
+    """What a rollback to a version made at `target_created_on` would change of the
+    MASTER_KEY / JWT kind secrets keyrotate put on this Worker (None: nothing)."""
+    history = secret_history(ctx, full)
+    created = parse_utc(target_created_on)
+    if created is None:
+        return {"secrets": sorted({e[0] for e in history.events}), "unconfirmed": []} \
+            if history.events else None
+    then, now = history.state_before(created), history.state_before(None)
+    changed = sorted(n for n in set(then) | set(now) if then.get(n) != now.get(n))
+    unconfirmed = history.unconfirmed_after(created)
+    return {"secrets": changed, "unconfirmed": unconfirmed} if changed or unconfirmed else None
+
+
 def rollback_plan(ctx: Context, only: str | None) -> list[RollbackStep]:
     """Per Worker, in reverse deploy order: the version to go back to and whether that
     would cross a MASTER_KEY / JWT change keyrotate pushed."""
@@ -75,36 +112,82 @@ def rollback_plan(ctx: Context, only: str | None) -> list[RollbackStep]:
             if earlier:
                 step.current, step.target = current, earlier.version_id
                 step.target_created_on = ctx.wrangler.version_created_on(step.name, step.target)
-                change = last_rotation_push(ctx, step.name)
-                created_at = parse_utc(step.target_created_on)
-                changed_at = parse_utc(change[1]) if change else None
-                if change and (created_at is None or changed_at is None or created_at < changed_at):
-                    step.crosses = {"secret": change[0], "pushed_at": change[1]}
+                step.crosses = crossing(ctx, step.name, step.target_created_on)
         plan.append(step)
     return plan
 
 
 def rollback(ctx: Context, only: str | None, yes: bool, force: bool, say: Say) -> RollbackResult:
     plan = rollback_plan(ctx, only)
-    crossing = [s for s in plan if s.crosses]
-    if crossing and not force:
-        names = ", ".join(f"{s.name} ({s.crosses['secret']} changed {s.crosses['pushed_at']})"
-                          for s in crossing if s.crosses)
-        raise DeployError(f"refusing to roll back across a secret rotation: {names}. The old "
-                          "version would restore the old secret values (after a MASTER_KEY "
-                          "rotation every rewrapped row would be unreadable). Use --force to roll "
-                          "back the code and re-push the current secrets.")
     if not yes:
         return RollbackResult(ctx.env.name, False, plan)
+    crossing_steps = [s for s in plan if s.crosses]
+    if crossing_steps and not force:
+        crossed = "; ".join(f"{s.name} ({s.crossing_text()})" for s in crossing_steps)
+        raise DeployError(f"refusing to roll back across a secret rotation: {crossed}. The older "
+                          "version would serve the old secret values (after a MASTER_KEY rotation "
+                          "every rewrapped row would be unreadable; after --finish the retired key "
+                          "would be live again). --force rolls back the code with the secrets "
+                          "serving now, as one new version.")
     for step in plan:
         if step.target is None:
             say(f"{step.name}: no earlier version to roll back to")
             continue
-        say(f"rolling back {step.name} to {step.target}")
-        ctx.wrangler.rollback(step.name, step.target, "keyrotate rollback")
-        record_events(ctx, [Event(step.name, "rollback")])
-        if step.crosses:
-            say(f"re-pushing current secrets to {step.name} (the old version restored old values)")
-            push_secrets(ctx, step.worker, store_values(ctx, expected_secrets(ctx, step.worker),
-                                                        "re-pushed"), say)
+        roll_back_worker(ctx, step.worker, step.target, bool(step.crosses), "keyrotate rollback", say)
     return RollbackResult(ctx.env.name, True, plan, validate(ctx).workers)
+
+
+def roll_back_worker(ctx: Context, worker: str, target: str, keep_secrets: bool, message: str,
+                     say: Say) -> None:
+    """Back to `target`'s code: with `wrangler rollback` when its secrets are the ones
+    serving now, else as one new version with the secrets serving now."""
+    full = ctx.worker_name(worker)
+    if not keep_secrets:
+        say(f"rolling back {full} to {target}")
+        ctx.wrangler.rollback(full, target, message)
+        record_events(ctx, [Event(full, "rollback", version_id=target)])
+        return
+    say(f"rolling back {full} to {target}'s code, keeping the secrets serving now")
+    values = live_values(ctx, full)
+    current = ctx.wrangler.state(full).traffic[0][0]
+    at = now_iso()
+    record_events(ctx, intents(ctx, full, values, at))
+    api = VersionsApi()
+    try:
+        version = api.copy(full, target, current, values, f"{message}: code of {target}, secrets of now")
+        ctx.wrangler.versions_deploy(full, [(version, 100.0)], message)
+    except KeyrotateError:
+        confirm(ctx, full, at, "failed")
+        raise
+    finally:
+        api.close()
+    confirm(ctx, full, at, "done", version)
+    record_events(ctx, [Event(full, "rollback", version_id=version)])
+
+
+def live_values(ctx: Context, full: str) -> dict[str, str | None]:
+    """The values of the secrets keyrotate put on this Worker, as they serve now: each
+    found in the store by its fingerprint (the Workers never give a secret back)."""
+    now = secret_history(ctx, full, KINDS).state_before(None)
+    values: dict[str, str | None] = {}
+    for name, fp in now.items():
+        if fp is None:
+            values[name] = None
+            continue
+        value = _value_with(ctx, name, fp)
+        if value is None:
+            raise DeployError(f"cannot keep {name} on {full}: the value serving now ({fp}) is no "
+                              f"longer in {ctx.env.secrets}; nothing was rolled back")
+        values[name] = value
+    return values
+
+
+def _value_with(ctx: Context, name: str, fp: str) -> str | None:
+    owners = [name] if name in ctx.manifest.secrets else [
+        s.name for s in ctx.manifest.secrets.values() if s.previous == name]
+    for owner in owners:
+        for slot in SLOTS:
+            value = ctx.secrets.read(owner, slot)
+            if value is not None and fingerprint(value) == fp:
+                return value
+    return None

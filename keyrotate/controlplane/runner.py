@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import signal
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from keyrotate.errors import DeployError
+from keyrotate.orphans import on_parent_death
 
 log = logging.getLogger("keyrotate.run")
 
@@ -37,17 +41,51 @@ def redact(text: str, secrets: Sequence[str]) -> str:
 def run(argv: Sequence[str], *, cwd: Path | None = None, stdin_secret: str | None = None,
         env: dict[str, str] | None = None, timeout: float = 300,
         redact_values: Sequence[str] = ()) -> Completed:
-    """Run argv; the secret (if any) travels on stdin. Output comes back redacted."""
+    """Run argv; the secret (if any) travels on stdin. Output comes back redacted.
+
+    The command runs under a guard (this module, run as a program) that dies with
+    keyrotate and then takes the command's whole process group down: `npx wrangler` is
+    node under npm, and a push left running after keyrotate was killed could finish
+    unseen."""
+    if shutil.which(argv[0]) is None and not os.path.exists(argv[0]):
+        raise DeployError(f"cannot run {argv[0]!r}: not found")
     secrets = [stdin_secret or "", *redact_values]
     log.debug("run: %s (cwd=%s)", " ".join(argv), cwd)
+    guarded = [sys.executable, "-m", "keyrotate.controlplane.runner", str(os.getpid()), *argv]
+    proc = subprocess.Popen(guarded, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE,
+                            env={**os.environ, "WRANGLER_SEND_METRICS": "false", **(env or {})})
     try:
-        proc = subprocess.run(list(argv), cwd=cwd, input=(stdin_secret or "").encode(),
-                              capture_output=True, timeout=timeout,
-                              env={**os.environ, "WRANGLER_SEND_METRICS": "false", **(env or {})})
-    except FileNotFoundError:
-        raise DeployError(f"cannot run {argv[0]!r}: not found") from None
+        out, err = proc.communicate((stdin_secret or "").encode(), timeout=timeout)
     except subprocess.TimeoutExpired:
+        proc.terminate()  # the guard takes the command's group down with it
+        proc.communicate()
         raise DeployError(f"{' '.join(argv[:4])} timed out after {timeout:.0f} s") from None
-    return Completed(tuple(argv), proc.returncode,
-                     redact(proc.stdout.decode(errors="replace"), secrets),
-                     redact(proc.stderr.decode(errors="replace"), secrets))
+    except BaseException:
+        proc.terminate()
+        proc.wait()
+        raise
+    return Completed(tuple(argv), proc.returncode, redact(out.decode(errors="replace"), secrets),
+                     redact(err.decode(errors="replace"), secrets))
+
+
+def _guard(parent_pid: int, argv: list[str]) -> int:
+    """The guard: argv in a process group of its own, and the whole group killed when
+    keyrotate dies (the kernel's parent-death signal; a watchdog where there is none)."""
+    child = subprocess.Popen(argv, start_new_session=True)
+
+    def stop(*_: object) -> None:
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os._exit(1)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stop)
+    on_parent_death(parent_pid, signal.SIGTERM, stop)
+    return child.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(_guard(int(sys.argv[1]), sys.argv[2:]))

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from keyrotate.controlplane.context import Context
-from keyrotate.controlplane.events import Say, push_secrets
+from keyrotate.controlplane.events import Say
+from keyrotate.controlplane.pushes import Pusher
 from keyrotate.errors import EXIT_FAILURES, ConfigError
 from keyrotate.secrets.base import fingerprint
 
@@ -105,11 +106,17 @@ def push_plan(ctx: Context, only: str | None) -> list[tuple[str, dict[str, str]]
     return plan
 
 
-def secrets_push(ctx: Context, only: str | None, dry_run: bool, say: Say) -> PushResult:
+def secrets_push(ctx: Context, only: str | None, dry_run: bool, say: Say,
+                 from_deployed: bool = False) -> PushResult:
     plan = push_plan(ctx, only)
     steps = [PushStep(w, ctx.worker_name(w), {n: fingerprint(v) for n, v in sorted(vals.items())})
              for w, vals in plan]
-    if not dry_run:
-        for worker, vals in plan:  # one Worker at a time: each push deploys a new version
-            push_secrets(ctx, worker, vals, say)
+    pusher = Pusher(ctx, say, from_deployed)
+    try:
+        pusher.check([w for w, _ in plan])  # every Worker, before the first push
+        if not dry_run:
+            for worker, vals in plan:  # one Worker at a time: each push deploys a new version
+                pusher.push(worker, dict(vals))
+    finally:
+        pusher.close()
     return PushResult(ctx.env.name, dry_run, steps)

@@ -57,6 +57,31 @@ class Deployment:
         return self.versions[0][0]
 
 
+@dataclass(frozen=True)
+class DeploymentState:
+    """Which version is the Worker's latest, and what serves its traffic."""
+
+    worker: str
+    latest: str | None
+    traffic: tuple[tuple[str, float], ...]
+
+    @property
+    def latest_fully_deployed(self) -> bool:
+        return self.latest is not None and list(self.traffic) == [(self.latest, 100.0)]
+
+    @property
+    def deployed(self) -> str | None:
+        """The version at 100%, if one is."""
+        return self.traffic[0][0] if len(self.traffic) == 1 and self.traffic[0][1] == 100.0 else None
+
+    def explain(self) -> str:
+        if self.latest_fully_deployed:
+            return "its latest version is deployed at 100%"
+        serving = ", ".join(f"{vid[:12]} at {pct:g}%" for vid, pct in self.traffic) or "nothing"
+        return (f"its latest version {str(self.latest)[:12]} is not the one deployed at 100% "
+                f"(serving: {serving})")
+
+
 @dataclass
 class Wrangler:
     argv: tuple[str, ...]
@@ -118,10 +143,26 @@ class Wrangler:
         deployments = self.deployments(worker)
         return deployments[0].version_id if deployments else None
 
-    def version_created_on(self, worker: str, version_id: str) -> str | None:
+    def versions(self, worker: str) -> list[dict[str, Any]]:
+        """The Worker's versions, newest first."""
         res = self._run(["versions", "list", "--name", worker, "--json"], f"versions list on {worker}")
-        return next((v.get("metadata", {}).get("created_on") for v in _json_tail(res.stdout)
+        return sorted(_json_tail(res.stdout), key=lambda v: -int(v.get("number") or 0))
+
+    def version_created_on(self, worker: str, version_id: str) -> str | None:
+        return next((v.get("metadata", {}).get("created_on") for v in self.versions(worker)
                      if v.get("id") == version_id), None)
+
+    def state(self, worker: str) -> "DeploymentState":
+        deployments = self.deployments(worker)
+        versions = self.versions(worker)
+        return DeploymentState(worker, str(versions[0]["id"]) if versions else None,
+                               deployments[0].versions if deployments else ())
+
+    def versions_deploy(self, worker: str, traffic: Sequence[tuple[str, float]], message: str) -> None:
+        """Route traffic to versions by percentage, in one deployment."""
+        specs = [f"{vid}@{pct:g}%" for vid, pct in traffic]
+        self._run(["versions", "deploy", *specs, "--name", worker, "--yes", "--message", message],
+                  f"versions deploy on {worker}")
 
     def rollback(self, worker: str, version_id: str, message: str) -> None:
         self._run(["rollback", version_id, "--name", worker, "--yes", "--message", message],

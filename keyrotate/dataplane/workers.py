@@ -9,23 +9,19 @@ initializer, over a pipe, never through argv or the environment.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import multiprocessing
 import os
 import signal
-import threading
-import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from keyrotate.crypto.codecs import Codec
 from keyrotate.errors import InvalidEnvelope
+from keyrotate.orphans import exit_now, on_parent_death
 from keyrotate.db.base import CasWrite, Value
 
 Rows = Sequence[tuple[Value, Value]]
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -75,25 +71,6 @@ def process_page(codec: Codec, op: str, rows: Rows) -> PageResult:
     return res
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """A worker must not outlive a parent killed with SIGKILL: forked workers hold both
-    ends of the task pipe, so they would never see EOF and would linger forever."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass  # not Linux: the watchdog below still works
-
-    def watchdog() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(0.5)
-        os._exit(1)
-
-    if os.getppid() != parent_pid:
-        os._exit(1)
-    threading.Thread(target=watchdog, name="keyrotate-parent-watchdog", daemon=True).start()
-
-
 _codec: Codec | None = None
 
 
@@ -101,7 +78,8 @@ def _init_worker(codec: Codec, parent_pid: int) -> None:
     global _codec
     _codec = codec
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    _die_with_parent(parent_pid)
+    # forked workers hold both ends of the task pipe: they would never see EOF
+    on_parent_death(parent_pid, signal.SIGKILL, exit_now)
 
 
 def _work(op: str, rows: Rows) -> PageResult:

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from keyrotate.controlplane.canary import DEFAULT_STEPS, Canary
 from keyrotate.controlplane.context import Context
 from keyrotate.controlplane.events import Say
 from keyrotate.controlplane.manifest import SecretSpec
+from keyrotate.controlplane.pushes import Pusher
 from keyrotate.dataplane.objects.driver import ObjectsOptions
 from keyrotate.errors import ConfigError
 from keyrotate.rotation.plan import cutover_warning, plan_of, steps_for
@@ -24,6 +26,8 @@ from keyrotate.rotation.preflight import preflight
 from keyrotate.rotation.state import Recorder, Rotation
 from keyrotate.rotation.steps import Job, Step
 from keyrotate.timeutil import new_id, now_iso, parse_utc
+
+PUSH_STEPS = ("push", "push-overlap", "remove-previous")
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,8 @@ class RotateResult:
 def rotate(ctx: Context, secret: str, *, compromised: bool = False, dry_run: bool = False,
            yes: bool = False, finish: bool = False, force: bool = False, abort: bool = False,
            read_external: Callable[[], str] | None = None,
-           say: Say = print, objects: ObjectsOptions = ObjectsOptions()) -> RotatePlan | RotateResult:
+           say: Say = print, objects: ObjectsOptions = ObjectsOptions(),
+           from_deployed: bool = False, canary: bool = False) -> RotatePlan | RotateResult:
     spec = ctx.manifest.secret(secret)
     recorder = Recorder(ctx)
     rot = recorder.load_open(secret)
@@ -80,8 +85,13 @@ def rotate(ctx: Context, secret: str, *, compromised: bool = False, dry_run: boo
     if taken_over is not None:
         warning = (f"{_takeover_text(taken_over)} {warning or ''}").strip()
 
+    steps = finishing if finish else first
+    done_steps = rot.steps_done if rot else []
+    pusher = Pusher(ctx, say, from_deployed)
     if not abort:
         preflight(ctx, spec)
+        if any(s.name in PUSH_STEPS and s.name not in done_steps for s in steps):
+            pusher.check(ctx.manifest.workers_holding(secret))   # before anything changes
     if dry_run:
         done = rot.steps_done if rot else []
         job = Job(ctx, spec, rot or _new_rotation(ctx, spec, plan, compromised), say)
@@ -106,8 +116,14 @@ def rotate(ctx: Context, secret: str, *, compromised: bool = False, dry_run: boo
         if rot.state != "awaiting-finish":
             raise ConfigError(f"the {secret} rotation is not ready to finish (state {rot.state})")
         _check_token_ttl(spec, rot, force)
-    _run_steps(Job(ctx, spec, rot, say, read_external, objects), recorder,
-               finishing if finish else first)
+    if canary or spec.canary:
+        rot.detail["canary"] = list(spec.canary or DEFAULT_STEPS)
+    job = Job(ctx, spec, rot, say, read_external, objects, pusher,
+              Canary(tuple(rot.detail["canary"])) if rot.detail.get("canary") else None)
+    try:
+        _run_steps(job, recorder, steps)
+    finally:
+        pusher.close()
     done = finish or not finishing
     recorder.ended(rot, "finished" if done else "awaiting-finish")
     note = (f"{secret} rotated on {ctx.env.name}." if done else

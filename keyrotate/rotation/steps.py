@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from keyrotate.controlplane.context import Context
-from keyrotate.controlplane.events import Say, push_secrets
+from keyrotate.controlplane.canary import Canary, canary_push
+from keyrotate.controlplane.events import Say
+from keyrotate.controlplane.pushes import Pusher
 from keyrotate.controlplane.health import validate
 from keyrotate.controlplane.manifest import SecretSpec
 from keyrotate.controlplane.objects_cmd import objects_census, objects_rewrap
@@ -39,6 +41,13 @@ class Job:
     say: Say
     read_external: Callable[[], str] | None = None
     objects: ObjectsOptions = ObjectsOptions()   # for object targets
+    pusher: Pusher | None = None
+    canary: Canary | None = None
+
+    def pushes(self) -> Pusher:
+        if self.pusher is None:
+            self.pusher = Pusher(self.ctx, self.say)
+        return self.pusher
 
     def values(self) -> tuple[str | None, str]:
         """(current, pending) from the store; the pending value must exist."""
@@ -107,12 +116,17 @@ class PushNew:
 
     def run(self, job: Job) -> None:
         old, new = job.values()
-        values = {job.spec.name: new}
+        values: dict[str, str | None] = {job.spec.name: new}
         if self.overlap and old and job.spec.previous:
             values[job.spec.previous] = old
+        pusher = job.pushes()
+        pusher.check(job.holders())   # every Worker can take it, before the first push
         pushed_at = None
         for worker in job.holders():
-            at = push_secrets(job.ctx, worker, values, job.say)
+            if job.canary is not None:
+                at = canary_push(job.ctx, pusher, worker, values, job.canary, job.say)
+            else:
+                at = pusher.push(worker, values)
             pushed_at = pushed_at or at
         job.rot.detail["pushed_at"] = pushed_at or now_iso()
 
@@ -255,11 +269,12 @@ class RemovePrevious:
         prev = job.spec.previous
         if not prev:
             return
-        for worker in job.holders():
-            full = job.ctx.worker_name(worker)
-            if prev in job.ctx.wrangler.secret_names(full):
-                job.say(f"removing {prev} from {full}")
-                job.ctx.wrangler.secret_delete(full, prev)
+        holding = [w for w in job.holders()
+                   if prev in job.ctx.wrangler.secret_names(job.ctx.worker_name(w))]
+        pusher = job.pushes()
+        pusher.check(holding)
+        for worker in holding:
+            pusher.push(worker, {prev: None})
 
 
 class Report:

@@ -8,16 +8,10 @@ network here). What it follows, and from where:
   refused; errors come back as {"success": false, "errors": [{"code": 7500, ...}]}.
 - the API rate limit (1,200 requests / 5 minutes per user): a configurable window,
   answered with 429 and Retry-After.
-- Workers endpoints as wrangler 4.86 calls them (recorded from the real CLI here):
-  secret put = PUT .../scripts/{name}/secrets; secret bulk = GET then PATCH
-  .../scripts/{name}/settings (multipart "settings" with bindings); secret list = GET
-  .../secrets; deploy = GET .../services/{name}, POST .../versions (multipart), POST
-  .../deployments; rollback = GET .../deployments, GET .../versions/{id}, POST
-  .../deployments. Every secret change deploys a new version at once (docs/cloudflare.md); a
-  version keeps the secret values it was made with, so deploying an old version
-  restores old values, and that is refused with code 10220 unless ?force=true.
+- Workers scripts, versions and deployments: tests/support/cf_workers.py says which
+  facts it follows.
 Faults for the tests: 429, 500, slow answers and dropped connections, each for the next
-N D1 requests.
+N D1 requests; 500s and slow answers for Workers script requests.
 """
 
 from __future__ import annotations
@@ -27,64 +21,30 @@ import re
 import sqlite3
 import threading
 import time
-import uuid
 from collections import deque
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from email.parser import BytesParser
-from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.support.cf_workers import Raw, Script, Workers, _err, _ok
 
 MAX_PARAMS = 100
 MAX_STATEMENT_BYTES = 100_000
 
 
-@dataclass
-class Version:
-    id: str
-    number: int
-    secrets: dict[str, str]
-    created_on: str
-    message: str = ""
-
-
-@dataclass
-class Script:
-    name: str
-    versions: list[Version] = field(default_factory=list)
-    deployments: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def active(self) -> Version:
-        vid = self.deployments[0]["versions"][0]["version_id"]
-        return next(v for v in self.versions if v.id == vid)
-
-    def new_version(self, secrets: dict[str, str], message: str = "") -> Version:
-        v = Version(uuid.uuid4().hex, len(self.versions) + 1, dict(secrets), _now(), message)
-        self.versions.append(v)
-        self.deploy(v, message)
-        return v
-
-    def deploy(self, v: Version, message: str = "") -> dict[str, Any]:
-        """A deployment is stamped when it happens (a rollback's is new, its version old)."""
-        d = {"id": uuid.uuid4().hex, "source": "api", "strategy": "percentage",
-             "created_on": _now(), "versions": [{"version_id": v.id, "percentage": 100}],
-             "annotations": {"workers/message": message} if message else {}}
-        self.deployments.insert(0, d)
-        return d
-
-
 class CloudflareStandIn:
     def __init__(self, rate_limit: int = 1200, rate_window: float = 300.0):
         self.d1: dict[str, str] = {}          # database id -> SQLite path
-        self.scripts: dict[str, Script] = {}
+        self.workers = Workers()
         self.log: list[tuple[str, str, bytes]] = []   # method, path, body
         self.faults: deque[str] = deque()     # for D1 requests: "429", "500", "slow", "drop"
         # (fault, needle) for the next D1 request whose body holds needle: "commit-drop"
         # commits it, then drops the connection unanswered (a lost answer, to the client)
         self.matching_faults: deque[tuple[str, bytes]] = deque()
         self.worker_faults: deque[str] = deque()  # for Workers script requests: "500"
+        # seconds to hold each Workers script change (PUT/PATCH/POST/DELETE) before it is
+        # applied: Cloudflare being slow to answer; slow_requests counts the held ones
+        self.worker_delay = 0.0
+        self.slow_requests = 0
         self.rate_limit, self.rate_window = rate_limit, rate_window
         self.d1_times: deque[float] = deque()
         self.d1_requests = 0
@@ -101,11 +61,16 @@ class CloudflareStandIn:
 
     def script(self, name: str) -> Script:
         with self.lock:
-            if name not in self.scripts:
-                s = Script(name)
-                s.new_version({}, "created")
-                self.scripts[name] = s
-            return self.scripts[name]
+            return self.workers.script(name)
+
+    def deployed(self, name: str) -> list[tuple[dict[str, str], float]]:
+        """What serves a Worker: (secrets, percentage) per deployed version."""
+        with self.lock:
+            return [(dict(v.secrets), p) for v, p in self.workers.script(name).traffic]
+
+    def health_url(self, worker: str) -> str:
+        """A health endpoint answered by whichever version of `worker` serves the request."""
+        return self.base_url.replace("/client/v4", f"/health/{worker}")
 
     def inject(self, *faults: str) -> None:
         self.faults.extend(faults)
@@ -125,9 +90,11 @@ class CloudflareStandIn:
                 return self.rfile.read(n) if n else b""
 
             def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-                data = json.dumps(payload).encode()
+                raw = payload if isinstance(payload, Raw) else Raw(json.dumps(payload).encode(),
+                                                                   "application/json")
+                data = raw.body
                 self.send_response(status)
-                self.send_header("content-type", "application/json")
+                self.send_header("content-type", raw.content_type)
                 self.send_header("content-length", str(len(data)))
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
@@ -139,8 +106,9 @@ class CloudflareStandIn:
                 path, _, query = self.path.partition("?")
                 standin.log.append((self.command, self.path, body))
                 try:
-                    status, payload, headers = standin.route(self.command, path, query, body,
-                                                              self.headers.get("content-type", ""))
+                    status, payload, headers = standin.route(
+                        self.command, path, query, body, self.headers.get("content-type", ""),
+                        self.headers.get("Cloudflare-Workers-Version-Overrides"))
                 except _Drop:
                     self.close_connection = True
                     self.connection.shutdown(2)
@@ -151,7 +119,12 @@ class CloudflareStandIn:
 
         return Handler
 
-    def route(self, method: str, path: str, query: str, body: bytes, ctype: str):
+    def route(self, method: str, path: str, query: str, body: bytes, ctype: str,
+              override: str | None = None):
+        health = re.match(r"^/health/([^/]+)$", path)
+        if health:
+            with self.lock:
+                return self.workers.health(health.group(1), override)
         m = re.match(r"^/client/v4/accounts/([^/]+)/(.*)$", path)
         if not m:
             return 404, _err(10000, "not found"), None
@@ -169,6 +142,10 @@ class CloudflareStandIn:
         if w and self.worker_faults:
             self.worker_faults.popleft()
             return 500, _err(10013, "An unknown error has occurred"), None
+        if w and method != "GET" and self.worker_delay:
+            with self.lock:
+                self.slow_requests += 1
+            time.sleep(self.worker_delay)
         if w:
             return self._workers(method, self.script(w.group(1)), w.group(2) or "", query, body, ctype)
         return 200, _ok({}), None  # account-level lookups wrangler makes (subdomain, ...)
@@ -230,86 +207,12 @@ class CloudflareStandIn:
             conn.close()
         return 200, _ok(results), None
 
-    # -- Workers ----------------------------------------------------------------------------
     def _workers(self, method: str, s: Script, sub: str, query: str, body: bytes, ctype: str):
         with self.lock:
-            if sub == "secrets" and method == "PUT":
-                data = json.loads(body)
-                s.new_version({**s.active.secrets, data["name"]: data["text"]}, "secret put")
-                return 200, _ok({"name": data["name"], "type": "secret_text"}), None
-            if sub == "secrets" and method == "GET":
-                return 200, _ok([{"name": n, "type": "secret_text"} for n in sorted(s.active.secrets)]), None
-            if sub.startswith("secrets/") and method == "DELETE":
-                name = sub.split("/", 1)[1]
-                secrets = dict(s.active.secrets)
-                secrets.pop(name, None)
-                s.new_version(secrets, "secret delete")
-                return 200, _ok({}), None
-            if sub == "settings" and method == "GET":
-                return 200, _ok({"bindings": [{"type": "secret_text", "name": n}
-                                              for n in sorted(s.active.secrets)]}), None
-            if sub == "settings" and method == "PATCH":
-                settings = _multipart_field(body, ctype, "settings")
-                secrets = dict(s.active.secrets)
-                for b in settings.get("bindings", []):
-                    if b.get("type") == "secret_text" and "text" in b:
-                        secrets[b["name"]] = b["text"]
-                s.new_version(secrets, "secret bulk")
-                return 200, _ok({"bindings": []}), None
-            if sub == "deployments" and method == "GET":
-                return 200, _ok({"deployments": s.deployments}), None
-            if sub == "deployments" and method == "POST":
-                data = json.loads(body)
-                vid = data["versions"][0].get("version_id")
-                target = next((v for v in s.versions if v.id == vid), None)
-                if target is None:
-                    return 404, _err(10007, "version not found"), None
-                if target.secrets != s.active.secrets and "force=true" not in query:
-                    return 400, _err(10220, "Secrets have changed since this version was "
-                                     "deployed; rolling back would restore old values"), None
-                d = s.deploy(target, (data.get("annotations") or {}).get("workers/message", ""))
-                return 200, _ok(d), None
-            if sub == "versions" and method == "GET":
-                return 200, _ok({"items": [_version_json(v) for v in reversed(s.versions)]}), None
-            if sub.startswith("versions/") and method == "GET":
-                v = next((v for v in s.versions if v.id == sub.split("/", 1)[1]), None)
-                if v is None:
-                    return 404, _err(10007, "version not found"), None
-                return 200, _ok(_version_json(v)), None
-            if sub == "versions" and method == "POST":  # wrangler deploy uploads a version
-                v = Version(uuid.uuid4().hex, len(s.versions) + 1, dict(s.active.secrets), _now(), "upload")
-                s.versions.append(v)
-                return 200, _ok(_version_json(v)), None
-        return 200, _ok({}), None  # script-settings, subdomain, schedules, ...
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            return self.workers.route(method, s, sub, query, body, ctype)
 
 
 class _Drop(Exception):
     pass
 
 
-def _ok(result: Any) -> dict[str, Any]:
-    return {"success": True, "errors": [], "messages": [], "result": result}
-
-
-def _err(code: int, message: str) -> dict[str, Any]:
-    return {"success": False, "errors": [{"code": code, "message": message}], "messages": [], "result": None}
-
-
-def _version_json(v: Version) -> dict[str, Any]:
-    return {"id": v.id, "number": v.number, "annotations": {"workers/message": v.message},
-            "metadata": {"created_on": v.created_on, "source": "wrangler", "author_email": "ci@example"},
-            "resources": {"bindings": [{"type": "secret_text", "name": n} for n in sorted(v.secrets)],
-                          "script": {"etag": "etag-" + v.id, "handlers": ["fetch"]},
-                          "script_runtime": {"usage_model": "standard"}}}
-
-
-def _multipart_field(body: bytes, ctype: str, name: str) -> dict[str, Any]:
-    msg = BytesParser(policy=HTTP).parsebytes(b"content-type: " + ctype.encode() + b"\r\n\r\n" + body)
-    for part in msg.iter_parts():
-        if part.get_param("name", header="content-disposition") == name:
-            return json.loads(part.get_content())
-    return {}

@@ -77,3 +77,16 @@ column = "encrypted_tokens"
 
 def _active(cf, worker):
     return cf.script(f"tminus-{worker}-staging").active.secrets
+
+
+def edit_manifest(root, old, new):
+    path = root / "keyrotate.toml"
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
+def with_overlap(root, secret="MASTER_KEY", kind="master-key", extra=""):
+    """The secret gets a `previous` name: an overlap rotation, zero downtime."""
+    edit_manifest(root, f'[secrets.{secret}]\nkind = "{kind}"',
+                  f'[secrets.{secret}]\nkind = "{kind}"\nprevious = "{secret}_PREVIOUS"{extra}')

@@ -1,0 +1,108 @@
+"""How secret values reach the Workers, so that a push cannot half-happen.
+
+Every secret change deploys a new version at once. But when a Worker's latest version is
+not the one deployed at 100% (after any rollback, or during a gradual deployment),
+`wrangler secret put` and `bulk` fail (Cloudflare 10215 / 10214), after the Workers
+before it took the new value; and `versions secret put|bulk` copy the *latest* version's
+code, not the deployed one's (workers-sdk#10585). So every Worker is checked before the
+first push, and if any is not so, nothing is pushed (exit 2), unless `from_deployed`:
+then keyrotate makes the new version from the deployed one through the API, with the new
+secrets, and deploys it at 100% (docs/cloudflare.md, "Cloudflare versions").
+
+Each push is recorded as an intent before it is made and confirmed after.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from keyrotate.controlplane.context import Context
+from keyrotate.controlplane.events import Event, Say, confirm, record_events
+from keyrotate.controlplane.versions import VersionsApi
+from keyrotate.controlplane.wrangler import DeploymentState
+from keyrotate.errors import ConfigError, KeyrotateError
+from keyrotate.secrets.base import fingerprint
+from keyrotate.timeutil import now_iso
+
+PUSHED = DeploymentState("", "pushed", (("pushed", 100.0),))  # latest deployed at 100%
+
+
+@dataclass
+class Pusher:
+    ctx: Context
+    say: Say
+    from_deployed: bool = False
+    states: dict[str, DeploymentState] = field(default_factory=dict)
+    _api: VersionsApi | None = None
+
+    @property
+    def api(self) -> VersionsApi:
+        if self._api is None:
+            self._api = VersionsApi()
+        return self._api
+
+    def check(self, workers: list[str]) -> None:
+        """Every Worker must take a push: refuse (nothing changed) when one cannot."""
+        for w in workers:
+            if w not in self.states:
+                self.states[w] = self.ctx.wrangler.state(self.ctx.worker_name(w))
+        bad = [w for w in workers if not self.states[w].latest_fully_deployed]
+        split = [w for w in bad if self.states[w].deployed is None]
+        listing = "; ".join(f"{self.ctx.worker_name(w)}: {self.states[w].explain()}" for w in bad)
+        if split:
+            raise ConfigError(f"nothing was pushed: {listing}. A Worker serving two versions by "
+                              "percentage has no one deployed version to start from: finish that "
+                              "deployment (or roll it back), then run the same command again.")
+        if bad and not self.from_deployed:
+            raise ConfigError(
+                f"nothing was pushed: {listing}. There `wrangler secret put|bulk` fails (Cloudflare "
+                "10215/10214) after the Workers before it took the new value, and `wrangler versions "
+                "secret put|bulk` would copy the latest version's code rather than the deployed "
+                "one's. Run the same command with --from-deployed: keyrotate then makes a new "
+                "version from the deployed version with the new secrets and deploys it at 100%.")
+
+    def push(self, worker: str, values: dict[str, str | None], note: str = "") -> str:
+        """Set (or, for None, remove) secrets on one Worker as one new deployed version.
+        Returns the time taken just before: the version made is newer than that."""
+        full = self.ctx.worker_name(worker)
+        self.check([worker])
+        state = self.states[worker]
+        names = ", ".join(sorted(values))
+        self.say(f"{'removing' if all(v is None for v in values.values()) else 'pushing'} {names} "
+                 f"{'from' if all(v is None for v in values.values()) else 'to'} {full}{note}")
+        at = now_iso()
+        record_events(self.ctx, intents(self.ctx, full, values, at))
+        try:
+            version = None
+            if state.latest_fully_deployed:
+                self._with_wrangler(full, values)
+            else:
+                assert state.deployed is not None
+                version = self.api.copy(full, state.deployed, state.deployed, values,
+                                        "keyrotate: secrets on the deployed version")
+                self.ctx.wrangler.versions_deploy(full, [(version, 100.0)], "keyrotate: secrets")
+        except KeyrotateError:
+            confirm(self.ctx, full, at, "failed")
+            raise
+        confirm(self.ctx, full, at, "done", version)
+        self.states[worker] = PUSHED
+        return at
+
+    def _with_wrangler(self, full: str, values: dict[str, str | None]) -> None:
+        sets = {n: v for n, v in values.items() if v is not None}
+        if len(sets) == 1:
+            (name, value), = sets.items()
+            self.ctx.wrangler.secret_put(full, name, value)
+        elif sets:
+            self.ctx.wrangler.secret_bulk(full, sets)
+        for name in (n for n, v in values.items() if v is None):
+            self.ctx.wrangler.secret_delete(full, name)
+
+    def close(self) -> None:
+        if self._api is not None:
+            self._api.close()
+
+
+def intents(ctx: Context, full: str, values: dict[str, str | None], at: str) -> list[Event]:
+    return [Event(full, "secret-delete" if v is None else "secret-push", n, ctx.manifest.kind_of(n),
+                  None if v is None else fingerprint(v), at, "intent") for n, v in values.items()]

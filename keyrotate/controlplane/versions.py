@@ -1,0 +1,77 @@
+"""A new Worker version made from a version keyrotate chooses, with the secrets it
+chooses, through Cloudflare's API: what `wrangler versions secret put|bulk` do, but from a
+given version instead of the latest one (workers-sdk#10585).
+
+As wrangler's copyWorkerVersionWithNewSecrets does: read the version's bindings and its
+modules (content/v2), and upload them again with the new secrets. Unlike it, every
+inherited binding names the version it comes from and `keep_bindings` is empty, because
+an upload otherwise inherits from the *latest* version. Non-secret bindings and the code
+come from `code_from`; secrets keyrotate does not manage come from `secrets_from` (the
+version serving now). Secret values travel only in the request body, over TLS.
+"""
+
+from __future__ import annotations
+
+import json
+from email.parser import BytesParser
+from email.policy import HTTP
+from typing import Any
+
+from keyrotate.cloudflare_api import CloudflareClient, account_id
+from keyrotate.errors import DeployError
+
+SECRET_TYPES = ("secret_text", "secret_key")
+
+
+class VersionsApi:
+    def __init__(self) -> None:
+        why = "making a Worker version from a chosen version (--from-deployed, rollback --force, canary)"
+        self.account = account_id(why)
+        self.api = CloudflareClient("Cloudflare Workers API", why)
+
+    def _path(self, worker: str, rest: str) -> str:
+        return f"/accounts/{self.account}/workers/scripts/{worker}/{rest}"
+
+    def version(self, worker: str, version_id: str) -> dict[str, Any]:
+        return dict(self.api.call("GET", self._path(worker, f"versions/{version_id}")))
+
+    def modules(self, worker: str, version_id: str) -> tuple[str, list[tuple[str, str, bytes]]]:
+        """(entry point, [(name, content type, bytes)]) of a version's code."""
+        resp = self.api.request("GET", self._path(worker, "content/v2"), params={"version": version_id})
+        entry = resp.headers.get("cf-entrypoint")
+        ctype = resp.headers.get("content-type", "")
+        if resp.status_code != 200 or not entry or not ctype.startswith("multipart/form-data"):
+            raise DeployError(f"cannot read the code of {worker} version {version_id} "
+                              f"(HTTP {resp.status_code})")
+        msg = BytesParser(policy=HTTP).parsebytes(b"content-type: " + ctype.encode() + b"\r\n\r\n"
+                                                  + resp.content)
+        parts = [(str(p.get_param("name", header="content-disposition")), p.get_content_type(),
+                  p.get_payload(decode=True) or b"") for p in msg.iter_parts()]
+        return entry, parts
+
+    def copy(self, worker: str, code_from: str, secrets_from: str,
+             secrets: dict[str, str | None], message: str) -> str:
+        """Upload (not deploy) a version: `code_from`'s code and bindings, `secrets_from`'s
+        secrets, and `secrets` set (None: removed). Returns the new version's id."""
+        base = self.version(worker, code_from)
+        live = base if secrets_from == code_from else self.version(worker, secrets_from)
+        bindings: list[dict[str, Any]] = []
+        for source, take_secrets in ((base, False), (live, True)):
+            for b in source["resources"]["bindings"]:
+                if (b["type"] in SECRET_TYPES) == take_secrets and b["name"] not in secrets:
+                    bindings.append({"name": b["name"], "type": "inherit", "version_id": source["id"]})
+        bindings += [{"name": n, "type": "secret_text", "text": v} for n, v in secrets.items()
+                     if v is not None]
+        runtime = base["resources"].get("script_runtime", {})
+        entry, modules = self.modules(worker, code_from)
+        metadata = {"main_module": entry, "bindings": bindings, "keep_bindings": [],
+                    "compatibility_date": runtime.get("compatibility_date"),
+                    "compatibility_flags": runtime.get("compatibility_flags") or [],
+                    "annotations": {"workers/message": message}}
+        files = [("metadata", ("metadata.json", json.dumps(metadata).encode(), "application/json"))]
+        files += [(name, (name, content, ctype)) for name, ctype, content in modules]
+        result = self.api.call("POST", self._path(worker, "versions"), files=files)
+        return str(result["id"])
+
+    def close(self) -> None:
+        self.api.close()

@@ -1,0 +1,187 @@
+"""Worker versions done right, against a stand-in that models them (tests/support/
+cf_workers.py) and the real wrangler 4.86: pushes that cannot half-happen after a
+rollback or during a gradual deployment, rollbacks that never bring old secret values
+back, pushes recorded before they are made, children that die with keyrotate, and a
+canary for new secrets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from tests.support.cloudflare_project import JWT, WORKERS, _active, edit_manifest, with_overlap
+from tests.support.helpers import NEW_SECRET, OLD_SECRET, ROOT, last_json, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def _versions(cf, w):
+    return cf.script(f"tminus-{w}-staging").versions
+
+
+def _roll_back_api(cf):
+    """Someone rolls tminus-api-staging back (as Cloudflare's dashboard would): its latest
+    version is no longer the one deployed."""
+    s = cf.script("tminus-api-staging")
+    with cf.lock:
+        s.deploy([(s.versions[-2].id, 100.0)], "dashboard rollback")
+
+
+def test_after_a_rollback_pushes_refuse_before_any_worker_changes(project):
+    root, cf, _, store = project
+    assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
+    assert run_cli("deploy", "--env", "staging").exit_code == 0
+    _roll_back_api(cf)
+    store.write_pending("JWT_SECRET", "a-new-jwt-secret-value-of-enough-length-0001")
+    store.promote("JWT_SECRET")
+    before = {w: len(_versions(cf, w)) for w in WORKERS}
+    refused = run_cli("secrets", "push", "--env", "staging", "--only", "JWT_SECRET", "--json")
+    assert refused.exit_code == 2, refused.output
+    message = last_json(refused.output)["error"]["message"]
+    assert "tminus-api-staging" in message and "--from-deployed" in message
+    assert "tminus-oauth-staging" not in message.split("--from-deployed")[0]
+    assert {w: len(_versions(cf, w)) for w in WORKERS} == before       # not one Worker touched
+
+    deployed = cf.script("tminus-api-staging").active
+    ok = run_cli("secrets", "push", "--env", "staging", "--only", "JWT_SECRET", "--from-deployed")
+    assert ok.exit_code == 0, ok.output
+    api = cf.script("tminus-api-staging")
+    assert api.latest_fully_deployed and api.active.secrets["JWT_SECRET"].startswith("a-new-jwt")
+    assert api.active.modules == deployed.modules                      # the deployed code, not the latest
+    assert api.active.secrets["MASTER_KEY"] == OLD_SECRET               # the rest inherited
+    assert _active(cf, "oauth")["JWT_SECRET"].startswith("a-new-jwt")
+
+
+def test_a_gradual_deployment_is_not_pushed_into(project):
+    root, cf, _, store = project
+    assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
+    s = cf.script("tminus-oauth-staging")
+    with cf.lock:
+        s.deploy([(s.versions[-1].id, 50.0), (s.versions[-2].id, 50.0)], "gradual")
+    for flags in ((), ("--from-deployed",)):
+        res = run_cli("secrets", "push", "--env", "staging", "--only", "JWT_SECRET", *flags)
+        assert res.exit_code == 2 and "two versions by percentage" in res.output, res.output
+
+
+def test_after_finish_a_plain_rollback_would_bring_the_retired_key_back(project):
+    root, cf, health, store = project
+    with_overlap(root)
+    assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
+    assert run_cli("deploy", "--env", "staging").exit_code == 0
+    code = cf.script("tminus-api-staging").active.modules
+    assert run_cli("rotate", "MASTER_KEY", "--env", "staging").exit_code == 0
+    assert run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish").exit_code == 0
+    new = store.read("MASTER_KEY")
+    # one version back: the one that still held MASTER_KEY_PREVIOUS, the retired key
+    refused = run_cli("rollback", "--env", "staging", "--only", "api", "--yes")
+    assert refused.exit_code == 1 and "MASTER_KEY_PREVIOUS changed" in refused.output
+    assert "MASTER_KEY_PREVIOUS" not in _active(cf, "api")
+
+    forced = run_cli("rollback", "--env", "staging", "--only", "api", "--yes", "--force", "--json")
+    assert forced.exit_code == 0, forced.output
+    target = last_json(forced.output)["plan"][0]["target"]
+    api = cf.script("tminus-api-staging")
+    assert cf.deployed("tminus-api-staging") == [({"MASTER_KEY": new, "JWT_SECRET": JWT}, 100.0)]
+    assert api.active.modules == api.version(target).modules == code     # the target's code
+    assert api.latest_fully_deployed                                     # pushes work after it
+    # never a moment with the old values: no deployment ever served the retired key again
+    served = [api.version(v["version_id"]).secrets for d in api.deployments for v in d["versions"]
+              if d["created_on"] > api.version(target).created_on and v["percentage"] > 0]
+    assert all("MASTER_KEY_PREVIOUS" not in s for s in served[:2])
+
+
+def test_deploys_rollback_after_a_failed_health_check_keeps_a_push_made_meanwhile(project, monkeypatch):
+    import keyrotate.controlplane.deploy as deploy_module
+
+    root, cf, health, store = project
+    assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
+    real_validate = deploy_module.validate
+    pushed = []
+
+    def validate_then_someone_rotates(ctx, workers=None):
+        result = real_validate(ctx, workers)
+        if workers == ["api"] and not pushed:  # meanwhile: a MASTER_KEY push to api
+            store.write_pending("MASTER_KEY", NEW_SECRET)
+            store.promote("MASTER_KEY")
+            pushed.append(run_cli("secrets", "push", "--env", "staging", "--only", "MASTER_KEY"))
+        return result
+
+    monkeypatch.setattr(deploy_module, "validate", validate_then_someone_rotates)
+    health.answers["oauth"] = (500, {"ok": False})
+    res = run_cli("deploy", "--env", "staging", "--json")
+    assert res.exit_code == 1 and last_json(res.output)["rolled_back"] == ["oauth", "api"]
+    assert pushed[0].exit_code == 0
+    assert _active(cf, "api")["MASTER_KEY"] == NEW_SECRET   # the rollback kept the push
+
+
+def test_a_push_killed_midway_leaves_no_child_and_counts_as_a_change(project):
+    root, cf, _, store = project
+    assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
+    assert run_cli("deploy", "--env", "staging", "--only", "api").exit_code == 0
+    store.write_pending("MASTER_KEY", NEW_SECRET)
+    store.promote("MASTER_KEY")
+    cf.worker_delay = 6.0  # Cloudflare is slow to answer the push
+    argv = [sys.executable, "-m", "keyrotate.cli", "secrets", "push", "--env", "staging", "--only",
+            "MASTER_KEY"]
+    proc = psutil.Popen(argv, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not cf.slow_requests and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cf.slow_requests, "the push never reached the API"
+    family = [proc, *proc.children(recursive=True)]
+    assert any("wrangler" in " ".join(p.cmdline()) for p in family)
+    proc.send_signal(signal.SIGKILL)
+    gone, alive = psutil.wait_procs(family, timeout=15)
+    assert not alive, [p.cmdline() for p in alive]                    # no orphaned wrangler
+    cf.worker_delay = 0.0
+    plan = last_json(run_cli("rollback", "--env", "staging", "--only", "api", "--json").output)
+    assert plan["plan"][0]["crosses"]["unconfirmed"] == ["MASTER_KEY"]  # the guard counts it
+
+
+def _canary_project(root, cf, health):
+    for w in ("api", "oauth"):
+        edit_manifest(root, f'{w} = "{health.url(w)}"', f'{w} = "{cf.health_url(f"tminus-{w}-staging")}"')
+    with_overlap(root)
+
+
+def test_a_canary_ramps_new_secrets_and_keeps_the_previous_version_until_accepted(project):
+    root, cf, health, store = project
+    _canary_project(root, cf, health)
+    assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
+    res = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--canary", "--json")
+    assert res.exit_code == 0, res.output
+    new = store.read("MASTER_KEY", "pending")
+    for w in ("api", "oauth"):
+        s = cf.script(f"tminus-{w}-staging")
+        shares = [[(v["percentage"]) for v in d["versions"]] for d in reversed(s.deployments[:5])]
+        assert shares == [[100.0, 0.0], [10.0, 90.0], [50.0, 50.0], [100.0, 0.0], [100.0]]
+        assert cf.deployed(f"tminus-{w}-staging")[0][0]["MASTER_KEY"] == new
+        assert cf.deployed(f"tminus-{w}-staging")[0][0]["MASTER_KEY_PREVIOUS"] == OLD_SECRET
+
+
+def test_a_failing_canary_never_serves_and_the_previous_version_is_back(project):
+    root, cf, health, store = project
+    _canary_project(root, cf, health)
+    # the API Worker's org-delegation routes accept only a 64-hex MASTER_KEY: a version
+    # whose key is base64 is unhealthy (and the manifest here forgot format = "hex:32")
+    cf.workers.health_rule = lambda v: len(v.secrets.get("MASTER_KEY", "0" * 64)) == 64 or \
+        v.secrets.get("MASTER_KEY") == OLD_SECRET
+    assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
+    before = {w: cf.script(f"tminus-{w}-staging").active.id for w in ("api", "oauth")}
+    res = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--canary", "--json")
+    assert res.exit_code == 3, res.output
+    assert "smoke test" in last_json(res.output)["error"]["message"]
+    api = cf.script("tminus-api-staging")
+    assert api.active.id == before["api"] and cf.deployed("tminus-api-staging")[0][1] == 100.0
+    bad = api.latest
+    assert bad.id != before["api"] and len(bad.secrets["MASTER_KEY"]) != 64
+    assert all(v["version_id"] != bad.id or v["percentage"] == 0
+               for d in api.deployments for v in d["versions"])   # never a share of traffic
+    assert cf.script("tminus-oauth-staging").active.id == before["oauth"]  # the next never began
