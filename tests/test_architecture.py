@@ -19,6 +19,7 @@ LAYERS = [
     ("keyrotate.db",),
     ("keyrotate.dataplane",),
     ("keyrotate.controlplane",),
+    ("keyrotate.evidence",),
     ("keyrotate.rotation", "keyrotate.demo"),
     ("keyrotate.cli",),
 ]

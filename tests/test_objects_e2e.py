@@ -16,6 +16,7 @@ import threading
 import time
 
 import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from keyrotate.crypto.keys import MasterKey
 
@@ -174,6 +175,10 @@ def test_a_full_rotation_over_d1_and_objects_survives_kill_faults_and_refreshes(
     status = last_json(run_cli("status", "--env", "staging", "--json").output)
     rows = next(s for s in status["secrets"] if s["secret"] == "MASTER_KEY")["rows"]
     assert rows["AccountDO"]["current"] == 2_000 and rows["org_delegations.encrypted_sa_key"]["current"] == 20
+    metrics = run_cli("status", "--env", "staging", "--format", "openmetrics").output
+    objects = {s.labels["key"]: s.value for f in text_string_to_metric_families(metrics)
+               for s in f.samples if s.name == "keyrotate_rows" and s.labels["target"] == "AccountDO"}
+    assert objects == {"current": 2_000, "old": 0, "failed": 0}
 
 
 def test_stale_and_failed_objects_are_never_completed_and_finish_refuses(app):

@@ -49,8 +49,9 @@ def test_master_key_with_overlap_then_finish(project):
     assert store.read("MASTER_KEY") == new and store.read("MASTER_KEY", "previous") == OLD_SECRET
 
     audit = (root / ".keyrotate" / "audit-staging.jsonl").read_bytes()
-    events = [json.loads(x)["event"] for x in audit.splitlines()]
-    assert events[0] == "started" and "verify" in events and events[-1] == "finished"
+    events = [(e["event"], e["step"]) for e in map(json.loads, audit.splitlines())]
+    assert events[0][0] == "rotation.started" and ("rotation.step", "verify") in events
+    assert events[-1][0] == "rotation.finished"
     for blob, where in ((audit, "audit log"), (res.output.encode() + done.output.encode(), "output")):
         assert_clean(blob, where, [OLD_SECRET, new])
 
@@ -309,5 +310,33 @@ def test_a_compromise_takes_over_an_open_overlap_rotation(project):
     reports = sorted((root / ".keyrotate" / "incidents").glob("*.json"))
     assert len(reports) == 1
     audit = [json.loads(x) for x in (root / ".keyrotate" / "audit-staging.jsonl").read_text().splitlines()]
-    assert any(e["event"] == "superseded" and e["rotation_id"] != out["rotation_id"] for e in audit)
+    assert any(e["event"] == "rotation.superseded" and e["rotation_id"] != out["rotation_id"] for e in audit)
     assert run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish").exit_code == 2  # none open
+
+
+def test_a_compromise_on_d1_keeps_the_restore_point_taken_before_any_row_write(project):
+    root, cf, _, store = project
+    edit_manifest(root, 'database = "file:staging.db"', 'database = "d1://acct/staging"')
+    cf.d1_names["staging"] = "tminus-staging"
+    res = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--compromised", "--yes", "--json")
+    assert res.exit_code == 0, res.output
+    tt = last_json(res.output)["detail"]["time_travel"]
+    asked = next(i for i, (_, path, _) in enumerate(cf.log) if path.endswith("/time_travel/bookmark"))
+    first_write = next(i for i, (_, path, body) in enumerate(cf.log)
+                       if path.endswith("/query") and b'UPDATE \\"accounts\\"' in body)
+    assert asked < first_write
+    assert tt["restore_command"] == f"wrangler d1 time-travel restore tminus-staging --bookmark={tt['bookmark']}"
+    taken, expires = (datetime.fromisoformat(tt[k]) for k in ("taken_at", "expires_at"))
+    assert (expires - taken).days == 30
+
+    report = json.loads(sorted((root / ".keyrotate" / "incidents").glob("*.json"))[0].read_text())
+    point = report["restore_point"]
+    assert point["bookmark"] == tt["bookmark"]
+    assert "brings back rows under the compromised key" in point["warning"]
+    assert point["compromised_restore_points_until"] in point["warning"]
+    markdown = sorted((root / ".keyrotate" / "incidents").glob("*.md"))[0].read_text()
+    assert tt["bookmark"] in markdown and tt["restore_command"] in markdown
+    trail = last_json(run_cli("audit", "show", "--env", "staging", "--json").output)["events"]
+    marks = [e for e in trail if e["event"] == "time-travel.bookmark"]
+    assert len(marks) == 1 and marks[0]["detail"]["bookmark"] == tt["bookmark"]
+    assert [e["event"] for e in trail].count("incident.report") == 1

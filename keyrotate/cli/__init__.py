@@ -63,9 +63,9 @@ def main(verbose: int, quiet: bool) -> None:
 
 
 def _register() -> None:
-    from keyrotate.cli import control, data, objects, rotation, secrets
+    from keyrotate.cli import control, data, evidence, objects, rotation, secrets
 
-    for module in (data, secrets, control, objects, rotation):
+    for module in (data, secrets, control, objects, rotation, evidence):
         for command in module.COMMANDS:
             main.add_command(command)
 

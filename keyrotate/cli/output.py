@@ -59,6 +59,12 @@ def emit(result: Result, as_json: bool) -> NoReturn:
     click.get_current_context().exit(result.exit_code)
 
 
+def emit_text(text: str, exit_code: int) -> NoReturn:
+    """A result already rendered in a format of its own (OpenMetrics)."""
+    click.echo(text, nl=False)
+    click.get_current_context().exit(exit_code)
+
+
 def error_envelope(kind: str, message: str, exit_code: int) -> dict[str, Any]:
     return {"error": {"type": kind, "message": message, "exit_code": exit_code}}
 

@@ -20,6 +20,8 @@ from keyrotate.dataplane.reencrypt import ReencryptResult
 from keyrotate.dataplane.runs import RunsResult
 from keyrotate.dataplane.verify import Census
 from keyrotate.demo.run import DemoResult
+from keyrotate.evidence.record import NotifyTestResult
+from keyrotate.evidence.trail import AuditShowResult, AuditVerifyResult
 from keyrotate.rotation.rotate import RotatePlan, RotateResult
 from keyrotate.rotation.status import StatusResult
 from keyrotate.secrets.describe import SecretInfo
@@ -157,6 +159,30 @@ def _rollback(r: RollbackResult) -> str:
 
 
 @text.register
+def _audit_show(r: AuditShowResult) -> str:
+    lines = [f"audit trail of {r.env}: {len(r.events)} events"]
+    for e in r.events:
+        what = " ".join(x for x in (e.get("secret"), e.get("rotation_id"), e.get("step")) if x)
+        lines.append(f"  #{e['seq']:<5} {e.get('at')}  {e.get('event'):<22} {what}")
+        lines.append(f"         {e.get('summary')}  ({e.get('operator')})")
+    return "\n".join(lines)
+
+
+@text.register
+def _audit_verify(r: AuditVerifyResult) -> str:
+    if r.problem is None:
+        return (f"audit trail of {r.env}: {r.events} events, chain intact (head {r.head[:16]}); "
+                f"{r.witnessed} written from this machine, all present as written")
+    return f"audit trail of {r.env}: TAMPERED: {r.problem.message}"
+
+
+@text.register
+def _notify_test(r: NotifyTestResult) -> str:
+    return "\n".join(f"{d.sink}: " + (f"delivered (try {d.tries})" if d.ok else f"FAILED: {d.reason}")
+                     for d in r.deliveries)
+
+
+@text.register
 def _init(r: InitResult) -> str:
     return f"wrote {r.written}"
 
@@ -206,11 +232,15 @@ def _status(r: StatusResult) -> str:
         age = f"{s.age_days} days" if s.age_days is not None else "age unknown"
         flag = "  DUE" if s.due else ""
         rot = f"  rotation {s.rotation['state']}" if s.rotation else ""
-        lines.append(f"  {s.secret:<24} {s.kind:<11} {age}{flag}{rot}")
+        last = f"  last rotated {s.last_rotated_at}" if s.last_rotated_at else ""
+        lines.append(f"  {s.secret:<24} {s.kind:<11} {age}{flag}{rot}{last}")
         for target, c in (s.rows or {}).items():
             extra = ", ".join(f"{c[k]} {k}" for k in ("null", "missing") if k in c)
             lines.append(f"      {target}: {c['current']} current, {c['pending']} pending, "
                          f"{c['previous']} previous, {c['other']} other, {extra}")
+    for n in r.notified:
+        lines.append(f"notified {n['sink']} of {n['event']} ({n['secret']}): "
+                     + ("delivered" if n["ok"] else f"FAILED: {n['reason']}"))
     return "\n".join(lines)
 
 

@@ -7,7 +7,7 @@ import sys
 import click
 
 from keyrotate.cli.options import environment, from_deployed_option, json_option
-from keyrotate.cli.output import emit, say
+from keyrotate.cli.output import emit, emit_text, say
 from keyrotate.controlplane.context import Context
 from keyrotate.errors import ConfigError
 
@@ -58,13 +58,29 @@ def rotate(secret: str, env: Context, compromised: bool, dry_run: bool, yes: boo
 @click.command()
 @environment
 @click.option("--due", metavar="AGE", help="Exit 1 if a secret is older than this (e.g. 90d).")
+@click.option("--notify", "send", is_flag=True,
+              help="Send secret.overdue for each secret past --due to the [notify] sinks.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "openmetrics"]), default="text",
+              show_default=True, help="openmetrics: for Prometheus.")
+@click.option("--metrics-file", type=click.Path(dir_okay=False), metavar="PATH",
+              help="Also write OpenMetrics here, atomically (node_exporter's textfile collector).")
 @json_option
-def status(env: Context, due: str | None, as_json: bool) -> None:
-    """Per secret: age, rotation in progress, rows per key. For cron and CI schedules."""
+def status(env: Context, due: str | None, send: bool, fmt: str, metrics_file: str | None,
+           as_json: bool) -> None:
+    """Per secret: age, last rotation, rotation in progress, rows per key. For cron and CI
+    schedules (exit 1 when a secret is past --due)."""
     from keyrotate.controlplane.manifest import parse_duration
+    from keyrotate.rotation.openmetrics import openmetrics, write_metrics_file
     from keyrotate.rotation.status import status as run_status
 
-    emit(run_status(env, parse_duration(due, "--due") if due else None), as_json)
+    if send and not due:
+        raise ConfigError("--notify sends secret.overdue events: give --due AGE too")
+    result = run_status(env, parse_duration(due, "--due") if due else None, send)
+    if metrics_file:
+        write_metrics_file(result, metrics_file)
+    if fmt == "openmetrics" and not as_json:
+        emit_text(openmetrics(result), result.exit_code)
+    emit(result, as_json or fmt == "json")
 
 
 COMMANDS = [rotate, status]

@@ -43,6 +43,11 @@ class Context:
             return prefix + str(self.manifest.root / value[len(prefix):])
         return value
 
+    def reference(self, ref: str) -> str:
+        """A secret reference from the manifest, with dotenv: and file: paths taken
+        relative to the manifest's folder."""
+        return self._local("file", self._local("dotenv", ref))
+
     def database_url(self) -> str:
         return self._local("file", self.env.database)
 

@@ -11,19 +11,24 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from keyrotate.crypto.codecs import FORMATS
 from keyrotate.db import DB_URL_HELP, is_database_url, refuse_credentials
 from keyrotate.errors import ConfigError
 from keyrotate.secrets.formats import ValueFormat
 from keyrotate.secrets.names import check_name
+from keyrotate.secrets.refs import parse_ref
 from keyrotate.secrets.schemes import STORE_HELP, is_store_base
 
 MANIFEST = "keyrotate.toml"
 # internal: a secret only the application and keyrotate use (the Durable Object
 # endpoint's bearer token): generated, pushed and rotated like the others
 KINDS = ("master-key", "jwt-hs256", "external", "internal", "generic")
+# what notification sinks can be told about (keyrotate.evidence.event defines them)
+NOTIFY_EVENTS = ("rotation.started", "rotation.step", "rotation.paused", "rotation.failed",
+                 "rotation.finished", "secret.overdue", "incident.report", "notify.test")
+NOTIFY_FORMATS = ("json", "slack")
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -101,6 +106,27 @@ EncryptedTarget = ColumnTarget | ObjectTarget
 
 
 @dataclass(frozen=True)
+class NotifySink:
+    """Where notifications go. The URL is a secret reference: a Slack webhook URL is a
+    credential. `json` bodies are signed with `secret` (a reference too)."""
+
+    url: str
+    format: str
+    secret: str | None = None
+    events: tuple[str, ...] = NOTIFY_EVENTS
+
+    @property
+    def label(self) -> str:
+        return f"{self.format} sink {self.url}"
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    sinks: tuple[NotifySink, ...] = ()
+    timeout: float = 5.0    # seconds per try; three tries with backoff
+
+
+@dataclass(frozen=True)
 class Manifest:
     path: Path
     project: str
@@ -112,6 +138,7 @@ class Manifest:
     environments: dict[str, Environment]
     secrets: dict[str, SecretSpec]
     encrypted: tuple[EncryptedTarget, ...]
+    notify: NotifyConfig = NotifyConfig()
 
     @property
     def root(self) -> Path:
@@ -213,7 +240,9 @@ def _str_list(value: Any, where: str) -> tuple[str, ...]:
 # Every key each table may hold: anything else is a typo, and a typo must not quietly
 # fall back to a default (`max_tokn_ttl = "2h"` would leave the default TTL in force).
 KNOWN: dict[str, tuple[str, ...]] = {
-    "": ("project", "environments", "secrets", "encrypted"),
+    "": ("project", "environments", "secrets", "encrypted", "notify"),
+    "notify": ("sinks", "timeout"),
+    "notify.sinks": ("url", "format", "secret", "events"),
     "project": ("name", "worker_name", "workers_dir", "deploy_order", "wrangler", "migrations_dir"),
     "environments.*": ("database", "secrets", "health", "objects"),
     "secrets.*": ("kind", "workers", "generate", "previous", "max_token_ttl", "format", "canary"),
@@ -234,6 +263,20 @@ def _check_known(table: dict[str, Any], section: str, label: str, path: Path, te
                           f"{label or 'the top level'}"
                           + (f"; did you mean {close[0]!r}?" if close else
                              f" (known: {', '.join(known)})"))
+
+
+def _each_table(value: Any, label: str, section: str, path: Path,
+                text: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each table of an array of tables, with unknown keys refused; `w` names its place
+    for errors ("keyrotate.toml: [[encrypted]] #2")."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: {label} must be an array of tables")
+    for i, t in enumerate(value):
+        w = f"{path}: {label} #{i + 1}"
+        if not isinstance(t, dict):
+            raise ConfigError(f"{w} must be a table")
+        _check_known(t, section, f"{label} #{i + 1}", path, text)
+        yield w, t
 
 
 def _line_of(text: str, key: str) -> int | None:
@@ -322,14 +365,7 @@ def _validate(path: Path, data: dict[str, Any], text: str = "") -> Manifest:
         environments[name] = Environment(name, database, store, dict(health), dict(objects))
 
     encrypted = []
-    raw_targets = data.get("encrypted", [])
-    if not isinstance(raw_targets, list):
-        raise ConfigError(f"{where}: [[encrypted]] must be an array of tables")
-    for i, t in enumerate(raw_targets):
-        w = f"{where}: [[encrypted]] #{i + 1}"
-        if not isinstance(t, dict):
-            raise ConfigError(f"{w} must be a table")
-        _check_known(t, "encrypted", f"[[encrypted]] #{i + 1}", path, text)
+    for w, t in _each_table(data.get("encrypted", []), "[[encrypted]]", "encrypted", path, text):
         secret = t.get("secret")
         if secret not in secrets:
             raise ConfigError(f"{w}: secret {secret!r} is not declared under [secrets]")
@@ -345,7 +381,43 @@ def _validate(path: Path, data: dict[str, Any], text: str = "") -> Manifest:
         path=path, project=str(project.get("name", "app")), worker_name=worker_name,
         workers_dir=str(project.get("workers_dir", "workers")), deploy_order=order,
         wrangler=wrangler, migrations_dir=str(project.get("migrations_dir", "migrations")),
-        environments=environments, secrets=secrets, encrypted=tuple(encrypted))
+        environments=environments, secrets=secrets, encrypted=tuple(encrypted),
+        notify=_notify(data, path, text))
+
+
+def _notify(data: dict[str, Any], path: Path, text: str) -> NotifyConfig:
+    where = f"{path}: [notify]"
+    table = _table(data, "notify", str(path))
+    _check_known(table, "notify", "[notify]", path, text)
+    timeout = table.get("timeout", 5)
+    if not isinstance(timeout, (int, float)) or not 0 < timeout <= 60:
+        raise ConfigError(f"{where}: timeout must be a number of seconds, at most 60")
+    sinks = []
+    for w, sink in _each_table(table.get("sinks", []), "[notify] sink", "notify.sinks", path, text):
+        url = sink.get("url")
+        if not isinstance(url, str):
+            raise ConfigError(f"{w}: url is missing")
+        if url.startswith(("http://", "https://")):
+            raise ConfigError(f"{w}: url must name the webhook URL, not be it (a webhook URL is "
+                              "a credential): env:SLACK_WEBHOOK_URL, dotenv:.env#SLACK_WEBHOOK_URL, "
+                              "vault:...")
+        parse_ref(url, f"{w}: url")
+        fmt = sink.get("format", "json")
+        if fmt not in NOTIFY_FORMATS:
+            raise ConfigError(f"{w}: format must be one of {', '.join(NOTIFY_FORMATS)}")
+        secret = sink.get("secret")
+        if fmt == "json":
+            if not isinstance(secret, str):
+                raise ConfigError(f"{w}: a json sink signs its bodies: give secret = "
+                                  "\"env:ROTATION_WEBHOOK_SECRET\" (a secret reference)")
+            parse_ref(secret, f"{w}: secret")
+        elif secret is not None:
+            raise ConfigError(f"{w}: a slack sink is not signed by keyrotate: remove secret")
+        events = sink.get("events", list(NOTIFY_EVENTS))
+        if not isinstance(events, list) or not events or any(e not in NOTIFY_EVENTS for e in events):
+            raise ConfigError(f"{w}: events must list some of {', '.join(NOTIFY_EVENTS)}")
+        sinks.append(NotifySink(url, fmt, secret, tuple(events)))
+    return NotifyConfig(tuple(sinks), float(timeout))
 
 
 def _column_target(t: dict[str, Any], w: str) -> ColumnTarget:

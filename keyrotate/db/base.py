@@ -53,6 +53,20 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+@dataclass(frozen=True)
+class RestorePoint:
+    """A point the database can be restored to (D1 Time Travel), recorded before a
+    rotation's first row write: value-free, safe to log and to send."""
+
+    bookmark: str
+    taken_at: str
+    expires_at: str          # the restore point is gone after this
+    restore_command: str
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(self.__dict__)
+
+
 class RowStore(Protocol):
     """What every backend offers. Implementations are not thread-safe; one owner each."""
 
@@ -69,6 +83,11 @@ class RowStore(Protocol):
 
     def apply(self, writes: Sequence[CasWrite], target: Target | None,
               statements: Sequence[Statement]) -> list[bool]: ...
+
+    def restore_point(self) -> RestorePoint | None:
+        """Where the database could be restored to now, when the backend keeps history
+        (D1 Time Travel); None otherwise."""
+        ...
 
     def close(self) -> None: ...
 

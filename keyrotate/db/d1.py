@@ -6,6 +6,9 @@ Facts it is built on (Cloudflare's D1 and API docs; docs/cloudflare.md):
   result carries meta.changes, which is how a compare-and-swap learns whether it hit.
 - at most 100 bound parameters and 100 KB per statement, 30 s per request; BEGIN is
   refused (the batch is the transaction).
+- Time Travel keeps 30 days of history: GET .../time_travel/bookmark answers
+  {"bookmark": "..."} for now; `wrangler d1 time-travel restore NAME --bookmark=B` (by
+  database name) or POST .../time_travel/restore?bookmark=B goes back to it.
 - every request spends the account's API budget (1,200 requests / 5 minutes), so
   keyrotate carries hundreds of rows per request: a rotation costs a few requests per
   thousand rows. Pacing and retries live in keyrotate.cloudflare_api.
@@ -13,16 +16,19 @@ Facts it is built on (Cloudflare's D1 and API docs; docs/cloudflare.md):
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
 from urllib.parse import urlparse
 
 from keyrotate.cloudflare_api import CloudflareClient, RequestBudget
 from keyrotate.db.base import (
-    MAX_BOUND_PARAMS, CasWrite, Statement, Target, Value, bounded_scan_params, bounded_scan_sql, cas_sql,
+    MAX_BOUND_PARAMS, CasWrite, RestorePoint, Statement, Target, Value, bounded_scan_params,
+    bounded_scan_sql, cas_sql,
 )
 from keyrotate.errors import ConfigError, StoreError
 
 MAX_STATEMENT_BYTES = 100_000
+TIME_TRAVEL_DAYS = 30
 STATEMENTS_PER_REQUEST = 2_500  # a page of CAS (~1 KB each) plus its checkpoint: one request
 
 
@@ -36,7 +42,9 @@ class D1Store:
         if not account or not database or "/" in database:
             raise ConfigError(f"bad D1 URL {url!r}: expected d1://ACCOUNT_ID/DATABASE_ID")
         self.display_url = url
-        self.path = f"/accounts/{account}/d1/database/{database}/query"
+        self.database_path = f"/accounts/{account}/d1/database/{database}"
+        self.database_id = database
+        self.path = f"{self.database_path}/query"
         self.api = CloudflareClient(url, "d1:// databases", budget)
 
     @property
@@ -75,6 +83,20 @@ class D1Store:
             result = self._post({"batch": [{"sql": s.sql, "params": list(s.params)} for s in chunk]})
             changes += [int((r.get("meta") or {}).get("changes", 0)) for r in result]
         return [c == 1 for c in changes[:len(writes)]]
+
+    def restore_point(self) -> RestorePoint:
+        """The current Time Travel bookmark, and how to restore to it (two requests)."""
+        taken = datetime.now(timezone.utc).replace(microsecond=0)
+        result = self.api.call("GET", f"{self.database_path}/time_travel/bookmark") or {}
+        bookmark = result.get("bookmark") if isinstance(result, dict) else None
+        if not isinstance(bookmark, str) or not bookmark:
+            raise StoreError(f"{self.display_url}: Time Travel answered no bookmark")
+        info = self.api.call("GET", self.database_path) or {}
+        name = info.get("name") if isinstance(info, dict) else None
+        return RestorePoint(
+            bookmark, taken.isoformat(),
+            (taken + timedelta(days=TIME_TRAVEL_DAYS)).isoformat(),
+            f"wrangler d1 time-travel restore {name or self.database_id} --bookmark={bookmark}")
 
     def close(self) -> None:
         self.api.close()

@@ -60,6 +60,9 @@ class LibsqlRemoteStore:
             raise _store_error(f"write failed on {self.display_url}", e) from None
         return [rs.rows_affected == 1 for rs in results[:len(writes)]]
 
+    def restore_point(self) -> None:
+        return None  # no history kept: back the file or server up yourself
+
     def close(self) -> None:
         self.client.close()
 

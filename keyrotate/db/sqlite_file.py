@@ -182,6 +182,9 @@ class SqliteFileStore:
             now.update(self.wconn.execute(rows_by_key_sql(target, len(chunk)), chunk).fetchall())
         return [now.get(key) == new for new, key, _ in writes]
 
+    def restore_point(self) -> None:
+        return None  # no history kept: back the file or server up yourself
+
     def close(self) -> None:
         self.conn.close()
         self.wconn.close()

@@ -1,15 +1,19 @@
 """The incident report a --compromised rotation writes: what, when, row counts,
-fingerprints (never values), as JSON and Markdown, mode 0600."""
+fingerprints (never values), the D1 restore point and what restoring to it would undo,
+as JSON and Markdown, mode 0600."""
 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from keyrotate.controlplane.context import Context
+from keyrotate.db.d1 import TIME_TRAVEL_DAYS
 from keyrotate.rotation.state import Rotation
 from keyrotate.secrets.files import atomic_write_secret
-from keyrotate.timeutil import now_iso
+from keyrotate.timeutil import now_iso, parse_utc
 
 TIME_TRAVEL = ("D1 Time Travel keeps the database's history for 30 days: rows as they were "
                "before this rotation, under the compromised key, stay restorable (and readable "
@@ -26,10 +30,27 @@ def _objects_note(ctx: Context, rot: Rotation) -> str | None:
             "users reconnect) to close that.")
 
 
+def _restore_points(rot: Rotation, written_at: str) -> dict[str, Any] | None:
+    """The bookmark taken before the first row write, and until when any restore point
+    still holds rows under the compromised key: the ones up to now (verify has just
+    passed), each kept for 30 days."""
+    tt = rot.detail.get("time_travel")
+    if not tt:
+        return None
+    written = parse_utc(written_at)
+    last = (written + timedelta(days=TIME_TRAVEL_DAYS)).isoformat() if written else None
+    return {**tt, "compromised_restore_points_until": last,
+            "warning": (f"Restoring the database to this bookmark ({tt['bookmark'] or tt['taken_at']}), "
+                        "or to any earlier point, brings back rows under the compromised key. "
+                        "Every restore point up to this report still holds some; after "
+                        f"{last} no such restore point exists.")}
+
+
 def write_report(ctx: Context, rot: Rotation) -> tuple[Path, Path]:
     folder = ctx.state_dir / "incidents"
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    data = {"incident": "secret compromise response", "written_at": now_iso(), "env": ctx.env.name,
+    written_at = now_iso()
+    data = {"incident": "secret compromise response", "written_at": written_at, "env": ctx.env.name,
             "secret": rot.secret, "kind": rot.kind, "rotation_id": rot.rotation_id,
             "started_at": rot.started_at, "steps": rot.steps_done,
             "old_fingerprint": rot.old_fp, "new_fingerprint": rot.new_fp,
@@ -37,6 +58,7 @@ def write_report(ctx: Context, rot: Rotation) -> tuple[Path, Path]:
             "rows": {k: rot.detail.get(k) for k in ("reencrypt", "catch-up", "verify") if k in rot.detail},
             "workers": [ctx.worker_name(w) for w in ctx.manifest.workers_holding(rot.secret)],
             "time_travel": TIME_TRAVEL,
+            "restore_point": _restore_points(rot, written_at),
             "objects": _objects_note(ctx, rot)}
     jpath = folder / f"{rot.rotation_id}.json"
     mpath = folder / f"{rot.rotation_id}.md"
@@ -50,6 +72,13 @@ def write_report(ctx: Context, rot: Rotation) -> tuple[Path, Path]:
     for phase, targets in data["rows"].items():
         for target, counts in (targets or {}).items():
             lines.append(f"- {phase} {target}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    point = data["restore_point"]
+    if point:
+        lines += ["", "## Database restore point (D1 Time Travel)", "",
+                  f"- bookmark: `{point['bookmark']}`, taken {point['taken_at']} before the first "
+                  f"row write, restorable until {point['expires_at']}",
+                  f"- restore: `{point['restore_command']}`",
+                  f"- **{point['warning']}**"]
     lines += ["", "## Still to do", "", f"- {TIME_TRAVEL}",
               *([f"- {data['objects']}"] if data["objects"] else []),
               "- Review access logs for use of the old key; rotate anything it could reach."]

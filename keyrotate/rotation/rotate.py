@@ -25,6 +25,7 @@ from keyrotate.rotation.plan import cutover_warning, plan_of, steps_for
 from keyrotate.rotation.preflight import preflight
 from keyrotate.rotation.state import Recorder, Rotation
 from keyrotate.rotation.steps import Job, Step
+from keyrotate.secrets.base import fingerprint
 from keyrotate.timeutil import new_id, now_iso, parse_utc
 
 PUSH_STEPS = ("push", "push-overlap", "remove-previous")
@@ -70,8 +71,20 @@ def rotate(ctx: Context, secret: str, *, compromised: bool = False, dry_run: boo
            read_external: Callable[[], str] | None = None,
            say: Say = print, objects: ObjectsOptions = ObjectsOptions(),
            from_deployed: bool = False, canary: bool = False) -> RotatePlan | RotateResult:
-    spec = ctx.manifest.secret(secret)
     recorder = Recorder(ctx)
+    try:
+        return _rotate(ctx, recorder, secret, compromised=compromised, dry_run=dry_run, yes=yes,
+                       finish=finish, force=force, abort=abort, read_external=read_external,
+                       say=say, objects=objects, from_deployed=from_deployed, canary=canary)
+    finally:
+        recorder.evidence.close()
+
+
+def _rotate(ctx: Context, recorder: Recorder, secret: str, *, compromised: bool, dry_run: bool,
+            yes: bool, finish: bool, force: bool, abort: bool,
+            read_external: Callable[[], str] | None, say: Say, objects: ObjectsOptions,
+            from_deployed: bool, canary: bool) -> RotatePlan | RotateResult:
+    spec = ctx.manifest.secret(secret)
     rot = recorder.load_open(secret)
     if rot is None and (finish or abort):
         raise ConfigError(f"no {secret} rotation in progress on {ctx.env.name}")
@@ -119,7 +132,7 @@ def rotate(ctx: Context, secret: str, *, compromised: bool = False, dry_run: boo
     if canary or spec.canary:
         rot.detail["canary"] = list(spec.canary or DEFAULT_STEPS)
     job = Job(ctx, spec, rot, say, read_external, objects, pusher,
-              Canary(tuple(rot.detail["canary"])) if rot.detail.get("canary") else None)
+              Canary(tuple(rot.detail["canary"])) if rot.detail.get("canary") else None, recorder)
     try:
         _run_steps(job, recorder, steps)
     finally:
@@ -133,8 +146,10 @@ def rotate(ctx: Context, secret: str, *, compromised: bool = False, dry_run: boo
 
 
 def _new_rotation(ctx: Context, spec: SecretSpec, plan: str, compromised: bool) -> Rotation:
+    current = ctx.secrets.read(spec.name)   # known from the start: the started event says it
     return Rotation(new_id("rot-"), ctx.env.name, spec.name, spec.kind, plan, compromised,
-                    "in-progress", started_at=now_iso())
+                    "in-progress", old_fp=fingerprint(current) if current else None,
+                    started_at=now_iso())
 
 
 def _run_steps(job: Job, recorder: Recorder, steps: list[Step]) -> None:
@@ -142,7 +157,11 @@ def _run_steps(job: Job, recorder: Recorder, steps: list[Step]) -> None:
         if step.name in job.rot.steps_done:
             continue
         job.say(f"[{job.spec.name}] {step.name}: {job.text(step.description)}")
-        step.run(job)
+        try:
+            step.run(job)
+        except BaseException as e:
+            recorder.interrupted(job.rot, step.name, e)
+            raise
         recorder.step_done(job.rot, step.name)
 
 
@@ -180,8 +199,7 @@ def _take_over(ctx: Context, recorder: Recorder, open_rot: Rotation, new_rot: Ro
             store.promote(name)
         else:
             store.discard_pending(name)
-    recorder.audit(open_rot, "superseded", by=new_rot.rotation_id, reason="compromise response")
-    recorder.ended(open_rot, "superseded")
+    recorder.ended(open_rot, "superseded", by=new_rot.rotation_id, reason="compromise response")
     say(f"took over the open {name} rotation {open_rot.rotation_id} for the compromise response")
     return ["previous"] if moved else []
 

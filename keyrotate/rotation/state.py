@@ -1,16 +1,19 @@
 """One rotation of one secret in one environment, and the one place it is persisted:
-the rotation row (keyrotate_rotations, in the environment's database) and the audit log
-(JSON lines beside the manifest, fingerprints only)."""
+the rotation row (keyrotate_rotations, in the environment's database), committed with
+its audit trail event (keyrotate.evidence: fingerprints only), which is also sent to the
+notification sinks."""
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from keyrotate.controlplane.context import Context
 from keyrotate.db.base import Statement
+from keyrotate.errors import EXIT_INCOMPLETE
+from keyrotate.evidence.event import Event
+from keyrotate.evidence.record import Evidence
 from keyrotate.timeutil import now_iso
 
 OPEN_STATES = ("in-progress", "awaiting-finish")
@@ -41,10 +44,12 @@ class Rotation:
 
 
 class Recorder:
-    """Loads and saves rotations and appends to the audit log; nothing else writes them."""
+    """Loads and saves rotations; each save commits together with its audit event, and
+    the event goes on to the notification sinks. Nothing else writes rotations."""
 
-    def __init__(self, ctx: Context):
+    def __init__(self, ctx: Context, evidence: Evidence | None = None):
         self.ctx = ctx
+        self.evidence = evidence or Evidence(ctx)
 
     def load_open(self, secret: str) -> Rotation | None:
         rows = self.ctx.db.query(
@@ -60,13 +65,21 @@ class Recorder:
 
     def open_rotations(self) -> list[dict[str, Any]]:
         rows = self.ctx.db.query(
-            "SELECT secret, state, rotation_id, started_at FROM keyrotate_rotations "
+            "SELECT secret, state, rotation_id, started_at, steps_done FROM keyrotate_rotations "
             "WHERE environment = ? AND state IN (?, ?)", (self.ctx.env.name, *OPEN_STATES))
-        return [{"secret": r[0], "state": r[1], "rotation_id": r[2], "started_at": r[3]} for r in rows]
+        return [{"secret": r[0], "state": r[1], "rotation_id": r[2], "started_at": r[3],
+                 "steps_done": json.loads(r[4])} for r in rows]
 
-    def save(self, rot: Rotation, finished: bool = False) -> None:
+    def last_finished(self) -> dict[str, str]:
+        """Per secret, when its last rotation finished in this environment."""
+        rows = self.ctx.db.query(
+            "SELECT secret, MAX(finished_at) FROM keyrotate_rotations WHERE environment = ? "
+            "AND state = 'finished' GROUP BY secret", (self.ctx.env.name,))
+        return {str(r[0]): str(r[1]) for r in rows if r[1]}
+
+    def _save(self, rot: Rotation, finished: bool = False) -> Statement:
         now = now_iso()
-        self.ctx.db.apply([], None, [Statement(
+        return Statement(
             "INSERT INTO keyrotate_rotations (rotation_id, environment, secret, kind, plan, "
             "compromised, state, steps_done, old_fp, new_fp, detail, started_at, updated_at, "
             "finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -76,33 +89,67 @@ class Recorder:
             "finished_at = excluded.finished_at",
             (rot.rotation_id, rot.environment, rot.secret, rot.kind, rot.plan, int(rot.compromised),
              rot.state, json.dumps(rot.steps_done), rot.old_fp, rot.new_fp, json.dumps(rot.detail),
-             rot.started_at, now, now if finished else None))])
+             rot.started_at, now, now if finished else None))
 
-    def audit(self, rot: Rotation, event: str, **extra: Any) -> None:
-        """Append-only JSON lines: what happened, when, fingerprints only."""
-        folder = self.ctx.state_dir
-        folder.mkdir(mode=0o700, exist_ok=True)
-        path = folder / f"audit-{self.ctx.env.name}.jsonl"
-        line = json.dumps({"at": now_iso(), "env": self.ctx.env.name,
-                           "rotation_id": rot.rotation_id, "secret": rot.secret, "event": event,
-                           "old_fingerprint": rot.old_fp, "new_fingerprint": rot.new_fp, **extra})
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, (line + "\n").encode())
-        finally:
-            os.close(fd)
+    def _event(self, rot: Rotation, event: str, summary: str, step: str | None = None,
+               **detail: Any) -> Event:
+        return Event(event, rot.environment, summary, rot.secret, rot.rotation_id, step,
+                     rot.old_fp, rot.new_fp, detail)
+
+    def _what(self, rot: Rotation) -> str:
+        return f"{rot.secret} rotation {rot.rotation_id} on {rot.environment}"
+
+    def started(self, rot: Rotation) -> None:
+        how = f"{rot.plan}{', compromise response' if rot.compromised else ''}"
+        self.evidence.record(self._event(rot, "rotation.started", f"{self._what(rot)} started ({how}).",
+                                         plan=rot.plan, compromised=rot.compromised,
+                                         took_over=rot.detail.get("took_over")),
+                             [self._save(rot)])
 
     def step_done(self, rot: Rotation, step: str) -> None:
         rot.steps_done.append(step)
-        self.save(rot)
-        self.audit(rot, step, detail={k: v for k, v in rot.detail.items() if k != "health"})
+        self.evidence.record(self._event(rot, "rotation.step", f"{self._what(rot)}: step {step} done.",
+                                         step, **_step_detail(rot, step)),
+                             [self._save(rot)])
 
-    def started(self, rot: Rotation) -> None:
-        self.save(rot)
-        self.audit(rot, "started", plan=rot.plan, compromised=rot.compromised)
+    def saved(self, rot: Rotation, event: Event) -> None:
+        """Save the rotation's state together with an event about it."""
+        self.evidence.record(event, [self._save(rot)])
 
-    def ended(self, rot: Rotation, state: str) -> None:
+    def interrupted(self, rot: Rotation, step: str, error: BaseException) -> None:
+        """A step stopped: paused (exit 3: it resumes) or failed; the reason goes out."""
+        code = getattr(error, "exit_code", None)
+        if isinstance(error, KeyboardInterrupt):
+            reason, paused = "interrupted", True
+        elif code is None:
+            reason, paused = f"unexpected {type(error).__name__}", False
+        else:
+            reason, paused = str(error), code == EXIT_INCOMPLETE
+        if paused:
+            event = self._event(rot, "rotation.paused", f"{self._what(rot)} paused at {step}: "
+                                f"{reason}", step, exit_code=3)
+        else:
+            event = self._event(rot, "rotation.failed", f"{self._what(rot)} failed at {step}: "
+                                f"{reason}", step, exit_code=code or 1)
+        self.evidence.record(event, best_effort=True)
+
+    def ended(self, rot: Rotation, state: str, **detail: Any) -> None:
         rot.state = state
         finished = state in ("finished", "aborted", "superseded")
-        self.save(rot, finished=finished)
-        self.audit(rot, state)
+        if state == "finished":
+            event = self._event(rot, "rotation.finished", f"{self._what(rot)} finished: "
+                                f"{rot.new_fp} in use, {rot.old_fp} retired.", **detail)
+        elif state == "awaiting-finish":
+            event = self._event(rot, "rotation.step", f"{self._what(rot)}: rotated and verified; "
+                                "the Workers still accept the previous value until --finish.",
+                                "awaiting-finish", **detail)
+        else:
+            event = self._event(rot, f"rotation.{state}", f"{self._what(rot)} {state}.", **detail)
+        self.evidence.record(event, [self._save(rot, finished=finished)])
+
+
+def _step_detail(rot: Rotation, step: str) -> dict[str, Any]:
+    """What a step left in the rotation's detail that is worth keeping in the trail."""
+    keys = {"reencrypt": ("reencrypt",), "verify": ("verify", "sweep"), "catch-up": ("catch-up",),
+            "report": ("report",), "push": ("pushed_at",), "push-overlap": ("pushed_at",)}
+    return {k: rot.detail[k] for k in keys.get(step, ()) if k in rot.detail}

@@ -1,5 +1,6 @@
-"""`keyrotate status`: per secret, its age from the store, any rotation in progress, and
-rows per key (a census of every encrypted column). For cron and CI schedules."""
+"""`keyrotate status`: per secret, its age from the store, its last rotation, any rotation
+in progress, and rows per key (a census of every encrypted column and object target).
+For cron and CI schedules: `--notify` sends secret.overdue for each secret past `--due`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from keyrotate.controlplane.context import Context
 from keyrotate.controlplane.objects_cmd import objects_census
 from keyrotate.crypto.keys import MasterKey
 from keyrotate.dataplane.objects.driver import ObjectsOptions
-from keyrotate.secrets.base import SLOTS
+from keyrotate.evidence.event import Event
+from keyrotate.secrets.base import SLOTS, fingerprint
 from keyrotate.dataplane.verify import verify
 from keyrotate.errors import EXIT_FAILURES
 from keyrotate.rotation.state import Recorder
@@ -27,6 +29,9 @@ class SecretStatus:
     due: bool
     rotation: dict[str, Any] | None
     rows: dict[str, dict[str, int]] | None = None
+    age_seconds: float | None = None
+    last_rotated_at: str | None = None
+    pending: bool = False          # a new value waits in the store: rows move to it
 
     def as_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -39,6 +44,9 @@ class SecretStatus:
 class StatusResult:
     env: str
     secrets: list[SecretStatus] = field(default_factory=list)
+    at: str = ""
+    due_seconds: int | None = None
+    notified: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def due(self) -> list[str]:
@@ -49,7 +57,9 @@ class StatusResult:
         return EXIT_FAILURES if self.due else 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"env": self.env, "secrets": [s.as_dict() for s in self.secrets], "due": self.due}
+        out = {"env": self.env, "at": self.at, "secrets": [s.as_dict() for s in self.secrets],
+               "due": self.due}
+        return {**out, "notified": self.notified} if self.notified else out
 
 
 def rows_per_slot(ctx: Context, name: str) -> dict[str, dict[str, int]]:
@@ -90,10 +100,12 @@ def objects_per_slot(ctx: Context, name: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def status(ctx: Context, due_seconds: int | None) -> StatusResult:
+def status(ctx: Context, due_seconds: int | None, notify: bool = False) -> StatusResult:
     store = ctx.secrets
-    in_progress = {r["secret"]: r for r in Recorder(ctx).open_rotations()}
-    now = datetime.now(timezone.utc)
+    recorder = Recorder(ctx)
+    in_progress = {r["secret"]: r for r in recorder.open_rotations()}
+    last = recorder.last_finished()
+    now = datetime.now(timezone.utc).replace(microsecond=0)
     out = []
     for name, spec in ctx.manifest.secrets.items():
         set_at = store.set_at(name)
@@ -101,8 +113,27 @@ def status(ctx: Context, due_seconds: int | None) -> StatusResult:
         entry = SecretStatus(name, spec.kind, set_at.isoformat() if set_at else None,
                              round(age / 86400, 1) if age is not None else None,
                              bool(due_seconds and age is not None and age > due_seconds),
-                             in_progress.get(name))
+                             in_progress.get(name), age_seconds=age, last_rotated_at=last.get(name),
+                             pending=store.read(name, "pending") is not None)
         if ctx.manifest.targets_of(name) and store.read(name):
             entry.rows = rows_per_slot(ctx, name)
         out.append(entry)
-    return StatusResult(ctx.env.name, out)
+    notified = _notify_overdue(ctx, recorder, [s for s in out if s.due]) if notify else []
+    return StatusResult(ctx.env.name, out, now.isoformat(), due_seconds, notified)
+
+
+def _notify_overdue(ctx: Context, recorder: Recorder, due: list[SecretStatus]) -> list[dict[str, Any]]:
+    """secret.overdue for each, to the audit trail and the sinks."""
+    sent = []
+    try:
+        for s in due:
+            fp = fingerprint(v) if (v := ctx.secrets.read(s.secret)) else None
+            deliveries = recorder.evidence.record(Event(
+                "secret.overdue", ctx.env.name, f"{s.secret} on {ctx.env.name} is {s.age_days} days "
+                f"old, past the rotation due age; rotate it: keyrotate rotate {s.secret} --env "
+                f"{ctx.env.name}", s.secret, old_fingerprint=fp,
+                detail={"age_days": s.age_days, "set_at": s.set_at}))
+            sent += [{"secret": s.secret, **d.as_dict()} for d in deliveries]
+    finally:
+        recorder.evidence.close()
+    return sent

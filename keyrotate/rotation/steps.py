@@ -20,7 +20,9 @@ from keyrotate.dataplane.objects.driver import ObjectsOptions
 from keyrotate.dataplane.reencrypt import ReencryptOptions, reencrypt
 from keyrotate.dataplane.verify import Census, verify
 from keyrotate.errors import ConfigError, Failures, Incomplete, KeyrotateError
-from keyrotate.rotation.state import Rotation
+from keyrotate.evidence.event import Event
+from keyrotate.rotation.restore_point import record_restore_point
+from keyrotate.rotation.state import Recorder, Rotation
 from keyrotate.rotation.targets import each_target
 from keyrotate.secrets.base import fingerprint
 from keyrotate.secrets.keygen import generate
@@ -43,6 +45,7 @@ class Job:
     objects: ObjectsOptions = ObjectsOptions()   # for object targets
     pusher: Pusher | None = None
     canary: Canary | None = None
+    recorder: Recorder | None = None
 
     def pushes(self) -> Pusher:
         if self.pusher is None:
@@ -166,6 +169,8 @@ def reencrypt_targets(job: Job, key: str, only_objects: dict[str, list[str]] | N
     the ledger's). `only_objects`: a sweep sends just these ids again, ledger or not."""
     new, old, also = _refs(job)
     mode = "fresh-dek" if job.rot.compromised else "rewrap"
+    if job.recorder is not None and job.ctx.manifest.columns_of(job.spec.name):
+        record_restore_point(job.ctx, job.recorder, job.rot)   # before the first row write
     results: dict[str, Any] = {}
     for t, target, codec in each_target(job.ctx, job.spec.name, new, old, mode, also, writing=True):
         job.say(f"reencrypting {t.name} ({mode})")
@@ -287,6 +292,14 @@ class Report:
         paths = write_report(job.ctx, job.rot)
         job.rot.detail["report"] = [str(p) for p in paths]
         job.say(f"incident report: {paths[1]}")
+        if job.recorder is not None:
+            rot = job.rot
+            job.recorder.evidence.record(Event(
+                "incident.report", rot.environment, f"incident report for the compromised "
+                f"{rot.secret} on {rot.environment} written ({paths[1].name}); old value "
+                f"{rot.old_fp} retired.", rot.secret, rot.rotation_id, self.name, rot.old_fp,
+                rot.new_fp, {"report": [p.name for p in paths],
+                             "restore_point": rot.detail.get("time_travel")}))
 
 
 class Checklist:

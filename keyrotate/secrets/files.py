@@ -13,7 +13,7 @@ import os
 import stat
 import tempfile
 
-from keyrotate.errors import SecretStoreError
+from keyrotate.errors import ConfigError, KeyrotateError, SecretStoreError
 
 log = logging.getLogger("keyrotate.files")
 
@@ -23,10 +23,21 @@ def atomic_write_secret(path: str, text: str) -> None:
 
     A crash leaves either the old file or the new one, never a torn or world-readable one.
     """
+    _atomic_write(path, text, 0o600, SecretStoreError)
+
+
+def atomic_write_public(path: str, text: str) -> None:
+    """The same for a file with nothing secret that other users read (a metrics file for
+    node_exporter's textfile collector): a new file is 0644, and a reader never sees it
+    half written."""
+    _atomic_write(path, text, 0o644, ConfigError)
+
+
+def _atomic_write(path: str, text: str, new_mode: int, error: type[KeyrotateError]) -> None:
     real = os.path.realpath(path)  # through a symlink to the file it names
     folder = os.path.dirname(real)
     if not os.path.isdir(folder):
-        raise SecretStoreError(f"cannot write {path}: the folder {folder} does not exist")
+        raise error(f"cannot write {path}: the folder {folder} does not exist")
     try:
         existing = os.stat(real)
     except FileNotFoundError:
@@ -34,14 +45,16 @@ def atomic_write_secret(path: str, text: str) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=".keyrotate-", suffix=".tmp", dir=folder)  # 0600
     except OSError as e:
-        raise SecretStoreError(f"cannot write {path}: {e.strerror}") from None
+        raise error(f"cannot write {path}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         if existing is not None:
-            _keep_mode_and_group(tmp, existing, path)
+            _keep_mode_and_group(tmp, existing, path, warn=new_mode == 0o600)
+        elif new_mode != 0o600:
+            os.chmod(tmp, new_mode)
         os.replace(tmp, real)
     except BaseException:
         try:
@@ -56,12 +69,12 @@ def atomic_write_secret(path: str, text: str) -> None:
         os.close(dir_fd)
 
 
-def _keep_mode_and_group(tmp: str, existing: os.stat_result, path: str) -> None:
+def _keep_mode_and_group(tmp: str, existing: os.stat_result, path: str, warn: bool) -> None:
     mode = stat.S_IMODE(existing.st_mode)
     try:
         os.chown(tmp, -1, existing.st_gid)
     except PermissionError:
         pass  # not in that group: the file keeps ours, and its mode still applies
     os.chmod(tmp, mode)
-    if mode & stat.S_IROTH:
+    if warn and mode & stat.S_IROTH:
         log.warning("%s is readable by every user (mode %o); it holds secrets", path, mode)

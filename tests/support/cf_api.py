@@ -6,6 +6,10 @@ network here). What it follows, and from where:
   {"sql","params"} or {"batch": [...]}; a batch is one transaction; results carry
   meta.changes; at most 100 bound parameters and 100 KB per statement; BEGIN/COMMIT are
   refused; errors come back as {"success": false, "errors": [{"code": 7500, ...}]}.
+- D1 Time Travel (Cloudflare API reference, "Get D1 database bookmark"): GET
+  .../d1/database/{id}/time_travel/bookmark answers {"bookmark": "<4 hex groups>"}, the
+  groups lexicographically sortable (oldest first); GET .../d1/database/{id} answers the
+  database's {"uuid", "name", ...}.
 - the API rate limit (1,200 requests / 5 minutes per user): a configurable window,
   answered with 429 and Retry-After.
 - Workers scripts, versions and deployments: tests/support/cf_workers.py says which
@@ -21,6 +25,7 @@ import re
 import sqlite3
 import threading
 import time
+import uuid
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -34,6 +39,7 @@ MAX_STATEMENT_BYTES = 100_000
 class CloudflareStandIn:
     def __init__(self, rate_limit: int = 1200, rate_window: float = 300.0):
         self.d1: dict[str, str] = {}          # database id -> SQLite path
+        self.d1_names: dict[str, str] = {}    # database id -> name (default: the id)
         self.workers = Workers()
         self.log: list[tuple[str, str, bytes]] = []   # method, path, body
         self.faults: deque[str] = deque()     # for D1 requests: "429", "500", "slow", "drop"
@@ -48,6 +54,7 @@ class CloudflareStandIn:
         self.rate_limit, self.rate_window = rate_limit, rate_window
         self.d1_times: deque[float] = deque()
         self.d1_requests = 0
+        self.d1_bookmarks = 0
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -132,6 +139,9 @@ class CloudflareStandIn:
         d1 = re.match(r"^d1/database/([^/]+)/query$", rest)
         if d1 and method == "POST":
             return self._d1(d1.group(1), body)
+        tt = re.match(r"^d1/database/([^/]+)(/time_travel/bookmark)?$", rest)
+        if tt and method == "GET":
+            return self._d1_info(tt.group(1), bool(tt.group(2)))
         svc = re.match(r"^workers/services/([^/]+)$", rest)
         if svc:
             s = self.script(svc.group(1))
@@ -151,6 +161,18 @@ class CloudflareStandIn:
         return 200, _ok({}), None  # account-level lookups wrangler makes (subdomain, ...)
 
     # -- D1 ---------------------------------------------------------------------------------
+    def _d1_info(self, db_id: str, bookmark: bool):
+        if db_id not in self.d1:
+            return 404, _err(7404, "database not found"), None
+        if not bookmark:
+            return 200, _ok({"uuid": db_id, "name": self.d1_names.get(db_id, db_id),
+                             "version": "production", "num_tables": 0}), None
+        with self.lock:
+            self.d1_bookmarks += 1
+            n = self.d1_requests   # a write counter: later bookmarks sort later
+        mark = f"{int(time.time()):08x}-{n:08x}-{self.d1_bookmarks:08x}-{uuid.uuid4().hex}"
+        return 200, _ok({"bookmark": mark}), None
+
     def _d1(self, db_id: str, body: bytes):
         with self.lock:
             self.d1_requests += 1

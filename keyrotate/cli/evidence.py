@@ -1,0 +1,57 @@
+"""`audit show|verify` and `notify test`: the environment's audit trail and its sinks."""
+
+from __future__ import annotations
+
+import click
+
+from keyrotate.cli.options import environment, json_option
+from keyrotate.cli.output import emit
+from keyrotate.controlplane.context import Context
+
+
+@click.group()
+def audit() -> None:
+    """The environment's audit trail: in its database, hash chained, one history for
+    every operator."""
+
+
+@audit.command("show")
+@environment
+@click.option("--rotation", "rotation_id", metavar="ID", help="Only this rotation's events.")
+@click.option("--last", type=click.IntRange(1), metavar="N", help="Only the last N events.")
+@json_option
+def audit_show(env: Context, rotation_id: str | None, last: int | None, as_json: bool) -> None:
+    """The timeline: who did what, when, with fingerprints (never values)."""
+    from keyrotate.evidence.record import audit_trail
+    from keyrotate.evidence.trail import show
+
+    emit(show(audit_trail(env), rotation_id, last), as_json)
+
+
+@audit.command("verify")
+@environment
+@json_option
+def audit_verify(env: Context, as_json: bool) -> None:
+    """Check the hash chain, and this machine's local copy against it. Exit 1 naming the
+    first event altered, removed or reordered."""
+    from keyrotate.evidence.record import audit_trail
+
+    emit(audit_trail(env).verify(), as_json)
+
+
+@click.group()
+def notify() -> None:
+    """Notification sinks ([notify] in keyrotate.toml)."""
+
+
+@notify.command("test")
+@environment
+@json_option
+def notify_test(env: Context, as_json: bool) -> None:
+    """Send a notify.test event to every sink; exit 1 if one was not delivered."""
+    from keyrotate.evidence.record import send_test
+
+    emit(send_test(env), as_json)
+
+
+COMMANDS = [audit, notify]

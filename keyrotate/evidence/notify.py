@@ -1,0 +1,152 @@
+"""Notifications: each event to every sink that wants it, as a signed JSON body or a
+Slack message.
+
+Delivery never changes a command's outcome: each try has a timeout (a few seconds), a
+sink gets up to three tries with backoff, and a sink that failed them all is not tried
+again in the same command (a rotation must not wait on a dead receiver at every step).
+Every failure is logged and returned, for the audit trail. Sink URLs are credentials:
+they are resolved from their references only to be used, and never appear in a message,
+a log line or the audit trail (the reference names the sink).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+import httpx
+
+from keyrotate.controlplane.manifest import NotifyConfig, NotifySink
+from keyrotate.errors import ConfigError, KeyrotateError
+from keyrotate.evidence.event import Event
+from keyrotate.evidence.signing import HEADER, check_signing_secret, sign
+
+log = logging.getLogger("keyrotate.notify")
+TRIES = 3
+FIRST_BACKOFF = 0.5
+USER_AGENT = "keyrotate-notify/1"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    sink: str            # the sink's label: format and URL reference, never the URL
+    event: str
+    ok: bool
+    tries: int
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def slack_text(event: Event) -> str:
+    """One short sentence; Slack's three control characters escaped, no links."""
+    text = f"keyrotate [{event.env}] {event.summary}"
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def json_body(event: Event) -> bytes:
+    return json.dumps(event.body(), sort_keys=True, separators=(",", ":")).encode()
+
+
+def _check_url(url: str, ref: str) -> None:
+    """https, or http to this machine only (a receiver on localhost, a sidecar)."""
+    parsed = urlparse(url)
+    if parsed.scheme == "https" and parsed.hostname:
+        return
+    if parsed.scheme == "http" and parsed.hostname:
+        host = parsed.hostname
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if loopback:
+            return
+    raise ConfigError(f"the URL {ref} names is not an https:// URL (http:// only to localhost)")
+
+
+class Notifier:
+    def __init__(self, config: NotifyConfig, resolve: Callable[[str], str]):
+        self.config = config
+        self._resolve = resolve
+        self._down: dict[str, str] = {}
+        self._targets: dict[str, tuple[str, str | None]] = {}
+        self._http: httpx.Client | None = None
+        self.deliveries: list[Delivery] = []
+
+    @property
+    def failures(self) -> list[Delivery]:
+        return [d for d in self.deliveries if not d.ok]
+
+    def send(self, event: Event) -> list[Delivery]:
+        """Deliver to every sink that wants this event; never raises."""
+        if not event.notifies:
+            return []
+        out = [self._deliver(s, event) for s in self.config.sinks if event.event in s.events]
+        self.deliveries += out
+        return out
+
+    def _client(self) -> httpx.Client:
+        if self._http is None:
+            self._http = httpx.Client(follow_redirects=False, headers={"User-Agent": USER_AGENT})
+        return self._http
+
+    def _deliver(self, sink: NotifySink, event: Event) -> Delivery:
+        if sink.label in self._down:
+            return self._failed(sink, event, 0, f"not tried: {self._down[sink.label]} "
+                                                "earlier in this command")
+        try:
+            url, secret = self._target(sink)
+        except KeyrotateError as e:
+            self._down[sink.label] = str(e)
+            return self._failed(sink, event, 0, str(e))
+        body = json_body(event) if sink.format == "json" else \
+            json.dumps({"text": slack_text(event)}).encode()
+        reason, delay = "", FIRST_BACKOFF
+        for attempt in range(1, TRIES + 1):
+            headers = {"Content-Type": "application/json", "X-Keyrotate-Event": event.event}
+            if secret is not None:
+                headers[HEADER] = sign(secret, body)
+            try:
+                resp = self._client().post(url, content=body, headers=headers,
+                                           timeout=self.config.timeout)
+                if 200 <= resp.status_code < 300:
+                    return Delivery(sink.label, event.event, True, attempt)
+                reason = f"HTTP {resp.status_code}"
+                if 400 <= resp.status_code < 500 and resp.status_code not in (408, 429):
+                    return self._failed(sink, event, attempt, reason)  # trying again won't help
+            except httpx.TimeoutException:
+                reason = f"no answer within {self.config.timeout:g} s"
+            except httpx.TransportError as e:
+                reason = f"unreachable ({type(e).__name__})"
+            if attempt < TRIES:
+                time.sleep(delay)
+                delay *= 2
+        self._down[sink.label] = reason
+        return self._failed(sink, event, TRIES, reason)
+
+    def _target(self, sink: NotifySink) -> tuple[str, str | None]:
+        """The sink's URL and signing secret, read from their references once per command
+        (a vault: reference is a request) and kept in memory only."""
+        if sink.label not in self._targets:
+            url = self._resolve(sink.url)
+            _check_url(url, sink.url)
+            secret = self._resolve(sink.secret) if sink.secret else None
+            if secret is not None:
+                check_signing_secret(secret, str(sink.secret))
+            self._targets[sink.label] = (url, secret)
+        return self._targets[sink.label]
+
+    def _failed(self, sink: NotifySink, event: Event, tries: int, reason: str) -> Delivery:
+        log.warning("notification %s to %s failed: %s", event.event, sink.label, reason)
+        return Delivery(sink.label, event.event, False, tries, reason)
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None

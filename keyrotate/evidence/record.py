@@ -1,0 +1,98 @@
+"""What a command tells the security team, in one place: every event goes to the audit
+trail (in the environment's database, hash chained, with the local copy), and the ones
+sinks want go to the sinks. A delivery that failed is recorded in the trail too; nothing
+here changes a command's outcome except a trail that cannot be written, which is the
+database failing (and fails the command like any other write would)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from keyrotate.controlplane.context import Context
+from keyrotate.db.base import Statement
+from keyrotate.errors import EXIT_FAILURES, ConfigError, KeyrotateError
+from keyrotate.evidence.event import Event
+from keyrotate.evidence.notify import Delivery, Notifier
+from keyrotate.evidence.trail import AuditTrail
+from keyrotate.secrets.refs import resolve
+
+log = logging.getLogger("keyrotate.audit")
+
+
+def audit_trail(ctx: Context) -> AuditTrail:
+    return AuditTrail(ctx.db, ctx.env.name, ctx.state_dir / f"audit-{ctx.env.name}.jsonl")
+
+
+def notifier(ctx: Context) -> Notifier:
+    return Notifier(ctx.manifest.notify, lambda ref: resolve(ctx.reference(ref), "notify reference"))
+
+
+class Evidence:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self._trail: AuditTrail | None = None
+        self.notifier = notifier(ctx)
+
+    @property
+    def trail(self) -> AuditTrail:
+        if self._trail is None:
+            self._trail = audit_trail(self.ctx)
+        return self._trail
+
+    def record(self, event: Event, with_statements: Sequence[Statement] = (),
+               best_effort: bool = False) -> list[Delivery]:
+        """The trail first (with `with_statements`, in one transaction), then the sinks.
+        `best_effort`: the command is failing already (perhaps the database is what
+        failed): a trail that cannot be written is logged, and the sinks still hear."""
+        try:
+            self.trail.append(event, with_statements)
+        except KeyrotateError as e:
+            if not best_effort:
+                raise
+            log.warning("the audit trail could not record %s: %s", event.event, e)
+        deliveries = self.notifier.send(event)
+        for d in deliveries:
+            if not d.ok:
+                self._record_failed_delivery(event, d)
+        return deliveries
+
+    def _record_failed_delivery(self, event: Event, d: Delivery) -> None:
+        try:
+            self.trail.append(Event("notify.failed", event.env, f"{event.event} was not delivered "
+                                    f"to {d.sink}: {d.reason}", event.secret, event.rotation_id,
+                                    event.step, detail=d.as_dict()))
+        except KeyrotateError as e:
+            log.warning("the audit trail could not record a failed delivery: %s", e)
+
+    def close(self) -> None:
+        self.notifier.close()
+
+
+@dataclass(frozen=True)
+class NotifyTestResult:
+    env: str
+    deliveries: list[Delivery]
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if all(d.ok for d in self.deliveries) else EXIT_FAILURES
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"env": self.env, "ok": self.exit_code == 0,
+                "deliveries": [d.as_dict() for d in self.deliveries]}
+
+
+def send_test(ctx: Context) -> NotifyTestResult:
+    """`notify test`: one notify.test event to every sink; here delivery is the outcome."""
+    if not ctx.manifest.notify.sinks:
+        raise ConfigError(f"{ctx.manifest.path}: no [notify] sinks to test")
+    evidence = Evidence(ctx)
+    try:
+        deliveries = evidence.record(Event(
+            "notify.test", ctx.env.name, f"test notification from keyrotate for {ctx.env.name}: "
+            "this sink is reachable (and, for json, the signature verifies)."))
+    finally:
+        evidence.close()
+    return NotifyTestResult(ctx.env.name, deliveries)
