@@ -33,10 +33,57 @@ def _roll_back_api(cf):
         s.deploy([(s.versions[-2].id, 100.0)], "dashboard rollback")
 
 
+def _release_2(root):
+    """New code for the API Worker, deployed: its latest version differs from the last."""
+    (root / "workers" / "api" / "index.js").write_text(
+        "export default { fetch() { return new Response('release 2') } }\n")
+    assert run_cli("deploy", "--env", "staging", "--only", "api").exit_code == 0
+
+
+def test_the_stand_in_reproduces_the_hazards_with_real_wrangler(project):
+    """What happens without keyrotate's guards, with wrangler 4.86 alone."""
+    from keyrotate.controlplane.context import Context
+    from keyrotate.controlplane.runner import run
+    from keyrotate.errors import DeployError
+
+    root, cf, _, store = project
+    assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
+    assert run_cli("deploy", "--env", "staging").exit_code == 0
+    _release_2(root)
+    release_2 = cf.script("tminus-api-staging").latest.modules
+    _roll_back_api(cf)
+    api = "tminus-api-staging"
+    wrangler = Context.load("staging").wrangler
+    with pytest.raises(DeployError, match="latest version of your Worker isn't currently deployed"):
+        wrangler.secret_put(api, "JWT_SECRET", "a-new-jwt-secret-value-of-enough-length-0002")  # 10215
+    with pytest.raises(DeployError, match="10214"):
+        wrangler.secret_bulk(api, {"JWT_SECRET": "a-new-jwt-secret-value-of-enough-length-0002"})
+    deployed = cf.script(api).active
+    assert deployed.modules != release_2
+    # `versions secret put` works, but copies the latest version's code, not the deployed one's
+    res = run([*wrangler._argv(), "versions", "secret", "put", "JWT_SECRET", "--name", api],
+              cwd=root, stdin_secret="a-new-jwt-secret-value-of-enough-length-0003")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert cf.script(api).latest.modules == release_2 != deployed.modules
+    # a rollback across a secret change: Cloudflare's 10220, which `wrangler rollback --yes`
+    # forces without asking: the old value serves again
+    store.write_pending("MASTER_KEY", NEW_SECRET)
+    store.promote("MASTER_KEY")
+    assert run_cli("secrets", "push", "--env", "staging", "--only", "MASTER_KEY",
+                   "--from-deployed").exit_code == 0
+    before_push = cf.script(api).deployments[1]["versions"][0]["version_id"]
+    wrangler.rollback(api, before_push, "plain wrangler rollback")
+    assert cf.deployed(api)[0][0]["MASTER_KEY"] == OLD_SECRET
+    assert any("force=true" in path for method, path, _ in cf.log if method == "POST"
+               and path.split("?")[0].endswith(f"{api}/deployments"))
+
+
 def test_after_a_rollback_pushes_refuse_before_any_worker_changes(project):
     root, cf, _, store = project
     assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
     assert run_cli("deploy", "--env", "staging").exit_code == 0
+    _release_2(root)
+    release_2 = cf.script("tminus-api-staging").latest.modules
     _roll_back_api(cf)
     store.write_pending("JWT_SECRET", "a-new-jwt-secret-value-of-enough-length-0001")
     store.promote("JWT_SECRET")
@@ -53,7 +100,7 @@ def test_after_a_rollback_pushes_refuse_before_any_worker_changes(project):
     assert ok.exit_code == 0, ok.output
     api = cf.script("tminus-api-staging")
     assert api.latest_fully_deployed and api.active.secrets["JWT_SECRET"].startswith("a-new-jwt")
-    assert api.active.modules == deployed.modules                      # the deployed code, not the latest
+    assert api.active.modules == deployed.modules != release_2        # the deployed code, not the latest
     assert api.active.secrets["MASTER_KEY"] == OLD_SECRET               # the rest inherited
     assert _active(cf, "oauth")["JWT_SECRET"].startswith("a-new-jwt")
 
