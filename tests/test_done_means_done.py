@@ -3,11 +3,13 @@ an operator's plausible mistake never leaves the table split or skips rows."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -212,29 +214,43 @@ def _wait_for_checkpoint(db, proc) -> None:
         time.sleep(0.01)
 
 
-def _readable(db) -> bool:
+def _lock_free(db) -> bool:
+    """No SQLite lock of any kind held on the file (not even a reader's shared lock):
+    we could take the exclusive lock ourselves right now."""
+    conn = sqlite3.connect(f"file:{db}", uri=True, timeout=0, isolation_level=None)
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0)
-        try:
-            conn.execute("SELECT count(*) FROM keyrotate_checkpoints").fetchone()
-        finally:
-            conn.close()
+        conn.execute("BEGIN EXCLUSIVE")
+        conn.execute("ROLLBACK")
         return True
     except sqlite3.OperationalError:
         return False
+    finally:
+        conn.close()
 
 
-def _stop_outside_a_commit(db, proc) -> None:
-    """SIGSTOP, but not in the middle of a commit: a process frozen holding SQLite's
-    exclusive lock makes every other open wait (and then say "locked", exit 3), which
-    is not what the test is about. Stopped inside one, it runs on a little and is
-    stopped again."""
+def _stopped(pid: int) -> bool:
+    """Every thread of the process has really stopped (kill() returns before that)."""
+    try:
+        stats = [Path(f"/proc/{pid}/task/{t}/stat").read_text()
+                 for t in os.listdir(f"/proc/{pid}/task")]
+    except FileNotFoundError:
+        return False
+    return all(stat.rsplit(")", 1)[1].split()[0] == "T" for stat in stats)
+
+
+def _stop_outside_a_transaction(db, proc) -> None:
+    """SIGSTOP, but not while it holds any SQLite lock: a process frozen holding one
+    makes every other writer wait (and then say "locked", exit 3), which is not what
+    the test is about. Stopped inside one, it runs on a little and is stopped again."""
     while True:
         proc.send_signal(signal.SIGSTOP)
-        if _readable(db):
+        while not _stopped(proc.pid):
+            assert proc.poll() is None, "the run ended early"
+            time.sleep(0.001)
+        if _lock_free(db):
             return
         proc.send_signal(signal.SIGCONT)
-        assert proc.poll() is None, "the run ended early"
+        time.sleep(0.01)   # let it reach the end of its transaction (any speed will do)
 
 
 def test_a_second_concurrent_run_refuses_and_names_the_holder(tmp_path):
@@ -242,7 +258,7 @@ def test_a_second_concurrent_run_refuses_and_names_the_holder(tmp_path):
     first = subprocess.Popen(_argv(db), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_for_checkpoint(db, first)
-        _stop_outside_a_commit(db, first)           # holding the lease, going nowhere
+        _stop_outside_a_transaction(db, first)      # holding the lease, going nowhere
         second = subprocess.run(_argv(db), env=env, capture_output=True, timeout=120)
         assert second.returncode == 2, second.stderr.decode()
         message = last_json(second.stdout.decode())["error"]["message"]
