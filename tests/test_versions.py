@@ -33,11 +33,18 @@ def _roll_back_api(cf):
         s.deploy([(s.versions[-2].id, 100.0)], "dashboard rollback")
 
 
-def _release_2(root):
-    """New code for the API Worker, deployed: its latest version differs from the last."""
+def _rolled_back_from_release_2(root, cf):
+    """Secrets pushed, everything deployed, then new code for the API Worker deployed and
+    rolled back from (its latest version is not the deployed one, and its code differs).
+    Returns release 2's modules."""
+    assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
+    assert run_cli("deploy", "--env", "staging").exit_code == 0
     (root / "workers" / "api" / "index.js").write_text(
         "export default { fetch() { return new Response('release 2') } }\n")
     assert run_cli("deploy", "--env", "staging", "--only", "api").exit_code == 0
+    release_2 = cf.script("tminus-api-staging").latest.modules
+    _roll_back_api(cf)
+    return release_2
 
 
 def test_the_stand_in_reproduces_the_hazards_with_real_wrangler(project):
@@ -47,11 +54,7 @@ def test_the_stand_in_reproduces_the_hazards_with_real_wrangler(project):
     from keyrotate.errors import DeployError
 
     root, cf, _, store = project
-    assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
-    assert run_cli("deploy", "--env", "staging").exit_code == 0
-    _release_2(root)
-    release_2 = cf.script("tminus-api-staging").latest.modules
-    _roll_back_api(cf)
+    release_2 = _rolled_back_from_release_2(root, cf)
     api = "tminus-api-staging"
     wrangler = Context.load("staging").wrangler
     with pytest.raises(DeployError, match="latest version of your Worker isn't currently deployed"):
@@ -80,11 +83,7 @@ def test_the_stand_in_reproduces_the_hazards_with_real_wrangler(project):
 
 def test_after_a_rollback_pushes_refuse_before_any_worker_changes(project):
     root, cf, _, store = project
-    assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
-    assert run_cli("deploy", "--env", "staging").exit_code == 0
-    _release_2(root)
-    release_2 = cf.script("tminus-api-staging").latest.modules
-    _roll_back_api(cf)
+    release_2 = _rolled_back_from_release_2(root, cf)
     store.write_pending("JWT_SECRET", "a-new-jwt-secret-value-of-enough-length-0001")
     store.promote("JWT_SECRET")
     before = {w: len(_versions(cf, w)) for w in WORKERS}
