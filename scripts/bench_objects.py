@@ -1,5 +1,6 @@
-"""Durable Object rewrap speed against local workerd (wrangler dev): objects per second,
-Worker requests per 1,000 objects and keyrotate's peak RSS, at each size, for a few
+"""Durable Object rewrap speed against local workerd (wrangler dev): objects per second
+(the whole `objects rewrap` command: the pass and the census that proves it), Worker
+requests per 1,000 objects and keyrotate's peak RSS, at each size, for a few
 --concurrency values. The Worker is the test suite's (examples/durable-objects plus
 hooks); tokens are sealed by its own WebCrypto code.
 
@@ -65,6 +66,7 @@ def one(n: int, concurrencies: list[int]) -> list[dict]:
                                      "--env", "staging", "--target", "AccountDO", "--concurrency",
                                      str(c), "--json"], env, Path(tmp))
                 assert result["objects_rewrapped"] == n, result
+                assert result["status"] == "completed" and result["census"]["current"] == n, result
                 time.sleep(IDLE)
                 out.append({"objects": n, "concurrency": c, "seconds": result["seconds"],
                             "objects_per_second": round(n / result["seconds"]),

@@ -248,3 +248,54 @@ def test_endpoint_refusals_and_preflight(app):
     assert "3 problem(s)" in message and "key_rotation_log does not exist" in message
     assert "encrypted_sa_key" in message and "refused the token" in message
     assert a.store.read("MASTER_KEY", "pending") is None
+
+
+def test_a_standalone_rewrap_ends_with_a_census_not_the_ledger(app):
+    """The ledger says every object is done; objects an older version rewrote under the
+    old key afterwards are found by the closing census and sent again. While they stay
+    on the old version, the command exits 3, never 0."""
+    a = app(60)
+    _prepare(a, delegations=1)
+    new = "cd" * 32
+    a.store.write_pending("MASTER_KEY", new)
+    a.start(MASTER_KEY=new, MASTER_KEY_PREVIOUS=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN)
+    argv = ("objects", "rewrap", "--env", "staging", "--target", "AccountDO", "--stale-wait", "1",
+            "--json")
+    first = run_cli(*argv)
+    assert first.exit_code == 0, first.output
+    out = last_json(first.output)
+    assert (out["objects_rewrapped"], out["objects_swept"], out["census"]["current"]) == (60, 0, 60)
+
+    def relinked_on_an_older_version(ids: list[str], stays_old: bool) -> None:
+        """Accounts linked again by an instance still on the version from before the push:
+        tokens under the old key, after the ledger confirmed them."""
+        a.each("/test/flag", ids, name="stale", value=1)
+        a.each("/test/seed", ids)
+        if not stays_old:
+            a.each("/test/flag", ids, name="stale", value=0)
+        ledger = {i: s for _, i, s in a.ledger()}
+        assert all(ledger[i] == "completed" for i in ids)  # the ledger cannot know
+
+    late = a.ids[5:9]
+    relinked_on_an_older_version(late, stays_old=False)
+    swept = run_cli(*argv)
+    assert swept.exit_code == 0, swept.output
+    assert _all_open(a, a.ids) == {"MASTER_KEY": 60}   # what exit 0 promises
+    out = last_json(swept.output)
+    assert out["objects_scanned"] == 0 and out["objects_swept"] == 4   # the ledger skipped all
+    assert (out["census"]["current"], out["census"]["old"], out["census"]["stale"]) == (60, 0, 0)
+
+    stuck = a.ids[20:23]
+    relinked_on_an_older_version(stuck, stays_old=True)
+    still_stale = run_cli(*argv)
+    assert still_stale.exit_code == 3, still_stale.output
+    out = last_json(still_stale.output)
+    assert out["status"] == "incomplete" and out["objects_swept"] == 3
+    assert sorted(s["id"] for s in out["census"]["stale_ids"]) == stuck
+
+    a.each("/test/flag", stuck, name="stale", value=0)  # the new version reached them
+    done = run_cli(*argv)
+    assert done.exit_code == 0, done.output
+    out = last_json(done.output)       # the sweep re-opened them in the ledger: sent again
+    assert (out["objects_rewrapped"], out["objects_swept"], out["census"]["current"]) == (3, 0, 60)
+    assert _all_open(a, a.ids) == {"MASTER_KEY": 60}

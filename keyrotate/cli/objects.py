@@ -51,17 +51,19 @@ def objects_census_cmd(env: Context, target_name: str, concurrency: int, batch: 
 @json_option
 def objects_rewrap_cmd(env: Context, target_name: str, concurrency: int, batch: int,
                        stale_wait: float, dry_run: bool, as_json: bool) -> None:
-    """Rewrap every object not yet completed in the ledger under the new key.
+    """Rewrap every object not yet completed in the ledger under the new key, then prove
+    it with a census of every object (ids found behind are sent once more).
 
-    Resumable: the ledger records every confirmed object. Exit 0 done, 1 some objects
-    failed (listed, never modified), 2 refused (token, no previous key), 3 incomplete
-    (objects still on the old key, or kept busy): run it again.
+    Resumable: the ledger records every confirmed object. Exit 0 every object opens
+    under the new key (by the census), 1 some objects failed (listed, never modified),
+    2 refused (token, no previous key), 3 incomplete (objects still on the old key, or
+    kept busy): run it again.
     """
-    from keyrotate.controlplane.objects_cmd import objects_rewrap
+    from keyrotate.controlplane.objects_cmd import objects_rewrap_proven
     from keyrotate.dataplane.objects.driver import ObjectsOptions
 
     target = env.manifest.object_target(target_name)
-    emit(objects_rewrap(env, target, ObjectsOptions(concurrency, batch, stale_wait, dry_run),
+    emit(objects_rewrap_proven(env, target, ObjectsOptions(concurrency, batch, stale_wait, dry_run),
                         progress_for(f"{target.name} rewrap")), as_json)
 
 

@@ -6,10 +6,16 @@ store too: during a rotation the new key is the pending value and the old one th
 current; otherwise the current value and the previous one. A standalone rewrap uses
 `rewrap-<old kid>-<new kid>` as its rotation id, so running it again continues it and
 the next rotation starts fresh.
+
+A standalone rewrap ends the way every keyrotate command that claims "completed" does:
+with a census of every object, the proof (the ledger is a shortcut: an object still
+running an older version can write under the old key after it was confirmed). Ids the
+census finds behind are sent once more, ledger or not, and counted again.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Sequence
 
 from keyrotate.controlplane.context import Context
@@ -71,3 +77,24 @@ def objects_rewrap(ctx: Context, target: ObjectTarget, options: ObjectsOptions,
                       rotation_id or f"rewrap-{keys.old}-{keys.new}", keys, options, progress, only)
     finally:
         endpoint.close()
+
+
+def objects_rewrap_proven(ctx: Context, target: ObjectTarget, options: ObjectsOptions,
+                          progress: Progress | None = None) -> ObjectsRewrap:
+    """`objects rewrap`: the ledger pass, then a census of every object; one sweep of the
+    ids it finds behind, and a census again. The status and exit code follow the census."""
+    started = time.monotonic()
+    result = objects_rewrap(ctx, target, options, progress)
+    if options.dry_run or result.status == "incomplete":
+        return result
+    final = objects_census(ctx, target, options, progress)
+    if final.behind:
+        result.swept = len(final.behind)
+        sweep = objects_rewrap(ctx, target, options, progress, result.run_id, final.behind)
+        result.requests += final.requests + sweep.requests
+        result.failed.update(sweep.failed)
+        final = objects_census(ctx, target, options, progress)
+    result.requests += final.requests
+    result.census = final
+    result.seconds = time.monotonic() - started   # the whole command, proof included
+    return result

@@ -218,7 +218,7 @@ def census(job: Job) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
                                if k in ("objects", "current", "old", "stale", "missing", "failed",
                                         "unanswered")},
                             "failures": c.as_dict()["failures"][:LISTED]}
-        behind[obj.name] = sorted({*c.old, *c.stale, *c.unanswered})
+        behind[obj.name] = c.behind
     return counts, behind
 
 

@@ -78,6 +78,46 @@ def _backoff(n: int, cap: float = 10.0) -> float:
 
 
 @dataclass
+class ObjectsCensus:
+    target: str
+    new_kid: str
+    objects: int = 0
+    current: int = 0
+    missing: int = 0
+    old: list[str] = field(default_factory=list)
+    stale: dict[str, str | None] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    unanswered: set[str] = field(default_factory=set)   # kept answering retry / conflict
+    by_kid: dict[str, int] = field(default_factory=dict)
+    requests: int = 0
+    seconds: float = 0.0
+
+    @property
+    def behind(self) -> list[str]:
+        """Ids that may still need the old key: old, stale, or never answered."""
+        return sorted({*self.old, *self.stale, *self.unanswered})
+
+    @property
+    def clean(self) -> bool:
+        return not (self.behind or self.failed)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.clean else EXIT_FAILURES
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "kid": self.new_kid, "objects": self.objects,
+                "current": self.current, "old": len(self.old), "stale": len(self.stale),
+                "missing": self.missing, "failed": len(self.failed),
+                "unanswered": len(self.unanswered), "clean": self.clean,
+                "by_kid": self.by_kid, "requests": self.requests,
+                "seconds": round(self.seconds, 3),
+                "failures": [{"id": i, "reason": r} for i, r in sorted(self.failed.items())[:LISTED]],
+                "old_ids": sorted(self.old)[:LISTED],
+                "stale_ids": [{"id": i, "kid": k} for i, k in sorted(self.stale.items())[:LISTED]]}
+
+
+@dataclass
 class ObjectsRewrap:
     """What `objects rewrap` did (SPEC field names)."""
 
@@ -94,20 +134,25 @@ class ObjectsRewrap:
     unfinished: set[str] = field(default_factory=set)              # retry / conflict gave up
     requests: int = 0
     seconds: float = 0.0
+    swept: int = 0                        # ids the final census found behind, sent again
+    census: ObjectsCensus | None = None   # the proof, for a standalone rewrap
 
     @property
     def status(self) -> str:
         if self.dry_run:
             return "dry-run"
-        if self.stale or self.unfinished:
+        if self.stale or self.unfinished or (self.census is not None and self.census.behind):
             return "incomplete"
-        return "completed_with_failures" if self.failed else "completed"
+        return "completed_with_failures" if self._failures() else "completed"
 
     @property
     def exit_code(self) -> int:
         if self.status == "incomplete":
             return EXIT_INCOMPLETE
-        return EXIT_FAILURES if self.failed else 0
+        return EXIT_FAILURES if self._failures() else 0
+
+    def _failures(self) -> dict[str, str]:
+        return {**self.failed, **(self.census.failed if self.census is not None else {})}
 
     def as_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "status": self.status, "target": self.target,
@@ -116,45 +161,14 @@ class ObjectsRewrap:
                 "objects_already_current": self.already_current,
                 "objects_missing": self.missing, "objects_conflicted": self.conflicted,
                 "objects_stale": len(self.stale), "objects_failed": len(self.failed),
-                "objects_unfinished": len(self.unfinished), "requests": self.requests,
-                "seconds": round(self.seconds, 3),
-                "failed": [{"id": i, "reason": r} for i, r in sorted(self.failed.items())[:LISTED]],
-                "stale": [{"id": i, "kid": k} for i, k in sorted(self.stale.items())[:LISTED]]}
-
-
-@dataclass
-class ObjectsCensus:
-    target: str
-    new_kid: str
-    objects: int = 0
-    current: int = 0
-    missing: int = 0
-    old: list[str] = field(default_factory=list)
-    stale: dict[str, str | None] = field(default_factory=dict)
-    failed: dict[str, str] = field(default_factory=dict)
-    unanswered: set[str] = field(default_factory=set)   # kept answering retry / conflict
-    by_kid: dict[str, int] = field(default_factory=dict)
-    requests: int = 0
-    seconds: float = 0.0
-
-    @property
-    def clean(self) -> bool:
-        return not (self.old or self.stale or self.failed or self.unanswered)
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.clean else EXIT_FAILURES
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "kid": self.new_kid, "objects": self.objects,
-                "current": self.current, "old": len(self.old), "stale": len(self.stale),
-                "missing": self.missing, "failed": len(self.failed),
-                "unanswered": len(self.unanswered), "clean": self.clean,
-                "by_kid": self.by_kid, "requests": self.requests,
-                "seconds": round(self.seconds, 3),
-                "failures": [{"id": i, "reason": r} for i, r in sorted(self.failed.items())[:LISTED]],
-                "old_ids": sorted(self.old)[:LISTED],
-                "stale_ids": [{"id": i, "kid": k} for i, k in sorted(self.stale.items())[:LISTED]]}
+                "objects_unfinished": len(self.unfinished), "objects_swept": self.swept,
+                "requests": self.requests, "seconds": round(self.seconds, 3),
+                "failed": [{"id": i, "reason": r}
+                           for i, r in sorted(self._failures().items())[:LISTED]],
+                "stale": [{"id": i, "kid": k} for i, k in sorted(self.stale.items())[:LISTED]],
+                "census": None if self.census is None else {
+                    k: v for k, v in self.census.as_dict().items()
+                    if k not in ("failures", "target", "requests", "seconds")}}
 
 
 def _batches(pages: Iterator[list[str]], size: int) -> Iterator[list[str]]:
