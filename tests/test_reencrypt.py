@@ -142,7 +142,10 @@ def test_interrupted_run_resumes_where_it_stopped(ref_db, keys_env):
 
 
 class _Meddler:
-    """Wraps a store: just before a batch is written, another connection changes a row."""
+    """Wraps a store: just before a batch is written, another connection changes a row
+    (or deletes it, when new_value is DELETE)."""
+
+    DELETE = object()
 
     def __init__(self, store, db, victim, new_value):
         self.store, self.db, self.victim, self.new_value = store, db, victim, new_value
@@ -155,8 +158,11 @@ class _Meddler:
         if not self.done and any(w[1] == self.victim for w in writes):
             self.done = True
             other = sqlite3.connect(self.db)
-            other.execute("UPDATE accounts SET encrypted_tokens = ? WHERE account_id = ?",
-                          (self.new_value, self.victim))
+            if self.new_value is self.DELETE:
+                other.execute("DELETE FROM accounts WHERE account_id = ?", (self.victim,))
+            else:
+                other.execute("UPDATE accounts SET encrypted_tokens = ? WHERE account_id = ?",
+                              (self.new_value, self.victim))
             other.commit()
             other.close()
         return self.store.apply(writes, target, statements)
@@ -176,6 +182,20 @@ def test_concurrent_write_is_not_lost_and_is_picked_up_again(ref_db, keys_env):
     assert result.counts.rows_rewritten == 300
     value = rows_of(db)["acc_00000150"].decode()
     assert open_value(value, NEW_SECRET) == b'{"access_token":"written by the app"}'
+
+
+def test_a_row_deleted_under_the_run_leaves_its_counters_and_the_run_completes(ref_db, keys_env):
+    """The compare-and-swap misses a row the application deleted: nothing is left to
+    prove, so the counters drop it too and agree with the census (not exit 3 forever)."""
+    db = ref_db(300)
+    codec = codec_from_refs("tminus-envelope", keys_env["new"], keys_env["old"])
+    store = _Meddler(open_database(f"file:{db}"), db, "acc_00000150", _Meddler.DELETE)
+    target = resolve_target(store.store, "accounts.encrypted_tokens", None)
+    result = reencrypt(store, target, codec, ReencryptOptions(batch_size=100, workers=0))
+    assert store.done and "acc_00000150" not in rows_of(db)
+    assert result.status == "completed", result.problems
+    assert result.counts.rows_scanned == result.census.rows == 299
+    assert result.counts.rows_rewritten == 299 and result.counts.rows_conflicted == 1
 
 
 @pytest.mark.parametrize("args,message", [

@@ -155,7 +155,9 @@ class Reencryptor:
     def _settle_conflicts(self, run: RunState, missed: list[CasWrite], seconds: float) -> None:
         """Re-read rows whose compare-and-swap missed. A row holding exactly the value we
         wrote did land (a batch replayed after a lost answer misses its own writes); the
-        others were changed by the application: rotate them again."""
+        others were changed by the application: rotate them again. A row the application
+        deleted leaves nothing to prove: it leaves the counters too, so they still agree
+        with the census."""
         for _ in range(CONFLICT_ROUNDS):
             if not missed:
                 return
@@ -164,9 +166,10 @@ class Reencryptor:
             changed = [(k, v) for k, v in now if v != wrote[k]]
             page = process_page(self.codec, "rotate", changed)
             delta = _delta(page)
-            delta.rows_scanned = 0  # these rows were counted when first scanned
-            delta.rows_conflicted = len(changed)
-            delta.rows_rewritten -= len(missed) - (len(now) - len(changed))  # not landed
+            not_landed = len(missed) - (len(now) - len(changed))  # changed or deleted
+            delta.rows_scanned = len(now) - len(missed)  # counted when first scanned; minus deleted
+            delta.rows_conflicted = not_landed
+            delta.rows_rewritten -= not_landed
             hits = self._commit(run, page.writes, delta, page.failures, None, seconds)
             missed = [w for w, hit in zip(page.writes, hits, strict=True) if not hit]
         if missed:  # still changing: leave them for the next run, correct the counters
