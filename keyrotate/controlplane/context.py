@@ -13,8 +13,9 @@ from pathlib import Path
 from keyrotate.controlplane.manifest import Environment, Manifest, find_manifest, load_manifest
 from keyrotate.controlplane.wrangler import Wrangler
 from keyrotate.db import open_database
-from keyrotate.db.base import RowStore
+from keyrotate.db.base import RowStore, Target
 from keyrotate.db.own_schema import ensure_journal_schema
+from keyrotate.db.targets import resolve_target
 from keyrotate.secrets.base import SecretStore
 from keyrotate.secrets.schemes import open_secret_store
 
@@ -26,6 +27,7 @@ class Context:
     wrangler: Wrangler
     _db: RowStore | None = field(default=None, repr=False)
     _secret_store: SecretStore | None = field(default=None, repr=False)
+    _targets: dict[tuple[str, str | None], Target] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, env_name: str, manifest_path: str | None = None) -> "Context":
@@ -58,6 +60,13 @@ class Context:
             self._db = open_database(self.database_url())
             ensure_journal_schema(self._db)
         return self._db
+
+    def target(self, spec: str, key_column: str | None) -> Target:
+        """TABLE.COLUMN checked against the schema once per command (five queries each
+        time, so five D1 requests: a rotation's reencrypt, verify and sweep share one)."""
+        if (spec, key_column) not in self._targets:
+            self._targets[(spec, key_column)] = resolve_target(self.db, spec, key_column)
+        return self._targets[(spec, key_column)]
 
     @property
     def secrets(self) -> SecretStore:

@@ -22,7 +22,7 @@ from typing import Any
 
 from keyrotate.crypto.codecs import Codec
 from keyrotate.dataplane.journal import (
-    Counts, Journal, RunIdentity, RunState, rewrap_runs_to,
+    Counts, Journal, RunIdentity, RunState, rewrap_runs_to, run_failures,
 )
 from keyrotate.dataplane.lease import Lease
 from keyrotate.dataplane.pipeline import page_results, page_size
@@ -50,12 +50,15 @@ class ReencryptOptions:
     dry_run: bool = False
     workers: int | None = None  # None: decide by table size
     page_bytes: int = PAGE_BYTES
+    census: bool = True         # False: the caller takes the census that proves the run
+                                # (rotate's verify step, right after): not taken twice
 
 
 @dataclass
 class ReencryptResult:
     run_id: str | None
-    status: str          # completed | completed_with_failures | incomplete | dry-run
+    status: str          # completed | completed_with_failures | incomplete | dry-run, or
+                         # rewritten: every row passed, the census left to the caller
     target: str
     counts: Counts
     seconds: float
@@ -105,6 +108,10 @@ def probe(store: RowStore, target: Target, codec: Codec, page_bytes: int = PAGE_
                           "--old-key, or the wrong column? Nothing was written.")
 
 
+def reconcile_unsettled(unsettled: int) -> list[str]:
+    return [f"{unsettled} rows kept changing during the run"] if unsettled else []
+
+
 def reconcile(census: Census, counts: Counts, unsettled: int) -> list[str]:
     """Why the end state does not prove the run (empty: it does)."""
     problems = []
@@ -113,8 +120,7 @@ def reconcile(census: Census, counts: Counts, unsettled: int) -> list[str]:
     if census.unreached:
         problems.append(f"{census.unreached} rows of the table were not reached by paging "
                         f"on {census.target}'s key")
-    if unsettled:
-        problems.append(f"{unsettled} rows kept changing during the run")
+    problems += reconcile_unsettled(unsettled)
     expected = {"rows": counts.rows_scanned, "under the new key":
                 counts.rows_rewritten + counts.rows_already_current,
                 "NULL": counts.rows_null, "failed": counts.rows_failed}
@@ -233,7 +239,7 @@ class Reencryptor:
                 writer.put(page)
             writer.finish()
             self.progress.close()
-            if self.journal is not None and self.lease is not None:
+            if self.journal is not None and self.lease is not None and self.opt.census:
                 census = take_census(self.store, self.target, self.codec, runner,
                                      self.opt.batch_size, self.progress, self.lease.renew_if_due)
         except KeyboardInterrupt:
@@ -252,19 +258,25 @@ class Reencryptor:
         extra = {"format": self.opt.fmt, "mode": self.opt.mode, "old_kid": self.ident.old_kid,
                  "new_kid": self.ident.new_kid, "workers": workers, "warnings": warnings,
                  "superseded": run.superseded}
-        if census is None:
+        if self.journal is None:
             return ReencryptResult(None, "dry-run", self.target.name, c, seconds, False, True,
                                    self.unsettled, self.listed, extra=extra)
-        problems = reconcile(census, c, self.unsettled)
-        log.debug("census of %s: %d rows, %d ok, %d old, %d null, %d failed, %d unreached",
-                  self.target.name, census.rows, census.ok, census.old, census.null,
-                  census.failed, census.unreached)
-        status = ("incomplete" if problems else
-                  "completed_with_failures" if census.failed else "completed")
+        if census is None:   # the caller's census is the proof
+            problems = reconcile_unsettled(self.unsettled)
+            status = "incomplete" if problems else "rewritten"
+            failures = run_failures(self.store, run.run_id, LISTED_FAILURES)
+        else:
+            problems = reconcile(census, c, self.unsettled)
+            log.debug("census of %s: %d rows, %d ok, %d old, %d null, %d failed, %d unreached",
+                      self.target.name, census.rows, census.ok, census.old, census.null,
+                      census.failed, census.unreached)
+            status = ("incomplete" if problems else
+                      "completed_with_failures" if census.failed else "completed")
+            failures = census.failures
         self.store.apply([], None, [*Journal.checkpoint(run, Counts(), seconds, None, []),
                                     Journal.finish(run, status)])
         return ReencryptResult(run.run_id, status, self.target.name, c, seconds, run.resumed,
-                               False, self.unsettled, census.failures, census, problems, extra)
+                               False, self.unsettled, failures, census, problems, extra)
 
 
 def reencrypt(store: RowStore, target: Target, codec: Codec, options: ReencryptOptions,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from keyrotate.controlplane.context import Context
 from keyrotate.controlplane.manifest import ObjectTarget, SecretSpec
 from keyrotate.controlplane.objects_cmd import endpoint_for
-from keyrotate.db.targets import resolve_target, table_shape
+from keyrotate.db.targets import table_shape
 from keyrotate.errors import ConfigError, KeyrotateError
 
 LEDGER_COLUMNS = ("rotation_id", "account_id", "status", "error_message", "started_at",
@@ -23,7 +23,7 @@ def preflight(ctx: Context, spec: SecretSpec) -> None:
     problems = []
     for t in ctx.manifest.columns_of(spec.name):
         try:
-            resolve_target(ctx.db, t.name, t.key_column)
+            ctx.target(t.name, t.key_column)
         except KeyrotateError as e:
             problems.append(f"{t.name}: {e}")
     for obj in ctx.manifest.objects_of(spec.name):

@@ -10,7 +10,6 @@ from keyrotate.controlplane.manifest import ColumnTarget
 from keyrotate.crypto.codecs import Codec
 from keyrotate.dataplane.keys import codec_from_refs
 from keyrotate.db.base import Target
-from keyrotate.db.targets import resolve_target
 
 
 def each_target(ctx: Context, secret: str, new_ref: str, old_ref: str | None,
@@ -21,4 +20,4 @@ def each_target(ctx: Context, secret: str, new_ref: str, old_ref: str | None,
     for t in ctx.manifest.columns_of(secret):
         codec = codec_from_refs(t.format, new_ref, old_ref, mode, also_old=also_old,
                                 check_new=writing)
-        yield t, resolve_target(ctx.db, t.name, t.key_column), codec
+        yield t, ctx.target(t.name, t.key_column), codec
