@@ -174,6 +174,13 @@ def test_sink_urls_are_references_and_plain_http_only_to_this_machine(project, m
     assert res.exit_code == 1 and "https" in last_json(res.output)["deliveries"][0]["reason"]
     assert "XyZsecret" not in res.output
 
+    for broken in ("https://hooks.example.com:abc/XyZsecret", "https://[::1/XyZsecret"):
+        monkeypatch.setenv("HOOK", broken)   # a typo httpx itself refuses: still just recorded
+        res = run_cli("notify", "test", "--env", "staging", "--json")
+        assert res.exit_code == 1, res.output
+        assert last_json(res.output)["deliveries"][0]["ok"] is False
+        assert "XyZsecret" not in res.output
+
     edit_manifest(root, 'format = "slack" }', 'format = "json" }')
     unsigned = run_cli("notify", "test", "--env", "staging")
     assert unsigned.exit_code == 2 and "signs its bodies" in unsigned.output

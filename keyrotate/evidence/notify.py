@@ -56,11 +56,14 @@ def json_body(event: Event) -> bytes:
 
 def _check_url(url: str, ref: str) -> None:
     """https, or http to this machine only (a receiver on localhost, a sidecar)."""
-    parsed = urlparse(url)
-    if parsed.scheme == "https" and parsed.hostname:
-        return
-    if parsed.scheme == "http" and parsed.hostname:
+    try:
+        parsed = urlparse(url)
         host = parsed.hostname
+    except ValueError:   # e.g. an unclosed IPv6 bracket
+        raise ConfigError(f"the URL {ref} names cannot be parsed") from None
+    if parsed.scheme == "https" and host:
+        return
+    if parsed.scheme == "http" and host:
         try:
             loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
         except ValueError:
@@ -124,6 +127,8 @@ class Notifier:
                 reason = f"no answer within {self.config.timeout:g} s"
             except httpx.TransportError as e:
                 reason = f"unreachable ({type(e).__name__})"
+            except Exception as e:  # e.g. httpx.InvalidURL: its message holds the URL
+                return self._failed(sink, event, attempt, f"could not send ({type(e).__name__})")
             if attempt < TRIES:
                 time.sleep(delay)
                 delay *= 2
