@@ -20,6 +20,16 @@ class KeyrotateError(Exception):
     exit_code = EXIT_USAGE
 
 
+class Resumable(KeyrotateError):
+    """Mixed into errors that may pass later (busy, unreachable): exit 3, and the
+    message says to run the same command again."""
+
+    exit_code = EXIT_INCOMPLETE
+
+    def __init__(self, message: str):
+        super().__init__(f"{message}; {RUN_AGAIN}")
+
+
 class ConfigError(KeyrotateError):
     """Bad arguments, references, URLs or configuration (exit 2)."""
 
@@ -46,35 +56,20 @@ class StoreError(KeyrotateError):
     """The database could not be opened, read or written."""
 
 
-class StoreUnavailable(StoreError):
+class StoreUnavailable(Resumable, StoreError):
     """The database is busy, full or unreachable for now: resumable (exit 3)."""
 
-    exit_code = EXIT_INCOMPLETE
 
-    def __init__(self, message: str):
-        super().__init__(f"{message}; {RUN_AGAIN}")
-
-
-class SecretStoreUnavailable(SecretStoreError):
+class SecretStoreUnavailable(Resumable, SecretStoreError):
     """The secret store is unreachable or sealed for now: resumable (exit 3)."""
-
-    exit_code = EXIT_INCOMPLETE
-
-    def __init__(self, message: str):
-        super().__init__(f"{message}; {RUN_AGAIN}")
 
 
 class EndpointError(KeyrotateError):
     """A Worker endpoint refused or misanswered (exit 2): names the endpoint, never the token."""
 
 
-class EndpointUnavailable(EndpointError):
+class EndpointUnavailable(Resumable, EndpointError):
     """A Worker endpoint kept failing (429, 5xx, dropped): resumable (exit 3)."""
-
-    exit_code = EXIT_INCOMPLETE
-
-    def __init__(self, message: str):
-        super().__init__(f"{message}; {RUN_AGAIN}")
 
 
 class DeployError(KeyrotateError):

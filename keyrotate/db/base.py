@@ -11,6 +11,8 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
+from keyrotate.errors import StoreError
+
 
 Value = Any  # what SQLite stores: None, int, float, str, bytes
 
@@ -122,6 +124,24 @@ def bounded_scan_sql(target: Target, first: bool) -> str:
 
 def bounded_scan_params(after: Value, first: bool, limit: int, max_bytes: int) -> tuple[Value, ...]:
     return (limit, max_bytes) if first else (after, limit, max_bytes, after)
+
+
+def bounded_scan_page(store: RowStore, target: Target, after: Value, first: bool, limit: int,
+                      max_bytes: int) -> list[tuple[Value, Value]]:
+    """`scan_page` for stores that answer whole results: the statement cuts the page."""
+    rows = store.query(bounded_scan_sql(target, first),
+                       bounded_scan_params(after, first, limit, max_bytes))
+    return [(r[0], r[1]) for r in rows]
+
+
+def cas_statements(target: Target | None, writes: Sequence[CasWrite]) -> list[Statement]:
+    """A batch's compare-and-swap writes as statements (for stores that take a batch)."""
+    if not writes:
+        return []
+    if target is None:
+        raise StoreError("compare-and-swap writes need the target they belong to")
+    sql = cas_sql(target)
+    return [Statement(sql, tuple(w)) for w in writes]
 
 
 def value_size(value: Value) -> int:

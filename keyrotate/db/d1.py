@@ -22,8 +22,8 @@ from urllib.parse import urlparse
 
 from keyrotate.cloudflare_api import CloudflareClient, RequestBudget
 from keyrotate.db.base import (
-    MAX_BOUND_PARAMS, CasWrite, RestorePoint, Statement, Target, Value, bounded_scan_params,
-    bounded_scan_sql, cas_sql,
+    MAX_BOUND_PARAMS, CasWrite, RestorePoint, Statement, Target, Value, bounded_scan_page,
+    cas_statements,
 )
 from keyrotate.errors import ConfigError, StoreError
 
@@ -64,17 +64,14 @@ class D1Store:
 
     def scan_page(self, target: Target, after: Value, first: bool, limit: int,
                   max_bytes: int) -> list[tuple[Value, Value]]:
-        rows = self.query(bounded_scan_sql(target, first),
-                          bounded_scan_params(after, first, limit, max_bytes))
-        return [(r[0], r[1]) for r in rows]
+        return bounded_scan_page(self, target, after, first, limit, max_bytes)
 
     def apply(self, writes: Sequence[CasWrite], target: Target | None,
               statements: Sequence[Statement]) -> list[bool]:
         """CAS writes and journal statements. One request (one transaction) when they fit;
         larger batches are split, CAS chunks first and the journal with the last chunk, so
         a checkpoint never commits before the writes it records."""
-        stmts = [Statement(cas_sql(target), tuple(w)) for w in writes]  # type: ignore[arg-type]
-        stmts += list(statements)
+        stmts = cas_statements(target, writes) + list(statements)
         for st in stmts:
             _check_statement(st)
         changes: list[int] = []

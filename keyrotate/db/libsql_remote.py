@@ -15,7 +15,7 @@ import libsql_client
 from keyrotate.db import refuse_credentials
 from keyrotate.errors import ConfigError, StoreError, StoreUnavailable
 from keyrotate.db.base import (
-    DEFAULT_BATCH_SIZE, CasWrite, Statement, Target, Value, bounded_scan_params, bounded_scan_sql, cas_sql,
+    DEFAULT_BATCH_SIZE, CasWrite, Statement, Target, Value, bounded_scan_page, cas_statements,
 )
 
 
@@ -45,14 +45,11 @@ class LibsqlRemoteStore:
 
     def scan_page(self, target: Target, after: Value, first: bool, limit: int,
                   max_bytes: int) -> list[tuple[Value, Value]]:
-        rows = self.query(bounded_scan_sql(target, first),
-                          bounded_scan_params(after, first, limit, max_bytes))
-        return [(r[0], r[1]) for r in rows]
+        return bounded_scan_page(self, target, after, first, limit, max_bytes)
 
     def apply(self, writes: Sequence[CasWrite], target: Target | None,
               statements: Sequence[Statement]) -> list[bool]:
-        stmts = [Statement(cas_sql(target), w) for w in writes]  # type: ignore[arg-type]
-        stmts += list(statements)
+        stmts = cas_statements(target, writes) + list(statements)
         try:
             results = self.client.batch(
                 [libsql_client.Statement(s.sql, list(s.params)) for s in stmts])
