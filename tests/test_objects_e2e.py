@@ -141,9 +141,11 @@ def test_a_full_rotation_over_d1_and_objects_survives_kill_faults_and_refreshes(
         while _completed(a) < 600:                                           # mid-rewrap
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             time.sleep(0.05)
+        proc.send_signal(signal.SIGSTOP)   # frozen mid-rewrap, however fast the machine
         during = _all_open(a, random.Random(1).sample(a.ids, 300), refresher.expect)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        assert _completed(a) < 2_000, "the kill did not land mid-rewrap"
         assert set(during) <= {"MASTER_KEY", "MASTER_KEY_PREVIOUS"}
         again = subprocess.run(argv, env=env, capture_output=True, timeout=900)
     refresher.halt.set()
