@@ -37,9 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from keyrotate.demo.build import build_reference_db  # noqa: E402
-from keyrotate.secrets.keygen import generate  # noqa: E402
+from keyrotate.files import atomic_write_secret  # noqa: E402
 from keyrotate.secrets.dotenv import read_dotenv  # noqa: E402
-from keyrotate.secrets.files import atomic_write_secret  # noqa: E402
+from keyrotate.secrets.keygen import generate  # noqa: E402
 
 PY = sys.executable
 TARGET = "accounts.encrypted_tokens"

@@ -17,12 +17,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from keyrotate.demo.build import build_reference_db  # noqa: E402
+from keyrotate.dataplane.codec_refs import codec_from_refs  # noqa: E402
 from keyrotate.dataplane.reencrypt import ReencryptOptions, reencrypt  # noqa: E402
-from keyrotate.secrets.keygen import generate  # noqa: E402
-from keyrotate.dataplane.keys import codec_from_refs  # noqa: E402
-from keyrotate.db.targets import resolve_target  # noqa: E402
 from keyrotate.db.d1 import D1Store  # noqa: E402
+from keyrotate.db.table_shape import resolve_target  # noqa: E402
+from keyrotate.demo.build import build_reference_db  # noqa: E402
+from keyrotate.secrets.keygen import generate  # noqa: E402
 from tests.support.cf_api import CloudflareStandIn  # noqa: E402
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import secrets
 import os
+import secrets
 import subprocess
 import sys
 import tempfile

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from keyrotate.demo.build import build_reference_db
-
-from tests.support.helpers import NEW_SECRET, OLD_SECRET
 from tests.support.cloudflare_project import project  # noqa: F401 (a fixture)
+from tests.support.helpers import NEW_SECRET, OLD_SECRET
 from tests.support.services import Sqld
 
 

@@ -11,12 +11,11 @@ import uuid
 
 import pytest
 
-from keyrotate.db import open_database
+from keyrotate.db.connect import open_database
 from keyrotate.db.own_schema import ensure_journal_schema
 from keyrotate.evidence.chain import digest
 from keyrotate.evidence.event import Event
 from keyrotate.evidence.trail import AuditTrail
-
 from tests.support.cloudflare_project import with_overlap
 from tests.support.helpers import last_json, run_cli
 
@@ -173,3 +172,28 @@ def test_two_operators_on_one_database_append_one_chain(sqld_server, tmp_path):
         result = trail.verify()
         assert result.problem is None and result.witnessed == 25
         trail.db.close()
+
+
+def test_pushes_recorded_by_0_1_move_into_the_trail_and_their_table_goes(project):
+    """keyrotate 0.1 kept pushes in keyrotate_events; the rollback guard must still see them."""
+    from keyrotate.config.context import Context
+    from keyrotate.evidence.worker_log import secret_history
+
+    root = project[0]
+    ctx = Context.load("staging")
+    try:
+        ctx.db.apply([], None, [])   # keyrotate's tables, keyrotate_events among them (0002)
+        with _db(root) as conn:
+            conn.execute("INSERT INTO keyrotate_events (environment, worker, kind, secret, "
+                         "secret_kind, fingerprint, at, state) VALUES ('staging', "
+                         "'tminus-api-staging', 'secret-push', 'MASTER_KEY', 'master-key', "
+                         "'fp:0123456789ab', '2026-11-01T00:00:00+00:00', 'done')")
+        history = secret_history(ctx, "tminus-api-staging")
+        assert history.state_before(None) == {"MASTER_KEY": "fp:0123456789ab"}
+    finally:
+        ctx.close()
+    tables = {r[0] for r in _db(root).execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "keyrotate_events" not in tables
+    shown = last_json(run_cli("audit", "show", "--env", "staging", "--json").output)["events"]
+    assert [e["detail"]["state"] for e in shown if e["event"] == "worker.secrets"] == ["intent", "done"]
+    assert _verify()[0] == 0

@@ -8,7 +8,6 @@ import pytest
 
 from keyrotate.cli import main
 from keyrotate.secrets.refs import resolve
-
 from tests.support.helpers import file_mode, last_json, run_cli
 
 
@@ -94,16 +93,26 @@ def test_json_errors_are_json_too(ref_db):
     assert no_json.exit_code == 2 and "Usage:" in no_json.output and "{" not in no_json.output
 
 
-def test_every_result_carries_its_exit_code():
-    from keyrotate.cli import render
-    from keyrotate.result import Result
+def test_every_result_carries_its_exit_code_and_renders_itself():
+    import importlib
+    import inspect
+    import pkgutil
 
-    results = [t for t in render.text.registry if t is not object]
-    assert len(results) >= 18
+    import keyrotate
+    from keyrotate.results import Result
+
+    results = []
+    for info in pkgutil.walk_packages(keyrotate.__path__, "keyrotate."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        results += [c for _, c in inspect.getmembers(module, inspect.isclass)
+                    if c.__module__ == info.name and callable(getattr(c, "as_dict", None))
+                    and ("exit_code" in getattr(c, "__dataclass_fields__", {})
+                         or isinstance(getattr(c, "exit_code", None), property))]
+    assert len(results) >= 20
     for kind in results:
-        assert isinstance(getattr(kind, "exit_code", None), (property, int)) or \
-            "exit_code" in getattr(kind, "__dataclass_fields__", {}), kind
-        assert callable(getattr(kind, "as_dict", None)), kind
+        assert callable(getattr(kind, "text", None)), f"{kind.__name__} does not render itself"
     assert not isinstance(object(), Result)
 
 

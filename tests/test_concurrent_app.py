@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-
-from tests.support.helpers import big_reference_db, NEW_SECRET, ROOT, open_value, rows_of
+from tests.support.helpers import NEW_SECRET, ROOT, big_reference_db, open_value, rows_of
 
 ROWS = 60_000
 

@@ -3,17 +3,17 @@ the Cloudflare API stand-in, health endpoints served locally."""
 
 from __future__ import annotations
 
-
 import pytest
 
 from tests.support.cloudflare_project import GOOGLE, JWT, WORKERS, _active
 from tests.support.helpers import NEW_SECRET, OLD_SECRET, last_json, run_cli
 from tests.support.hygiene import CmdlineSampler, assert_clean
 
+
 def test_init_writes_a_manifest_that_loads(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert run_cli("init").exit_code == 0
-    from keyrotate.controlplane.manifest import load_manifest
+    from keyrotate.config.load import load_manifest
 
     m = load_manifest(tmp_path / "keyrotate.toml")
     assert m.deploy_order[0] == "api" and m.deployed_name("oauth", "production") == "tminus-oauth-production"
@@ -150,7 +150,7 @@ def test_rollback_of_a_code_deploy_needs_yes_and_goes_in_reverse(project):
 
 
 def test_cloudflare_error_codes_become_clear_messages():
-    from keyrotate.controlplane.wrangler import explain
+    from keyrotate.cloudflare.wrangler import explain
 
     out = ("\x1b[31m✘ \x1b[41;31m[ERROR]\x1b[0m A request to the Cloudflare API failed.\n"
            "  Secrets have changed since this version was deployed [code: 10220]\n")

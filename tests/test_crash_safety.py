@@ -15,8 +15,7 @@ import psutil
 import pytest
 
 from keyrotate.crypto.keys import MasterKey
-
-from tests.support.helpers import big_reference_db, NEW_SECRET, open_value, rows_of
+from tests.support.helpers import NEW_SECRET, big_reference_db, open_value, rows_of
 
 ROWS = 60_000
 KILLS = 20

@@ -7,10 +7,9 @@ import time
 
 import pytest
 
-from keyrotate.errors import StoreError
 from keyrotate.cloudflare_api import RequestBudget
 from keyrotate.db.d1 import D1Store
-
+from keyrotate.errors import StoreError
 from tests.support.cf_api import CloudflareStandIn
 from tests.support.helpers import NEW_SECRET, OLD_SECRET, last_json, open_value, rows_of, run_cli
 
@@ -103,9 +102,9 @@ def test_429_with_retry_after_is_honoured(cf, ref_db, monkeypatch):
 
 
 def test_cas_conflict_over_d1(cf, ref_db, keys_env):
+    from keyrotate.dataplane.codec_refs import codec_from_refs
     from keyrotate.dataplane.reencrypt import ReencryptOptions, reencrypt
-    from keyrotate.dataplane.keys import codec_from_refs
-    from keyrotate.db.targets import resolve_target
+    from keyrotate.db.table_shape import resolve_target
 
     db = ref_db(300)
     store = D1Store(_d1(cf, db))

@@ -16,14 +16,19 @@ import pytest
 
 from keyrotate.crypto.envelope import seal
 from keyrotate.crypto.keys import MasterKey
-from keyrotate.dataplane.keys import codec_from_refs
+from keyrotate.dataplane.codec_refs import codec_from_refs
 from keyrotate.dataplane.reencrypt import ReencryptOptions, reencrypt
-from keyrotate.db import open_database
-from keyrotate.db.targets import resolve_target
+from keyrotate.db.connect import open_database
+from keyrotate.db.table_shape import resolve_target
 from keyrotate.errors import Interrupted
-
 from tests.support.helpers import (
-    NEW_SECRET, OLD_SECRET, StopAfter, big_reference_db, last_json, open_value, rows_of,
+    NEW_SECRET,
+    OLD_SECRET,
+    StopAfter,
+    big_reference_db,
+    last_json,
+    open_value,
+    rows_of,
     run_cli,
 )
 

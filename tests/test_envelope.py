@@ -7,13 +7,13 @@ import hashlib
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from keyrotate.crypto import envelope as E
 from keyrotate.crypto.codecs import EnvelopeCodec, make_codec
 from keyrotate.crypto.keys import MasterKey, derive_master_key, key_id
 from keyrotate.errors import InvalidEnvelope
-
 from tests.support.helpers import NEW_SECRET, OLD_SECRET
 
 OLD, NEW = MasterKey.from_secret(OLD_SECRET), MasterKey.from_secret(NEW_SECRET)

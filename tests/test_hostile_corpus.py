@@ -8,7 +8,6 @@ import sqlite3
 
 from keyrotate.crypto.envelope import seal
 from keyrotate.crypto.keys import MasterKey
-
 from tests.support.helpers import NEW_SECRET, OLD_SECRET, last_json, open_value, run_cli
 
 OLD, NEW = MasterKey.from_secret(OLD_SECRET), MasterKey.from_secret(NEW_SECRET)

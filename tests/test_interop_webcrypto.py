@@ -12,8 +12,15 @@ import pytest
 from keyrotate.crypto.envelope import seal
 from keyrotate.crypto.keys import MasterKey
 from keyrotate.demo.build import token_payload
-
-from tests.support.helpers import NEW_SECRET, OLD_SECRET, last_json, make_reference_db, rows_of, run_cli, webcrypto
+from tests.support.helpers import (
+    NEW_SECRET,
+    OLD_SECRET,
+    last_json,
+    make_reference_db,
+    rows_of,
+    run_cli,
+    webcrypto,
+)
 
 PAIRS = [(OLD_SECRET, NEW_SECRET), (NEW_SECRET, OLD_SECRET)]  # base64 -> hex, hex -> base64
 

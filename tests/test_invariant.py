@@ -22,14 +22,17 @@ from hypothesis import strategies as st
 from keyrotate.crypto.codecs import Codec
 from keyrotate.crypto.envelope import seal
 from keyrotate.crypto.keys import MasterKey
-from keyrotate.dataplane.keys import codec_from_refs
+from keyrotate.dataplane.codec_refs import codec_from_refs
 from keyrotate.dataplane.reencrypt import ReencryptOptions, reencrypt
-from keyrotate.db import open_database
-from keyrotate.db.targets import resolve_target
+from keyrotate.db.connect import open_database
+from keyrotate.db.table_shape import resolve_target
 from keyrotate.errors import (
-    EXIT_FAILURES, EXIT_INCOMPLETE, EXIT_USAGE, ConfigError, Interrupted,
+    EXIT_FAILURES,
+    EXIT_INCOMPLETE,
+    EXIT_USAGE,
+    ConfigError,
+    Interrupted,
 )
-
 from tests.support.helpers import NEW_SECRET, OLD_SECRET, open_value
 
 OLD, NEW = MasterKey.from_secret(OLD_SECRET), MasterKey.from_secret(NEW_SECRET)

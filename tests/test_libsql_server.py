@@ -10,7 +10,6 @@ import pytest
 from keyrotate.crypto.envelope import seal
 from keyrotate.crypto.keys import MasterKey
 from keyrotate.demo.build import REFERENCE_SCHEMA, account_id, token_payload
-
 from tests.support.helpers import NEW_SECRET, OLD_SECRET, last_json, open_value, run_cli
 
 

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from keyrotate.controlplane.compensate import write_compensation
-from keyrotate.db.migrations import discover, split_sql
-
+from keyrotate.db.migration_ledger import discover, split_sql
+from keyrotate.migrations.compensate import write_compensation
 from tests.support.helpers import ROOT, last_json, run_cli
 
 CORPUS = ROOT / "tests" / "migrations_corpus"
@@ -140,7 +139,7 @@ def test_compensation_warnings_for_what_cannot_be_undone(tmp_path):
 
 
 def test_drop_column_falls_back_to_rebuild_before_sqlite_3_35(tmp_path):
-    from keyrotate.controlplane.compensate import compensate
+    from keyrotate.migrations.compensate import compensate
 
     folder = tmp_path / "m"
     shutil.copytree(CORPUS, folder)

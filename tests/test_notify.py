@@ -11,7 +11,6 @@ import httpx
 import pytest
 
 from keyrotate.secrets.base import fingerprint
-
 from tests.support.cloudflare_project import edit_manifest, with_overlap
 from tests.support.helpers import OLD_SECRET, last_json, run_cli
 from tests.support.hygiene import assert_clean
@@ -192,7 +191,6 @@ def test_the_receiver_helper_agrees_with_an_independent_hmac():
     from keyrotate.evidence.event import Event
     from keyrotate.evidence.notify import slack_text
     from keyrotate.evidence.signing import sign, verify
-
     from tests.support.webhook_receiver import independent_signature
 
     body = b'{"v":1,"event":"notify.test"}'

@@ -19,7 +19,6 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from keyrotate.crypto.keys import MasterKey
-
 from tests.support.helpers import ROOT, last_json, run_cli
 from tests.support.hygiene import CmdlineSampler, assert_clean
 from tests.support.objects_app import OLD_HEX, TOKEN, ObjectsApp

@@ -9,13 +9,20 @@ import sqlite3
 import pytest
 
 from keyrotate.crypto.keys import MasterKey
+from keyrotate.dataplane.codec_refs import codec_from_refs
 from keyrotate.dataplane.reencrypt import ReencryptOptions, reencrypt
+from keyrotate.db.connect import open_database
+from keyrotate.db.table_shape import resolve_target
 from keyrotate.errors import Interrupted
-from keyrotate.dataplane.keys import codec_from_refs
-from keyrotate.db import open_database
-from keyrotate.db.targets import resolve_target
-
-from tests.support.helpers import StopAfter, NEW_SECRET, OLD_SECRET, last_json, open_value, rows_of, run_cli
+from tests.support.helpers import (
+    NEW_SECRET,
+    OLD_SECRET,
+    StopAfter,
+    last_json,
+    open_value,
+    rows_of,
+    run_cli,
+)
 
 
 def _reencrypt(db, keys, *extra):

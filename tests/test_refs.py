@@ -7,9 +7,8 @@ import os
 import pytest
 
 from keyrotate.errors import ConfigError, SecretStoreError
-from keyrotate.secrets.refs import parse_ref, resolve
 from keyrotate.secrets.dotenv import DotenvStore, read_dotenv
-
+from keyrotate.secrets.refs import parse_ref, resolve
 from tests.support.helpers import NEW_SECRET, OLD_SECRET, file_mode
 
 

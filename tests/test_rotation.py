@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from tests.support.helpers import OLD_SECRET, last_json, open_value, rows_of, run_cli
 from tests.support.cloudflare_project import GOOGLE, JWT, _active, edit_manifest, with_overlap
+from tests.support.helpers import OLD_SECRET, last_json, open_value, rows_of, run_cli
 from tests.support.hygiene import assert_clean
 
 
@@ -50,8 +50,13 @@ def test_master_key_with_overlap_then_finish(project):
 
     audit = (root / ".keyrotate" / "audit-staging.jsonl").read_bytes()
     events = [(e["event"], e["step"]) for e in map(json.loads, audit.splitlines())]
-    assert events[0][0] == "rotation.started" and ("rotation.step", "verify") in events
-    assert events[-1][0] == "rotation.finished"
+    rotation = [e for e in events if e[0].startswith("rotation.")]
+    assert rotation[0][0] == "rotation.started" and ("rotation.step", "verify") in rotation
+    assert rotation[-1][0] == "rotation.finished"
+    # every push the rotation made is in the same trail: intent, then done
+    pushes = [e for e in map(json.loads, audit.splitlines()) if e["event"] == "worker.secrets"]
+    assert {p["detail"]["state"] for p in pushes} == {"intent", "done"}
+    assert {p["detail"]["worker"] for p in pushes} >= {"tminus-api-staging", "tminus-oauth-staging"}
     for blob, where in ((audit, "audit log"), (res.output.encode() + done.output.encode(), "output")):
         assert_clean(blob, where, [OLD_SECRET, new])
 
@@ -195,7 +200,7 @@ def test_verify_sweeps_rows_the_workers_wrote_under_the_old_key(project, monkeyp
     res = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--json")
     assert res.exit_code == 0, res.output
     out = last_json(res.output)
-    assert out["detail"]["sweep"]["accounts.encrypted_tokens"]["rows_rewritten"] == 1
+    assert out["detail"]["sweep"]["accounts.encrypted_tokens"]["rewritten"] == 1
     assert out["detail"]["verify"]["accounts.encrypted_tokens"]["old"] == 0
     new = store.read("MASTER_KEY", "pending")
     assert open_value(rows_of(root / "staging.db")["acc_00000007"].decode(), new) == b'{"late":true}'
@@ -222,7 +227,7 @@ def test_finish_sweeps_rows_that_came_back_under_the_old_key(project):
     assert done.exit_code == 0, done.output
     out = last_json(done.output)
     assert out["steps_done"][-3:] == ["re-verify", "remove-previous", "promote"]
-    assert out["detail"]["sweep"]["accounts.encrypted_tokens"]["rows_rewritten"] == 1
+    assert out["detail"]["sweep"]["accounts.encrypted_tokens"]["rewritten"] == 1
     assert open_value(rows_of(root / "staging.db")["acc_00000003"].decode(), new) == b'{"restored":true}'
     assert "MASTER_KEY_PREVIOUS" not in _active(cf, "api")
 

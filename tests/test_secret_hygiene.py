@@ -10,7 +10,6 @@ import sys
 import pytest
 
 from keyrotate.demo.build import build_reference_db
-
 from tests.support.helpers import NEW_SECRET, OLD_SECRET, ROOT, last_json
 from tests.support.hygiene import CmdlineSampler, assert_clean
 

@@ -10,13 +10,20 @@ import hvac
 import pytest
 
 from keyrotate.errors import SecretStoreError
-from keyrotate.secrets.refs import resolve
 from keyrotate.secrets.dotenv import DotenvStore
 from keyrotate.secrets.keyring_store import KeyringStore
+from keyrotate.secrets.refs import resolve
 from keyrotate.secrets.schemes import open_secret_store
 from keyrotate.secrets.vault_store import VaultSecret, VaultStore
-
-from tests.support.helpers import NEW_SECRET, OLD_SECRET, file_mode, last_json, open_value, rows_of, run_cli
+from tests.support.helpers import (
+    NEW_SECRET,
+    OLD_SECRET,
+    file_mode,
+    last_json,
+    open_value,
+    rows_of,
+    run_cli,
+)
 from tests.support.services import OpenBaoDev, SecretService
 
 

@@ -49,14 +49,15 @@ def _rolled_back_from_release_2(root, cf):
 
 def test_the_stand_in_reproduces_the_hazards_with_real_wrangler(project):
     """What happens without keyrotate's guards, with wrangler 4.86 alone."""
-    from keyrotate.controlplane.context import Context
-    from keyrotate.controlplane.runner import run
+    from keyrotate.cloudflare.runner import run
+    from keyrotate.cloudflare.wrangler import wrangler_for
+    from keyrotate.config.context import Context
     from keyrotate.errors import DeployError
 
     root, cf, _, store = project
     release_2 = _rolled_back_from_release_2(root, cf)
     api = "tminus-api-staging"
-    wrangler = Context.load("staging").wrangler
+    wrangler = wrangler_for(Context.load("staging"))
     with pytest.raises(DeployError, match="latest version of your Worker isn't currently deployed"):
         wrangler.secret_put(api, "JWT_SECRET", "a-new-jwt-secret-value-of-enough-length-0002")  # 10215
     with pytest.raises(DeployError, match="10214"):

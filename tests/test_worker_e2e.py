@@ -13,16 +13,15 @@ import pytest
 
 from keyrotate.crypto.envelope import seal
 from keyrotate.crypto.keys import MasterKey
-from keyrotate.demo.build import REFERENCE_SCHEMA, account_id, token_payload
+from keyrotate.dataplane.codec_refs import codec_from_refs
 from keyrotate.dataplane.reencrypt import ReencryptOptions, reencrypt
+from keyrotate.db.connect import open_database
+from keyrotate.db.table_shape import resolve_target
+from keyrotate.demo.build import REFERENCE_SCHEMA, account_id, token_payload
 from keyrotate.errors import Interrupted
-from keyrotate.dataplane.keys import codec_from_refs
 from keyrotate.secrets.dotenv import DotenvStore
-from keyrotate.db import open_database
-from keyrotate.db.targets import resolve_target
-
 from tests.support.cf_api import CloudflareStandIn
-from tests.support.helpers import StopAfter, OLD_SECRET, ROOT, run_cli
+from tests.support.helpers import OLD_SECRET, ROOT, StopAfter, run_cli
 from tests.support.services import free_port
 from tests.support.workerd import WRANGLER, DevWorker, dev_vars
 

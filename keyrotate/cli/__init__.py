@@ -1,6 +1,6 @@
 """The command line: parse, call the library, render the result. Nothing else.
 
-Every command returns a typed result (keyrotate.result.Result); output.emit renders it
+Every command returns a typed result (keyrotate.results.Result); output.emit renders it
 and exits with its code. Errors (KeyrotateError, and usage errors under --json) are
 turned into one line on stderr, plus the JSON error object under --json, here in the
 group, once for every command.
@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from keyrotate import __version__
+from keyrotate.cli import control, data, evidence, objects, rotation, secrets
 from keyrotate.cli.output import configure_logging, fail
 from keyrotate.errors import EXIT_USAGE, KeyrotateError
 
@@ -63,8 +64,6 @@ def main(verbose: int, quiet: bool) -> None:
 
 
 def _register() -> None:
-    from keyrotate.cli import control, data, evidence, objects, rotation, secrets
-
     for module in (data, secrets, control, objects, rotation, evidence):
         for command in module.COMMANDS:
             main.add_command(command)

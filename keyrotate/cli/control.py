@@ -8,7 +8,13 @@ import click
 
 from keyrotate.cli.options import dry_run_option, environment, json_option
 from keyrotate.cli.output import emit, say
-from keyrotate.controlplane.context import Context
+from keyrotate.config.context import Context
+from keyrotate.config.template import write_init
+from keyrotate.controlplane.deploy import deploy as run_deploy
+from keyrotate.controlplane.health import validate as run_validate
+from keyrotate.controlplane.rollback import rollback as run_rollback
+from keyrotate.migrations.apply import migrations_apply, migrations_list
+from keyrotate.migrations.compensate import write_compensation
 
 
 @click.command()
@@ -17,7 +23,6 @@ from keyrotate.controlplane.context import Context
 @json_option
 def init(path: str, force: bool, as_json: bool) -> None:
     """Write a commented manifest for the reference application."""
-    from keyrotate.controlplane.init import write_init
 
     emit(write_init(Path(path), force), as_json)
 
@@ -30,7 +35,6 @@ def init(path: str, force: bool, as_json: bool) -> None:
 def deploy(env: Context, only: str | None, dry_run: bool, as_json: bool) -> None:
     """Deploy Workers in deploy order, validating each; a failed health check rolls back
     what this run deployed, in reverse order (exit 1)."""
-    from keyrotate.controlplane.deploy import deploy as run_deploy
 
     emit(run_deploy(env, only, dry_run, say), as_json)
 
@@ -49,7 +53,6 @@ def rollback(env: Context, only: str | None, yes: bool, force: bool, as_json: bo
     Refuses (exit 1) a rollback to a version from before a MASTER_KEY or JWT change that
     keyrotate pushed: that version carries the old secret values.
     """
-    from keyrotate.controlplane.rollback import rollback as run_rollback
 
     emit(run_rollback(env, only, yes, force, say), as_json)
 
@@ -59,7 +62,6 @@ def rollback(env: Context, only: str | None, yes: bool, force: bool, as_json: bo
 @json_option
 def validate(env: Context, as_json: bool) -> None:
     """Health of every Worker with a health URL; exit 1 on any failure."""
-    from keyrotate.controlplane.health import validate as run_validate
 
     emit(run_validate(env), as_json)
 
@@ -74,7 +76,6 @@ def migrations() -> None:
 @json_option
 def migrations_list_cmd(env: Context, as_json: bool) -> None:
     """Migrations of migrations_dir and whether ENV has applied them."""
-    from keyrotate.controlplane.migrations_cmd import migrations_list
 
     emit(migrations_list(env), as_json)
 
@@ -86,7 +87,6 @@ def migrations_list_cmd(env: Context, as_json: bool) -> None:
 @json_option
 def migrations_apply_cmd(env: Context, dry_run: bool, force: bool, as_json: bool) -> None:
     """Apply pending migrations, each with its record in one transaction."""
-    from keyrotate.controlplane.migrations_cmd import migrations_apply
 
     emit(migrations_apply(env, dry_run, force, say), as_json)
 
@@ -96,7 +96,6 @@ def migrations_apply_cmd(env: Context, dry_run: bool, force: bool, as_json: bool
 @json_option
 def migrations_compensate_cmd(file: str, as_json: bool) -> None:
     """Write NNNN_rollback_<name>.sql that undoes FILE (next free number, same folder)."""
-    from keyrotate.controlplane.compensate import write_compensation
 
     result = write_compensation(Path(file))
     for w in result.warnings:

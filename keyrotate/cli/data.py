@@ -5,13 +5,26 @@ from __future__ import annotations
 import click
 
 from keyrotate.cli.options import (
-    batch_option, db_option, format_option, json_option, key_column_option, target_option,
-    opened, workers_option,
+    batch_option,
+    db_option,
+    format_option,
+    json_option,
+    key_column_option,
+    opened,
+    target_option,
+    workers_option,
 )
 from keyrotate.cli.output import emit, say
 from keyrotate.cli.progress_bar import progress_for
 from keyrotate.crypto.codecs import MODES
-from keyrotate.db.targets import resolve_target
+from keyrotate.dataplane.codec_refs import codec_from_refs
+from keyrotate.dataplane.reencrypt import ReencryptOptions
+from keyrotate.dataplane.reencrypt import reencrypt as run_reencrypt
+from keyrotate.dataplane.runs import runs as list_runs
+from keyrotate.dataplane.verify import verify as run_verify
+from keyrotate.db.table_shape import resolve_target
+from keyrotate.demo.run import run_demo
+from keyrotate.secrets.keygen import keygen as make_key
 
 
 @click.command()
@@ -36,9 +49,6 @@ def reencrypt(db_url: str, target: str, old_key: str, new_key: str, key_column: 
     already under the new key are never rewritten. Exit 0 done, 1 some rows failed
     (listed, left untouched), 2 usage error, 3 interrupted (run again).
     """
-    from keyrotate.dataplane.keys import codec_from_refs
-    from keyrotate.dataplane.reencrypt import ReencryptOptions
-    from keyrotate.dataplane.reencrypt import reencrypt as run_reencrypt
 
     codec = codec_from_refs(fmt, new_key, old_key, mode)
     db = opened(db_url)
@@ -64,8 +74,6 @@ def verify(db_url: str, target: str, key: str, old_key: str | None, key_column: 
 
     Exit 0 only if no row failed and none is under the old key.
     """
-    from keyrotate.dataplane.keys import codec_from_refs
-    from keyrotate.dataplane.verify import verify as run_verify
 
     codec = codec_from_refs(fmt, key, old_key, "rewrap", new_flag="--key", check_new=False)
     db = opened(db_url)
@@ -79,7 +87,6 @@ def verify(db_url: str, target: str, key: str, old_key: str | None, key_column: 
 @json_option
 def runs(db_url: str, run_id: str | None, as_json: bool) -> None:
     """List reencrypt runs from the journal, or show one run with its failed rows."""
-    from keyrotate.dataplane.runs import runs as list_runs
 
     emit(list_runs(opened(db_url), run_id), as_json)
 
@@ -92,7 +99,6 @@ def runs(db_url: str, run_id: str | None, as_json: bool) -> None:
 @json_option
 def keygen(fmt: str, nbytes: int, to: str | None, as_json: bool) -> None:
     """Make a new random secret. With --to it is stored and never printed."""
-    from keyrotate.secrets.keygen import keygen as make_key
 
     result = make_key(fmt, nbytes, to)
     if result.written_to:
@@ -109,7 +115,6 @@ def keygen(fmt: str, nbytes: int, to: str | None, as_json: bool) -> None:
 @json_option
 def demo(rows: int, directory: str, force: bool, workers: int | None, as_json: bool) -> None:
     """Build a local database of synthetic accounts, rotate its master key, verify it."""
-    from keyrotate.demo.run import run_demo
 
     emit(run_demo(rows, directory, workers, say, progress_for, force), as_json)
 

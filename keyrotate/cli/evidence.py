@@ -6,7 +6,9 @@ import click
 
 from keyrotate.cli.options import environment, json_option
 from keyrotate.cli.output import emit
-from keyrotate.controlplane.context import Context
+from keyrotate.config.context import Context
+from keyrotate.evidence.record import audit_trail, send_test
+from keyrotate.evidence.trail import show
 
 
 @click.group()
@@ -22,8 +24,6 @@ def audit() -> None:
 @json_option
 def audit_show(env: Context, rotation_id: str | None, last: int | None, as_json: bool) -> None:
     """The timeline: who did what, when, with fingerprints (never values)."""
-    from keyrotate.evidence.record import audit_trail
-    from keyrotate.evidence.trail import show
 
     emit(show(audit_trail(env), rotation_id, last), as_json)
 
@@ -34,7 +34,6 @@ def audit_show(env: Context, rotation_id: str | None, last: int | None, as_json:
 def audit_verify(env: Context, as_json: bool) -> None:
     """Check the hash chain, and this machine's local copy against it. Exit 1 naming the
     first event altered, removed or reordered."""
-    from keyrotate.evidence.record import audit_trail
 
     emit(audit_trail(env).verify(), as_json)
 
@@ -49,7 +48,6 @@ def notify() -> None:
 @json_option
 def notify_test(env: Context, as_json: bool) -> None:
     """Send a notify.test event to every sink; exit 1 if one was not delivered."""
-    from keyrotate.evidence.record import send_test
 
     emit(send_test(env), as_json)
 

@@ -7,7 +7,9 @@ import click
 from keyrotate.cli.options import dry_run_option, environment, json_option
 from keyrotate.cli.output import emit
 from keyrotate.cli.progress_bar import progress_for
-from keyrotate.controlplane.context import Context
+from keyrotate.config.context import Context
+from keyrotate.dataplane.objects.driver import ObjectsOptions
+from keyrotate.rotation.objects import objects_census, objects_rewrap_proven
 
 target_option = click.option("--target", "target_name", required=True, metavar="NAME",
                              help="The Durable Object class of an [[encrypted]] object target.")
@@ -32,8 +34,6 @@ def objects_census_cmd(env: Context, target_name: str, concurrency: int, batch: 
                        as_json: bool) -> None:
     """Which key opens each object's envelope: current (the new key's id only), old,
     stale, missing, failed. Exit 0 only if none is old, stale or failed."""
-    from keyrotate.controlplane.objects_cmd import objects_census
-    from keyrotate.dataplane.objects.driver import ObjectsOptions
 
     target = env.manifest.object_target(target_name)
     emit(objects_census(env, target, ObjectsOptions(concurrency, batch),
@@ -59,8 +59,6 @@ def objects_rewrap_cmd(env: Context, target_name: str, concurrency: int, batch: 
     2 refused (token, no previous key), 3 incomplete (objects still on the old key, or
     kept busy): run it again.
     """
-    from keyrotate.controlplane.objects_cmd import objects_rewrap_proven
-    from keyrotate.dataplane.objects.driver import ObjectsOptions
 
     target = env.manifest.object_target(target_name)
     emit(objects_rewrap_proven(env, target, ObjectsOptions(concurrency, batch, stale_wait, dry_run),

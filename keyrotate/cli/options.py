@@ -9,9 +9,11 @@ from typing import Any, Callable
 
 import click
 
+from keyrotate.config.context import Context
 from keyrotate.crypto.codecs import FORMATS
-from keyrotate.db import DB_URL_HELP, open_database
 from keyrotate.db.base import RowStore
+from keyrotate.db.connect import open_database
+from keyrotate.db.urls import DB_URL_HELP
 
 F = Callable[..., Any]
 
@@ -54,7 +56,6 @@ def environment(fn: F) -> F:
                   help="keyrotate.toml (default: found here or above).")
     @functools.wraps(fn)
     def wrapper(*args: Any, env_name: str, manifest_path: str | None, **kwargs: Any) -> Any:
-        from keyrotate.controlplane.context import Context
 
         ctx = Context.load(env_name, manifest_path)
         click.get_current_context().call_on_close(ctx.close)

@@ -14,9 +14,7 @@ from typing import Any, NoReturn
 
 import click
 
-from keyrotate.cli import render
-from keyrotate.result import Result
-
+from keyrotate.results import Result
 
 log = logging.getLogger("keyrotate")
 
@@ -53,7 +51,7 @@ def emit(result: Result, as_json: bool) -> NoReturn:
     if as_json:
         click.echo(json.dumps(result.as_dict(), default=str))
     else:
-        text = render.text(result)
+        text = result.text()
         if text:
             click.echo(text)
     click.get_current_context().exit(result.exit_code)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from keyrotate.dataplane.progress import NoProgress, Progress
+from tqdm import tqdm
+
+from keyrotate.progress import NoProgress, Progress
 
 
 class TqdmProgress:
@@ -13,7 +15,6 @@ class TqdmProgress:
         self.bar = None
 
     def start(self, total: int) -> None:
-        from tqdm import tqdm
 
         self.bar = tqdm(total=total, desc=self.label, unit="rows", unit_scale=True,
                         file=sys.stderr, dynamic_ncols=True, leave=False)

@@ -8,8 +8,14 @@ import click
 
 from keyrotate.cli.options import environment, from_deployed_option, json_option
 from keyrotate.cli.output import emit, emit_text, say
-from keyrotate.controlplane.context import Context
+from keyrotate.config.context import Context
+from keyrotate.config.manifest import parse_duration
+from keyrotate.dataplane.objects.driver import ObjectsOptions
 from keyrotate.errors import ConfigError
+from keyrotate.rotation.openmetrics import openmetrics, write_metrics_file
+from keyrotate.rotation.rotate import RotateOptions
+from keyrotate.rotation.rotate import rotate as run_rotate
+from keyrotate.rotation.status import status as run_status
 
 
 @click.command()
@@ -36,8 +42,6 @@ def rotate(secret: str, env: Context, compromised: bool, dry_run: bool, yes: boo
 
     External secrets (OAuth client secrets) take the new value on stdin, never argv.
     """
-    from keyrotate.dataplane.objects.driver import ObjectsOptions
-    from keyrotate.rotation.rotate import rotate as run_rotate
 
     def read_external() -> str:
         stdin = sys.stdin
@@ -48,11 +52,9 @@ def rotate(secret: str, env: Context, compromised: bool, dry_run: bool, yes: boo
             raise ConfigError(f"no value for {secret} on stdin")
         return value
 
-    emit(run_rotate(env, secret, compromised=compromised, dry_run=dry_run, yes=yes,
-                    finish=finish_rotation, force=force, abort=abort,
-                    read_external=read_external, say=say,
-                    objects=ObjectsOptions(stale_wait=stale_wait), from_deployed=from_deployed,
-                    canary=canary), as_json)
+    options = RotateOptions(compromised, dry_run, yes, finish_rotation, force, abort, from_deployed,
+                            canary, ObjectsOptions(stale_wait=stale_wait))
+    emit(run_rotate(env, secret, options, say, read_external), as_json)
 
 
 @click.command()
@@ -69,9 +71,6 @@ def status(env: Context, due: str | None, send: bool, fmt: str, metrics_file: st
            as_json: bool) -> None:
     """Per secret: age, last rotation, rotation in progress, rows per key. For cron and CI
     schedules (exit 1 when a secret is past --due)."""
-    from keyrotate.controlplane.manifest import parse_duration
-    from keyrotate.rotation.openmetrics import openmetrics, write_metrics_file
-    from keyrotate.rotation.status import status as run_status
 
     if send and not due:
         raise ConfigError("--notify sends secret.overdue events: give --due AGE too")

@@ -6,7 +6,9 @@ import click
 
 from keyrotate.cli.options import dry_run_option, environment, from_deployed_option, json_option
 from keyrotate.cli.output import emit, say
-from keyrotate.controlplane.context import Context
+from keyrotate.config.context import Context
+from keyrotate.controlplane.worker_secrets import secrets_list, secrets_push
+from keyrotate.secrets.describe import describe
 
 
 @click.group()
@@ -22,7 +24,6 @@ def secrets_list_cmd(env: Context, as_json: bool) -> None:
 
     Exit 1 when a Worker lacks a secret the manifest gives it.
     """
-    from keyrotate.controlplane.secrets_cmd import secrets_list
 
     emit(secrets_list(env), as_json)
 
@@ -40,7 +41,6 @@ def secrets_push_cmd(env: Context, only: str | None, from_deployed: bool, dry_ru
     In deploy order, one Worker at a time (each push deploys a new version), values on
     wrangler's stdin only.
     """
-    from keyrotate.controlplane.secrets_cmd import secrets_push
 
     emit(secrets_push(env, only, dry_run, say, from_deployed), as_json)
 
@@ -51,7 +51,6 @@ def secrets_push_cmd(env: Context, only: str | None, from_deployed: bool, dry_ru
 @json_option
 def secrets_show(ref: str, reveal: bool, as_json: bool) -> None:
     """Show a fingerprint of the secret at REF: never the value, unless --reveal."""
-    from keyrotate.secrets.describe import describe
 
     emit(describe(ref, reveal), as_json)
 

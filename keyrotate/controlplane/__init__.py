@@ -1,3 +1,3 @@
-"""The control plane: the manifest, the environment context, wrangler (the one subprocess
-runner), health checks, and the commands on Workers: secrets list/push, deploy,
-rollback, validate, D1 migrations. Depends on the data plane and below, never above."""
+"""The control plane: the commands that act on the Workers (secrets list and push, deploy,
+rollback, canary, health). Each change goes into the audit trail. Depends on the
+evidence, the Cloudflare adapters and the layers below, never on the data plane."""

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from keyrotate.controlplane.context import Context
-from keyrotate.controlplane.events import Event, Say, confirm, record_events
+from keyrotate.cloudflare.wrangler import wrangler_for
+from keyrotate.config.context import Context
 from keyrotate.controlplane.health import check
-from keyrotate.controlplane.pushes import PUSHED, Pusher, intents
+from keyrotate.controlplane.pushes import PUSHED, Pusher, changes
 from keyrotate.errors import ConfigError, DeployError, Incomplete, KeyrotateError
-from keyrotate.timeutil import now_iso
+from keyrotate.evidence.worker_log import confirm, intend, record_version
+from keyrotate.progress import Say
 
 DEFAULT_STEPS = (10, 50, 100)
 PROBES = 20   # health requests per step: enough that a 10% share is seen
@@ -45,29 +46,28 @@ def canary_push(ctx: Context, pusher: Pusher, worker: str, values: dict[str, str
     if previous is None:
         raise DeployError(f"{full} has no version to make a canary from: deploy it first; "
                           "nothing was pushed")
-    at = now_iso()
-    record_events(ctx, intents(ctx, full, values, at))
+    at = intend(ctx, full, changes(ctx, values))
     try:
         version = pusher.api.copy(full, previous, previous, values, "keyrotate canary: new secrets")
-        record_events(ctx, [Event(full, "canary", version_id=version)])
+        record_version(ctx, full, "canary", version)
         say(f"canary on {full}: version {version[:12]} at 0%, beside {previous[:12]}")
-        ctx.wrangler.versions_deploy(full, [(previous, 100.0), (version, 0.0)], "keyrotate canary")
+        wrangler_for(ctx).versions_deploy(full, [(previous, 100.0), (version, 0.0)], "keyrotate canary")
         failure = _probe(worker, url, canary.probes, {"Cloudflare-Workers-Version-Overrides":
                                                       f'{full}="{version}"'})
         share = 0
         for share in (s for s in canary.steps if not failure):
             say(f"canary on {full}: {share}% of traffic")
-            ctx.wrangler.versions_deploy(full, [(version, float(share)), (previous, 100.0 - share)],
+            wrangler_for(ctx).versions_deploy(full, [(version, float(share)), (previous, 100.0 - share)],
                                          f"keyrotate canary {share}%")
             failure = _probe(worker, url, canary.probes)
         if failure:
-            ctx.wrangler.versions_deploy(full, [(previous, 100.0)], "keyrotate canary: aborted")
+            wrangler_for(ctx).versions_deploy(full, [(previous, 100.0)], "keyrotate canary: aborted")
             confirm(ctx, full, at, "failed")
             raise Incomplete(f"the canary of {', '.join(sorted(values))} on {full} failed its "
                              f"health check at {share if share else 'the smoke test, 0'}% "
                              f"({failure}); {full} serves its previous version at 100% again. "
                              "Fix the cause, then run the same command again.")
-        ctx.wrangler.versions_deploy(full, [(version, 100.0)], "keyrotate canary: accepted")
+        wrangler_for(ctx).versions_deploy(full, [(version, 100.0)], "keyrotate canary: accepted")
     except Incomplete:
         raise
     except KeyrotateError:

@@ -7,11 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from keyrotate.controlplane.context import Context
-from keyrotate.controlplane.events import Event, Say, record_events
+from keyrotate.cloudflare.wrangler import wrangler_for
+from keyrotate.config.context import Context
 from keyrotate.controlplane.health import Health, validate
 from keyrotate.controlplane.rollback import crossing, roll_back_worker
 from keyrotate.errors import EXIT_FAILURES
+from keyrotate.evidence.worker_log import record_version
+from keyrotate.progress import Say
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,16 @@ class DeployResult:
             return {**out, "deployed": self.deployed}
         return {**out, "failed_at": self.failed_at, "rolled_back": self.rolled_back}
 
+    def text(self) -> str:
+        if self.dry_run:
+            return "\n".join(["plan (dry run, nothing deployed):"] + [
+                f"  {i + 1}. {s.name} from {s.dir}" + (f", then health {s.health}" if s.health else "")
+                for i, s in enumerate(self.steps)])
+        if self.ok:
+            return f"deployed {', '.join(self.deployed)}; all healthy"
+        return (f"health check failed after deploying {self.failed_at}; rolled back "
+                f"{', '.join(self.rolled_back) or 'nothing'}")
+
 
 def deploy(ctx: Context, only: str | None, dry_run: bool, say: Say) -> DeployResult:
     order = [ctx.manifest.worker(only)] if only else list(ctx.manifest.deploy_order)
@@ -58,11 +70,11 @@ def deploy(ctx: Context, only: str | None, dry_run: bool, say: Say) -> DeployRes
             for w in order])
     done: list[tuple[str, str | None]] = []
     for w in order:
-        before = ctx.wrangler.active_version(ctx.worker_name(w))
+        before = wrangler_for(ctx).active_version(ctx.worker_name(w))
         say(f"deploying {ctx.worker_name(w)}")
-        ctx.wrangler.deploy(ctx.manifest.worker_dir(w), ctx.env.name)
+        wrangler_for(ctx).deploy(ctx.manifest.worker_dir(w), ctx.env.name)
         done.append((w, before))
-        record_events(ctx, [Event(ctx.worker_name(w), "deploy")])
+        record_version(ctx, ctx.worker_name(w), "deploy")
         health = validate(ctx, [w])
         if not health.ok:
             say(f"health check failed after deploying {w}: rolling back this run, in reverse")
@@ -81,7 +93,7 @@ def _roll_back_to(ctx: Context, targets: list[tuple[str, str | None]], say: Say)
         if version is None:
             say(f"{ctx.worker_name(w)} had no earlier version: left as it is")
             continue
-        created = ctx.wrangler.version_created_on(ctx.worker_name(w), version)
+        created = wrangler_for(ctx).version_created_on(ctx.worker_name(w), version)
         roll_back_worker(ctx, w, version, crossing(ctx, ctx.worker_name(w), created) is not None,
                          "keyrotate: failed health check after deploy", say)
         rolled.append(w)

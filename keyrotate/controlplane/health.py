@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from keyrotate.controlplane.context import Context
+from keyrotate.config.context import Context
 from keyrotate.errors import EXIT_FAILURES
 
 
@@ -62,6 +62,11 @@ class ValidateResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"env": self.env, "workers": [w.as_dict() for w in self.workers], "ok": self.ok}
+
+    def text(self) -> str:
+        lines = [f"health of {self.env}: {'ok' if self.ok else 'FAILED'}"]
+        lines += [f"  {w.worker:<16} {w.status:<12} {w.url} {w.detail}" for w in self.workers]
+        return "\n".join(lines)
 
 
 def validate(ctx: Context, workers: list[str] | None = None) -> ValidateResult:

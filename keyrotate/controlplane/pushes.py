@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from keyrotate.controlplane.context import Context
-from keyrotate.controlplane.events import Event, Say, confirm, record_events
-from keyrotate.controlplane.versions import VersionsApi
-from keyrotate.controlplane.wrangler import DeploymentState
+from keyrotate.cloudflare.versions import VersionsApi
+from keyrotate.cloudflare.wrangler import DeploymentState, wrangler_for
+from keyrotate.config.context import Context
 from keyrotate.errors import ConfigError, KeyrotateError
+from keyrotate.evidence.worker_log import SecretChange, confirm, intend
+from keyrotate.progress import Say
 from keyrotate.secrets.base import fingerprint
-from keyrotate.timeutil import now_iso
 
 PUSHED = DeploymentState("", "pushed", (("pushed", 100.0),))  # latest deployed at 100%
 
@@ -45,7 +45,7 @@ class Pusher:
         """Every Worker must take a push: refuse (nothing changed) when one cannot."""
         for w in workers:
             if w not in self.states:
-                self.states[w] = self.ctx.wrangler.state(self.ctx.worker_name(w))
+                self.states[w] = wrangler_for(self.ctx).state(self.ctx.worker_name(w))
         bad = [w for w in workers if not self.states[w].latest_fully_deployed]
         split = [w for w in bad if self.states[w].deployed is None]
         listing = "; ".join(f"{self.ctx.worker_name(w)}: {self.states[w].explain()}" for w in bad)
@@ -70,8 +70,7 @@ class Pusher:
         names = ", ".join(sorted(values))
         self.say(f"{'removing' if all(v is None for v in values.values()) else 'pushing'} {names} "
                  f"{'from' if all(v is None for v in values.values()) else 'to'} {full}{note}")
-        at = now_iso()
-        record_events(self.ctx, intents(self.ctx, full, values, at))
+        at = intend(self.ctx, full, changes(self.ctx, values))
         try:
             version = None
             if state.latest_fully_deployed:
@@ -80,7 +79,7 @@ class Pusher:
                 assert state.deployed is not None
                 version = self.api.copy(full, state.deployed, state.deployed, values,
                                         "keyrotate: secrets on the deployed version")
-                self.ctx.wrangler.versions_deploy(full, [(version, 100.0)], "keyrotate: secrets")
+                wrangler_for(self.ctx).versions_deploy(full, [(version, 100.0)], "keyrotate: secrets")
         except KeyrotateError:
             confirm(self.ctx, full, at, "failed")
             raise
@@ -92,17 +91,18 @@ class Pusher:
         sets = {n: v for n, v in values.items() if v is not None}
         if len(sets) == 1:
             (name, value), = sets.items()
-            self.ctx.wrangler.secret_put(full, name, value)
+            wrangler_for(self.ctx).secret_put(full, name, value)
         elif sets:
-            self.ctx.wrangler.secret_bulk(full, sets)
+            wrangler_for(self.ctx).secret_bulk(full, sets)
         for name in (n for n, v in values.items() if v is None):
-            self.ctx.wrangler.secret_delete(full, name)
+            wrangler_for(self.ctx).secret_delete(full, name)
 
     def close(self) -> None:
         if self._api is not None:
             self._api.close()
 
 
-def intents(ctx: Context, full: str, values: dict[str, str | None], at: str) -> list[Event]:
-    return [Event(full, "secret-delete" if v is None else "secret-push", n, ctx.manifest.kind_of(n),
-                  None if v is None else fingerprint(v), at, "intent") for n, v in values.items()]
+def changes(ctx: Context, values: dict[str, str | None]) -> list[SecretChange]:
+    """What setting `values` (None: removing) changes, as fingerprints."""
+    return [SecretChange(n, ctx.manifest.kind_of(n), None if v is None else fingerprint(v))
+            for n, v in values.items()]

@@ -19,17 +19,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from keyrotate.controlplane.context import Context
-from keyrotate.controlplane.events import (
-    Event, Say, confirm, record_events, secret_history,
-)
+from keyrotate.cloudflare.versions import VersionsApi
+from keyrotate.cloudflare.wrangler import wrangler_for
+from keyrotate.config.context import Context
+from keyrotate.config.manifest import KINDS
 from keyrotate.controlplane.health import Health, validate
-from keyrotate.controlplane.manifest import KINDS
-from keyrotate.controlplane.pushes import intents
-from keyrotate.controlplane.versions import VersionsApi
+from keyrotate.controlplane.pushes import changes
 from keyrotate.errors import EXIT_FAILURES, EXIT_USAGE, DeployError, KeyrotateError
+from keyrotate.evidence.worker_log import confirm, intend, record_version, secret_history
+from keyrotate.progress import Say
 from keyrotate.secrets.base import SLOTS, fingerprint
-from keyrotate.timeutil import now_iso, parse_utc
+from keyrotate.timeutil import parse_utc
 
 
 @dataclass
@@ -83,6 +83,15 @@ class RollbackResult:
             return {**out, "note": "nothing rolled back: re-run with --yes"}
         return {**out, "health": [h.as_dict() for h in self.health], "ok": self.ok}
 
+    def text(self) -> str:
+        lines = ["rolled back:" if self.done else "plan (nothing rolled back; add --yes):"]
+        for s in self.plan:
+            cross = f"  CROSSES A ROTATION: {s.crossing_text()} (needs --force)" if s.crosses else ""
+            lines.append(f"  {s.name:<32} -> {s.target or 'no earlier version'}{cross}")
+        if self.done:
+            lines.append("health: " + ("ok" if self.ok else "FAILED"))
+        return "\n".join(lines)
+
 
 def crossing(ctx: Context, full: str, target_created_on: str | None) -> dict[str, Any] | None:
     """What a rollback to a version made at `target_created_on` would change of the
@@ -105,13 +114,13 @@ def rollback_plan(ctx: Context, only: str | None) -> list[RollbackStep]:
     plan = []
     for w in order:
         step = RollbackStep(w, ctx.worker_name(w))
-        deployments = ctx.wrangler.deployments(step.name)
+        deployments = wrangler_for(ctx).deployments(step.name)
         if deployments:
             current = deployments[0].version_id
             earlier = next((d for d in deployments[1:] if d.version_id != current), None)
             if earlier:
                 step.current, step.target = current, earlier.version_id
-                step.target_created_on = ctx.wrangler.version_created_on(step.name, step.target)
+                step.target_created_on = wrangler_for(ctx).version_created_on(step.name, step.target)
                 step.crosses = crossing(ctx, step.name, step.target_created_on)
         plan.append(step)
     return plan
@@ -144,25 +153,24 @@ def roll_back_worker(ctx: Context, worker: str, target: str, keep_secrets: bool,
     full = ctx.worker_name(worker)
     if not keep_secrets:
         say(f"rolling back {full} to {target}")
-        ctx.wrangler.rollback(full, target, message)
-        record_events(ctx, [Event(full, "rollback", version_id=target)])
+        wrangler_for(ctx).rollback(full, target, message)
+        record_version(ctx, full, "rollback", target)
         return
     say(f"rolling back {full} to {target}'s code, keeping the secrets serving now")
     values = live_values(ctx, full)
-    current = ctx.wrangler.state(full).traffic[0][0]
-    at = now_iso()
-    record_events(ctx, intents(ctx, full, values, at))
+    current = wrangler_for(ctx).state(full).traffic[0][0]
+    at = intend(ctx, full, changes(ctx, values))
     api = VersionsApi()
     try:
         version = api.copy(full, target, current, values, f"{message}: code of {target}, secrets of now")
-        ctx.wrangler.versions_deploy(full, [(version, 100.0)], message)
+        wrangler_for(ctx).versions_deploy(full, [(version, 100.0)], message)
     except KeyrotateError:
         confirm(ctx, full, at, "failed")
         raise
     finally:
         api.close()
     confirm(ctx, full, at, "done", version)
-    record_events(ctx, [Event(full, "rollback", version_id=version)])
+    record_version(ctx, full, "rollback", version)
 
 
 def live_values(ctx: Context, full: str) -> dict[str, str | None]:

@@ -35,6 +35,11 @@ MODES = ("rewrap", "fresh-dek")
 NEITHER_KEY = "opens under neither the old nor the new key"
 
 
+class SameKey(ValueError):
+    """The old and the new key are one key (a programmer's or operator's mistake, not
+    hostile input): there is nothing to rotate."""
+
+
 class Codec(Protocol):
     """The keys of one rotation, bound to a format. Key ids are one-way and printable."""
 
@@ -163,7 +168,7 @@ def make_codec(fmt: str, new_secret: str, old_secret: str | None, mode: str = "r
     extra = tuple(key_type(s) for s in also_old)
     for other in [*olds, *extra]:
         if other.same_as(new):
-            raise ValueError("the old key and the new key are the same key")
+            raise SameKey("the old key and the new key are the same key")
     codec_type = EnvelopeCodec if fmt == "tminus-envelope" else FernetCodec
     return codec_type(new=new, old=olds[0] if olds else None, mode=mode,
                       also_old=tuple(k for k in extra if not any(k.same_as(o) for o in olds)))

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from keyrotate.db.own_schema import ensure_journal_schema, journal_exists
 from keyrotate.db.base import RowStore, Statement, Target, Value
+from keyrotate.db.own_schema import ensure_journal_schema, journal_exists
 from keyrotate.errors import ConfigError
 from keyrotate.timeutil import new_id, now_iso
 

@@ -22,19 +22,33 @@ from typing import Any
 
 from keyrotate.crypto.codecs import Codec
 from keyrotate.dataplane.journal import (
-    Counts, Journal, RunIdentity, RunState, rewrap_runs_to, run_failures,
+    Counts,
+    Journal,
+    RunIdentity,
+    RunState,
+    rewrap_runs_to,
+    run_failures,
 )
 from keyrotate.dataplane.lease import Lease
+from keyrotate.dataplane.outcome import ROWS, Outcome
 from keyrotate.dataplane.pipeline import page_results, page_size
-from keyrotate.dataplane.progress import NoProgress, Progress
 from keyrotate.dataplane.verify import Census, take_census
 from keyrotate.dataplane.workers import CryptoRunner, PageResult, default_workers, process_page
 from keyrotate.dataplane.writer import OrderedWriter
 from keyrotate.db.base import (
-    PAGE_BYTES, CasWrite, RowStore, Statement, Target, Value, count_after, read_rows,
+    PAGE_BYTES,
+    CasWrite,
+    RowStore,
+    Statement,
+    Target,
+    Value,
+    count_after,
+    read_rows,
 )
 from keyrotate.db.own_schema import ensure_journal_schema
 from keyrotate.errors import EXIT_FAILURES, EXIT_INCOMPLETE, ConfigError, Interrupted
+from keyrotate.progress import NoProgress, Progress
+from keyrotate.results import failure_lines
 
 log = logging.getLogger("keyrotate.reencrypt")
 CONFLICT_ROUNDS = 3
@@ -87,6 +101,32 @@ class ReencryptResult:
                 "resumed": self.resumed, "dry_run": self.dry_run,
                 "failures": self.failures, "census": census, "problems": self.problems,
                 **self.extra}
+
+    def text(self) -> str:
+        r = self.as_dict()
+        lines = [
+            f"{'dry run: ' if r['dry_run'] else ''}{r['target']}: {r['status']}"
+            + (f" (run {r['run_id']}{', resumed' if r['resumed'] else ''})" if r["run_id"] else ""),
+            f"  scanned {r['rows_scanned']:,}  rewritten {r['rows_rewritten']:,}  "
+            f"already current {r['rows_already_current']:,}  null {r['rows_null']:,}  "
+            f"failed {r['rows_failed']:,}  conflicts {r['rows_conflicted']:,}",
+            f"  {r['seconds']:.2f} s"
+            + (f", {r['rows_per_second']:,} rows/s" if r["rows_per_second"] else "")
+            + f"  (mode {r['mode']}, kid {r['old_kid']} -> {r['new_kid']})",
+        ]
+        lines += failure_lines(r["failures"], r["rows_failed"])
+        lines += [f"  WARNING: {w}" for w in r.get("warnings", [])]
+        if r["rows_unsettled"]:
+            lines.append(f"  {r['rows_unsettled']} rows kept changing during the run: run again")
+        return "\n".join(lines)
+
+    def outcome(self) -> Outcome:
+        c = self.counts
+        return Outcome(self.target, ROWS, run_id=self.run_id, status=self.status,
+                       scanned=c.rows_scanned, rewritten=c.rows_rewritten,
+                       already_current=c.rows_already_current, null=c.rows_null,
+                       failed=c.rows_failed, conflicted=c.rows_conflicted,
+                       unreached=self.rows_unsettled, failures=list(self.failures))
 
 
 def _delta(page: PageResult) -> Counts:

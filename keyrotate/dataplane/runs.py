@@ -9,6 +9,16 @@ from typing import Any
 from keyrotate.dataplane.journal import list_runs, run_failures
 from keyrotate.db.base import RowStore
 from keyrotate.errors import ConfigError
+from keyrotate.results import failure_lines
+
+
+def _runs_lines(runs: list[dict[str, Any]]) -> str:
+    if not runs:
+        return "no runs recorded"
+    return "\n".join(
+        f"{r['run_id']}  {r['status']:<24} {r['target']:<32} {r['mode']:<9} "
+        f"scanned {r['rows_scanned']:,} rewritten {r['rows_rewritten']:,} "
+        f"failed {r['rows_failed']:,}  started {r['started_at']}" for r in runs)
 
 
 @dataclass(frozen=True)
@@ -21,6 +31,12 @@ class RunsResult:
         if self.failures is None:
             return {"runs": self.runs}
         return dict(self.runs[0], failures=self.failures)
+
+    def text(self) -> str:
+        if self.failures is None:
+            return _runs_lines(self.runs)
+        return "\n".join([_runs_lines(self.runs),
+                          *failure_lines(self.failures, int(self.runs[0]["rows_failed"]))]).rstrip()
 
 
 def runs(db: RowStore, run_id: str | None = None) -> RunsResult:

@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from keyrotate.crypto.codecs import Codec
+from keyrotate.dataplane.outcome import ROWS, Outcome
 from keyrotate.dataplane.pipeline import page_results, page_size
-from keyrotate.dataplane.progress import NoProgress, Progress
 from keyrotate.dataplane.workers import CryptoRunner, PageResult, default_workers
 from keyrotate.db.base import RowStore, Target, count_rows
 from keyrotate.errors import EXIT_FAILURES, Interrupted
+from keyrotate.progress import NoProgress, Progress
+from keyrotate.results import failure_lines
 
 LISTED = 100
 
@@ -64,6 +66,17 @@ class Census:
                 self.old += n
         for key, reason in page.failures[:LISTED - len(self.failures)]:
             self.failures.append({"id": str(key), "reason": reason})
+
+    def text(self) -> str:
+        verdict = "clean" if self.clean else "NOT clean"
+        lines = [f"{self.target}: {verdict}: {self.rows:,} rows, {self.ok:,} ok (kid {self.key_kid}), "
+                 f"{self.old:,} old, {self.null:,} null, {self.failed:,} failed"]
+        return "\n".join(lines + failure_lines(self.failures, self.failed))
+
+    def outcome(self) -> Outcome:
+        return Outcome(self.target, ROWS, total=self.rows, current=self.ok, old=self.old,
+                       null=self.null, failed=self.failed, unreached=self.unreached,
+                       by_kid=dict(self.by_kid), failures=list(self.failures))
 
 
 def take_census(store: RowStore, target: Target, codec: Codec, runner: CryptoRunner,

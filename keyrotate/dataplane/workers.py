@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from keyrotate.crypto.codecs import Codec
+from keyrotate.db.base import CasWrite, Value
 from keyrotate.errors import InvalidEnvelope
 from keyrotate.orphans import exit_now, on_parent_death
-from keyrotate.db.base import CasWrite, Value
 
 Rows = Sequence[tuple[Value, Value]]
 

@@ -13,7 +13,6 @@ from typing import Any, Protocol, Sequence
 
 from keyrotate.errors import StoreError
 
-
 Value = Any  # what SQLite stores: None, int, float, str, bytes
 
 # D1 allows 100 bound parameters per statement; every multi-key query stays under it.

@@ -22,7 +22,13 @@ from urllib.parse import urlparse
 
 from keyrotate.cloudflare_api import CloudflareClient, RequestBudget
 from keyrotate.db.base import (
-    MAX_BOUND_PARAMS, CasWrite, RestorePoint, Statement, Target, Value, bounded_scan_page,
+    MAX_BOUND_PARAMS,
+    CasWrite,
+    RestorePoint,
+    Statement,
+    Target,
+    Value,
+    bounded_scan_page,
     cas_statements,
 )
 from keyrotate.errors import ConfigError, StoreError

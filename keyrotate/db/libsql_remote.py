@@ -12,11 +12,17 @@ from typing import Sequence
 
 import libsql_client
 
-from keyrotate.db import refuse_credentials
-from keyrotate.errors import ConfigError, StoreError, StoreUnavailable
 from keyrotate.db.base import (
-    DEFAULT_BATCH_SIZE, CasWrite, Statement, Target, Value, bounded_scan_page, cas_statements,
+    DEFAULT_BATCH_SIZE,
+    CasWrite,
+    Statement,
+    Target,
+    Value,
+    bounded_scan_page,
+    cas_statements,
 )
+from keyrotate.db.urls import refuse_credentials
+from keyrotate.errors import ConfigError, StoreError, StoreUnavailable
 
 
 class LibsqlRemoteStore:

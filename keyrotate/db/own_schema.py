@@ -6,8 +6,8 @@ from __future__ import annotations
 import weakref
 from pathlib import Path
 
-from keyrotate.db.migrations import apply_one, discover, pending
 from keyrotate.db.base import RowStore
+from keyrotate.db.migration_ledger import apply_one, discover, pending
 
 LEDGER = "keyrotate_migrations"
 

@@ -16,11 +16,18 @@ import time
 from typing import Callable, Sequence, TypeVar
 from urllib.parse import unquote, urlparse
 
-from keyrotate.errors import ConfigError, StoreError, StoreUnavailable
 from keyrotate.db.base import (
-    DEFAULT_BATCH_SIZE, CasWrite, Statement, Target, Value, cas_sql, scan_sql, value_size, 
+    DEFAULT_BATCH_SIZE,
+    CasWrite,
+    Statement,
+    Target,
+    Value,
+    cas_sql,
     rows_by_key_sql,
+    scan_sql,
+    value_size,
 )
+from keyrotate.errors import ConfigError, StoreError, StoreUnavailable
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 30_000

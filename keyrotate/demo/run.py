@@ -7,15 +7,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from keyrotate.dataplane.keys import codec_from_refs
-from keyrotate.dataplane.progress import Progress
+from keyrotate.dataplane.codec_refs import codec_from_refs
 from keyrotate.dataplane.reencrypt import ReencryptOptions, ReencryptResult, reencrypt
 from keyrotate.dataplane.verify import Census, verify
-from keyrotate.db import open_database
-from keyrotate.db.targets import resolve_target
+from keyrotate.db.connect import open_database
+from keyrotate.db.table_shape import resolve_target
 from keyrotate.demo.build import build_reference_db
 from keyrotate.errors import ConfigError
-from keyrotate.secrets.files import atomic_write_secret
+from keyrotate.files import atomic_write_secret
+from keyrotate.progress import Progress
 from keyrotate.secrets.keygen import generate
 from keyrotate.secrets.refs import resolve
 
@@ -45,6 +45,20 @@ class DemoResult:
         return {"rows": self.rows, "database": self.database, "build_seconds": self.build_seconds,
                 "reencrypt": rot, "verify": self.verify.as_dict(), "clean": self.clean,
                 "rows_per_second": rot["rows_per_second"], "commands": self.commands}
+
+    def text(self) -> str:
+        rot = self.reencrypt.as_dict()
+        return "\n".join([
+            f"demo: {self.rows:,} synthetic accounts in {self.database} (built in "
+            f"{self.build_seconds:.1f} s)",
+            f"reencrypt: {rot['rows_rewritten']:,} rows rewrapped in {rot['seconds']:.2f} s "
+            f"({rot['rows_per_second'] or 0:,} rows/s, {rot['workers']} crypto workers), "
+            f"{rot['rows_failed']} failed",
+            f"verify: {self.verify.ok:,} ok, {self.verify.old} old, {self.verify.failed} failed -> "
+            + ("clean" if self.clean else "NOT clean"),
+            f"keys are in {self.env_file} (0600); try it yourself:",
+            *("  " + c for c in self.commands),
+        ])
 
 
 MARKER = ".keyrotate-demo"

@@ -22,7 +22,8 @@ NOTIFY_EVENTS = ("rotation.started", "rotation.step", "rotation.paused", "rotati
                  "rotation.finished", "secret.overdue", "incident.report", "notify.test")
 # what only the audit trail records
 AUDIT_EVENTS = ("rotation.aborted", "rotation.superseded", "time-travel.bookmark",
-                "notify.failed")
+                "notify.failed", "worker.secrets", "worker.deploy", "worker.rollback",
+                "worker.canary")
 BODY_VERSION = 1
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://\S+")
 

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-from keyrotate.controlplane.manifest import NotifyConfig, NotifySink
+from keyrotate.config.manifest import NotifyConfig, NotifySink
 from keyrotate.errors import ConfigError, KeyrotateError
 from keyrotate.evidence.event import Event
 from keyrotate.evidence.signing import HEADER, check_signing_secret, sign

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from keyrotate.controlplane.context import Context
+from keyrotate.config.context import Context
 from keyrotate.db.base import Statement
 from keyrotate.errors import EXIT_FAILURES, ConfigError, KeyrotateError
 from keyrotate.evidence.event import Event
@@ -22,7 +22,9 @@ log = logging.getLogger("keyrotate.audit")
 
 
 def audit_trail(ctx: Context) -> AuditTrail:
-    return AuditTrail(ctx.db, ctx.env.name, ctx.state_dir / f"audit-{ctx.env.name}.jsonl")
+    """The environment's trail, one per command: every appender shares its head."""
+    return ctx.shared("audit-trail", lambda: AuditTrail(
+        ctx.db, ctx.env.name, ctx.state_dir / f"audit-{ctx.env.name}.jsonl"))
 
 
 def notifier(ctx: Context) -> Notifier:
@@ -82,6 +84,10 @@ class NotifyTestResult:
     def as_dict(self) -> dict[str, Any]:
         return {"env": self.env, "ok": self.exit_code == 0,
                 "deliveries": [d.as_dict() for d in self.deliveries]}
+
+    def text(self) -> str:
+        return "\n".join(f"{d.sink}: " + (f"delivered (try {d.tries})" if d.ok else f"FAILED: {d.reason}")
+                         for d in self.deliveries)
 
 
 def send_test(ctx: Context) -> NotifyTestResult:

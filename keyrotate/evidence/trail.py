@@ -69,6 +69,25 @@ class AuditTrail:
                              "ORDER BY seq DESC LIMIT 1", (self.env,))
         return str(rows[0][0]) if rows else GENESIS
 
+    def records(self, event: str) -> list[dict[str, Any]]:
+        """The records of one kind of event, in the order they were stored."""
+        out: list[dict[str, Any]] = []
+        after = -1
+        while True:
+            rows = self.db.query("SELECT seq, record FROM keyrotate_audit WHERE environment = ? "
+                                 "AND event = ? AND seq > ? ORDER BY seq LIMIT ?",
+                                 (self.env, event, after, PAGE))
+            for _, record in rows:
+                try:
+                    parsed = json.loads(record)
+                except (TypeError, ValueError):
+                    continue
+                if isinstance(parsed, dict):
+                    out.append(parsed)
+            if len(rows) < PAGE:
+                return out
+            after = int(rows[-1][0])
+
     def links(self) -> list[Link]:
         """Every event of the environment, in the order they were stored."""
         out: list[Link] = []
@@ -155,6 +174,13 @@ class AuditVerifyResult:
                     "seq": self.problem.seq if self.problem.seq >= 0 else None,
                     "kind": self.problem.problem, "message": self.problem.message}}
 
+    def text(self) -> str:
+        if self.problem is None:
+            return (f"audit trail of {self.env}: {self.events} events, chain intact (head "
+                    f"{self.head[:16]}); {self.witnessed} written from this machine, all present "
+                    "as written")
+        return f"audit trail of {self.env}: TAMPERED: {self.problem.message}"
+
 
 @dataclass(frozen=True)
 class AuditShowResult:
@@ -164,6 +190,14 @@ class AuditShowResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"env": self.env, "events": self.events}
+
+    def text(self) -> str:
+        lines = [f"audit trail of {self.env}: {len(self.events)} events"]
+        for e in self.events:
+            what = " ".join(x for x in (e.get("secret"), e.get("rotation_id"), e.get("step")) if x)
+            lines.append(f"  #{e['seq']:<5} {e.get('at')}  {e.get('event'):<22} {what}")
+            lines.append(f"         {e.get('summary')}  ({e.get('operator')})")
+        return "\n".join(lines)
 
 
 def show(trail: AuditTrail, rotation_id: str | None = None, last: int | None = None) -> AuditShowResult:

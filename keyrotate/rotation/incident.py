@@ -9,10 +9,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from keyrotate.controlplane.context import Context
+from keyrotate.config.context import Context
 from keyrotate.db.d1 import TIME_TRAVEL_DAYS
+from keyrotate.files import atomic_write_secret
 from keyrotate.rotation.state import Rotation
-from keyrotate.secrets.files import atomic_write_secret
 from keyrotate.timeutil import now_iso, parse_utc
 
 TIME_TRAVEL = ("D1 Time Travel keeps the database's history for 30 days: rows as they were "
@@ -71,7 +71,9 @@ def write_report(ctx: Context, rot: Rotation) -> tuple[Path, Path]:
              f"- steps: {', '.join(rot.steps_done)}", "", "## Rows", ""]
     for phase, targets in data["rows"].items():
         for target, counts in (targets or {}).items():
-            lines.append(f"- {phase} {target}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+            lines.append(f"- {phase} {target}: " + ", ".join(
+                f"{k.replace('_', ' ')} {v}" for k, v in counts.items()
+                if isinstance(v, int) and not isinstance(v, bool) and v))
     point = data["restore_point"]
     if point:
         lines += ["", "## Database restore point (D1 Time Travel)", "",

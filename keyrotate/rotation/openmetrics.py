@@ -16,8 +16,8 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.openmetrics.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from keyrotate.files import atomic_write_public
 from keyrotate.rotation.status import SecretStatus, StatusResult
-from keyrotate.secrets.files import atomic_write_public
 from keyrotate.timeutil import parse_utc
 
 

@@ -3,10 +3,20 @@ previous value (overlap, zero downtime) or not (cutover)."""
 
 from __future__ import annotations
 
-from keyrotate.controlplane.manifest import SecretSpec
+from keyrotate.config.manifest import SecretSpec
 from keyrotate.rotation.steps import (
-    CATCH_UP, RE_VERIFY, Checklist, Promote, PushNew, Reencrypt, RemovePrevious, Report, Stage,
-    Step, Validate, Verify,
+    CATCH_UP,
+    RE_VERIFY,
+    Checklist,
+    Promote,
+    PushNew,
+    Reencrypt,
+    RemovePrevious,
+    Report,
+    Stage,
+    Step,
+    Validate,
+    Verify,
 )
 
 OVERLAP_KINDS = ("master-key", "jwt-hs256")

@@ -9,11 +9,11 @@ exist and answer? Every problem is reported at once, and nothing is changed (exi
 
 from __future__ import annotations
 
-from keyrotate.controlplane.context import Context
-from keyrotate.controlplane.manifest import ObjectTarget, SecretSpec
-from keyrotate.controlplane.objects_cmd import endpoint_for
-from keyrotate.db.targets import table_shape
+from keyrotate.config.context import Context
+from keyrotate.config.manifest import ObjectTarget, SecretSpec
+from keyrotate.db.table_shape import table_shape
 from keyrotate.errors import ConfigError, KeyrotateError
+from keyrotate.rotation.objects import endpoint_for
 
 LEDGER_COLUMNS = ("rotation_id", "account_id", "status", "error_message", "started_at",
                   "completed_at")

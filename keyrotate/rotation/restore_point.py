@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from keyrotate.controlplane.context import Context
+from keyrotate.config.context import Context
 from keyrotate.db.d1 import TIME_TRAVEL_DAYS
 from keyrotate.errors import StoreError, StoreUnavailable
 from keyrotate.evidence.event import Event

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from keyrotate.config.context import Context
+from keyrotate.config.manifest import SecretSpec
 from keyrotate.controlplane.canary import DEFAULT_STEPS, Canary
-from keyrotate.controlplane.context import Context
-from keyrotate.controlplane.events import Say
-from keyrotate.controlplane.manifest import SecretSpec
 from keyrotate.controlplane.pushes import Pusher
 from keyrotate.dataplane.objects.driver import ObjectsOptions
 from keyrotate.errors import ConfigError
+from keyrotate.progress import Say
 from keyrotate.rotation.plan import cutover_warning, plan_of, steps_for
 from keyrotate.rotation.preflight import preflight
 from keyrotate.rotation.state import Recorder, Rotation
@@ -55,6 +55,14 @@ class RotatePlan:
                 "compromised": self.compromised, "warning": self.warning,
                 "steps": [s.__dict__ for s in self.steps]}
 
+    def text(self) -> str:
+        lines = [f"plan for {self.secret} on {self.env} ({self.plan}"
+                 + (", compromised" if self.compromised else "") + "), nothing changed:"]
+        if self.warning:
+            lines.append(f"  NOTE: {self.warning}")
+        lines += [f"  {'done' if s.done else '    '} {s.step:<16} {s.what}" for s in self.steps]
+        return "\n".join(lines)
+
 
 @dataclass(frozen=True)
 class RotateResult:
@@ -65,34 +73,52 @@ class RotateResult:
     def as_dict(self) -> dict[str, Any]:
         return {**self.rotation.as_dict(), "dry_run": False, "note": self.note}
 
+    def text(self) -> str:
+        rot = self.rotation
+        lines = [f"{rot.secret} on {rot.environment}: {rot.state} (rotation {rot.rotation_id})",
+                 f"  old {rot.old_fp}  new {rot.new_fp}", f"  {self.note}"]
+        lines += [f"  [ ] {item}" for item in rot.detail.get("checklist", [])]
+        return "\n".join(lines)
 
-def rotate(ctx: Context, secret: str, *, compromised: bool = False, dry_run: bool = False,
-           yes: bool = False, finish: bool = False, force: bool = False, abort: bool = False,
-           read_external: Callable[[], str] | None = None,
-           say: Say = print, objects: ObjectsOptions = ObjectsOptions(),
-           from_deployed: bool = False, canary: bool = False) -> RotatePlan | RotateResult:
+
+@dataclass(frozen=True)
+class RotateOptions:
+    """How `rotate` runs: what the command line asked for."""
+
+    compromised: bool = False
+    dry_run: bool = False
+    yes: bool = False              # go ahead with a cutover that has stated consequences
+    finish: bool = False
+    force: bool = False            # --finish before max_token_ttl
+    abort: bool = False
+    from_deployed: bool = False
+    canary: bool = False
+    objects: ObjectsOptions = ObjectsOptions()
+
+
+def rotate(ctx: Context, secret: str, options: RotateOptions = RotateOptions(), say: Say = print,
+           read_external: Callable[[], str] | None = None) -> RotatePlan | RotateResult:
+    """One rotation of SECRET on the context's environment, started, resumed, finished or
+    aborted as `options` say. `read_external` gives an external secret's new value."""
     recorder = Recorder(ctx)
     try:
-        return _rotate(ctx, recorder, secret, compromised=compromised, dry_run=dry_run, yes=yes,
-                       finish=finish, force=force, abort=abort, read_external=read_external,
-                       say=say, objects=objects, from_deployed=from_deployed, canary=canary)
+        return _rotate(ctx, recorder, secret, options, say, read_external)
     finally:
         recorder.evidence.close()
 
 
-def _rotate(ctx: Context, recorder: Recorder, secret: str, *, compromised: bool, dry_run: bool,
-            yes: bool, finish: bool, force: bool, abort: bool,
-            read_external: Callable[[], str] | None, say: Say, objects: ObjectsOptions,
-            from_deployed: bool, canary: bool) -> RotatePlan | RotateResult:
+def _rotate(ctx: Context, recorder: Recorder, secret: str, options: RotateOptions, say: Say,
+            read_external: Callable[[], str] | None) -> RotatePlan | RotateResult:
+    finish, abort = options.finish, options.abort
     spec = ctx.manifest.secret(secret)
     rot = recorder.load_open(secret)
     if rot is None and (finish or abort):
         raise ConfigError(f"no {secret} rotation in progress on {ctx.env.name}")
     taken_over = None
-    if rot is not None and compromised and not rot.compromised and not (finish or abort):
+    if rot is not None and options.compromised and not rot.compromised and not (finish or abort):
         taken_over, rot = rot, None  # a compromise never continues a routine rotation
-    plan = rot.plan if rot else plan_of(spec, compromised)
-    compromised = rot.compromised if rot else compromised
+    plan = rot.plan if rot else plan_of(spec, options.compromised)
+    compromised = rot.compromised if rot else options.compromised
     first, finishing = steps_for(spec, plan, compromised, bool(ctx.manifest.objects_of(secret)))
     warning = cutover_warning(spec, plan, compromised)
     if taken_over is not None:
@@ -100,12 +126,12 @@ def _rotate(ctx: Context, recorder: Recorder, secret: str, *, compromised: bool,
 
     steps = finishing if finish else first
     done_steps = rot.steps_done if rot else []
-    pusher = Pusher(ctx, say, from_deployed)
+    pusher = Pusher(ctx, say, options.from_deployed)
     if not abort:
         preflight(ctx, spec)
         if any(s.name in PUSH_STEPS and s.name not in done_steps for s in steps):
             pusher.check(ctx.manifest.workers_holding(secret))   # before anything changes
-    if dry_run:
+    if options.dry_run:
         done = rot.steps_done if rot else []
         job = Job(ctx, spec, rot or _new_rotation(ctx, spec, plan, compromised), say)
         return RotatePlan(ctx.env.name, secret, plan, compromised, warning,
@@ -114,7 +140,7 @@ def _rotate(ctx: Context, recorder: Recorder, secret: str, *, compromised: bool,
     if abort:
         assert rot is not None
         return _abort(ctx, recorder, rot, say)
-    if warning and not yes and rot is None:
+    if warning and not options.yes and rot is None:
         raise ConfigError(f"{warning} Nothing was changed: re-run with --yes to go ahead.")
     if rot is None:
         rot = _new_rotation(ctx, spec, plan, compromised)
@@ -128,10 +154,10 @@ def _rotate(ctx: Context, recorder: Recorder, secret: str, *, compromised: bool,
     if finish:
         if rot.state != "awaiting-finish":
             raise ConfigError(f"the {secret} rotation is not ready to finish (state {rot.state})")
-        _check_token_ttl(spec, rot, force)
-    if canary or spec.canary:
+        _check_token_ttl(spec, rot, options.force)
+    if options.canary or spec.canary:
         rot.detail["canary"] = list(spec.canary or DEFAULT_STEPS)
-    job = Job(ctx, spec, rot, say, read_external, objects, pusher,
+    job = Job(ctx, spec, rot, say, read_external, options.objects, pusher,
               Canary(tuple(rot.detail["canary"])) if rot.detail.get("canary") else None, recorder)
     try:
         _run_steps(job, recorder, steps)

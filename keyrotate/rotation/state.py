@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from keyrotate.controlplane.context import Context
+from keyrotate.config.context import Context
 from keyrotate.db.base import Statement
 from keyrotate.errors import EXIT_INCOMPLETE
 from keyrotate.evidence.event import Event

@@ -8,16 +8,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from keyrotate.controlplane.context import Context
-from keyrotate.controlplane.objects_cmd import objects_census
-from keyrotate.crypto.keys import MasterKey
-from keyrotate.dataplane.objects.driver import ObjectsOptions
-from keyrotate.evidence.event import Event
-from keyrotate.secrets.base import SLOTS, fingerprint
-from keyrotate.dataplane.verify import verify
+from keyrotate.config.context import Context
+from keyrotate.dataplane.outcome import ROWS
 from keyrotate.errors import EXIT_FAILURES
+from keyrotate.evidence.event import Event
 from keyrotate.rotation.state import Recorder
-from keyrotate.rotation.targets import each_target
+from keyrotate.rotation.targets import KeyRefs, SecretTargets
+from keyrotate.secrets.base import fingerprint
 
 
 @dataclass
@@ -61,43 +58,46 @@ class StatusResult:
                "due": self.due}
         return {**out, "notified": self.notified} if self.notified else out
 
+    def text(self) -> str:
+        lines = [f"secrets on {self.env}:"]
+        for s in self.secrets:
+            age = f"{s.age_days} days" if s.age_days is not None else "age unknown"
+            flag = "  DUE" if s.due else ""
+            rot = f"  rotation {s.rotation['state']}" if s.rotation else ""
+            last = f"  last rotated {s.last_rotated_at}" if s.last_rotated_at else ""
+            lines.append(f"  {s.secret:<24} {s.kind:<11} {age}{flag}{rot}{last}")
+            for target, c in (s.rows or {}).items():
+                extra = ", ".join(f"{c[k]} {k}" for k in ("null", "missing") if k in c)
+                lines.append(f"      {target}: {c['current']} current, {c['pending']} pending, "
+                             f"{c['previous']} previous, {c['other']} other, {extra}")
+        for n in self.notified:
+            lines.append(f"notified {n['sink']} of {n['event']} ({n['secret']}): "
+                         + ("delivered" if n["ok"] else f"FAILED: {n['reason']}"))
+        return "\n".join(lines)
+
 
 def rows_per_slot(ctx: Context, name: str) -> dict[str, dict[str, int]]:
-    """Rows of every target by the store slot whose key opens them: current, pending (a
-    rotation in progress) and previous; 'other' opens under none of them."""
+    """Rows (and objects) of every target by the store slot whose key opens them: current,
+    pending (a rotation in progress) and previous; 'other' opens under none of them (or,
+    for objects, did not answer)."""
     store = ctx.secrets
-    others = [s for s in ("pending", "previous") if store.read(name, s) is not None]
-    refs = [store.ref(name, s) for s in others]
-    rows = {}
-    for t, target, codec in each_target(ctx, name, store.ref(name), refs[0] if refs else None,
-                                        also_old=refs[1:]):
-        c = verify(ctx.db, target, codec)
-        slot_of = dict(zip((codec.new_kid, *codec.old_kids), ("current", *others)))
+    slots = ["current", *(s for s in ("pending", "previous") if store.read(name, s) is not None)]
+    refs = [store.ref(name, s) for s in slots]
+    keys = KeyRefs(refs[0], refs[1] if len(refs) > 1 else None, tuple(refs[2:]))
+    rows: dict[str, dict[str, int]] = {}
+    for target in SecretTargets(ctx, name, keys):
+        c = target.census()
+        slot_of = dict(zip(target.key_ids(), slots))
         counts = {"current": 0, "pending": 0, "previous": 0}
-        for kid, n in c.by_kid.items():
-            counts[slot_of[kid]] += n
-        rows[t.name] = {**counts, "null": c.null, "other": c.failed}
-    rows.update(objects_per_slot(ctx, name))
-    return rows
-
-
-def objects_per_slot(ctx: Context, name: str) -> dict[str, dict[str, int]]:
-    """Objects of every object target by the store slot whose key the object reports."""
-    store = ctx.secrets
-    slot_of = {MasterKey.from_secret(v).kid: slot for slot in SLOTS[::-1]
-               if (v := store.read(name, slot)) is not None}
-    out = {}
-    for obj in ctx.manifest.objects_of(name):
-        c = objects_census(ctx, obj, ObjectsOptions())
-        counts = {"current": 0, "pending": 0, "previous": 0, "missing": c.missing,
-                  "other": len(c.failed) + len(c.unanswered)}
+        other = c.failed + c.unreached
         for kid, n in c.by_kid.items():
             if kid in slot_of:
                 counts[slot_of[kid]] += n
             else:
-                counts["other"] += n
-        out[obj.name] = counts
-    return out
+                other += n
+        empty = {"null": c.null} if c.unit == ROWS else {"missing": c.missing}
+        rows[target.name] = {**counts, **empty, "other": other}
+    return rows
 
 
 def status(ctx: Context, due_seconds: int | None, notify: bool = False) -> StatusResult:

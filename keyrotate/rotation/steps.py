@@ -9,28 +9,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from keyrotate.controlplane.context import Context
+from keyrotate.cloudflare.wrangler import wrangler_for
+from keyrotate.config.context import Context
+from keyrotate.config.manifest import SecretSpec
 from keyrotate.controlplane.canary import Canary, canary_push
-from keyrotate.controlplane.events import Say
-from keyrotate.controlplane.pushes import Pusher
 from keyrotate.controlplane.health import validate
-from keyrotate.controlplane.manifest import SecretSpec
-from keyrotate.controlplane.objects_cmd import objects_census, objects_rewrap
+from keyrotate.controlplane.pushes import Pusher
 from keyrotate.dataplane.objects.driver import ObjectsOptions
-from keyrotate.dataplane.reencrypt import ReencryptOptions, reencrypt
-from keyrotate.dataplane.verify import Census, verify
+from keyrotate.dataplane.outcome import OBJECTS, Outcome
 from keyrotate.errors import ConfigError, Failures, Incomplete, KeyrotateError
 from keyrotate.evidence.event import Event
+from keyrotate.progress import Say
 from keyrotate.rotation.restore_point import record_restore_point
 from keyrotate.rotation.state import Recorder, Rotation
-from keyrotate.rotation.targets import each_target
+from keyrotate.rotation.targets import KeyRefs, SecretTargets
 from keyrotate.secrets.base import fingerprint
 from keyrotate.secrets.keygen import generate
 from keyrotate.timeutil import now_iso
-
-RUN_FIELDS = ("run_id", "rows_scanned", "rows_rewritten", "rows_already_current", "rows_failed",
-              "rows_null")
-LISTED = 20
 
 
 @dataclass
@@ -146,50 +141,34 @@ class Validate:
                              "the same command again to resume")
 
 
-def _refs(job: Job) -> tuple[str, str, list[str]]:
-    """(new, old, more old) key references of this rotation, from the store's slots."""
+def targets(job: Job) -> SecretTargets:
+    """Every [[encrypted]] target of this rotation: from the current key (and any more old
+    keys it inherited) to the pending one; objects carry the rotation id to their ledger."""
     store, name = job.ctx.secrets, job.spec.name
-    also = [store.ref(name, slot) for slot in job.rot.detail.get("also_old", [])]
-    return store.ref(name, "pending"), store.ref(name), also
-
-
-def _census_counts(c: Census) -> dict[str, Any]:
-    return {"rows": c.rows, "ok": c.ok, "old": c.old, "null": c.null, "failed": c.failed,
-            "unreached": c.unreached, "failures": c.failures[:LISTED]}
-
-
-OBJECT_FIELDS = ("run_id", "status", "objects_scanned", "objects_rewrapped",
-                 "objects_already_current", "objects_missing", "objects_stale", "objects_failed",
-                 "requests")
+    also = tuple(store.ref(name, slot) for slot in job.rot.detail.get("also_old", []))
+    keys = KeyRefs(store.ref(name, "pending"), store.ref(name), also)
+    return SecretTargets(job.ctx, name, keys, job.objects, job.rot.rotation_id)
 
 
 def reencrypt_targets(job: Job, key: str, only_objects: dict[str, list[str]] | None = None) -> None:
-    """Every [[encrypted]] target from the current key to the pending one, counts under
-    rot.detail[key]: columns row by row, objects through the Worker (the rotation id is
-    the ledger's). `only_objects`: a sweep sends just these ids again, ledger or not."""
-    new, old, also = _refs(job)
+    """Every target from the current key to the pending one, outcomes under
+    rot.detail[key]: columns row by row, objects through the Worker. `only_objects`: a
+    sweep sends just these object ids again, ledger or not (and every column again)."""
     mode = "fresh-dek" if job.rot.compromised else "rewrap"
     if job.recorder is not None and job.ctx.manifest.columns_of(job.spec.name):
         record_restore_point(job.ctx, job.recorder, job.rot)   # before the first row write
     results: dict[str, Any] = {}
-    for t, target, codec in each_target(job.ctx, job.spec.name, new, old, mode, also, writing=True):
-        job.say(f"reencrypting {t.name} ({mode})")
-        # no census here: the verify step's census, which always follows, is the proof
-        r = reencrypt(job.ctx.db, target, codec,
-                      ReencryptOptions(fmt=t.format, mode=mode, census=False))
-        results[t.name] = {k: v for k, v in r.as_dict().items() if k in RUN_FIELDS}
     unfinished = []
-    for obj in job.ctx.manifest.objects_of(job.spec.name):
-        only = None if only_objects is None else only_objects.get(obj.name, [])
+    for target in targets(job):
+        only = None if only_objects is None else only_objects.get(target.name)
         if only == []:
             continue
-        job.say(f"rewrapping {obj.name} objects through the Worker")
-        o = objects_rewrap(job.ctx, obj, job.objects, rotation_id=job.rot.rotation_id,
-                           only=only)
-        results[obj.name] = {k: v for k, v in o.as_dict().items() if k in OBJECT_FIELDS}
-        if o.status == "incomplete":
-            unfinished.append(f"{obj.name}: {len(o.stale)} still on the old key, "
-                              f"{len(o.unfinished)} kept busy")
+        job.say(f"moving {target.name} to the new key ({mode})")
+        outcome = target.rewrap(mode, only)
+        results[target.name] = outcome.as_dict()
+        if outcome.stale or outcome.unreached:
+            unfinished.append(f"{target.name}: {outcome.stale} still on the old key, "
+                              f"{outcome.unreached} kept busy")
     job.rot.detail[key] = results
     if unfinished:
         raise Incomplete(f"objects not done yet ({'; '.join(unfinished)}): a Durable Object keeps "
@@ -207,26 +186,9 @@ class Reencrypt:
         reencrypt_targets(job, self.name)
 
 
-def census(job: Job) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
-    """A census of every target, now (rows may have changed since any reencrypt ended):
-    counts per target, and per object target the ids under the old key or stale."""
-    new, old, also = _refs(job)
-    counts = {t.name: _census_counts(verify(job.ctx.db, target, codec))
-              for t, target, codec in each_target(job.ctx, job.spec.name, new, old, "rewrap", also)}
-    behind: dict[str, list[str]] = {}
-    for obj in job.ctx.manifest.objects_of(job.spec.name):
-        c = objects_census(job.ctx, obj, job.objects)
-        counts[obj.name] = {**{k: v for k, v in c.as_dict().items()
-                               if k in ("objects", "current", "old", "stale", "missing", "failed",
-                                        "unanswered")},
-                            "failures": c.as_dict()["failures"][:LISTED]}
-        behind[obj.name] = c.behind
-    return counts, behind
-
-
-def _still_old(c: dict[str, Any]) -> int:
-    """Rows or objects that still need the old key, or that the census could not see."""
-    return c["old"] + c.get("unreached", 0) + c.get("stale", 0) + c.get("unanswered", 0)
+def census(job: Job) -> dict[str, Outcome]:
+    """A census of every target, now (rows may have changed since any reencrypt ended)."""
+    return {target.name: target.census() for target in targets(job)}
 
 
 class Verify:
@@ -240,20 +202,21 @@ class Verify:
         self.name, self.description = name, description
 
     def run(self, job: Job) -> None:
-        counts, behind = census(job)
-        if any(_still_old(c) for c in counts.values()):
+        outcomes = census(job)
+        if any(o.still_old for o in outcomes.values()):
             job.say("rows or objects still under the old key: sweeping them")
-            reencrypt_targets(job, "sweep", only_objects=behind)
-            counts, behind = census(job)
-        job.rot.detail["verify"] = counts
-        still = {t: _still_old(c) for t, c in counts.items() if _still_old(c)}
+            reencrypt_targets(job, "sweep", only_objects={t: o.behind for t, o in outcomes.items()
+                                                          if o.unit == OBJECTS})
+            outcomes = census(job)
+        job.rot.detail["verify"] = {t: o.as_dict() for t, o in outcomes.items()}
+        still = {t: o.still_old for t, o in outcomes.items() if o.still_old}
         if still:
             raise Incomplete(f"still depending on the old key: {still}; the old key is "
                              "kept. Run the same command again to sweep and verify again.")
-        failed = {t: c for t, c in counts.items() if c["failed"]}
+        failed = {t: o for t, o in outcomes.items() if o.failed}
         if failed:
-            listed = "; ".join(f"{t}: {c['failed']}, e.g. " + ", ".join(
-                f"{f['id']} ({f['reason']})" for f in c["failures"][:5]) for t, c in failed.items())
+            listed = "; ".join(f"{t}: {o.failed}, e.g. " + ", ".join(
+                f"{f['id']} ({f['reason']})" for f in o.failures[:5]) for t, o in failed.items())
             raise Failures(f"not verified: rows or objects open under no key ({listed}). The "
                            "old key is kept. Fix or remove them (keyrotate verify / objects "
                            "census --json list them all), then run the same command again.")
@@ -277,7 +240,7 @@ class RemovePrevious:
         if not prev:
             return
         holding = [w for w in job.holders()
-                   if prev in job.ctx.wrangler.secret_names(job.ctx.worker_name(w))]
+                   if prev in wrangler_for(job.ctx).secret_names(job.ctx.worker_name(w))]
         pusher = job.pushes()
         pusher.check(holding)
         for worker in holding:

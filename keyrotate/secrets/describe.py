@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from keyrotate.crypto.keys import MasterKey, is_raw_hex_key
-from keyrotate.secrets.refs import parse_ref, resolve
 from keyrotate.secrets.base import fingerprint
+from keyrotate.secrets.refs import parse_ref, resolve
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,9 @@ class SecretInfo:
         if self.value is None:
             out.pop("value")
         return out
+
+    def text(self) -> str:
+        return "\n".join(f"{k}: {v}" for k, v in self.as_dict().items() if v is not None)
 
 
 def describe(ref_text: str, reveal: bool = False) -> SecretInfo:

@@ -14,9 +14,9 @@ from datetime import datetime
 from pathlib import Path
 
 from keyrotate.errors import SecretStoreError
+from keyrotate.secrets.base import Slot, now_utc, pending_name, previous_name, slot_name
 from keyrotate.secrets.refs import required
 from keyrotate.secrets.schemes import Scheme
-from keyrotate.secrets.base import Slot, now_utc, pending_name, previous_name, slot_name
 
 _LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*=\s*(.*?)\s*$")
 _DQ_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\"}
@@ -165,7 +165,7 @@ class DotenvStore:
                  stamp: str | None = None) -> None:
         """Replace lines in place, delete them (None), and insert names the file lacks right
         after the line of `after` (else at the end). Every other line is kept byte-identical."""
-        from keyrotate.secrets.files import atomic_write_secret
+        from keyrotate.files import atomic_write_secret
 
         stamp_prefix = _STAMP.format(name=stamp) if stamp else None
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import base64
+import secrets
 from dataclasses import dataclass
 from typing import Any
-import secrets
 
 from keyrotate.errors import ConfigError
 from keyrotate.secrets.refs import parse_ref
@@ -43,6 +43,9 @@ class KeygenResult:
         if self.value is not None:
             out["value"] = self.value
         return out
+
+    def text(self) -> str:
+        return self.value or ""   # with --to, the command says where it went (on stderr)
 
 
 def keygen(fmt: str, nbytes: int, to: str | None) -> KeygenResult:

@@ -13,9 +13,9 @@ from datetime import datetime
 from typing import Callable, TypeVar
 
 from keyrotate.errors import SecretStoreError
+from keyrotate.secrets.base import Slot, now_utc, pending_name, previous_name, slot_name
 from keyrotate.secrets.refs import required
 from keyrotate.secrets.schemes import Scheme
-from keyrotate.secrets.base import Slot, now_utc, pending_name, previous_name, slot_name
 
 T = TypeVar("T")
 INDEX = "keyrotate.index"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from keyrotate.errors import ConfigError, SecretStoreError
-from keyrotate.secrets.files import atomic_write_secret
+from keyrotate.files import atomic_write_secret
 from keyrotate.secrets.refs import required
 from keyrotate.secrets.schemes import Scheme
 

@@ -18,9 +18,9 @@ from datetime import datetime
 from typing import Any, Callable, TypeVar
 
 from keyrotate.errors import ConfigError, SecretStoreError, SecretStoreUnavailable
+from keyrotate.secrets.base import Slot
 from keyrotate.secrets.names import check_name
 from keyrotate.secrets.schemes import Scheme
-from keyrotate.secrets.base import Slot
 from keyrotate.timeutil import parse_utc
 
 T = TypeVar("T")

@@ -7,7 +7,6 @@ import pytest
 
 from keyrotate.demo.build import build_reference_db
 from keyrotate.secrets.dotenv import DotenvStore
-
 from tests.support.cf_api import CloudflareStandIn
 from tests.support.health_server import HealthServer
 from tests.support.helpers import OLD_SECRET, ROOT

@@ -12,7 +12,7 @@ from typing import Any
 from click.testing import CliRunner, Result
 
 from keyrotate.cli import main
-from keyrotate.crypto.envelope import parse, unwrap_dek, open_payload
+from keyrotate.crypto.envelope import open_payload, parse, unwrap_dek
 from keyrotate.crypto.keys import MasterKey
 from keyrotate.demo.build import REFERENCE_SCHEMA, account_id
 

@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 
 from keyrotate.secrets.dotenv import DotenvStore
-
 from tests.support.cf_api import CloudflareStandIn
 from tests.support.helpers import ROOT
 from tests.support.services import free_port

@@ -72,6 +72,6 @@ class DevWorker:
 
 def dev_vars(folder: Path, **values: str) -> None:
     """The secrets a dev Worker reads (what a push gives the deployed one), file 0600."""
-    from keyrotate.secrets.files import atomic_write_secret
+    from keyrotate.files import atomic_write_secret
 
     atomic_write_secret(str(folder / ".dev.vars"), "".join(f"{k}={v}\n" for k, v in values.items()))

@@ -19,11 +19,16 @@ from typing import Any, Iterator, Sequence
 from keyrotate.dataplane.objects.fanout import fan_out
 from keyrotate.dataplane.objects.ledger import Ledger
 from keyrotate.dataplane.objects.wire import Endpoint, ObjectResult, Ping
-from keyrotate.dataplane.progress import NoProgress, Progress
+from keyrotate.dataplane.outcome import OBJECTS, Outcome
 from keyrotate.db.base import RowStore, quote_ident
 from keyrotate.errors import (
-    EXIT_FAILURES, EXIT_INCOMPLETE, EndpointError, Incomplete, Interrupted,
+    EXIT_FAILURES,
+    EXIT_INCOMPLETE,
+    EndpointError,
+    Incomplete,
+    Interrupted,
 )
+from keyrotate.progress import NoProgress, Progress
 
 log = logging.getLogger("keyrotate.objects")
 DEFAULT_BATCH, MAX_BATCH = 50, 1000
@@ -116,6 +121,22 @@ class ObjectsCensus:
                 "old_ids": sorted(self.old)[:LISTED],
                 "stale_ids": [{"id": i, "kid": k} for i, k in sorted(self.stale.items())[:LISTED]]}
 
+    def text(self) -> str:
+        d = self.as_dict()
+        lines = [f"{self.target}: {'clean' if self.clean else 'NOT clean'}: {self.objects:,} objects, "
+                 f"{self.current:,} current (kid {self.new_kid}), {d['old']:,} old, "
+                 f"{d['stale']:,} stale, {self.missing:,} missing, {d['failed']:,} failed"]
+        lines += [f"  object {f['id']}: {f['reason']}" for f in d["failures"][:20]]
+        return "\n".join(lines)
+
+    def outcome(self) -> Outcome:
+        return Outcome(self.target, OBJECTS, total=self.objects, current=self.current,
+                       old=len(self.old), missing=self.missing, failed=len(self.failed),
+                       stale=len(self.stale), unreached=len(self.unanswered),
+                       requests=self.requests, by_kid=dict(self.by_kid),
+                       failures=[{"id": i, "reason": r} for i, r in sorted(self.failed.items())],
+                       behind=self.behind)
+
 
 @dataclass
 class ObjectsRewrap:
@@ -169,6 +190,32 @@ class ObjectsRewrap:
                 "census": None if self.census is None else {
                     k: v for k, v in self.census.as_dict().items()
                     if k not in ("failures", "target", "requests", "seconds")}}
+
+    def text(self) -> str:
+        d = self.as_dict()
+        lines = [f"{'dry run: ' if self.dry_run else ''}{self.target}: {d['status']} "
+                 f"(rotation id {self.run_id})",
+                 f"  objects {d['objects_scanned']:,}  rewrapped {d['objects_rewrapped']:,}  "
+                 f"already current {d['objects_already_current']:,}  missing {d['objects_missing']:,}  "
+                 f"conflicts {d['objects_conflicted']:,}  stale {d['objects_stale']:,}  "
+                 f"failed {d['objects_failed']:,}",
+                 f"  {d['requests']:,} requests, {d['seconds']:.2f} s"]
+        lines += [f"  object {f['id']}: {f['reason']}" for f in d["failed"][:20]]
+        lines += [f"  object {s['id']}: still answers with key {s['kid']} (old version?)"
+                  for s in d["stale"][:20]]
+        if d["status"] == "incomplete":
+            lines.append("  incomplete: run the same command again")
+        return "\n".join(lines)
+
+    def outcome(self) -> Outcome:
+        return Outcome(self.target, OBJECTS, run_id=self.run_id, status=self.status,
+                       scanned=self.scanned, rewritten=self.rewrapped,
+                       already_current=self.already_current, missing=self.missing,
+                       failed=len(self._failures()), conflicted=self.conflicted,
+                       stale=len(self.stale), unreached=len(self.unfinished),
+                       requests=self.requests,
+                       failures=[{"id": i, "reason": r} for i, r in sorted(self._failures().items())],
+                       behind=sorted({*self.stale, *self.unfinished}))
 
 
 def _batches(pages: Iterator[list[str]], size: int) -> Iterator[list[str]]:
@@ -260,52 +307,78 @@ def await_keys(endpoint: Endpoint, keys: Keys, wait_s: float) -> Ping:
         time.sleep(_backoff(n))
 
 
-def rewrap(db: RowStore, endpoint: Endpoint, ids: IdSource, ledger_table: str, target: str,
-           rotation_id: str, keys: Keys, options: ObjectsOptions,
-           progress: Progress | None = None, only: Sequence[str] | None = None) -> ObjectsRewrap:
-    """Rewrap every object not yet completed in the ledger (or `only` these, completed or
-    not: a sweep after a census found them under the old key)."""
-    progress = progress or NoProgress()
-    started, before = time.monotonic(), endpoint.requests
-    result = ObjectsRewrap(rotation_id, target, dry_run=options.dry_run)
-    if options.dry_run:  # the same pipeline, asking instead of writing
-        c = census(db, endpoint, ids, target, keys.new, options, progress, only)
-        result.scanned, result.already_current, result.missing = c.objects, c.current, c.missing
-        result.failed, result.stale = c.failed, c.stale
-        result.requests, result.seconds = endpoint.requests - before, time.monotonic() - started
+class Rewrapper:
+    """One `rewrap` pass over a target's objects: ids paged from D1, the ledger skipping
+    completed ones (unless `only`: a sweep sends these ids again, completed or not), each
+    answer judged by the kid the object reports."""
+
+    def __init__(self, db: RowStore, endpoint: Endpoint, ids: IdSource, ledger_table: str,
+                 target: str, rotation_id: str, keys: Keys, options: ObjectsOptions,
+                 progress: Progress | None = None, only: Sequence[str] | None = None):
+        self.db, self.endpoint, self.ids, self.keys = db, endpoint, ids, keys
+        self.options, self.only = options, only
+        self.progress = progress or NoProgress()
+        self.rotation_id = rotation_id
+        self.ledger = Ledger(db, ledger_table, rotation_id)
+        self.attempts = _Attempts()
+        self.result = ObjectsRewrap(rotation_id, target, dry_run=options.dry_run)
+
+    def run(self) -> ObjectsRewrap:
+        started, before = time.monotonic(), self.endpoint.requests
+        result, options = self.result, self.options
+        if options.dry_run:  # the same pipeline, asking instead of writing
+            c = census(self.db, self.endpoint, self.ids, result.target, self.keys.new, options,
+                       self.progress, self.only)
+            result.scanned, result.already_current, result.missing = c.objects, c.current, c.missing
+            result.failed, result.stale = c.failed, c.stale
+        else:
+            await_keys(self.endpoint, self.keys, options.stale_wait)
+            self.progress.start(len(self.only) if self.only is not None else self.ids.count(self.db))
+            try:
+                fan_out(self._batches(), lambda b: self.endpoint.rewrap(b, self.rotation_id),
+                        self._handle, options.concurrency, options.batch, self._before_send)
+            except KeyboardInterrupt:
+                raise Interrupted("interrupted; the ledger records every confirmed object: run "
+                                  "the same command again to resume") from None
+            finally:
+                self.progress.close()
+        result.requests = self.endpoint.requests - before
+        result.seconds = time.monotonic() - started
         return result
-    await_keys(endpoint, keys, options.stale_wait)
-    ledger = Ledger(db, ledger_table, rotation_id)
-    attempts = _Attempts()
-    progress.start(len(only) if only is not None else ids.count(db))
 
-    def fresh() -> Iterator[list[str]]:
-        if only is not None:
-            yield from (list(only[i:i + options.batch]) for i in range(0, len(only), options.batch))
+    def _batches(self) -> Iterator[list[str]]:
+        size = self.options.batch
+        if self.only is not None:
+            yield from (list(self.only[i:i + size]) for i in range(0, len(self.only), size))
             return
-        for page in ids.pages(db):
-            done = ledger.completed(page)
-            progress.advance(len(done))
+        for page in self.ids.pages(self.db):
+            done = self.ledger.completed(page)
+            self.progress.advance(len(done))
             todo = [i for i in page if i not in done]
-            for i in range(0, len(todo), options.batch):
-                yield todo[i:i + options.batch]
+            for i in range(0, len(todo), size):
+                yield todo[i:i + size]
 
-    def before_send(batch: Sequence[str]) -> None:
-        db.apply([], None, ledger.started(batch, again=only is not None))
+    def _before_send(self, batch: Sequence[str]) -> None:
+        self.db.apply([], None, self.ledger.started(batch, again=self.only is not None))
 
-    def handle(batch: Sequence[str], results: list[ObjectResult]) -> list[tuple[str, float]]:
+    def _counted(self) -> None:
+        self.result.scanned += 1
+        self.progress.advance(1)
+
+    def _handle(self, batch: Sequence[str], results: list[ObjectResult]) -> list[tuple[str, float]]:
+        """Judge each answer; the ids to send again, with their delays."""
+        result, attempts, stale_wait = self.result, self.attempts, self.options.stale_wait
         completed, failed, again = [], {}, []
         now = time.monotonic()
         for r in results:
-            if r.status in ("rewrapped", "current") and r.kid != keys.new:
+            if r.status in ("rewrapped", "current") and r.kid != self.keys.new:
                 first = attempts.first_stale.setdefault(r.id, now)
-                if now - first < options.stale_wait:
+                if now - first < stale_wait:
                     attempts.tries[r.id] = attempts.tries.get(r.id, 0) + 1
-                    again.append((r.id, min(_backoff(attempts.tries[r.id]), options.stale_wait)))
+                    again.append((r.id, min(_backoff(attempts.tries[r.id]), stale_wait)))
                 else:
                     result.stale[r.id] = r.kid
-                    result.scanned += 1
-                    progress.advance(1)
+                    self._counted()
                 continue
             if r.status in ("conflict", "retry"):
                 result.conflicted += r.status == "conflict"
@@ -315,11 +388,9 @@ def rewrap(db: RowStore, endpoint: Endpoint, ids: IdSource, ledger_table: str, t
                     again.append((r.id, delay))
                 else:
                     result.unfinished.add(r.id)
-                    result.scanned += 1
-                    progress.advance(1)
+                    self._counted()
                 continue
-            result.scanned += 1
-            progress.advance(1)
+            self._counted()
             result.stale.pop(r.id, None)
             if r.status == "rewrapped":
                 result.rewrapped += 1
@@ -331,19 +402,18 @@ def rewrap(db: RowStore, endpoint: Endpoint, ids: IdSource, ledger_table: str, t
                 result.missing += 1
                 completed.append(r.id)
             else:  # failed, or `old`, which a rewrap never answers
-                failed[r.id] = r.reason or ("answered 'old' to a rewrap" if r.status == "old" else "failed")
+                failed[r.id] = r.reason or ("answered 'old' to a rewrap" if r.status == "old"
+                                            else "failed")
         result.failed.update(failed)
         if completed or failed:
-            db.apply([], None, ledger.outcome(completed, failed))
+            self.db.apply([], None, self.ledger.outcome(completed, failed))
         return again
 
-    try:
-        fan_out(fresh(), lambda b: endpoint.rewrap(b, rotation_id), handle, options.concurrency,
-                options.batch, before_send)
-    except KeyboardInterrupt:
-        raise Interrupted("interrupted; the ledger records every confirmed object: run the same "
-                          "command again to resume") from None
-    finally:
-        progress.close()
-    result.requests, result.seconds = endpoint.requests - before, time.monotonic() - started
-    return result
+
+def rewrap(db: RowStore, endpoint: Endpoint, ids: IdSource, ledger_table: str, target: str,
+           rotation_id: str, keys: Keys, options: ObjectsOptions,
+           progress: Progress | None = None, only: Sequence[str] | None = None) -> ObjectsRewrap:
+    """Rewrap every object not yet completed in the ledger (or `only` these, completed or
+    not: a sweep after a census found them under the old key)."""
+    return Rewrapper(db, endpoint, ids, ledger_table, target, rotation_id, keys, options,
+                     progress, only).run()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
-from keyrotate.crypto.codecs import FORMATS, MODES, Codec, make_codec
+from keyrotate.crypto.codecs import FORMATS, MODES, Codec, SameKey, make_codec
 from keyrotate.crypto.keys import hex_fallback, new_key_problem
 from keyrotate.errors import ConfigError
 from keyrotate.secrets.refs import resolve
@@ -39,10 +39,10 @@ def codec_from_refs(fmt: str, new_ref: str, old_ref: str | None, mode: str = "re
                             "the Workers use it, hashed with SHA-256", ref)
     try:
         return make_codec(fmt, new_secret, old_secret, mode, more)
+    except SameKey:
+        raise ConfigError(f"{old_flag} {old_ref} and {new_flag} {new_ref} name the same key; "
+                          "nothing to rotate") from None
     except ValueError as e:
         # ValueError messages from make_codec never include key material
-        if "same key" in str(e):
-            raise ConfigError(f"{old_flag} {old_ref} and {new_flag} {new_ref} name the same key; "
-                              "nothing to rotate") from None
         raise ConfigError(f"{fmt} key from {new_ref if old_ref is None else 'the references'}: "
                           f"{e}") from None

@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from keyrotate.controlplane.context import Context
-from keyrotate.controlplane.events import Say
+from keyrotate.cloudflare.wrangler import wrangler_for
+from keyrotate.config.context import Context
 from keyrotate.controlplane.pushes import Pusher
 from keyrotate.errors import EXIT_FAILURES, ConfigError
+from keyrotate.progress import Say
 from keyrotate.secrets.base import fingerprint
 
 
@@ -53,6 +54,16 @@ class SecretsListResult:
         return {"env": self.env, "workers": [w.as_dict() for w in self.workers],
                 "drift": self.drift, "missing": self.missing}
 
+    def text(self) -> str:
+        lines = [f"secrets on {self.env} Workers"
+                 + (" (drift)" if self.drift else " (as the manifest says)")]
+        for w in self.workers:
+            state = ", ".join(filter(None, [
+                "missing " + " ".join(w.missing) if w.missing else "",
+                "extra " + " ".join(w.extra) if w.extra else ""])) or "ok"
+            lines.append(f"  {w.name:<32} {len(w.present)} secrets  {state}")
+        return "\n".join(lines)
+
 
 def expected_secrets(ctx: Context, worker: str) -> list[str]:
     return sorted(name for name, s in ctx.manifest.secrets.items() if worker in s.workers)
@@ -61,7 +72,7 @@ def expected_secrets(ctx: Context, worker: str) -> list[str]:
 def secrets_list(ctx: Context) -> SecretsListResult:
     return SecretsListResult(ctx.env.name, [
         WorkerSecrets(w, ctx.worker_name(w), expected_secrets(ctx, w),
-                      ctx.wrangler.secret_names(ctx.worker_name(w)))
+                      wrangler_for(ctx).secret_names(ctx.worker_name(w)))
         for w in ctx.manifest.deploy_order])
 
 
@@ -81,6 +92,11 @@ class PushResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"env": self.env, "dry_run": self.dry_run, "steps": [asdict(s) for s in self.steps]}
+
+    def text(self) -> str:
+        head = "plan (dry run, nothing pushed):" if self.dry_run else "pushed:"
+        return "\n".join([head] + [f"  {s.name:<32} " + " ".join(f"{n}={fp}" for n, fp in s.secrets.items())
+                                   for s in self.steps])
 
 
 def store_values(ctx: Context, names: list[str], doing: str) -> dict[str, str]:

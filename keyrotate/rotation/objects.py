@@ -18,15 +18,21 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from keyrotate.controlplane.context import Context
-from keyrotate.controlplane.manifest import ObjectTarget
+from keyrotate.config.context import Context
+from keyrotate.config.manifest import ObjectTarget
 from keyrotate.crypto.keys import MasterKey
 from keyrotate.dataplane.objects.driver import (
-    IdSource, Keys, ObjectsCensus, ObjectsOptions, ObjectsRewrap, census, rewrap,
+    IdSource,
+    Keys,
+    ObjectsCensus,
+    ObjectsOptions,
+    ObjectsRewrap,
+    census,
+    rewrap,
 )
 from keyrotate.dataplane.objects.wire import Endpoint
-from keyrotate.dataplane.progress import Progress
 from keyrotate.errors import ConfigError
+from keyrotate.progress import Progress
 from keyrotate.secrets.refs import required
 
 

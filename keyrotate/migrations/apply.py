@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from keyrotate.controlplane.context import Context
-from keyrotate.controlplane.events import Say
-from keyrotate.db.migrations import apply_one, applied, discover, pending
+from keyrotate.config.context import Context
+from keyrotate.db.migration_ledger import applied, apply_one, discover, pending
 from keyrotate.errors import ConfigError
+from keyrotate.progress import Say
 
 STAGING = "staging"
 
@@ -34,6 +34,12 @@ class MigrationsListResult:
                 "pending": [n for n in self.files if n not in done],
                 "unknown_applied": [n for n in self.applied if n not in set(self.files)]}
 
+    def text(self) -> str:
+        d = self.as_dict()
+        body = "\n".join(f"  {'applied' if m['applied'] else 'PENDING':<8} {m['name']}"
+                         for m in d["migrations"]) or "  no migrations"
+        return f"migrations on {self.env}:\n{body}"
+
 
 def migrations_list(ctx: Context) -> MigrationsListResult:
     files = discover(migrations_folder(ctx))
@@ -50,6 +56,10 @@ class MigrationsApplyResult:
     def as_dict(self) -> dict[str, Any]:
         key = "would_apply" if self.dry_run else "applied"
         return {"env": self.env, "dry_run": self.dry_run, key: self.names}
+
+    def text(self) -> str:
+        verb = "would apply" if self.dry_run else "applied"
+        return f"{verb}: {', '.join(self.names) if self.names else 'nothing'}"
 
 
 def migrations_apply(ctx: Context, dry_run: bool, force: bool, say: Say) -> MigrationsApplyResult:

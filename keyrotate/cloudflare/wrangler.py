@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from keyrotate.controlplane.runner import Completed, run
-from keyrotate.errors import DeployError
+from keyrotate.cloudflare.runner import Completed, run
 from keyrotate.cloudflare_api import CF_ERRORS
+from keyrotate.config.context import Context
+from keyrotate.errors import DeployError
 
 # Worth another try: rate limits, 5xx (wrangler shows Cloudflare's code 10013, "An unknown
 # error has occurred", rather than the HTTP status), dropped connections. Every wrangler
@@ -179,3 +180,9 @@ def _json_tail(stdout: str) -> Any:
         return json.loads(text[min(starts):])
     except ValueError:
         raise DeployError("wrangler printed JSON keyrotate cannot read") from None
+
+
+def wrangler_for(ctx: Context) -> Wrangler:
+    """The manifest's wrangler command, run from the manifest's folder (stateless: each
+    call is a fresh handle on the same program)."""
+    return Wrangler(ctx.manifest.wrangler, ctx.manifest.root)

@@ -13,8 +13,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from keyrotate.errors import ConfigError
 from keyrotate.db.base import RowStore, Statement, quote_ident
+from keyrotate.errors import ConfigError
 
 MIGRATION_FILE = re.compile(r"^(\d{4})_([A-Za-z0-9_\-]+)\.sql$")
 D1_LEDGER = "d1_migrations"

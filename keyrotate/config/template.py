@@ -102,6 +102,9 @@ class InitResult:
     def as_dict(self) -> dict[str, Any]:
         return {"written": str(self.written)}
 
+    def text(self) -> str:
+        return f"wrote {self.written}"
+
 
 def write_init(path: Path, force: bool = False) -> InitResult:
     if path.exists() and not force:

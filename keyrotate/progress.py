@@ -1,8 +1,12 @@
-"""How long work reports progress. The engine calls it; the CLI decides how to show it."""
+"""How work reports progress: a counter for long work (rows, objects) and `Say` for
+human-readable steps. The library calls them; the CLI decides how to show them."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Callable, Protocol
+
+# one line of progress for people (the CLI sends it to stderr)
+Say = Callable[[str], None]
 
 
 class Progress(Protocol):

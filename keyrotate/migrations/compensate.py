@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from keyrotate.errors import ConfigError
-from keyrotate.db.migrations import Migration, discover, split_sql
 from keyrotate.db.base import quote_ident
+from keyrotate.db.migration_ledger import Migration, discover, split_sql
+from keyrotate.errors import ConfigError
 
 DROP_COLUMN_MIN = (3, 35, 0)
 
@@ -343,6 +343,9 @@ class CompensateResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"written": str(self.written), "warnings": self.warnings}
+
+    def text(self) -> str:
+        return f"wrote {self.written}"
 
 
 def write_compensation(file: Path) -> CompensateResult:

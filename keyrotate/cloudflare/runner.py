@@ -51,7 +51,7 @@ def run(argv: Sequence[str], *, cwd: Path | None = None, stdin_secret: str | Non
         raise DeployError(f"cannot run {argv[0]!r}: not found")
     secrets = [stdin_secret or "", *redact_values]
     log.debug("run: %s (cwd=%s)", " ".join(argv), cwd)
-    guarded = [sys.executable, "-m", "keyrotate.controlplane.runner", str(os.getpid()), *argv]
+    guarded = [sys.executable, "-m", "keyrotate.cloudflare.runner", str(os.getpid()), *argv]
     proc = subprocess.Popen(guarded, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE,
                             env={**os.environ, "WRANGLER_SEND_METRICS": "false", **(env or {})})

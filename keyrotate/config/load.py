@@ -1,0 +1,323 @@
+"""Reading keyrotate.toml: loaded once, validated whole, one section at a time. Every error
+names the file (and the line, where a key is unknown), the table and the problem, so a
+typo is caught before anything touches a Worker or a row."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Iterator
+
+from keyrotate.config.manifest import (
+    KINDS,
+    MANIFEST,
+    NOTIFY_EVENTS,
+    NOTIFY_FORMATS,
+    ColumnTarget,
+    EncryptedTarget,
+    Environment,
+    Manifest,
+    NotifyConfig,
+    NotifySink,
+    ObjectTarget,
+    SecretSpec,
+    parse_duration,
+)
+from keyrotate.crypto.codecs import FORMATS
+from keyrotate.db.urls import DB_URL_HELP, is_database_url, refuse_credentials
+from keyrotate.errors import ConfigError
+from keyrotate.secrets.formats import ValueFormat
+from keyrotate.secrets.names import check_name
+from keyrotate.secrets.refs import parse_ref
+from keyrotate.secrets.schemes import STORE_HELP, is_store_base
+
+# Every key each table may hold: anything else is a typo, and a typo must not quietly
+# fall back to a default (`max_tokn_ttl = "2h"` would leave the default TTL in force).
+KNOWN: dict[str, tuple[str, ...]] = {
+    "": ("project", "environments", "secrets", "encrypted", "notify"),
+    "notify": ("sinks", "timeout"),
+    "notify.sinks": ("url", "format", "secret", "events"),
+    "project": ("name", "worker_name", "workers_dir", "deploy_order", "wrangler", "migrations_dir"),
+    "environments.*": ("database", "secrets", "health", "objects"),
+    "secrets.*": ("kind", "workers", "generate", "previous", "max_token_ttl", "format", "canary"),
+    "encrypted": ("secret", "table", "column", "format", "key_column", "object", "ids", "ledger",
+                  "token"),
+}
+
+
+def find_manifest(start: Path | None = None, explicit: str | None = None) -> Path:
+    if explicit:
+        p = Path(explicit)
+        if not p.is_file():
+            raise ConfigError(f"manifest not found: {p}")
+        return p
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / MANIFEST).is_file():
+            return d / MANIFEST
+    raise ConfigError(f"no {MANIFEST} here or above (run `keyrotate init` to write one)")
+
+
+def load_manifest(path: Path) -> Manifest:
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {path}: {type(e).__name__}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return ManifestReader(path, text).read(data)
+
+
+def _str_list(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where} must be a list of names")
+    return tuple(value)
+
+
+def _line_of(text: str, key: str) -> int | None:
+    """The first line that defines `key` (as a key, a [table] or an [[array]])."""
+    word = re.escape(key)
+    pattern = re.compile(rf'(^\s*\[+\s*(?:[\w"-]+\.)*"?{word}"?\s*[\].])|'
+                         rf'((^|[{{,])\s*"?{word}"?\s*=)')
+    for n, line in enumerate(text.splitlines(), 1):
+        if pattern.search(line):
+            return n
+    return None
+
+
+class ManifestReader:
+    """One file's validation: each section read by its own method, in dependency order
+    (workers, then secrets, environments, encrypted targets, notifications)."""
+
+    def __init__(self, path: Path, text: str = ""):
+        self.path, self.text, self.where = path, text, str(path)
+
+    def read(self, data: dict[str, Any]) -> Manifest:
+        self.check_known(data, "", "")
+        project = self.table(data, "project")
+        self.check_known(project, "project", "[project]")
+        order = self.deploy_order(project)
+        worker_name = str(project.get("worker_name", "{project}-{worker}-{env}"))
+        if "{worker}" not in worker_name:
+            raise ConfigError(f"{self.where}: project.worker_name must contain {{worker}}")
+        wrangler = _str_list(project.get("wrangler", ["npx", "wrangler"]),
+                             f"{self.where}: project.wrangler")
+        secrets = self.secrets(self.table(data, "secrets"), order)
+        environments = self.environments(self.table(data, "environments"), order)
+        encrypted = self.encrypted(data.get("encrypted", []), secrets, environments)
+        return Manifest(
+            path=self.path, project=str(project.get("name", "app")), worker_name=worker_name,
+            workers_dir=str(project.get("workers_dir", "workers")), deploy_order=order,
+            wrangler=wrangler, migrations_dir=str(project.get("migrations_dir", "migrations")),
+            environments=environments, secrets=secrets, encrypted=encrypted,
+            notify=self.notify(self.table(data, "notify")))
+
+    # -- helpers ---------------------------------------------------------------------------
+    def table(self, data: dict[str, Any], key: str) -> dict[str, Any]:
+        value = data.get(key, {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"{self.where}: [{key}] must be a table")
+        return value
+
+    def check_known(self, table: dict[str, Any], section: str, label: str) -> None:
+        """An unknown key is an error naming the file, its line and the closest known key."""
+        known = KNOWN[section]
+        for key in table:
+            if key in known:
+                continue
+            line = _line_of(self.text, key)
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            raise ConfigError(f"{self.path}{f':{line}' if line else ''}: unknown key {key!r} in "
+                              f"{label or 'the top level'}"
+                              + (f"; did you mean {close[0]!r}?" if close else
+                                 f" (known: {', '.join(known)})"))
+
+    def each_table(self, value: Any, label: str, section: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Each table of an array of tables, with unknown keys refused; `w` names its place
+        for errors ("keyrotate.toml: [[encrypted]] #2")."""
+        if not isinstance(value, list):
+            raise ConfigError(f"{self.path}: {label} must be an array of tables")
+        for i, t in enumerate(value):
+            w = f"{self.path}: {label} #{i + 1}"
+            if not isinstance(t, dict):
+                raise ConfigError(f"{w} must be a table")
+            self.check_known(t, section, f"{label} #{i + 1}")
+            yield w, t
+
+    # -- sections --------------------------------------------------------------------------
+    def deploy_order(self, project: dict[str, Any]) -> tuple[str, ...]:
+        order = _str_list(project.get("deploy_order", []), f"{self.where}: project.deploy_order")
+        if not order:
+            raise ConfigError(f"{self.where}: project.deploy_order lists no workers")
+        if len(set(order)) != len(order):
+            raise ConfigError(f"{self.where}: project.deploy_order lists a worker twice")
+        return order
+
+    def secrets(self, table: dict[str, Any], order: tuple[str, ...]) -> dict[str, SecretSpec]:
+        return {name: self.secret(name, spec, order) for name, spec in table.items()}
+
+    def secret(self, name: str, spec: Any, order: tuple[str, ...]) -> SecretSpec:
+        w = f"{self.where}: [secrets.{name}]"
+        check_name(name, w)
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{w} must be a table")
+        self.check_known(spec, "secrets.*", f"[secrets.{name}]")
+        if spec.get("previous") is not None:
+            check_name(str(spec["previous"]), f"{w} previous")
+        kind = spec.get("kind", "generic")
+        if kind not in KINDS:
+            raise ConfigError(f"{w}: kind {kind!r} is not one of {', '.join(KINDS)}")
+        workers = _str_list(spec.get("workers", []), f"{w} workers")
+        for worker in workers:
+            if worker not in order:
+                raise ConfigError(f"{w}: unknown worker {worker!r} (not in deploy_order)")
+        generate = spec.get("generate")
+        if generate is not None and not re.fullmatch(r"(base64|hex):\d+", str(generate)):
+            raise ConfigError(f"{w}: generate must be like base64:32 or hex:32")
+        fmt = ValueFormat.parse(str(spec["format"]), w) if "format" in spec else None
+        if fmt is not None and generate is None and fmt.can_generate:
+            generate = str(fmt)  # a value that fits the format
+        if fmt is not None and generate is not None and fmt.can_generate and str(fmt) != generate:
+            raise ConfigError(f"{w}: generate = {generate!r} makes values that do not fit "
+                              f"format = {str(fmt)!r}")
+        ttl = spec.get("max_token_ttl")
+        return SecretSpec(
+            name=name, kind=kind, workers=workers, generate=generate,
+            previous=spec.get("previous"),
+            max_token_ttl=parse_duration(str(ttl), f"{w} max_token_ttl") if ttl else None,
+            format=fmt, canary=_canary_steps(spec.get("canary"), w))
+
+    def environments(self, table: dict[str, Any], order: tuple[str, ...]) -> dict[str, Environment]:
+        return {name: self.environment(name, env, order) for name, env in table.items()}
+
+    def environment(self, name: str, env: Any, order: tuple[str, ...]) -> Environment:
+        w = f"{self.where}: [environments.{name}]"
+        if not isinstance(env, dict):
+            raise ConfigError(f"{w} must be a table")
+        self.check_known(env, "environments.*", f"[environments.{name}]")
+        database, store = env.get("database"), env.get("secrets")
+        if not is_database_url(database):
+            raise ConfigError(f"{w}: database must be a URL: {DB_URL_HELP}")
+        refuse_credentials(str(database))
+        if not is_store_base(store):
+            raise ConfigError(f"{w}: secrets must be a store base: {STORE_HELP}")
+        health = env.get("health", {})
+        if not isinstance(health, dict):
+            raise ConfigError(f"{w}: health must be a table of worker = URL")
+        for worker, url in health.items():
+            if worker not in order:
+                raise ConfigError(f"{w}: health names unknown worker {worker!r}")
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise ConfigError(f"{w}: health URL for {worker} must be http(s)://")
+        objects = env.get("objects", {})
+        if not isinstance(objects, dict) or not all(
+                isinstance(u, str) and u.startswith(("http://", "https://")) for u in objects.values()):
+            raise ConfigError(f"{w}: objects must be a table of DurableObjectClass = \"https://...\"")
+        return Environment(name, str(database), str(store), dict(health), dict(objects))
+
+    def encrypted(self, value: Any, secrets: dict[str, SecretSpec],
+                  environments: dict[str, Environment]) -> tuple[EncryptedTarget, ...]:
+        encrypted: list[EncryptedTarget] = []
+        for w, t in self.each_table(value, "[[encrypted]]", "encrypted"):
+            secret = t.get("secret")
+            if secret not in secrets:
+                raise ConfigError(f"{w}: secret {secret!r} is not declared under [secrets]")
+            if secrets[secret].kind != "master-key":
+                raise ConfigError(f"{w}: secret {secret!r} must be of kind master-key")
+            encrypted.append(_object_target(t, w, secrets, environments) if "object" in t
+                             else _column_target(t, w))
+        names = [t.name for t in encrypted]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{self.where}: an [[encrypted]] target is listed twice")
+        return tuple(encrypted)
+
+    def notify(self, table: dict[str, Any]) -> NotifyConfig:
+        where = f"{self.path}: [notify]"
+        self.check_known(table, "notify", "[notify]")
+        timeout = table.get("timeout", 5)
+        if not isinstance(timeout, (int, float)) or not 0 < timeout <= 60:
+            raise ConfigError(f"{where}: timeout must be a number of seconds, at most 60")
+        sinks = [_sink(w, sink) for w, sink in
+                 self.each_table(table.get("sinks", []), "[notify] sink", "notify.sinks")]
+        return NotifyConfig(tuple(sinks), float(timeout))
+
+
+def _sink(w: str, sink: dict[str, Any]) -> NotifySink:
+    url = sink.get("url")
+    if not isinstance(url, str):
+        raise ConfigError(f"{w}: url is missing")
+    if url.startswith(("http://", "https://")):
+        raise ConfigError(f"{w}: url must name the webhook URL, not be it (a webhook URL is "
+                          "a credential): env:SLACK_WEBHOOK_URL, dotenv:.env#SLACK_WEBHOOK_URL, "
+                          "vault:...")
+    parse_ref(url, f"{w}: url")
+    fmt = sink.get("format", "json")
+    if fmt not in NOTIFY_FORMATS:
+        raise ConfigError(f"{w}: format must be one of {', '.join(NOTIFY_FORMATS)}")
+    secret = sink.get("secret")
+    if fmt == "json":
+        if not isinstance(secret, str):
+            raise ConfigError(f"{w}: a json sink signs its bodies: give secret = "
+                              "\"env:ROTATION_WEBHOOK_SECRET\" (a secret reference)")
+        parse_ref(secret, f"{w}: secret")
+    elif secret is not None:
+        raise ConfigError(f"{w}: a slack sink is not signed by keyrotate: remove secret")
+    events = sink.get("events", list(NOTIFY_EVENTS))
+    if not isinstance(events, list) or not events or any(e not in NOTIFY_EVENTS for e in events):
+        raise ConfigError(f"{w}: events must list some of {', '.join(NOTIFY_EVENTS)}")
+    return NotifySink(url, fmt, secret, tuple(events))
+
+
+def _column_target(t: dict[str, Any], w: str) -> ColumnTarget:
+    if not t.get("table") or not t.get("column"):
+        raise ConfigError(f"{w}: needs table and column (or object, ids, ledger, token)")
+    stray = [k for k in ("ids", "ledger", "token") if k in t]
+    if stray:
+        raise ConfigError(f"{w}: {', '.join(stray)} belong to an object target (object = ...)")
+    fmt = t.get("format", "tminus-envelope")
+    if fmt not in FORMATS:
+        raise ConfigError(f"{w}: format {fmt!r} is not one of {', '.join(FORMATS)}")
+    return ColumnTarget(t["secret"], t["table"], t["column"], fmt, t.get("key_column"))
+
+
+def _object_target(t: dict[str, Any], w: str, secrets: dict[str, SecretSpec],
+                   environments: dict[str, Environment]) -> ObjectTarget:
+    stray = [k for k in ("table", "column", "key_column") if k in t]
+    if stray:
+        raise ConfigError(f"{w}: {', '.join(stray)} belong to a column target, not object =")
+    missing = [k for k in ("ids", "ledger", "token") if not t.get(k)]
+    if missing:
+        raise ConfigError(f"{w}: an object target needs {', '.join(missing)}")
+    if t.get("format", "tminus-envelope") != "tminus-envelope":
+        raise ConfigError(f"{w}: object targets hold tminus envelopes")
+    ids = str(t["ids"])
+    if ids.count(".") != 1 or not all(ids.split(".")):
+        raise ConfigError(f"{w}: ids must be TABLE.COLUMN (the D1 column listing the objects)")
+    token = str(t["token"])
+    if token not in secrets:
+        raise ConfigError(f"{w}: token {token!r} is not declared under [secrets]")
+    if not secrets[t["secret"]].previous:
+        raise ConfigError(f"{w}: the Worker rewraps objects with both keys: [secrets."
+                          f"{t['secret']}] needs previous = \"{t['secret']}_PREVIOUS\"")
+    for env in environments.values():
+        if str(t["object"]) not in env.objects:
+            raise ConfigError(f"{w}: [environments.{env.name}] objects has no endpoint for "
+                              f"{t['object']!r}")
+    return ObjectTarget(t["secret"], str(t["object"]), ids, str(t["ledger"]), token)
+
+
+def _canary_steps(value: Any, w: str) -> tuple[int, ...] | None:
+    """`canary = true` (10, 50, 100) or a list of rising percentages ending at 100."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return (10, 50, 100)
+    if (not isinstance(value, list) or not value or value[-1] != 100
+            or not all(isinstance(v, int) and 0 < v <= 100 for v in value)
+            or value != sorted(set(value))):
+        raise ConfigError(f"{w}: canary must be true or rising percentages ending at 100, "
+                          "like [10, 50, 100]")
+    return tuple(value)

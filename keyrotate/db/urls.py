@@ -1,0 +1,32 @@
+"""Database URLs: the one list of schemes, used both to open a --db URL and to validate a
+manifest's `database`, and the refusal of credentials in a URL."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlparse
+
+from keyrotate.errors import ConfigError
+
+FILE_SCHEME = "file:"
+LIBSQL_SCHEMES = ("libsql://", "http://", "https://", "ws://", "wss://")
+D1_SCHEME = "d1://"
+DB_SCHEMES = (FILE_SCHEME, *LIBSQL_SCHEMES, D1_SCHEME)
+DB_URL_HELP = "file:PATH, libsql://, http(s)://, ws(s)://, d1://ACCOUNT_ID/DATABASE_ID"
+
+
+CREDENTIAL_PARAMS = ("authtoken", "auth_token", "token", "password", "jwt", "secret", "key")
+
+
+def refuse_credentials(url: str) -> None:
+    """A credential in a URL lands in argv, shell history, CI logs and error messages: it
+    is refused, and the URL is not echoed."""
+    parsed = urlparse(url)
+    params = {k.lower() for k in parse_qs(parsed.query)}
+    if parsed.username or parsed.password or "@" in parsed.netloc or params & set(CREDENTIAL_PARAMS):
+        raise ConfigError("a database URL must not carry credentials (they would end up in "
+                          "argv, shell history and logs; the URL is not repeated here): give "
+                          "libSQL's token in LIBSQL_AUTH_TOKEN and D1's in CLOUDFLARE_API_TOKEN")
+
+
+def is_database_url(url: object) -> bool:
+    return isinstance(url, str) and url.startswith(DB_SCHEMES)
