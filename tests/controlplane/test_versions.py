@@ -1,8 +1,8 @@
 """Worker versions done right, against a stand-in that models them (tests/support/
 cf_workers.py) and the real wrangler 4.86: pushes that cannot half-happen after a
 rollback or during a gradual deployment, rollbacks that never bring old secret values
-back, pushes recorded before they are made, children that die with keyrotate, and a
-canary for new secrets."""
+back, pushes recorded before they are made, and children that die with keyrotate (the
+canary is in test_canary.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 
-from tests.support.cloudflare_project import JWT, WORKERS, _active, edit_manifest, with_overlap
+from tests.support.cloudflare_project import JWT, WORKERS, _active, with_overlap
 from tests.support.helpers import NEW_SECRET, OLD_SECRET, ROOT, last_json, run_cli
 
 pytestmark = pytest.mark.slow
@@ -190,45 +190,3 @@ def test_a_push_killed_midway_leaves_no_child_and_counts_as_a_change(project):
     cf.worker_delay = 0.0
     plan = last_json(run_cli("rollback", "--env", "staging", "--only", "api", "--json").output)
     assert plan["plan"][0]["crosses"]["unconfirmed"] == ["MASTER_KEY"]  # the guard counts it
-
-
-def _canary_project(root, cf, health):
-    for w in ("api", "oauth"):
-        edit_manifest(root, f'{w} = "{health.url(w)}"', f'{w} = "{cf.health_url(f"tminus-{w}-staging")}"')
-    with_overlap(root)
-
-
-def test_a_canary_ramps_new_secrets_and_keeps_the_previous_version_until_accepted(project):
-    root, cf, health, store = project
-    _canary_project(root, cf, health)
-    assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
-    res = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--canary", "--json")
-    assert res.exit_code == 0, res.output
-    new = store.read("MASTER_KEY", "pending")
-    for w in ("api", "oauth"):
-        s = cf.script(f"tminus-{w}-staging")
-        shares = [[(v["percentage"]) for v in d["versions"]] for d in reversed(s.deployments[:5])]
-        assert shares == [[100.0, 0.0], [10.0, 90.0], [50.0, 50.0], [100.0, 0.0], [100.0]]
-        assert cf.deployed(f"tminus-{w}-staging")[0][0]["MASTER_KEY"] == new
-        assert cf.deployed(f"tminus-{w}-staging")[0][0]["MASTER_KEY_PREVIOUS"] == OLD_SECRET
-
-
-def test_a_failing_canary_never_serves_and_the_previous_version_is_back(project):
-    root, cf, health, store = project
-    _canary_project(root, cf, health)
-    # the API Worker's org-delegation routes accept only a 64-hex MASTER_KEY: a version
-    # whose key is base64 is unhealthy (and the manifest here forgot format = "hex:32")
-    cf.workers.health_rule = lambda v: len(v.secrets.get("MASTER_KEY", "0" * 64)) == 64 or \
-        v.secrets.get("MASTER_KEY") == OLD_SECRET
-    assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
-    before = {w: cf.script(f"tminus-{w}-staging").active.id for w in ("api", "oauth")}
-    res = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--canary", "--json")
-    assert res.exit_code == 3, res.output
-    assert "smoke test" in last_json(res.output)["error"]["message"]
-    api = cf.script("tminus-api-staging")
-    assert api.active.id == before["api"] and cf.deployed("tminus-api-staging")[0][1] == 100.0
-    bad = api.latest
-    assert bad.id != before["api"] and len(bad.secrets["MASTER_KEY"]) != 64
-    assert all(v["version_id"] != bad.id or v["percentage"] == 0
-               for d in api.deployments for v in d["versions"])   # never a share of traffic
-    assert cf.script("tminus-oauth-staging").active.id == before["oauth"]  # the next never began
