@@ -108,21 +108,42 @@ def scan_sql(target: Target, first: bool) -> str:
     return f"SELECT {k}, {c} FROM {t}{where} ORDER BY {k} LIMIT ?"
 
 
-def bounded_scan_sql(target: Target, first: bool) -> str:
+def bounded_scan_sql(target: Target, first: bool, bounded_above: bool = False) -> str:
     """One statement that stops a page at a byte budget (for stores that answer whole
     results): the key range of the first rows whose values fit, then those rows.
-    Parameters: [after,] limit, max_bytes[, after]."""
+    `bounded_above`: only rows with key <= an upper bound (a census reading back exactly
+    the range one page of the pass covered). Parameters: bounded_scan_params."""
     t, c, k = quote_ident(target.table), quote_ident(target.column), quote_ident(target.key_column)
-    after = "" if first else f" WHERE {k} > ?"
-    return (f"WITH page AS (SELECT {k} AS k, coalesce(length({c}), 0) AS n FROM {t}{after} "
+    conds = ([] if first else [f"{k} > ?"]) + ([f"{k} <= ?"] if bounded_above else [])
+    where = f" WHERE {' AND '.join(conds)}" if conds else ""
+    return (f"WITH page AS (SELECT {k} AS k, coalesce(length({c}), 0) AS n FROM {t}{where} "
             f"ORDER BY {k} LIMIT ?), cut AS (SELECT k FROM (SELECT k, sum(n) OVER (ORDER BY k "
             f"ROWS UNBOUNDED PRECEDING) - n AS before FROM page) WHERE before < ?) "
             f"SELECT {k}, {c} FROM {t} WHERE {k} <= (SELECT max(k) FROM cut)"
             f"{'' if first else f' AND {k} > ?'} ORDER BY {k}")
 
 
-def bounded_scan_params(after: Value, first: bool, limit: int, max_bytes: int) -> tuple[Value, ...]:
-    return (limit, max_bytes) if first else (after, limit, max_bytes, after)
+def bounded_scan_params(after: Value, first: bool, limit: int, max_bytes: int,
+                        upto: tuple[Value] | tuple[()] = ()) -> tuple[Value, ...]:
+    """`upto`: (the upper bound,) for a statement made with bounded_above."""
+    lower: tuple[Value, ...] = () if first else (after,)
+    return (*lower, *upto, limit, max_bytes, *lower)
+
+
+def range_statement(target: Target, after: Value, first: bool, upto: Value, limit: int,
+                    max_bytes: int) -> Statement:
+    """Rows with after < key <= upto (from the start when `first`), at most `limit` rows
+    and about `max_bytes` of values, in key order."""
+    return Statement(bounded_scan_sql(target, first, bounded_above=True),
+                     bounded_scan_params(after, first, limit, max_bytes, (upto,)))
+
+
+def read_many(store: RowStore, statements: Sequence[Statement]) -> list[list[tuple[Value, ...]]]:
+    """Several reads; one request on stores that take a batch of them (D1)."""
+    many = getattr(store, "query_many", None)
+    if many is not None:
+        return many(statements)  # type: ignore[no-any-return]
+    return [store.query(st.sql, st.params) for st in statements]
 
 
 def bounded_scan_page(store: RowStore, target: Target, after: Value, first: bool, limit: int,
@@ -170,4 +191,9 @@ def count_after(store: RowStore, target: Target, after: Value, first: bool) -> i
 
 def count_rows(store: RowStore, target: Target) -> int:
     """Every row of the table, however its keys are (the census's yardstick)."""
-    return int(store.query(f"SELECT count(*) FROM {quote_ident(target.table)}")[0][0])
+    st = count_statement(target)
+    return int(store.query(st.sql, st.params)[0][0])
+
+
+def count_statement(target: Target) -> Statement:
+    return Statement(f"SELECT count(*) FROM {quote_ident(target.table)}")

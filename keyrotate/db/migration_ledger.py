@@ -83,6 +83,11 @@ def pending(store: RowStore, migrations: list[Migration], table: str = D1_LEDGER
 
 def apply_one(store: RowStore, migration: Migration, table: str = D1_LEDGER) -> None:
     """The migration's statements and its ledger row, in one transaction."""
+    store.apply([], None, [Statement(ledger_ddl(table)), *migration_statements(migration, table)])
+
+
+def migration_statements(migration: Migration, table: str = D1_LEDGER) -> list[Statement]:
+    """The migration's statements, then its ledger row."""
     statements = [Statement(s) for s in split_sql(migration.sql())]
     statements.append(Statement(f"INSERT INTO {quote_ident(table)} (name) VALUES (?)", (migration.name,)))
-    store.apply([], None, [Statement(ledger_ddl(table)), *statements])
+    return statements

@@ -85,6 +85,7 @@ class SqliteFileStore:
         self.conn = self._connect(path)
         self.wconn = self._connect(path)
         self._data_version = self._read_data_version()
+        self._foreign = 0   # commits to the file seen from other connections (change_mark)
 
     @staticmethod
     def _connect(path: str) -> sqlite3.Connection:
@@ -149,7 +150,9 @@ class SqliteFileStore:
               statements: Sequence[Statement]) -> list[bool]:
         """CAS writes, then journal statements, in one immediate transaction."""
         conn = self.wconn
-        contended = self._read_data_version() != self._data_version
+        before = self._read_data_version()
+        contended = before != self._data_version
+        self._foreign += contended
         try:
             conn.execute("BEGIN IMMEDIATE")
             locked_at = time.monotonic()
@@ -165,6 +168,9 @@ class SqliteFileStore:
                 conn.execute("COMMIT")
                 held = time.monotonic() - locked_at
                 self._data_version = self._read_data_version()
+                # our own commit leaves data_version as it was: a change means another
+                # connection committed between our check and our BEGIN (or just after)
+                self._foreign += self._data_version != before
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -180,6 +186,26 @@ class SqliteFileStore:
     def _read_data_version(self) -> int:
         """Changes whenever another connection commits to the file (never for our own)."""
         return int(self.wconn.execute("PRAGMA data_version").fetchone()[0])
+
+    def change_mark(self) -> int:
+        """A mark for unchanged_since. Call it when the writer thread is idle."""
+        self._observe()
+        return self._foreign
+
+    def unchanged_since(self, mark: int) -> bool:
+        """True when nobody but this store committed to the file since `mark`: SQLite's
+        data_version changes with every commit of another connection, whatever the
+        process, and never with our own; every write of ours goes through `apply`, which
+        checks it before BEGIN and after COMMIT. So the file holds what our reads saw
+        plus what our writes wrote. Call it when the writer thread is idle."""
+        self._observe()
+        return self._foreign == mark
+
+    def _observe(self) -> None:
+        now = self._read_data_version()
+        if now != self._data_version:
+            self._foreign += 1
+            self._data_version = now
 
     def _landed(self, target: Target, writes: Sequence[CasWrite]) -> list[bool]:
         """Which CAS writes hit. Exact: we still hold the write lock, nobody else wrote since."""

@@ -14,9 +14,9 @@ rowid, which always is both.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from keyrotate.db.base import RowStore, Target, quote_ident
+from keyrotate.db.base import RowStore, Statement, Target, quote_ident, read_many
 from keyrotate.errors import ConfigError
 
 ROWID_NAMES = ("rowid", "_rowid_", "oid")
@@ -36,6 +36,7 @@ class TableShape:
     columns: tuple[Column, ...]
     without_rowid: bool
     unique_not_partial: frozenset[str]   # columns that alone carry a full unique index
+    nulls: dict[str, int] = field(default_factory=dict)   # NULL counts already read
 
     def column(self, name: str) -> Column | None:
         return next((c for c in self.columns if c.name == name), None)
@@ -67,23 +68,40 @@ class TableShape:
         return col.not_null or rowid_alias or (self.without_rowid and col.pk_position > 0)
 
 
-def table_shape(store: RowStore, table: str) -> TableShape | None:
-    rows = store.query(f"PRAGMA table_info({quote_ident(table)})")
-    if not rows:
+def table_shape(store: RowStore, table: str, key_hint: str | None = None) -> TableShape | None:
+    """The table's columns and unique indexes: two rounds of reads, one request each on
+    D1. `key_hint`: the column likely to page by; if the schema does not rule out NULL
+    there, its NULL count comes in the second round (TableShape.nulls) instead of a
+    request of its own."""
+    q = quote_ident(table)
+    info, sql, indexes = read_many(store, [
+        Statement(f"PRAGMA table_info({q})"),
+        Statement("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)),
+        Statement(f"PRAGMA index_list({q})")])
+    if not info:
         return None
-    columns = tuple(Column(str(r[1]), str(r[2] or ""), bool(r[3]), int(r[5] or 0)) for r in rows)
-    sql = store.query("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
+    columns = tuple(Column(str(r[1]), str(r[2] or ""), bool(r[3]), int(r[5] or 0)) for r in info)
     without_rowid = bool(sql and sql[0][0] and
                          re.search(r"\bWITHOUT\s+ROWID\s*;?\s*$", str(sql[0][0]), re.I))
-    unique: set[str] = set()
-    for idx in store.query(f"PRAGMA index_list({quote_ident(table)})"):
-        name, is_unique, partial = idx[1], idx[2], idx[4] if len(idx) > 4 else 0
-        if not is_unique or partial:
-            continue
-        cols = store.query(f"PRAGMA index_info({quote_ident(str(name))})")
-        if len(cols) == 1 and cols[0][2] is not None:
-            unique.add(str(cols[0][2]))
-    return TableShape(table, columns, without_rowid, frozenset(unique))
+    candidates = [str(idx[1]) for idx in indexes
+                  if idx[2] and not (idx[4] if len(idx) > 4 else 0)]   # unique, not partial
+    shape = TableShape(table, columns, without_rowid, frozenset())
+    pk = shape.primary_key
+    hint = key_hint or (pk[0].name if len(pk) == 1 else None)
+    count_nulls = hint is not None and shape.column(hint) is not None \
+        and not shape.declared_not_null(hint)
+    second = [Statement(f"PRAGMA index_info({quote_ident(name)})") for name in candidates]
+    if count_nulls:
+        second.append(_nulls_statement(table, str(hint)))
+    answers = read_many(store, second) if second else []
+    unique = {str(cols[0][2]) for cols in answers[:len(candidates)]
+              if len(cols) == 1 and cols[0][2] is not None}
+    nulls = {str(hint): int(answers[-1][0][0])} if count_nulls else {}
+    return TableShape(table, columns, without_rowid, frozenset(unique), nulls)
+
+
+def _nulls_statement(table: str, column: str) -> Statement:
+    return Statement(f"SELECT count(*) FROM {quote_ident(table)} WHERE {quote_ident(column)} IS NULL")
 
 
 def resolve_target(store: RowStore, spec: str, key_column: str | None) -> Target:
@@ -91,7 +109,7 @@ def resolve_target(store: RowStore, spec: str, key_column: str | None) -> Target
     if spec.count(".") != 1 or not all(spec.split(".")):
         raise ConfigError(f"--target must be TABLE.COLUMN, got {spec!r}")
     table, column = spec.split(".")
-    shape = table_shape(store, table)
+    shape = table_shape(store, table, key_column)
     if shape is None:
         raise ConfigError(f"table {table!r} does not exist in {store.display_url}")
     if shape.column(column) is None:
@@ -107,9 +125,10 @@ def _pages_safely(store: RowStore, shape: TableShape, name: str) -> bool:
         return False
     if shape.declared_not_null(name):
         return True
-    nulls = store.query(f"SELECT count(*) FROM {quote_ident(shape.name)} WHERE "
-                        f"{quote_ident(name)} IS NULL")
-    return int(nulls[0][0]) == 0
+    if name in shape.nulls:
+        return shape.nulls[name] == 0
+    st = _nulls_statement(shape.name, name)
+    return int(store.query(st.sql, st.params)[0][0]) == 0
 
 
 def _key_column(store: RowStore, shape: TableShape, asked: str | None) -> str:
