@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from keyrotate.db.base import RowStore, Statement, Target, Value
+from keyrotate.db.base import RowStore, Statement, Target, Value, read_many
 from keyrotate.db.own_schema import ensure_journal_schema, journal_exists
 from keyrotate.errors import ConfigError
 from keyrotate.timeutil import new_id, now_iso
@@ -86,19 +86,32 @@ class Journal:
 
     def plan_run(self, ident: RunIdentity) -> "RunPlan":
         """Which run this command continues, and which unfinished runs it retires. Reads
-        only, so a refusal changes nothing.
+        only, so a refusal changes nothing."""
+        ensure_journal_schema(self.store)
+        return self.plan_from(ident, *read_many(self.store, self.plan_reads(ident)))
+
+    @staticmethod
+    def plan_reads(ident: RunIdentity) -> list[Statement]:
+        """What plan_from needs: the target's unfinished runs, and its latest run."""
+        t = ident.target
+        return [Statement("SELECT run_id, key_column, format, mode, old_kid, new_kid, started_at "
+                          "FROM keyrotate_runs WHERE kind = 'reencrypt' AND target = ? AND "
+                          "status = 'running' ORDER BY started_at DESC, run_id DESC", (t.name,)),
+                Statement("SELECT run_id FROM keyrotate_runs WHERE kind = 'reencrypt' AND "
+                          "target = ? ORDER BY started_at DESC, run_id DESC LIMIT 1", (t.name,))]
+
+    @staticmethod
+    def plan_from(ident: RunIdentity, unfinished_rows: Sequence[Sequence[Any]],
+                  latest_rows: Sequence[Sequence[Any]]) -> "RunPlan":
+        """The plan, from plan_reads' answers.
 
         Another unfinished run on the target is taken over only if this run's keys open
         everything it wrote (its new key is this run's old or new key); otherwise the
         target would end split between keys, so this refuses. A run that a later run
         overtook is never resumed: rows behind its cursor may have moved since.
         """
-        ensure_journal_schema(self.store)
         t = ident.target
-        unfinished = [_Unfinished(*map(str, r)) for r in self.store.query(
-            "SELECT run_id, key_column, format, mode, old_kid, new_kid, started_at FROM "
-            "keyrotate_runs WHERE kind = 'reencrypt' AND target = ? AND status = 'running' "
-            "ORDER BY started_at DESC, run_id DESC", (t.name,))]
+        unfinished = [_Unfinished(*map(str, r)) for r in unfinished_rows]
         same = next((u for u in unfinished if u.same_command(ident)), None)
         others = [u for u in unfinished if u is not same]
         for u in others:
@@ -109,12 +122,8 @@ class Journal:
                     f"{ident.new_kid}) cannot open. Finish it first (the same command with the "
                     f"new key of kid {u.new_kid}), then rotate on. Nothing was changed.")
         if same is not None:
-            later = self.store.query(
-                "SELECT 1 FROM keyrotate_runs WHERE kind = 'reencrypt' AND target = ? AND "
-                "(started_at > ? OR (started_at = ? AND run_id > ?)) LIMIT 1",
-                (t.name, same.started_at, same.started_at, same.run_id))
-            if not later:  # every other unfinished run is older: resume, retiring those
-                return RunPlan(same.run_id, others)
+            if latest_rows and str(latest_rows[0][0]) == same.run_id:
+                return RunPlan(same.run_id, others)   # every other unfinished run is older
             others.append(same)  # overtaken: rows behind its cursor may have moved since
         return RunPlan(None, others)
 
@@ -126,19 +135,22 @@ class Journal:
             if plan.supersede:
                 self.store.apply([], None, _superseded(plan.supersede, ts))
             return self._resume(plan.resume, ident, retired)
-        t = ident.target
-        run_id = new_id("r")
-        self.store.apply([], None, [
-            *_superseded(plan.supersede, ts),
-            Statement("INSERT INTO keyrotate_runs (run_id, kind, target, key_column, format, mode, "
-                      "old_kid, new_kid, status, started_at) "
-                      "VALUES (?, 'reencrypt', ?, ?, ?, ?, ?, ?, 'running', ?)",
-                      (run_id, t.name, t.key_column, ident.fmt, ident.mode,
-                       ident.old_kid, ident.new_kid, ts)),
-            Statement("INSERT INTO keyrotate_checkpoints (run_id, updated_at) VALUES (?, ?)",
-                      (run_id, ts)),
-        ])
-        return RunState(run_id, ident, False, superseded=retired)
+        run = RunState(new_id("r"), ident, False, superseded=retired)
+        self.store.apply([], None, [*_superseded(plan.supersede, ts), *Journal.begin(run)])
+        return run
+
+    @staticmethod
+    def begin(run: RunState) -> list[Statement]:
+        """A new run's rows (commit them with its first batch: a run that finds nothing to
+        write need not write itself down)."""
+        t, ident, ts = run.identity.target, run.identity, now_iso()
+        return [Statement("INSERT INTO keyrotate_runs (run_id, kind, target, key_column, format, "
+                          "mode, old_kid, new_kid, status, started_at) "
+                          "VALUES (?, 'reencrypt', ?, ?, ?, ?, ?, ?, 'running', ?)",
+                          (run.run_id, t.name, t.key_column, ident.fmt, ident.mode,
+                           ident.old_kid, ident.new_kid, ts)),
+                Statement("INSERT INTO keyrotate_checkpoints (run_id, updated_at) VALUES (?, ?)",
+                          (run.run_id, ts))]
 
     def open_run(self, ident: RunIdentity) -> RunState:
         return self.start_run(ident, self.plan_run(ident))

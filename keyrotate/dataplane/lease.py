@@ -72,16 +72,33 @@ class Lease:
             self.db.apply([], None, [Statement(
                 "DELETE FROM keyrotate_leases WHERE target = ? AND holder = ?",
                 (self.target, holder))])
-        self.db.apply([], None, [Statement(
-            "INSERT OR IGNORE INTO keyrotate_leases (target, holder, host, pid, started, "
-            "acquired_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (self.target, self.holder, self.host, self.pid, _process_start(self.pid),
-             _iso(now), _iso(now + TTL)))])
+        self.db.apply([], None, [self.claim(ignore=True)])
         got = self.db.query("SELECT holder FROM keyrotate_leases WHERE target = ?", (self.target,))
         if not got or got[0][0] != self.holder:
             raise ConfigError(f"another keyrotate run took {self.target} at the same moment; "
                               "nothing was changed")
         self.renewed = time.monotonic()
+
+    def claim(self, ignore: bool = False) -> Statement:
+        """Take the lease if nobody holds it. Without `ignore` the statement fails (UNIQUE)
+        when someone does, and with it the transaction it is in: a run's first batch can
+        carry its own claim, and then nothing of it lands unless the lease was free."""
+        now = datetime.now(timezone.utc)
+        self.renewed = time.monotonic()
+        return Statement(
+            f"INSERT{' OR IGNORE' if ignore else ''} INTO keyrotate_leases (target, holder, host, "
+            "pid, started, acquired_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (self.target, self.holder, self.host, self.pid, _process_start(self.pid),
+             _iso(now), _iso(now + TTL)))
+
+    @staticmethod
+    def lost_claim(error: Exception) -> bool:
+        return "UNIQUE constraint failed: keyrotate_leases" in str(error)
+
+    def ours(self) -> bool:
+        """This process holds the lease (a claim whose answer was lost did land)."""
+        got = self.db.query("SELECT holder FROM keyrotate_leases WHERE target = ?", (self.target,))
+        return bool(got) and got[0][0] == self.holder
 
     def renewal(self) -> Statement:
         """Commit with a checkpoint: the lease lives on while batches commit."""
@@ -94,6 +111,8 @@ class Lease:
             self.db.apply([], None, [self.renewal()])
 
     def release(self) -> None:
-        self.db.apply([], None, [Statement(
-            "DELETE FROM keyrotate_leases WHERE target = ? AND holder = ?",
-            (self.target, self.holder))])
+        self.db.apply([], None, [self.releasing()])
+
+    def releasing(self) -> Statement:
+        return Statement("DELETE FROM keyrotate_leases WHERE target = ? AND holder = ?",
+                         (self.target, self.holder))

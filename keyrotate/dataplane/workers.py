@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from keyrotate.crypto.codecs import Codec
+from keyrotate.dataplane.digest import PageDigest
 from keyrotate.db.base import CasWrite, Value
 from keyrotate.errors import InvalidEnvelope
 from keyrotate.orphans import exit_now, on_parent_death
@@ -36,6 +37,12 @@ class PageResult:
     failures: list[tuple[Value, str]] = field(default_factory=list)
     last_key: Value = None
     bytes: int = 0
+    # rotate: SHA-256 of the page as it stands once every write lands (dataplane.digest),
+    # which lets the census prove it without opening it again (dataplane.proof)
+    digest: bytes | None = None
+    after: Value = None          # the key range the page covers: (after, last_key], or
+    first: bool = True           # from the start of the table when `first`
+    last: bool = False           # the read showed the end of the table (riding stores)
 
 
 def _judge(fn: Any, value: Value) -> Any:
@@ -55,19 +62,27 @@ def process_page(codec: Codec, op: str, rows: Rows) -> PageResult:
     census = op == "census"
     fn = codec.census if census else codec.rotate
     by_kid = res.by_kid
+    proof = None if census else PageDigest()
+    size = 0   # at least what SQLite's length() adds up to over the page (census reads)
     for key, value in rows:
         if value is None:
             res.null += 1
-            continue
-        out = _judge(fn, value)
-        if out is None:
-            res.current += 1
-        elif out.__class__ is not str:
-            res.failures.append((key, out[0]))
-        elif census:
-            by_kid[out] = by_kid.get(out, 0) + 1
         else:
-            res.writes.append((out, key, value))
+            out = _judge(fn, value)
+            if out is None:
+                res.current += 1
+            elif out.__class__ is not str:
+                res.failures.append((key, out[0]))
+            elif census:
+                by_kid[out] = by_kid.get(out, 0) + 1
+            else:
+                res.writes.append((out, key, value))
+                value = out
+        if proof is not None:
+            proof.add(key, value)
+            size += len(value) if isinstance(value, (str, bytes)) else 0 if value is None else 32
+    if proof is not None:
+        res.digest, res.bytes = proof.digest(), size
     return res
 
 
