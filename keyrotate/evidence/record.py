@@ -36,6 +36,7 @@ class Evidence:
         self.ctx = ctx
         self._trail: AuditTrail | None = None
         self.notifier = notifier(ctx)
+        self._unsent: list[Event] = []    # queued with `later`: sent once in the trail
 
     @property
     def trail(self) -> AuditTrail:
@@ -44,21 +45,24 @@ class Evidence:
         return self._trail
 
     def record(self, event: Event, with_statements: Sequence[Statement] = (),
-               best_effort: bool = False) -> list[Delivery]:
+               best_effort: bool = False, later: bool = False) -> list[Delivery]:
         """The trail first (with `with_statements`, in one transaction), then the sinks.
         `best_effort`: the command is failing already (perhaps the database is what
-        failed): a trail that cannot be written is logged, and the sinks still hear."""
+        failed): a trail that cannot be written is logged, and the sinks still hear.
+        `later`: the record waits for the trail's next append (AuditTrail.later says
+        which may), and the sinks hear of it after that."""
+        if later:
+            self.trail.later(event, with_statements)
+            self._unsent.append(event)
+            return []
         try:
             self.trail.append(event, with_statements)
         except KeyrotateError as e:
             if not best_effort:
                 raise
             log.warning("the audit trail could not record %s: %s", event.event, e)
-        deliveries = self.notifier.send(event)
-        for d in deliveries:
-            if not d.ok:
-                self._record_failed_delivery(event, d)
-        return deliveries
+        self._send_unsent()
+        return self._send(event)
 
     def _record_failed_delivery(self, event: Event, d: Delivery) -> None:
         try:
@@ -68,8 +72,29 @@ class Evidence:
         except KeyrotateError as e:
             log.warning("the audit trail could not record a failed delivery: %s", e)
 
+    def _send_unsent(self) -> None:
+        unsent, self._unsent = self._unsent, []
+        for event in unsent:
+            self._send(event)
+
+    def _send(self, event: Event) -> list[Delivery]:
+        deliveries = self.notifier.send(event)
+        for d in deliveries:
+            if not d.ok:
+                self._record_failed_delivery(event, d)
+        return deliveries
+
     def close(self) -> None:
-        self.notifier.close()
+        """Whatever still waits goes to the trail (best effort: a command that is ending
+        on an error keeps its error), then to the sinks."""
+        try:
+            if self._trail is not None:
+                self._trail.flush()
+            self._send_unsent()
+        except KeyrotateError as e:
+            log.warning("the audit trail could not record what was left: %s", e)
+        finally:
+            self.notifier.close()
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import Any
 
 from keyrotate.config.context import Context
 from keyrotate.db.base import Statement
+from keyrotate.db.own_schema import own_table
 from keyrotate.evidence.event import Event
 from keyrotate.evidence.record import audit_trail
 from keyrotate.timeutil import now_iso, parse_utc
@@ -52,8 +53,10 @@ def intend(ctx: Context, worker: str, changes: list[SecretChange]) -> str:
 
 
 def confirm(ctx: Context, worker: str, intent: str, state: str, version_id: str | None = None) -> None:
-    """The push recorded as `intent` took effect (done) or was refused (failed)."""
-    audit_trail(ctx).append(Event(
+    """The push recorded as `intent` took effect (done) or was refused (failed). Recorded
+    with the trail's next append: lost in a crash, the push counts as unconfirmed, which
+    the rollback guard treats as a change."""
+    audit_trail(ctx).later(Event(
         SECRETS_EVENT, ctx.env.name, f"secret change on {worker} {state}"
         + (f" (version {version_id})" if version_id else ""),
         detail={"worker": worker, "state": state, "intent": intent, "version_id": version_id}))
@@ -116,9 +119,9 @@ def _import_legacy(ctx: Context) -> None:
     if once:
         return
     once["checked"] = True
-    exists = ctx.db.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                          ("keyrotate_events",))
-    if not exists:
+    known = own_table(ctx.db, "keyrotate_events")   # checked with the schema: no request
+    if known == "absent" or (known is None and not ctx.db.query(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", ("keyrotate_events",))):
         return
     rows = ctx.db.query("SELECT worker, kind, secret, secret_kind, fingerprint, at, state, "
                         "version_id FROM keyrotate_events WHERE environment = ? ORDER BY at, id",
@@ -140,4 +143,7 @@ def _import_legacy(ctx: Context) -> None:
             trail.append(Event(f"worker.{kind}", ctx.env.name, f"(imported) {kind} of {worker}",
                                at=str(at), detail={"worker": worker, "version_id": version,
                                                    "imported": True}))
-    ctx.db.apply([], None, [Statement("DROP TABLE keyrotate_events")])
+    trail.later(None, [Statement("DROP TABLE keyrotate_events")])   # with the next append
+    if not rows:
+        return
+    trail.flush()

@@ -100,17 +100,21 @@ class Recorder:
         return f"{rot.secret} rotation {rot.rotation_id} on {rot.environment}"
 
     def started(self, rot: Rotation) -> None:
+        """Saved with the next record, as a step is: a rotation killed before it changed
+        anything but the store's pending slot is started again, with that same value."""
         how = f"{rot.plan}{', compromise response' if rot.compromised else ''}"
         self.evidence.record(self._event(rot, "rotation.started", f"{self._what(rot)} started ({how}).",
                                          plan=rot.plan, compromised=rot.compromised,
                                          took_over=rot.detail.get("took_over")),
-                             [self._save(rot)])
+                             [self._save(rot)], later=True)
 
     def step_done(self, rot: Rotation, step: str) -> None:
+        """Saved with the next record (a push's intent, a restore point, the end): every
+        step is idempotent, so one lost in a crash only runs again."""
         rot.steps_done.append(step)
         self.evidence.record(self._event(rot, "rotation.step", f"{self._what(rot)}: step {step} done.",
                                          step, **_step_detail(rot, step)),
-                             [self._save(rot)])
+                             [self._save(rot)], later=True)
 
     def saved(self, rot: Rotation, event: Event) -> None:
         """Save the rotation's state together with an event about it."""

@@ -21,6 +21,7 @@ from keyrotate.dataplane.codec_refs import codec_from_refs
 from keyrotate.dataplane.objects.driver import ObjectsOptions
 from keyrotate.dataplane.outcome import Outcome
 from keyrotate.dataplane.reencrypt import ReencryptOptions, reencrypt
+from keyrotate.dataplane.proof import PassProof, recheck
 from keyrotate.dataplane.verify import verify
 from keyrotate.db.base import Target
 from keyrotate.rotation.objects import objects_census, objects_rewrap
@@ -71,17 +72,30 @@ class RowsTarget:
         return self.ctx.target(self.spec.name, self.spec.key_column)
 
     def rewrap(self, mode: str, only: Sequence[str] | None = None) -> Outcome:
-        # no census here: the census a rotation's verify step takes next is the proof
+        """No census here: the census a rotation's verify step takes next is the proof.
+        What the pass proves is kept for it, so that census reads the pages back and
+        opens only what changed since (dataplane.proof)."""
         result = reencrypt(self.ctx.db, self.resolved(), self.codec(mode, writing=True),
                            ReencryptOptions(fmt=self.spec.format, mode=mode, census=False))
+        if result.proof is not None:
+            _passes(self.ctx)[self.name] = result.proof
         return result.outcome()
 
     def census(self) -> Outcome:
+        """A census now; after this command's rewrap, with what that pass proves."""
+        proof = _passes(self.ctx).get(self.name)
+        if proof is not None:
+            return recheck(self.ctx.db, self.resolved(), self.codec(), proof).outcome()
         return verify(self.ctx.db, self.resolved(), self.codec()).outcome()
 
     def key_ids(self) -> list[str]:
         codec = self.codec()
         return [codec.new_kid, *codec.old_kids]
+
+
+def _passes(ctx: Context) -> dict[str, PassProof]:
+    """Per column, what its last rewrap in this command proves."""
+    return ctx.shared("row-passes", dict)
 
 
 @dataclass
