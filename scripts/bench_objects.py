@@ -1,10 +1,11 @@
 """Durable Object rewrap speed against local workerd (wrangler dev): objects per second
 (the whole `objects rewrap` command: the pass and the census that proves it), Worker
 requests per 1,000 objects and keyrotate's peak RSS, at each size, for a few
---concurrency values. The Worker is the test suite's (examples/durable-objects plus
-hooks); tokens are sealed by its own WebCrypto code.
+--concurrency values, --repeats times each (every run rotates to a fresh key, so it
+rewraps every object; medians are reported). The Worker is the test suite's
+(examples/durable-objects plus hooks); tokens are sealed by its own WebCrypto code.
 
-    .venv/bin/python scripts/bench_objects.py --objects 2000,10000 --concurrency 4,8
+    .venv/bin/python scripts/bench_objects.py --objects 2000 --concurrency 4 --repeats 3
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import json
 import os
 import secrets
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,8 +46,8 @@ def _run(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[dict, float]:
     return json.loads(out.decode().strip().splitlines()[-1]), peak / 1e6
 
 
-def one(n: int, concurrencies: list[int]) -> list[dict]:
-    out = []
+def one(n: int, concurrencies: list[int], repeats: int = 1) -> list[dict]:
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
         app = ObjectsApp(Path(tmp), n)
         try:
@@ -58,8 +60,9 @@ def one(n: int, concurrencies: list[int]) -> list[dict]:
                             "staging"], env=env, cwd=tmp, check=True, capture_output=True)
             app.store.write_pending("MASTER_KEY", NEW_HEX)
             app.start(MASTER_KEY=NEW_HEX, MASTER_KEY_PREVIOUS=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN)
-            chain = [NEW_HEX] + [secrets.token_hex(32) for _ in concurrencies]
-            for i, c in enumerate(concurrencies):
+            order = [c for _ in range(repeats) for c in concurrencies]
+            chain = [NEW_HEX] + [secrets.token_hex(32) for _ in order]
+            for i, c in enumerate(order):
                 if i:  # each run rotates to a fresh key, so it rewraps every object
                     _swap(app, chain[i - 1], chain[i])
                 result, peak = _run([sys.executable, "-m", "keyrotate.cli", "objects", "rewrap",
@@ -68,15 +71,25 @@ def one(n: int, concurrencies: list[int]) -> list[dict]:
                 assert result["objects_rewrapped"] == n, result
                 assert result["status"] == "completed" and result["census"]["current"] == n, result
                 time.sleep(IDLE)
-                out.append({"objects": n, "concurrency": c, "seconds": result["seconds"],
-                            "objects_per_second": round(n / result["seconds"]),
-                            "requests": result["requests"],
-                            "requests_per_1000": round(result["requests"] * 1000 / n, 1),
-                            "peak_rss_mb": round(peak, 1), "seed_seconds": round(seeded, 1)})
-                print(json.dumps(out[-1]), file=sys.stderr)
+                runs.append({"objects": n, "concurrency": c, "seconds": result["seconds"],
+                             "objects_per_second": round(n / result["seconds"]),
+                             "requests": result["requests"],
+                             "requests_per_1000": round(result["requests"] * 1000 / n, 1),
+                             "peak_rss_mb": round(peak, 1), "seed_seconds": round(seeded, 1)})
+                print(json.dumps(runs[-1]), file=sys.stderr)
         finally:
             app.close()
-    return out
+    return [_median(n, c, [r for r in runs if r["concurrency"] == c]) for c in concurrencies]
+
+
+def _median(n: int, c: int, runs: list[dict]) -> dict:
+    seconds = statistics.median(r["seconds"] for r in runs)
+    requests = statistics.median(r["requests"] for r in runs)
+    return {"objects": n, "concurrency": c, "runs": len(runs), "median_seconds": seconds,
+            "objects_per_second": round(n / seconds),
+            "objects_per_second_runs": [r["objects_per_second"] for r in runs],
+            "requests": requests, "requests_per_1000": round(requests * 1000 / n, 1),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
 
 
 # Local workerd keeps each live Durable Object's SQLite files open (3 descriptors) and
@@ -115,9 +128,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--objects", default="2000,10000")
     ap.add_argument("--concurrency", default="4,8")
+    ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
     results = [r for n in args.objects.split(",")
-               for r in one(int(n), [int(c) for c in args.concurrency.split(",")])]
+               for r in one(int(n), [int(c) for c in args.concurrency.split(",")], args.repeats)]
     print(json.dumps(results, indent=2))
 
 
