@@ -3,6 +3,10 @@ database, a .env store, a Cloudflare API stand-in and local health endpoints."""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 import pytest
 
 from keyrotate.demo.build import build_reference_db
@@ -12,23 +16,37 @@ from tests.support.health_server import HealthServer
 from tests.support.helpers import OLD_SECRET, ROOT
 
 WRANGLER = ROOT / "node_modules" / ".bin" / "wrangler"
+FAKE_WRANGLER = [sys.executable, str(ROOT / "tests" / "support" / "fake_wrangler.py")]
 WORKERS = ["api", "oauth", "webhook"]
 JWT = "jwt-secret-value-for-tests-0123456789"
 GOOGLE = "google-client-secret-for-tests"
+
+
+def write_worker(folder: Path, worker: str) -> Path:
+    """One Worker's folder as `wrangler deploy --env staging` reads it."""
+    folder.mkdir(parents=True)
+    (folder / "index.js").write_text("export default { fetch() { return new Response('ok') } }\n")
+    (folder / "wrangler.toml").write_text(f'name = "tminus-{worker}"\nmain = "index.js"\n'
+                                          f'compatibility_date = "2024-12-01"\n'
+                                          f'[env.staging]\nname = "tminus-{worker}-staging"\n')
+    return folder
+
+
+def api_env(cf: CloudflareStandIn, logs: Path) -> dict[str, str]:
+    """What wrangler (real or fake) needs to talk to the stand-in, non-interactively."""
+    return {"CLOUDFLARE_API_BASE_URL": cf.base_url, "CLOUDFLARE_API_TOKEN": "test-token",
+            "CLOUDFLARE_ACCOUNT_ID": "acct", "WRANGLER_SEND_METRICS": "false",
+            "WRANGLER_LOG_PATH": str(logs), "CI": "true"}
 
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     if not WRANGLER.exists():
         pytest.fail("wrangler is not installed: run `npm ci` (setup-dev.sh)")
+    wrangler = json.dumps([str(WRANGLER)])
     cf, health = CloudflareStandIn(), HealthServer()
     for w in WORKERS:
-        d = tmp_path / "workers" / w
-        d.mkdir(parents=True)
-        (d / "index.js").write_text("export default { fetch() { return new Response('ok') } }\n")
-        (d / "wrangler.toml").write_text(f'name = "tminus-{w}"\nmain = "index.js"\n'
-                                         f'compatibility_date = "2024-12-01"\n'
-                                         f'[env.staging]\nname = "tminus-{w}-staging"\n')
+        write_worker(tmp_path / "workers" / w, w)
     build_reference_db(str(tmp_path / "staging.db"), 50, OLD_SECRET)
     cf.d1["staging"] = str(tmp_path / "staging.db")  # the same file, as d1://acct/staging
     store = DotenvStore(str(tmp_path / ".env.staging"))
@@ -40,7 +58,7 @@ def project(tmp_path, monkeypatch):
 name = "tminus"
 worker_name = "tminus-{{worker}}-{{env}}"
 deploy_order = ["api", "oauth", "webhook"]
-wrangler = ["{WRANGLER}"]
+wrangler = {wrangler}
 
 [environments.staging]
 database = "file:staging.db"
@@ -65,9 +83,7 @@ table = "accounts"
 column = "encrypted_tokens"
 ''')
     monkeypatch.chdir(tmp_path)
-    for k, v in {"CLOUDFLARE_API_BASE_URL": cf.base_url, "CLOUDFLARE_API_TOKEN": "test-token",
-                 "CLOUDFLARE_ACCOUNT_ID": "acct", "WRANGLER_SEND_METRICS": "false",
-                 "WRANGLER_LOG_PATH": str(tmp_path / "wrangler-logs"), "CI": "true"}.items():
+    for k, v in api_env(cf, tmp_path / "wrangler-logs").items():
         monkeypatch.setenv(k, v)
     yield tmp_path, cf, health, store
     cf.stop()
