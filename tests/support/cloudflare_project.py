@@ -1,5 +1,19 @@
 """The control-plane test project: three Workers with real wrangler configs, a reference
-database, a .env store, a Cloudflare API stand-in and local health endpoints."""
+database, a .env store, a Cloudflare API stand-in and local health endpoints.
+
+Which wrangler the project's manifest runs:
+- by default the fake (tests/support/fake_wrangler.py, under this Python): the same
+  command lines, the same Cloudflare API requests and the output keyrotate reads, in a
+  fraction of real wrangler's start-up time (seconds per command on a small machine).
+  tests/test_wrangler_contract.py proves it against the real wrangler, command by command;
+  a test that fails only with the fake means the fake is wrong: fix it there, and add the
+  fact to the contract.
+- the real wrangler 4.86 (node_modules/.bin/wrangler) for a test marked
+  `@pytest.mark.real_wrangler`: where wrangler's own behaviour is the point (the hazards
+  of plain `wrangler versions secret put` and `rollback`, its debug logs staying free of
+  secrets, its node process tree dying with keyrotate). `wrangler dev` (workerd) and
+  `wrangler d1 ... --local` tests run the real one directly, outside this fixture.
+"""
 
 from __future__ import annotations
 
@@ -40,10 +54,11 @@ def api_env(cf: CloudflareStandIn, logs: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def project(tmp_path, monkeypatch):
-    if not WRANGLER.exists():
+def project(tmp_path, monkeypatch, request):
+    real = request.node.get_closest_marker("real_wrangler") is not None
+    if real and not WRANGLER.exists():
         pytest.fail("wrangler is not installed: run `npm ci` (setup-dev.sh)")
-    wrangler = json.dumps([str(WRANGLER)])
+    wrangler = json.dumps([str(WRANGLER)] if real else FAKE_WRANGLER)
     cf, health = CloudflareStandIn(), HealthServer()
     for w in WORKERS:
         write_worker(tmp_path / "workers" / w, w)
