@@ -5,7 +5,7 @@ Which wrangler the project's manifest runs:
 - by default the fake (tests/support/fake_wrangler.py, under this Python): the same
   command lines, the same Cloudflare API requests and the output keyrotate reads, in a
   fraction of real wrangler's start-up time (seconds per command on a small machine).
-  tests/test_wrangler_contract.py proves it against the real wrangler, command by command;
+  tests/cloudflare/test_wrangler_contract.py proves it against the real wrangler, command by command;
   a test that fails only with the fake means the fake is wrong: fix it there, and add the
   fact to the contract.
 - the real wrangler 4.86 (node_modules/.bin/wrangler) for a test marked

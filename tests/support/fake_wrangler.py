@@ -9,7 +9,7 @@ CLOUDFLARE_API_BASE_URL (in the tests, the stand-in in tests/support/cf_api.py).
 
 The facts it follows were read off the real wrangler 4.86 (node_modules/wrangler,
 wrangler-dist/cli.js) and its requests as the stand-in logs them. Those not marked (†)
-are checked by tests/test_wrangler_contract.py, which runs this program and the real
+are checked by tests/cloudflare/test_wrangler_contract.py, which runs this program and the real
 wrangler against two stand-ins in the same state and compares the requests (method, path,
 query, JSON and multipart fields), the resulting state and what keyrotate parses of the
 output, failures and retries included. (†) marks what was read in wrangler's source but

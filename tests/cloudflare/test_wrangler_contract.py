@@ -27,10 +27,9 @@ from typing import Any, Callable
 
 import pytest
 
-import keyrotate.controlplane.wrangler as wrangler_module
-from keyrotate.controlplane.wrangler import Wrangler
+import keyrotate.cloudflare.wrangler as wrangler_module
+from keyrotate.cloudflare.wrangler import Wrangler
 from keyrotate.errors import DeployError
-
 from tests.support.cf_api import CloudflareStandIn
 from tests.support.cf_workers import _err
 from tests.support.cloudflare_project import FAKE_WRANGLER, WRANGLER, api_env, write_worker
