@@ -178,3 +178,31 @@ def test_readme_installs_as_a_user_and_the_license_is_the_one_pyproject_names():
     res = run_cli("--version")
     assert res.exit_code == 0 and res.output.strip() == f"keyrotate, version {project['version']}"
     assert __version__ == project["version"]
+
+
+def _section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"## {title}\n")
+    return text[start:text.index("\n## ", start + 3)]
+
+
+def test_use_it_on_your_app_names_what_exists():
+    """The walk-through names files, functions and manifest keys that are really there."""
+    from keyrotate.config.template import TEMPLATE
+
+    section = _section("Use it on your app")
+    for path in re.findall(r"`(examples/[\w./-]+)`", section):
+        assert (ROOT / path).exists(), path
+    route = (ROOT / "examples/durable-objects/keyrotate-objects.js").read_text()
+    envelope = (ROOT / "examples/worker/envelope.js").read_text()
+    for name in ("keyrotateRoute", "accountKeyrotate"):
+        assert f"export async function {name}(" in route, name
+    for name in ("loadKeys", "openEnvelope", "sealEnvelope"):
+        assert f"export async function {name}(" in envelope, name
+    assert "keyrotateRoute(request, env, env.ACCOUNT)" in (
+        ROOT / "examples/durable-objects/index.js").read_text()
+    for key in ("worker_name", "workers_dir", "deploy_order", "wrangler", "migrations_dir",
+                "database", "secrets", "health", "objects", "workers", "format", "previous",
+                "table", "column", "object", "ids", "ledger", "token"):
+        assert re.search(rf"`{key}[` ]", section) and re.search(rf"^{key} = ", TEMPLATE, re.M), key
+    assert "reads no `MASTER_KEY_PREVIOUS`" in section   # /work/notes/tminus.md, section 1f
