@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from tests.support.helpers import ROOT
+from tests.support.helpers import ROOT, cli_commands
 
 
 def test_ci_runs_exactly_the_readme_test_command():
@@ -97,26 +97,11 @@ def _options(command) -> dict[str, set[str]]:
     return names
 
 
-def _leaves():
-    import click
-
-    from keyrotate.cli import main
-
-    def walk(cmd, path):
-        if isinstance(cmd, click.Group):
-            for name, sub in cmd.commands.items():
-                yield from walk(sub, [*path, name])
-        else:
-            yield " ".join(path), cmd
-
-    return dict(walk(main, []))
-
-
 def test_every_readme_synopsis_matches_the_cli():
     readme = " ".join((ROOT / "README.md").read_text().split())
     for statement in _STATEMENTS:
         assert statement in readme, f"README.md should state once: {statement}"
-    leaves = _leaves()
+    leaves = cli_commands()
     synopses: dict[str, int] = {}
     problems = []
     for line in _readme_command_lines():

@@ -9,7 +9,7 @@ import pytest
 
 from keyrotate.cli import main
 from keyrotate.secrets.refs import resolve
-from tests.support.helpers import file_mode, last_json, run_cli
+from tests.support.helpers import cli_commands, file_mode, last_json, run_cli
 
 
 def test_keygen_prints_openssl_style_base64_and_hex():
@@ -178,15 +178,6 @@ def test_verbose_and_quiet_work_before_and_after_the_command(ref_db, keys_env, t
 
 
 def test_every_command_takes_verbose_and_quiet_after_it():
-    import click
-
-    def leaves(cmd, path):
-        if isinstance(cmd, click.Group):
-            for name, sub in cmd.commands.items():
-                yield from leaves(sub, [*path, name])
-        else:
-            yield path, cmd
-
-    for path, cmd in leaves(main, []):
+    for path, cmd in cli_commands().items():
         opts = {o for p in cmd.params for o in getattr(p, "opts", [])}
-        assert {"-v", "--verbose", "-q", "--quiet"} <= opts, " ".join(path)
+        assert {"-v", "--verbose", "-q", "--quiet"} <= opts, path
