@@ -26,6 +26,7 @@ from keyrotate.config.manifest import (
     parse_duration,
 )
 from keyrotate.crypto.codecs import FORMATS
+from keyrotate.crypto.keys import new_key_size_problem
 from keyrotate.db.urls import DB_URL_HELP, is_database_url, refuse_credentials
 from keyrotate.errors import ConfigError
 from keyrotate.secrets.formats import ValueFormat
@@ -183,6 +184,11 @@ class ManifestReader:
         if fmt is not None and generate is not None and fmt.can_generate and str(fmt) != generate:
             raise ConfigError(f"{w}: generate = {generate!r} makes values that do not fit "
                               f"format = {str(fmt)!r}")
+        if generate is not None and kind != "external":
+            problem = new_key_size_problem(int(str(generate).partition(":")[2]))
+            if problem:
+                raise ConfigError(f"{w}: {'generate' if 'generate' in spec else 'format'} = "
+                                  f"{generate!r}: {problem}")
         ttl = spec.get("max_token_ttl")
         return SecretSpec(
             name=name, kind=kind, workers=workers, generate=generate,

@@ -16,7 +16,8 @@ MANIFEST = "keyrotate.toml"
 KINDS = ("master-key", "jwt-hs256", "external", "internal", "generic")
 # what notification sinks can be told about (keyrotate.evidence.event defines them)
 NOTIFY_EVENTS = ("rotation.started", "rotation.step", "rotation.paused", "rotation.failed",
-                 "rotation.finished", "secret.overdue", "incident.report", "notify.test")
+                 "rotation.finished", "secret.overdue", "secret.unchecked", "incident.report",
+                 "notify.test")
 NOTIFY_FORMATS = ("json", "slack")
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

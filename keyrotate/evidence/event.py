@@ -19,7 +19,8 @@ from keyrotate.timeutil import now_iso
 
 # what sinks are told about (per sink, `events` may narrow it)
 NOTIFY_EVENTS = ("rotation.started", "rotation.step", "rotation.paused", "rotation.failed",
-                 "rotation.finished", "secret.overdue", "incident.report", "notify.test")
+                 "rotation.finished", "secret.overdue", "secret.unchecked", "incident.report",
+                 "notify.test")
 # what only the audit trail records
 AUDIT_EVENTS = ("rotation.aborted", "rotation.superseded", "time-travel.bookmark",
                 "notify.failed", "worker.secrets", "worker.deploy", "worker.rollback",
