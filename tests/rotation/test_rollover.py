@@ -366,20 +366,20 @@ def wait_stopped(proc, log_dir):
         time.sleep(0.02)
 
 
-def lease_holder(root):
+def query(root, sql):
     conn = sqlite3.connect(root / "staging.db")
     try:
-        return conn.execute("SELECT pid FROM keyrotate_leases WHERE target = 'rollover:staging'").fetchall()
+        return conn.execute(sql).fetchall()
     finally:
         conn.close()
+
+
+def lease_holder(root):
+    return query(root, "SELECT pid FROM keyrotate_leases WHERE target = 'rollover:staging'")
 
 
 def rotations(root):
-    conn = sqlite3.connect(root / "staging.db")
-    try:
-        return conn.execute("SELECT rotation_id, state, steps_done FROM keyrotate_rotations").fetchall()
-    finally:
-        conn.close()
+    return query(root, "SELECT rotation_id, state, steps_done FROM keyrotate_rotations")
 
 
 def test_two_concurrent_rollover_runs_one_refuses(project, clock):
@@ -530,3 +530,28 @@ def test_a_90_day_cycle_as_the_readme_shows_it(project, clock):
     assert run_cli("audit", "verify", "--env", "staging").exit_code == 0
     readme = (ROOT / "README.md").read_text()
     assert table in readme, "README.md's cycle table differs from this run's:\n" + table
+
+
+def test_the_lease_lives_on_while_a_long_step_runs_and_is_released_after(project):
+    """A reencrypt of millions of rows outlasts the lease's 2 minutes: the heartbeat renews
+    it meanwhile, with no call from the step."""
+    from keyrotate.config.context import Context
+    from keyrotate.rotation.held_lease import HeldLease
+
+    root = project[0]
+
+    def expiry():
+        return query(root, "SELECT expires_at FROM keyrotate_leases WHERE target = 'rollover:staging'")
+
+    ctx = Context.load("staging")
+    try:
+        with HeldLease(ctx, "rollover:staging", renew_every=0.01):
+            first = expiry()
+            assert len(first) == 1
+            deadline = time.monotonic() + 60
+            while expiry() == first:                  # renewed, observed
+                assert time.monotonic() < deadline, "the lease was never renewed"
+                time.sleep(0.01)
+        assert expiry() == []
+    finally:
+        ctx.close()
