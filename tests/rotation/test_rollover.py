@@ -555,3 +555,21 @@ def test_the_lease_lives_on_while_a_long_step_runs_and_is_released_after(project
         assert expiry() == []
     finally:
         ctx.close()
+
+
+def test_a_run_that_only_looks_costs_a_few_d1_requests(project, clock):
+    """A schedule may run rollover every hour against D1 (1,200 API requests per 5 minutes
+    for everything): a run with nothing to do reads the policy's inputs and the lease, no
+    more (7 requests here: two to check keyrotate's schema, four for the lease, one for the
+    open rotation)."""
+    root, cf, _, _ = project
+    edit_manifest(root, 'database = "file:staging.db"', 'database = "d1://acct/staging"')
+    with_overlap(root, extra=MASTER_POLICY)
+    clock.at(utc("2027-02-01 10:00"))
+    assert rollover()[0].exit_code == 0           # the first run makes keyrotate's tables
+    for at, outcome in (("2027-02-01 11:00", "ok"), ("2027-04-03 11:00", "waiting")):
+        clock.at(utc(at))
+        before = cf.d1_requests
+        res, out = rollover()
+        assert res.exit_code == 0 and entry(out, "MASTER_KEY")["outcome"] == outcome
+        assert cf.d1_requests - before <= 8, (at, cf.d1_requests - before)
