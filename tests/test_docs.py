@@ -14,22 +14,35 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert "pytest" in ci
 
 
-def test_the_schedules_call_keyrotate_with_options_it_has():
+def _schedule_calls(command):
+    """(file, argv) of every `keyrotate COMMAND ...` in scripts/schedules/, each parsed by
+    the command itself: an option it does not have raises. Every file must have one."""
     import re
 
     import click
 
     from keyrotate.cli import main
 
+    found = []
     for path in sorted((ROOT / "scripts" / "schedules").iterdir()):
-        calls = re.findall(r"keyrotate (?:-q )?(status [^\n>]*)", path.read_text())
+        calls = re.findall(rf"keyrotate (?:-q )?({command} [^\n>]*)", path.read_text())
         assert calls, path.name
         for call in calls:
             args = call.split()
-            command = main.commands[args[0]]
-            with click.Context(command) as ctx:
-                command.parse_args(ctx, args[1:])   # raises on an option it does not have
-            assert "--notify" in args and "--metrics-file" in args, path.name
+            with click.Context(main.commands[command]) as ctx:
+                main.commands[command].parse_args(ctx, args[1:])
+            found.append((path.name, args))
+    return found
+
+
+def test_the_schedules_call_keyrotate_with_options_it_has():
+    for name, args in _schedule_calls("status"):
+        assert "--notify" in args and "--metrics-file" in args, name
+
+
+def test_the_schedules_run_rollover_with_options_it_has():
+    for name, args in _schedule_calls("rollover"):
+        assert "--env" in args and "--dry-run" not in args, name
 
 
 # ---- README synopses against click's own command tree --------------------------------

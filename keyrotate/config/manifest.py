@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from keyrotate.config.window import Window
 from keyrotate.errors import ConfigError
 from keyrotate.secrets.formats import ValueFormat
 
@@ -41,6 +42,10 @@ class SecretSpec:
     max_token_ttl: int | None = None  # seconds (jwt-hs256)
     format: ValueFormat | None = None  # what every value must look like
     canary: tuple[int, ...] | None = None  # traffic steps (%) for new values, e.g. (10, 50, 100)
+    max_age: int | None = None        # seconds: the cryptoperiod (status and keys report past it)
+    auto: bool = False                # `rollover` rotates it unattended (else: reports it due)
+    finish_after: int | None = None   # seconds the overlap stays open before rollover finishes it
+    window: Window | None = None      # when rollover may start a step (None: at any time)
 
 
 @dataclass(frozen=True)

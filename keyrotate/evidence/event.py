@@ -24,7 +24,7 @@ NOTIFY_EVENTS = ("rotation.started", "rotation.step", "rotation.paused", "rotati
 # what only the audit trail records
 AUDIT_EVENTS = ("rotation.aborted", "rotation.superseded", "time-travel.bookmark",
                 "notify.failed", "worker.secrets", "worker.deploy", "worker.rollback",
-                "worker.canary")
+                "worker.canary", "rollover.run")
 BODY_VERSION = 1
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://\S+")
 

@@ -11,7 +11,7 @@ each such secret."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import timezone
 from typing import Any
 
 from keyrotate.config.context import Context
@@ -21,6 +21,7 @@ from keyrotate.evidence.event import Event
 from keyrotate.rotation.state import Recorder
 from keyrotate.rotation.targets import KeyRefs, SecretTargets
 from keyrotate.secrets.base import SecretStore, fingerprint
+from keyrotate.timeutil import now as clock_now
 
 
 @dataclass
@@ -150,7 +151,7 @@ def status(ctx: Context, due_seconds: int | None, notify: bool = False) -> Statu
     recorder = Recorder(ctx)
     in_progress = {r["secret"]: r for r in recorder.open_rotations()}
     last = recorder.last_finished()
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    now = clock_now().astimezone(timezone.utc).replace(microsecond=0)
     out = []
     for name, spec in ctx.manifest.secrets.items():
         entry = SecretStatus(name, spec.kind, None, None, False, in_progress.get(name),
