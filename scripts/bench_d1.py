@@ -1,7 +1,7 @@
 """D1 API requests for keyrotate's commands over d1://, against the test suite's
-Cloudflare API stand-in (real SQLite behind D1's REST rules; real wrangler for the
-pushes; no network here). Requests are counted where the API answers them, so nothing
-keyrotate does is left out.
+Cloudflare API stand-in (real SQLite behind D1's REST rules; the test suite's wrangler
+for the pushes, or with --real-wrangler wrangler 4.86 itself; no network here). Requests
+are counted where the API answers them, so nothing keyrotate does is left out.
 
     .venv/bin/python scripts/bench_d1.py --rows 50,10000,50000
 
@@ -30,9 +30,15 @@ sys.path.insert(0, str(ROOT))
 
 from keyrotate.demo.build import token_payload  # noqa: E402
 from keyrotate.secrets.keygen import generate  # noqa: E402
-from tests.support.cloudflare_project import build_project, edit_manifest, with_overlap  # noqa: E402
+from tests.support.cloudflare_project import (  # noqa: E402
+    api_env,
+    build_project,
+    edit_manifest,
+    with_overlap,
+)
 from tests.support.helpers import OLD_SECRET, last_json, run_cli  # noqa: E402
 
+REAL_WRANGLER = False   # --real-wrangler: pushes through wrangler 4.86 (no D1 request differs)
 WRITES = (b'"sql": "INSERT', b'"sql": "UPDATE', b'"sql": "DELETE', b'"sql": "CREATE',
           b'"sql": "DROP', b'"sql": "ALTER')
 
@@ -46,10 +52,11 @@ class Project:
         payload = token_payload
         if value_bytes:   # the envelope adds about a third (base64) and 100 bytes of fields
             payload = lambda i: token_payload(i).ljust(int(value_bytes * 0.75) - 80, b" ")  # noqa: E731
-        self.cf, self.health, self.store, env = build_project(self.root, rows, payload)
+        self.cf, self.health, self.store = build_project(self.root, rows, payload, REAL_WRANGLER)
         edit_manifest(self.root, 'database = "file:staging.db"', 'database = "d1://acct/staging"')
         with_overlap(self.root)
-        os.environ.update(env, KR_OLD=OLD_SECRET, KR_NEW=generate("hex"))
+        os.environ.update(api_env(self.cf, self.root / "wrangler-logs"), KR_OLD=OLD_SECRET,
+                          KR_NEW=generate("hex"))
         os.chdir(self.root)
 
     def run(self, *args: str) -> dict:
@@ -119,7 +126,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default="50,10000,50000")
     ap.add_argument("--tokens-kb", type=int, default=3, help="0: skip the heavy-value run")
+    ap.add_argument("--real-wrangler", action="store_true",
+                    help="push with the real wrangler instead of the test suite's fake")
     args = ap.parse_args()
+    global REAL_WRANGLER
+    REAL_WRANGLER = args.real_wrangler
     with tempfile.TemporaryDirectory() as tmp:
         print(json.dumps([one(int(n), Path(tmp), args.tokens_kb) for n in args.rows.split(",")],
                          indent=2))

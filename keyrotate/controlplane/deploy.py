@@ -7,11 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from keyrotate.cloudflare.wrangler import wrangler_for
+from keyrotate.cloudflare.wrangler import WRANGLER_CONFIGS, wrangler_config, wrangler_for
 from keyrotate.config.context import Context
 from keyrotate.controlplane.health import Health, validate
 from keyrotate.controlplane.rollback import crossing, roll_back_worker
-from keyrotate.errors import EXIT_FAILURES
+from keyrotate.errors import EXIT_FAILURES, ConfigError
 from keyrotate.evidence.worker_log import record_version
 from keyrotate.progress import Say
 
@@ -64,6 +64,7 @@ class DeployResult:
 
 def deploy(ctx: Context, only: str | None, dry_run: bool, say: Say) -> DeployResult:
     order = [ctx.manifest.worker(only)] if only else list(ctx.manifest.deploy_order)
+    check_worker_folders(ctx, order)
     if dry_run:
         return DeployResult(ctx.env.name, True, [
             DeployStep(w, ctx.worker_name(w), str(ctx.manifest.worker_dir(w)), ctx.env.health.get(w))
@@ -83,6 +84,22 @@ def deploy(ctx: Context, only: str | None, dry_run: bool, say: Say) -> DeployRes
                                 health=health.workers, failed_at=w, rolled_back=rolled)
     return DeployResult(ctx.env.name, False, deployed=[w for w, _ in done],
                         health=validate(ctx).workers)
+
+
+def check_worker_folders(ctx: Context, workers: list[str]) -> None:
+    """Every Worker to deploy has its folder and a wrangler configuration, checked for all
+    of them before the first deploy (and in the dry run): exit 2 naming each one missing,
+    never a deploy that stops halfway at the first."""
+    missing = []
+    for w in workers:
+        folder = ctx.manifest.worker_dir(w)
+        if not folder.is_dir():
+            missing.append(f"{w}: no folder {folder}")
+        elif wrangler_config(folder) is None:
+            missing.append(f"{w}: no {' / '.join(WRANGLER_CONFIGS)} in {folder}")
+    if missing:
+        raise ConfigError(f"cannot deploy: {'; '.join(missing)} (workers_dir = "
+                          f"{ctx.manifest.workers_dir!r} in {ctx.manifest.path})")
 
 
 def _roll_back_to(ctx: Context, targets: list[tuple[str, str | None]], say: Say) -> list[str]:

@@ -1,8 +1,24 @@
 """The control-plane test project: three Workers with real wrangler configs, a reference
-database, a .env store, a Cloudflare API stand-in and local health endpoints."""
+database, a .env store, a Cloudflare API stand-in and local health endpoints.
+
+Which wrangler the project's manifest runs:
+- by default the fake (tests/support/fake_wrangler.py, under this Python): the same
+  command lines, the same Cloudflare API requests and the output keyrotate reads, in a
+  fraction of real wrangler's start-up time (seconds per command on a small machine).
+  tests/cloudflare/test_wrangler_contract.py proves it against the real wrangler, command by command;
+  a test that fails only with the fake means the fake is wrong: fix it there, and add the
+  fact to the contract.
+- the real wrangler 4.86 (node_modules/.bin/wrangler) for a test marked
+  `@pytest.mark.real_wrangler`: where wrangler's own behaviour is the point (the hazards
+  of plain `wrangler versions secret put` and `rollback`, its debug logs staying free of
+  secrets, its node process tree dying with keyrotate). `wrangler dev` (workerd) and
+  `wrangler d1 ... --local` tests run the real one directly, outside this fixture.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -15,36 +31,51 @@ from tests.support.health_server import HealthServer
 from tests.support.helpers import OLD_SECRET, ROOT
 
 WRANGLER = ROOT / "node_modules" / ".bin" / "wrangler"
+FAKE_WRANGLER = [sys.executable, str(ROOT / "tests" / "support" / "fake_wrangler.py")]
 WORKERS = ["api", "oauth", "webhook"]
 JWT = "jwt-secret-value-for-tests-0123456789"
 GOOGLE = "google-client-secret-for-tests"
 
 
+def write_worker(folder: Path, worker: str) -> Path:
+    """One Worker's folder as `wrangler deploy --env staging` reads it."""
+    folder.mkdir(parents=True)
+    (folder / "index.js").write_text("export default { fetch() { return new Response('ok') } }\n")
+    (folder / "wrangler.toml").write_text(f'name = "tminus-{worker}"\nmain = "index.js"\n'
+                                          f'compatibility_date = "2024-12-01"\n'
+                                          f'[env.staging]\nname = "tminus-{worker}-staging"\n')
+    return folder
+
+
+def api_env(cf: CloudflareStandIn, logs: Path) -> dict[str, str]:
+    """What wrangler (real or fake) needs to talk to the stand-in, non-interactively."""
+    return {"CLOUDFLARE_API_BASE_URL": cf.base_url, "CLOUDFLARE_API_TOKEN": "test-token",
+            "CLOUDFLARE_ACCOUNT_ID": "acct", "WRANGLER_SEND_METRICS": "false",
+            "WRANGLER_LOG_PATH": str(logs), "CI": "true"}
+
+
 @pytest.fixture
-def project(tmp_path, monkeypatch):
-    if not WRANGLER.exists():
+def project(tmp_path, monkeypatch, request):
+    real = request.node.get_closest_marker("real_wrangler") is not None
+    if real and not WRANGLER.exists():
         pytest.fail("wrangler is not installed: run `npm ci` (setup-dev.sh)")
-    cf, health, store, env = build_project(tmp_path)
+    cf, health, store = build_project(tmp_path, real_wrangler=real)
     monkeypatch.chdir(tmp_path)
-    for k, v in env.items():
+    for k, v in api_env(cf, tmp_path / "wrangler-logs").items():
         monkeypatch.setenv(k, v)
     yield tmp_path, cf, health, store
     cf.stop()
     health.stop()
 
 
-def build_project(root: Path, rows: int = 50, payload: Callable[[int], bytes] = token_payload
-                  ) -> tuple[CloudflareStandIn, HealthServer, DotenvStore, dict[str, str]]:
-    """The project in `root` (also used by scripts/bench_d1.py): the services, and the
-    environment a command there needs (run it from `root`). Stop cf and health after."""
+def build_project(root: Path, rows: int = 50, payload: Callable[[int], bytes] = token_payload,
+                  real_wrangler: bool = False) -> tuple[CloudflareStandIn, HealthServer, DotenvStore]:
+    """The project in `root` (scripts/bench_d1.py builds it too): run commands from `root`
+    with api_env's variables; stop the stand-in and the health server after."""
+    wrangler = json.dumps([str(WRANGLER)] if real_wrangler else FAKE_WRANGLER)
     cf, health = CloudflareStandIn(), HealthServer()
     for w in WORKERS:
-        d = root / "workers" / w
-        d.mkdir(parents=True)
-        (d / "index.js").write_text("export default { fetch() { return new Response('ok') } }\n")
-        (d / "wrangler.toml").write_text(f'name = "tminus-{w}"\nmain = "index.js"\n'
-                                         f'compatibility_date = "2024-12-01"\n'
-                                         f'[env.staging]\nname = "tminus-{w}-staging"\n')
+        write_worker(root / "workers" / w, w)
     build_reference_db(str(root / "staging.db"), rows, OLD_SECRET, payload=payload)
     cf.d1["staging"] = str(root / "staging.db")  # the same file, as d1://acct/staging
     store = DotenvStore(str(root / ".env.staging"))
@@ -56,7 +87,7 @@ def build_project(root: Path, rows: int = 50, payload: Callable[[int], bytes] = 
 name = "tminus"
 worker_name = "tminus-{{worker}}-{{env}}"
 deploy_order = ["api", "oauth", "webhook"]
-wrangler = ["{WRANGLER}"]
+wrangler = {wrangler}
 
 [environments.staging]
 database = "file:staging.db"
@@ -80,10 +111,7 @@ secret = "MASTER_KEY"
 table = "accounts"
 column = "encrypted_tokens"
 ''')
-    env = {"CLOUDFLARE_API_BASE_URL": cf.base_url, "CLOUDFLARE_API_TOKEN": "test-token",
-           "CLOUDFLARE_ACCOUNT_ID": "acct", "WRANGLER_SEND_METRICS": "false",
-           "WRANGLER_LOG_PATH": str(root / "wrangler-logs"), "CI": "true"}
-    return cf, health, store, env
+    return cf, health, store
 
 
 def _active(cf, worker):
