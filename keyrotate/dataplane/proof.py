@@ -106,23 +106,63 @@ def census_read_bytes(store: RowStore, page_bytes: int) -> int:
     return page_bytes * 5 // 2 if getattr(store, "carries_reads", False) else page_bytes
 
 
-def census_reads(target: Target, proof: PassProof, batch_size: int, page_bytes: int,
-                 read_bytes: int, pages: list[PageProof] | None = None) -> list[list[Statement]]:
-    """The reads of the census that reads the pages back, one list per request: pages
-    whose values add up to about `read_bytes` each, the table's count first, and last the
-    rows after the pass's last page and the count again. `pages`: the pass's pages, when
-    planned before the last one is committed (its first reads then ride on that commit)."""
+@dataclass(frozen=True)
+class _Read:
+    """One read of the census: a page's range read back, the rows after the pass's last
+    page (`tail`: after, first), or (neither) the table's count."""
+
+    page: PageProof | None = None
+    tail: tuple[Value, bool] | None = None
+
+
+def _plan(proof: PassProof, read_bytes: int, pages: list[PageProof] | None = None
+          ) -> list[list[_Read]]:
+    """The census's reads, one list per request: pages whose values add up to about
+    `read_bytes` each, the table's count first, and last the rows after the pass's last
+    page and the count again."""
     pages = proof.pages if pages is None else pages
     groups = list(_groups(pages, read_bytes)) or [[]]
-    tail_after, tail_first = _tail(proof, pages)
-    out = []
-    for n, group in enumerate(groups):
-        reads = [range_statement(target, p.after, p.first, p.last, p.rows + 1, p.bytes + 1)
-                 for p in group]
-        end = ([scan_statement(target, tail_after, tail_first, batch_size, page_bytes),
-                count_statement(target)] if n == len(groups) - 1 else [])
-        out.append([*([count_statement(target)] if n == 0 else []), *reads, *end])
+    tail = _tail(proof, pages)
+    return [[*([_Read()] if n == 0 else []), *(_Read(page=p) for p in group),
+             *([_Read(tail=tail), _Read()] if n == len(groups) - 1 else [])]
+            for n, group in enumerate(groups)]
+
+
+def _statement(target: Target, r: _Read, batch_size: int, page_bytes: int) -> Statement:
+    if r.page is not None:
+        p = r.page
+        return range_statement(target, p.after, p.first, p.last, p.rows + 1, p.bytes + 1)
+    if r.tail is not None:
+        return scan_statement(target, r.tail[0], r.tail[1], batch_size, page_bytes)
+    return count_statement(target)
+
+
+def _perform(store: RowStore, target: Target, reads: list[_Read], batch_size: int,
+             page_bytes: int) -> list[list[tuple[Value, ...]]]:
+    """The answers to `reads`: in one request where the store takes a batch; off a
+    cursor, page by page, where it offers scan_range (an SQLite file: cheaper than the
+    whole-result statement)."""
+    scan_range = getattr(store, "scan_range", None)
+    if scan_range is None:
+        return read_many(store, [_statement(target, r, batch_size, page_bytes) for r in reads])
+    out: list[list[tuple[Value, ...]]] = []
+    for r in reads:
+        if r.page is not None:
+            p = r.page
+            out.append(scan_range(target, p.after, p.first, p.last, p.rows + 1, p.bytes + 1))
+        elif r.tail is not None:
+            out.append(store.scan_page(target, r.tail[0], r.tail[1], batch_size, page_bytes))
+        else:
+            out.append([(_count(store, count_statement(target)),)])
     return out
+
+
+def census_reads(target: Target, proof: PassProof, batch_size: int, page_bytes: int,
+                 read_bytes: int, pages: list[PageProof] | None = None) -> list[Statement]:
+    """The census's first request, planned before the pass's last page is committed
+    (`pages`: the pass's pages, that one included), so it can ride on that commit."""
+    return [_statement(target, r, batch_size, page_bytes)
+            for r in _plan(proof, read_bytes, pages)[0]]
 
 
 def proven_census(store: RowStore, target: Target, codec: Codec, runner: CryptoRunner,
@@ -150,15 +190,14 @@ def proven_census(store: RowStore, target: Target, codec: Codec, runner: CryptoR
             tally(_as_result(p, census))
         after = _count(store, count_statement(target))
     else:
-        groups = list(_groups(proof.pages, read_bytes)) or [[]]
-        batches = census_reads(target, proof, batch_size, page_bytes, read_bytes)
-        for n, (group, reads) in enumerate(zip(groups, batches, strict=True)):
+        for n, reads in enumerate(_plan(proof, read_bytes)):
             answers = (first_answers if n == 0 and first_answers is not None
-                       else read_many(store, reads))
+                       else _perform(store, target, reads, batch_size, page_bytes))
             if n == 0:
                 before, answers = int(answers[0][0][0]), answers[1:]
                 for page in _resumed(store, target, runner, proof, batch_size, page_bytes):
                     tally(page)
+            group = [r.page for r in reads if r.page is not None]
             for p, rows in zip(group, answers, strict=False):
                 pairs = [(r[0], r[1]) for r in rows]
                 if p.digest is not None and len(pairs) == p.rows and page_digest(pairs) == p.digest:

@@ -351,7 +351,7 @@ class Reencryptor:
                     # the census's first reads ride on this last write, after it
                     census_ahead.append(self.carrier.read_all(census_reads(
                         self.target, proof, size, self.opt.page_bytes, read_bytes,
-                        [*proof.pages, page_proof(page)])[0]))
+                        [*proof.pages, page_proof(page)])))
                 secs = base + (time.monotonic() - started)
                 hits = self._commit(run, page.writes, _delta(page), page.failures, page.last_key,
                                     secs)

@@ -98,8 +98,31 @@ def _init_worker(codec: Codec, parent_pid: int) -> None:
 
 
 def _work(op: str, rows: Rows) -> PageResult:
+    """In a worker: the page's result, its writes as (new value, row index): the value a
+    write expects is the row the parent sent, and sending it back would double what
+    crosses the pipe (and what the parent holds)."""
     assert _codec is not None
-    return process_page(_codec, op, rows)
+    res = process_page(_codec, op, rows)
+    if res.writes:
+        at, writes = 0, res.writes
+        compact: list[Any] = []
+        for i, (key, _) in enumerate(rows):
+            if at < len(writes) and writes[at][1] is key:
+                compact.append((writes[at][0], i))
+                at += 1
+        res.writes = compact
+    return res
+
+
+def _expanded(rows: Rows, done: "Future[PageResult]", out: "Future[PageResult]") -> None:
+    """In the parent: _work's writes back to (new, key, expected), from the rows sent."""
+    try:
+        res = done.result()
+    except BaseException as e:
+        out.set_exception(e)
+        return
+    res.writes = [(new, rows[i][0], rows[i][1]) for new, i in res.writes]
+    out.set_result(res)
 
 
 class CryptoRunner:
@@ -122,7 +145,10 @@ class CryptoRunner:
 
     def submit(self, rows: Rows, op: str) -> "Future[PageResult]":
         if self.pool is not None:
-            return self.pool.submit(_work, op, rows)
+            out: Future[PageResult] = Future()
+            self.pool.submit(_work, op, rows).add_done_callback(
+                lambda done: _expanded(rows, done, out))
+            return out
         fut: Future[PageResult] = Future()
         fut.set_result(process_page(self.codec, op, rows))
         return fut

@@ -17,7 +17,10 @@ Value = Any  # what SQLite stores: None, int, float, str, bytes
 
 # D1 allows 100 bound parameters per statement; every multi-key query stays under it.
 MAX_BOUND_PARAMS = 100
-DEFAULT_BATCH_SIZE = 1_000
+# Rows per page when the caller does not say; most pages stop at PAGE_BYTES first (2 MB
+# is about 2,900 rows of 700-byte tokens): each page is one commit, and on a file every
+# commit waits for the disk
+DEFAULT_BATCH_SIZE = 5_000
 # About this much of encrypted values per page: pages in flight x this bounds memory.
 PAGE_BYTES = 2 << 20
 
@@ -106,6 +109,13 @@ def scan_sql(target: Target, first: bool) -> str:
     t, c, k = quote_ident(target.table), quote_ident(target.column), quote_ident(target.key_column)
     where = "" if first else f" WHERE {k} > ?"
     return f"SELECT {k}, {c} FROM {t}{where} ORDER BY {k} LIMIT ?"
+
+
+def range_sql(target: Target, first: bool) -> str:
+    """scan_sql within an upper bound. Parameters: [after,] upto, limit."""
+    t, c, k = quote_ident(target.table), quote_ident(target.column), quote_ident(target.key_column)
+    lower = "" if first else f"{k} > ? AND "
+    return f"SELECT {k}, {c} FROM {t} WHERE {lower}{k} <= ? ORDER BY {k} LIMIT ?"
 
 
 def bounded_scan_sql(target: Target, first: bool, bounded_above: bool = False) -> str:
