@@ -19,7 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 from pathlib import Path
+from typing import Callable
 
 import psutil
 
@@ -102,10 +104,25 @@ def _seed(app: ObjectsApp) -> None:
     for i in range(0, len(app.ids), SEED_CHUNK):
         if i:
             time.sleep(IDLE)
-        failed = {k: v for k, v in app.each("/test/seed", app.ids[i:i + SEED_CHUNK], size=200).items() if v}
+        failed = {k: v for k, v in _again_if_restarted(
+            lambda: app.each("/test/seed", app.ids[i:i + SEED_CHUNK], size=200)).items() if v}
         if failed:
             raise SystemExit(f"seeding failed for {len(failed)} objects: {next(iter(failed.values()))}")
     time.sleep(IDLE)
+
+
+def _again_if_restarted(seed: Callable[[], dict]) -> dict:
+    """wrangler dev reloads the Worker once it fails to fetch the `Request.cf` object (no
+    network here), sometimes in the middle of the seeding: it answers 503 "Your worker
+    restarted mid-request". Seeding is idempotent: send it again."""
+    for _ in range(30):
+        try:
+            return seed()
+        except urllib.error.HTTPError as e:
+            if e.code != 503:
+                raise
+            time.sleep(2)
+    return seed()
 
 
 def _swap(app: ObjectsApp, old: str, new: str) -> None:

@@ -345,29 +345,40 @@ class Reencryptor:
         read_bytes = census_read_bytes(self.store, self.opt.page_bytes)
         census_ahead: list[Future[Any]] = []
 
-        def commit_page(page: PageResult) -> None:
+        def commit_pages(pages: list[PageResult]) -> None:
+            """Pages the writer has in hand, in order: one transaction, one checkpoint."""
             try:
-                if page.last and proof is not None and self.opt.census:
+                if pages[-1].last and proof is not None and self.opt.census:
                     # the census's first reads ride on this last write, after it
                     census_ahead.append(self.carrier.read_all(census_reads(
                         self.target, proof, size, self.opt.page_bytes, read_bytes,
-                        [*proof.pages, page_proof(page)])))
+                        [*proof.pages, *map(page_proof, pages)])))
                 secs = base + (time.monotonic() - started)
-                hits = self._commit(run, page.writes, _delta(page), page.failures, page.last_key,
+                delta = Counts()
+                for page in pages:
+                    delta.add(_delta(page))
+                hits = self._commit(run, [w for p in pages for w in p.writes], delta,
+                                    [f for p in pages for f in p.failures], pages[-1].last_key,
                                     secs)
-                landed = all(hits)
-                if not landed:
-                    missed = [w for w, hit in zip(page.writes, hits, strict=True) if not hit]
-                    self._settle_conflicts(run, missed, secs)
-                if proof is not None:
-                    proof.add(page, landed)
+                for page in pages:
+                    mine, hits = hits[:len(page.writes)], hits[len(page.writes):]
+                    landed = all(mine)
+                    if not landed:
+                        missed = [w for w, hit in zip(page.writes, mine, strict=True) if not hit]
+                        self._settle_conflicts(run, missed, secs)
+                    if proof is not None:
+                        proof.add(page, landed)
                 self.carrier.page_done()
             except BaseException as e:
                 self.carrier.fail(e)
                 raise
-            self.progress.advance(page.rows)
+            for page in pages:
+                self.progress.advance(page.rows)
 
-        writer: OrderedWriter[PageResult] = OrderedWriter(commit_page, depth=2)
+        # with worker processes the timing is theirs anyway: a writer that falls behind
+        # commits the pages waiting together (inline, every page is its own commit)
+        writer: OrderedWriter[PageResult] = OrderedWriter(
+            commit_pages, depth=2, gather=3 if runner.pool is not None else 1)
         census = None
         try:
             for page in page_results(self.store, self.target, runner, "rotate", size, after,

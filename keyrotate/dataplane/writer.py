@@ -2,9 +2,12 @@
 scanning and dispatching while SQLite writes and fsyncs (sqlite3 releases the GIL there).
 
 Pages are handled strictly in the order they were put, so checkpoints only move forward.
+With `gather` > 1, pages that are already waiting when the thread takes one are handed
+over with it (up to `gather`), to be committed in one transaction: on a file every commit
+waits for the disk, so a writer that falls behind catches up with fewer, larger commits.
 An error in the thread stops it and is re-raised in the caller at the next put or at
-finish; the page being committed when the caller stops is always finished or rolled back
-by SQLite, never torn.
+finish; the pages being committed when the caller stops are always finished or rolled
+back by SQLite, never torn.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ _STOP = object()
 
 
 class OrderedWriter(Generic[T]):
-    def __init__(self, handle: Callable[[T], None], depth: int = 2):
-        self._handle = handle
+    def __init__(self, handle: Callable[[list[T]], None], depth: int = 2, gather: int = 1):
+        self._handle, self._gather = handle, gather
         self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="keyrotate-writer", daemon=True)
@@ -30,11 +33,22 @@ class OrderedWriter(Generic[T]):
             item = self._queue.get()
             if item is _STOP:
                 return
+            items, stopping = [item], False
+            while len(items) < self._gather and not stopping:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                stopping = more is _STOP
+                if not stopping:
+                    items.append(more)
             if self._error is None:
                 try:
-                    self._handle(item)  # type: ignore[arg-type]
+                    self._handle(items)  # type: ignore[arg-type]
                 except BaseException as e:  # surfaced in the caller's thread
                     self._error = e
+            if stopping:
+                return
 
     def put(self, item: T) -> None:
         """Queue a page; waits while the writer is `depth` pages behind."""
