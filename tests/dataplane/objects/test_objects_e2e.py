@@ -1,7 +1,10 @@
 """Durable Object targets in the real Workers runtime (wrangler dev: workerd, local
 Durable Objects, local D1): the reference endpoint and AccountDO of examples/, tokens
 sealed by the Workers' own WebCrypto code, a full `rotate MASTER_KEY` over D1 and object
-targets with kill -9, faults, concurrent token refreshes, stale objects and failures."""
+targets with kill -9, faults, concurrent token refreshes, stale objects and failures.
+
+The tests share one wrangler dev (none of them is about restarting it); each new set of
+secrets restarts its workerd, as a deploy would, and each test has accounts of its own."""
 
 from __future__ import annotations
 
@@ -21,16 +24,23 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from keyrotate.crypto.keys import MasterKey
 from tests.support.helpers import ROOT, last_json, run_cli
 from tests.support.hygiene import CmdlineSampler, assert_clean
-from tests.support.objects_app import OLD_HEX, TOKEN, ObjectsApp
+from tests.support.objects_app import OLD_HEX, TOKEN, ObjectsApp, ObjectsWorker
 
 pytestmark = pytest.mark.slow
 OLD_KID = MasterKey.from_secret(OLD_HEX).kid
 
 
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    shared = ObjectsWorker(tmp_path_factory.mktemp("objects-worker"))
+    yield shared
+    shared.stop()
+
+
 @pytest.fixture
-def app(tmp_path, monkeypatch):
+def app(worker, tmp_path, monkeypatch):
     def make(accounts: int) -> ObjectsApp:
-        made = ObjectsApp(tmp_path, accounts)
+        made = ObjectsApp(worker, tmp_path, accounts)
         apps.append(made)
         monkeypatch.chdir(tmp_path)
         for k, v in made.env().items():
@@ -46,7 +56,7 @@ def app(tmp_path, monkeypatch):
 def _prepare(app: ObjectsApp, delegations: int = 20) -> dict[str, str]:
     """Objects seeded and D1 rows sealed under the old key by the Worker; the ledger
     table from the shipped migration. Returns the D1 payloads."""
-    dev = app.start(MASTER_KEY=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN)
+    dev = app.serve(MASTER_KEY=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN)
     app.each("/test/seed", app.ids)
     payloads = {f"del_{i:03d}": json.dumps({"private_key": f"pk-{i}"}) for i in range(delegations)}
     sealed = dev.post("/test/seal", {"payloads": list(payloads.values())})
@@ -96,12 +106,12 @@ class Refresher(threading.Thread):
 
     def run(self) -> None:
         rng = random.Random(7)
-        while not self.halt.is_set():
+        while not self.halt.is_set() and not self.app.closed:
             ids = rng.sample(self.app.ids, 5)
             self.n += 1
             try:
                 done = self.app.dev.post("/test/refresh", {"ids": ids, "n": self.n}, timeout=30)
-            except (OSError, AttributeError):  # the Worker is restarting or stopped
+            except OSError:  # the Worker is restarting
                 continue
             for i, token in done.items():
                 if isinstance(token, str):
@@ -129,8 +139,8 @@ def test_a_full_rotation_over_d1_and_objects_survives_kill_faults_and_refreshes(
     assert len(new) == 64 and a.cf.script("tminus-api-staging").active.secrets == {
         "MASTER_KEY": new, "MASTER_KEY_PREVIOUS": OLD_HEX}
 
-    a.start(MASTER_KEY=new, MASTER_KEY_PREVIOUS=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN,
-            FAULT_RATE="0.05")                                               # 500 / 429 at random
+    a.serve(MASTER_KEY=new, MASTER_KEY_PREVIOUS=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN,
+            FAULT_RATE="0.05")                                               # 503 / 429 at random
     refresher = Refresher(a)
     refresher.start()
     argv = [sys.executable, "-m", "keyrotate.cli", "rotate", "MASTER_KEY", "--env", "staging", "--json"]
@@ -170,7 +180,7 @@ def test_a_full_rotation_over_d1_and_objects_survives_kill_faults_and_refreshes(
     assert last_json(done.output)["state"] == "finished"
     assert a.cf.script("tminus-api-staging").active.secrets["MASTER_KEY"] == new
     assert "MASTER_KEY_PREVIOUS" not in a.cf.script("tminus-api-staging").active.secrets
-    a.start(MASTER_KEY=new, KEYROTATE_OBJECTS_TOKEN=TOKEN)                   # the previous key is gone
+    a.serve(MASTER_KEY=new, KEYROTATE_OBJECTS_TOKEN=TOKEN)                   # the previous key is gone
     assert _all_open(a, a.ids, refresher.expect) == {"MASTER_KEY": 2_000}
     _d1_open(a, payloads)
     status = last_json(run_cli("status", "--env", "staging", "--json").output)
@@ -188,7 +198,7 @@ def test_stale_and_failed_objects_are_never_completed_and_finish_refuses(app):
     stale, broken = a.ids[10:15], a.ids[40:43]
     assert run_cli("rotate", "MASTER_KEY", "--env", "staging", "--stale-wait", "1").exit_code == 3
     new = a.store.read("MASTER_KEY", "pending")
-    a.start(MASTER_KEY=new, MASTER_KEY_PREVIOUS=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN,
+    a.serve(MASTER_KEY=new, MASTER_KEY_PREVIOUS=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN,
             FAULT_RATE="0.2")
     a.each("/test/flag", stale, name="stale", value=1)   # still on the pre-push version
     a.each("/test/corrupt", broken)
@@ -228,12 +238,12 @@ def test_endpoint_refusals_and_preflight(app):
     assert rewrap.exit_code == 2 and "nothing to rewrap" in rewrap.output
     # a pending key, but a Worker with no MASTER_KEY_PREVIOUS: 409, exit 2
     a.store.write_pending("MASTER_KEY", "ab" * 32)
-    a.start(MASTER_KEY="ab" * 32, KEYROTATE_OBJECTS_TOKEN=TOKEN)
+    a.serve(MASTER_KEY="ab" * 32, KEYROTATE_OBJECTS_TOKEN=TOKEN)
     no_prev = run_cli("objects", "rewrap", "--env", "staging", "--target", "AccountDO", "--json")
     assert no_prev.exit_code == 2 and "no MASTER_KEY_PREVIOUS" in no_prev.output
     a.store.discard_pending("MASTER_KEY")
     # the wrong token: exit 2 naming the endpoint, never the token
-    a.start(MASTER_KEY=OLD_HEX, KEYROTATE_OBJECTS_TOKEN="ff" * 32)
+    a.serve(MASTER_KEY=OLD_HEX, KEYROTATE_OBJECTS_TOKEN="ff" * 32)
     refused = run_cli("objects", "census", "--env", "staging", "--target", "AccountDO")
     assert refused.exit_code == 2 and "refused the token (HTTP 401)" in refused.output
     assert a.url in refused.output and TOKEN not in refused.output
@@ -259,7 +269,7 @@ def test_a_standalone_rewrap_ends_with_a_census_not_the_ledger(app):
     _prepare(a, delegations=1)
     new = "cd" * 32
     a.store.write_pending("MASTER_KEY", new)
-    a.start(MASTER_KEY=new, MASTER_KEY_PREVIOUS=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN)
+    a.serve(MASTER_KEY=new, MASTER_KEY_PREVIOUS=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN)
     argv = ("objects", "rewrap", "--env", "staging", "--target", "AccountDO", "--stale-wait", "1",
             "--json")
     first = run_cli(*argv)
