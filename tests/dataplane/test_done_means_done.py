@@ -258,6 +258,7 @@ def _stop_outside_a_transaction(db, proc) -> None:
         time.sleep(0.01)   # let it reach the end of its transaction (any speed will do)
 
 
+@pytest.mark.slow  # a 60,000-row table, rotated to the end
 def test_a_second_concurrent_run_refuses_and_names_the_holder(tmp_path):
     db, originals, env = big_reference_db(tmp_path, 60_000, "lease.db")
     first = subprocess.Popen(_argv(db), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -284,6 +285,7 @@ def test_a_second_concurrent_run_refuses_and_names_the_holder(tmp_path):
     assert not conn.execute("SELECT count(*) FROM keyrotate_leases").fetchone()[0]
 
 
+@pytest.mark.slow  # a 150 MB table, rotated twice
 def test_memory_is_bounded_by_bytes_as_well_as_rows(tmp_path):
     """150 rows of 1 MB each, pages of up to 1,000 rows: pages must stop at a byte budget."""
     db, _, env = big_reference_db(tmp_path, 150, "heavy.db", payload_bytes=1_000_000)

@@ -179,6 +179,7 @@ def local_d1_file(project: Path) -> Path:
     return files[0]
 
 
+@pytest.mark.slow  # three starts of the real wrangler each
 @pytest.mark.parametrize("name", FILES)
 def test_forward_then_compensate_on_local_d1(d1_project, tmp_path, name):
     folder = d1_project / "migrations"
@@ -202,6 +203,7 @@ def test_forward_then_compensate_on_local_d1(d1_project, tmp_path, name):
     assert data_of(conn, schema) == data
 
 
+@pytest.mark.slow  # three starts of the real wrangler
 def test_d1_migrations_table_is_shared_with_wrangler(d1_project):
     wrangler(d1_project, "d1", "execute", "DB", "--local", "--command", "SELECT 1")
     db = local_d1_file(d1_project)
