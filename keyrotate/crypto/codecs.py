@@ -115,7 +115,7 @@ class EnvelopeCodec(_Keys):
         if key is self.new:
             return None
         if self.mode == "fresh-dek":
-            return env_mod.seal_payload(payload, self.new, env.extra)
+            return env_mod.seal_payload(payload, self.new, env)
         return env_mod.rewrap(env, dek, self.new)
 
     def census(self, value: object) -> str:
