@@ -258,7 +258,7 @@ def _parse_general(value: str) -> Envelope:
     except TypeError:
         raise InvalidEnvelope("value is JSON but not an object") from None
     except (ValueError, RecursionError):
-        raise InvalidEnvelope("value is not valid JSON (as JSON.parse reads it)") from None
+        raise InvalidEnvelope("value is not valid JSON") from None
     obj: dict[str, Any] = {}
     spans: dict[str, list[tuple[int, int]]] = {}
     for name, v, start, end in members:

@@ -7,7 +7,7 @@ from collections import deque
 from typing import Any, Iterator
 
 from keyrotate.dataplane.workers import CryptoRunner, PageResult
-from keyrotate.db.base import PAGE_BYTES, RowStore, Target, Value
+from keyrotate.db.base import PAGE_BYTES, RowStore, Salt, Target, Value
 
 
 def page_size(store: RowStore, requested: int | None) -> int:
@@ -17,10 +17,10 @@ def page_size(store: RowStore, requested: int | None) -> int:
 
 def page_results(store: RowStore, target: Target, runner: CryptoRunner, op: str,
                  batch_size: int, after: Value = None, first: bool = True,
-                 page_bytes: int = PAGE_BYTES) -> Iterator[PageResult]:
+                 page_bytes: int = PAGE_BYTES, salt: Salt | None = None) -> Iterator[PageResult]:
     """Yield one PageResult per keyset page, in key order. A page holds at most
     `batch_size` rows and about `page_bytes` of values (at least one row), so memory
-    stays flat whatever the rows weigh."""
+    stays flat whatever the rows weigh. `salt`: the census's witness (rows carry rowids)."""
     inflight: deque[Any] = deque()
     exhausted = False
     while True:
@@ -30,7 +30,7 @@ def page_results(store: RowStore, target: Target, runner: CryptoRunner, op: str,
                 exhausted = True
                 break
             first, after = False, rows[-1][0]
-            inflight.append(runner.submit(rows, op))
+            inflight.append(runner.submit(rows, op, salt))
         if not inflight:
             return
         yield inflight.popleft().result()

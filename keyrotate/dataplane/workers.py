@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from keyrotate.crypto.codecs import Codec
-from keyrotate.db.base import CasWrite, Value
+from keyrotate.db.base import CasWrite, Salt, Value, witness_sum
 from keyrotate.errors import InvalidEnvelope
 from keyrotate.orphans import exit_now, on_parent_death
 
-Rows = Sequence[tuple[Value, Value]]
+Rows = Sequence[tuple[Value, ...]]   # (key, value[, rowid])
 
 
 @dataclass
@@ -36,6 +36,7 @@ class PageResult:
     failures: list[tuple[Value, str]] = field(default_factory=list)
     last_key: Value = None
     bytes: int = 0
+    witness: int = 0      # census: sum of the witness hash of the rows' rowids
 
 
 def _judge(fn: Any, value: Value) -> Any:
@@ -49,13 +50,17 @@ def _judge(fn: Any, value: Value) -> Any:
         return (f"unreadable value ({type(e).__name__})",)
 
 
-def process_page(codec: Codec, op: str, rows: Rows) -> PageResult:
-    """Apply one codec operation ("rotate" or "census") to every row of a page."""
+def process_page(codec: Codec, op: str, rows: Rows, salt: Salt | None = None) -> PageResult:
+    """Apply one codec operation ("rotate" or "census") to every row of a page. With a
+    salt, rows carry their rowid third, and the page sums its witness hash."""
     res = PageResult(rows=len(rows), last_key=rows[-1][0] if rows else None)
     census = op == "census"
     fn = codec.census if census else codec.rotate
     by_kid = res.by_kid
-    for key, value in rows:
+    if salt is not None:
+        res.witness = witness_sum((row[2] for row in rows), salt)
+    for row in rows:
+        key, value = row[0], row[1]
         if value is None:
             res.null += 1
             continue
@@ -82,9 +87,9 @@ def _init_worker(codec: Codec, parent_pid: int) -> None:
     on_parent_death(parent_pid, signal.SIGKILL, exit_now)
 
 
-def _work(op: str, rows: Rows) -> PageResult:
+def _work(op: str, rows: Rows, salt: Salt | None) -> PageResult:
     assert _codec is not None
-    return process_page(_codec, op, rows)
+    return process_page(_codec, op, rows, salt)
 
 
 class CryptoRunner:
@@ -105,11 +110,11 @@ class CryptoRunner:
         """How many pages to keep in flight."""
         return 1 if self.pool is None else 2 * self.workers + 1
 
-    def submit(self, rows: Rows, op: str) -> "Future[PageResult]":
+    def submit(self, rows: Rows, op: str, salt: Salt | None = None) -> "Future[PageResult]":
         if self.pool is not None:
-            return self.pool.submit(_work, op, rows)
+            return self.pool.submit(_work, op, rows, salt)
         fut: Future[PageResult] = Future()
-        fut.set_result(process_page(self.codec, op, rows))
+        fut.set_result(process_page(self.codec, op, rows, salt))
         return fut
 
     def close(self, cancel: bool = False) -> None:

@@ -1,0 +1,257 @@
+"""Done means done, round 2 (issue 20): the corners where exit 0 still lied, the wrong file
+was rotated, or a table was left split between keys."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from keyrotate.crypto.envelope import seal
+from keyrotate.crypto.keys import MasterKey
+from keyrotate.dataplane.codec_refs import codec_from_refs
+from keyrotate.dataplane.reencrypt import ReencryptOptions, reencrypt
+from keyrotate.dataplane.verify import verify
+from keyrotate.db.connect import open_database
+from keyrotate.db.table_shape import resolve_target
+from tests.support.helpers import NEW_SECRET, OLD_SECRET, last_json, open_value, run_cli
+
+OLD = MasterKey.from_secret(OLD_SECRET)
+
+
+def _cli(db: Path, keys: dict[str, str], target: str, *extra: str):
+    return run_cli("reencrypt", "--db", f"file:{db}", "--target", target, "--old-key",
+                   keys["old"], "--new-key", keys["new"], "--json", *extra)
+
+
+def _values(db: Path, sql: str) -> list:
+    conn = sqlite3.connect(db)
+    try:
+        return [v for (v,) in conn.execute(sql)]
+    finally:
+        conn.close()
+
+
+def _all_new(db: Path, table: str = "t", column: str = "v") -> bool:
+    values = _values(db, f"SELECT {column} FROM {table}")
+    return all(v is None or open_value(v, NEW_SECRET) is not None for v in values)
+
+
+# --- item 2: a NOCASE key column behind a BINARY unique index ---------------------------
+
+def _nocase_table(db: Path, n: int = 60, keys: list[str] | None = None) -> list[str]:
+    """ext is NOCASE, unique only under BINARY (the index): acc02 and ACC02 both live."""
+    conn = sqlite3.connect(db)
+    conn.executescript("CREATE TABLE t (id INTEGER PRIMARY KEY, ext TEXT COLLATE NOCASE NOT "
+                       "NULL, v TEXT); CREATE UNIQUE INDEX t_ext ON t (ext COLLATE BINARY);")
+    keys = keys or [f"acc{i:03d}" for i in range(n)] + [f"ACC{i:03d}" for i in range(0, n, 3)]
+    conn.executemany("INSERT INTO t (ext, v) VALUES (?, ?)",
+                     [(k, seal(k.encode(), OLD, with_kid=False)) for k in keys])
+    conn.commit()
+    conn.close()
+    return keys
+
+
+@pytest.mark.parametrize("batch", ["4", "7", "10"])
+def test_a_nocase_key_behind_a_binary_index_pages_every_row(tmp_path, keys_env, batch):
+    """Keyset paging compared keys under the column's NOCASE: one of each pair at a page
+    boundary was skipped, every time, and every run exited 3. Keys are now compared under
+    the collation they are unique under (the index's), which that index serves."""
+    db = tmp_path / "nocase.db"
+    keys = _nocase_table(db)
+    res = _cli(db, keys_env, "t.v", "--key-column", "ext", "--batch-size", batch)
+    assert res.exit_code == 0, res.output
+    out = last_json(res.output)
+    assert out["rows_rewritten"] == len(keys) and out["census"]["witness"] == "matched"
+    assert _all_new(db)
+    store = open_database(f"file:{db}")
+    try:
+        target = resolve_target(store, "t.v", "ext")
+        assert target.collation == "BINARY"
+        plan = store.query("EXPLAIN QUERY PLAN SELECT ext, v FROM t WHERE ext COLLATE BINARY > ? "
+                           "ORDER BY ext COLLATE BINARY LIMIT 5", ("acc",))
+        assert any("USING INDEX t_ext" in str(r[-1]) for r in plan), plan   # no full scan
+    finally:
+        store.close()
+
+
+class DeleteDuringCensus:
+    """Progress sink: after the census's first page, the application deletes a row the
+    census has already counted (an ordinary DELETE)."""
+
+    def __init__(self, db: Path, key: str):
+        self.db, self.key, self.phase, self.done = db, key, 0, False
+
+    def start(self, total: int) -> None:
+        self.phase += 1
+
+    def advance(self, rows: int) -> None:
+        if self.phase == 2 and not self.done:
+            conn = sqlite3.connect(self.db)
+            conn.execute("DELETE FROM t WHERE ext = ?", (self.key,))
+            conn.commit()
+            conn.close()
+            self.done = True
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_delete_during_the_census_never_balances_a_skipped_row(tmp_path, keys_env):
+    """Issue 20 item 2: with one app DELETE of an already-counted row during the final
+    census, the skipped row and the deleted one cancelled out in the counts: exit 0 with a
+    row still under the old key. Now the run is never 'completed' with a row under the old
+    key, and running it again finishes the job."""
+    db = tmp_path / "nocase.db"
+    _nocase_table(db)
+    store = open_database(f"file:{db}")
+    codec = codec_from_refs("tminus-envelope", keys_env["new"], keys_env["old"])
+    try:
+        result = reencrypt(store, resolve_target(store, "t.v", "ext"), codec,
+                           ReencryptOptions(batch_size=23, workers=0),
+                           DeleteDuringCensus(db, "acc001"))
+    finally:
+        store.close()
+    assert result.status in ("incomplete", "completed"), result.problems
+    if result.status == "completed":
+        assert _all_new(db)
+    res = _cli(db, keys_env, "t.v", "--key-column", "ext")
+    assert res.exit_code == 0, res.output
+    assert _all_new(db) and len(_values(db, "SELECT v FROM t")) == 79
+
+
+def test_the_census_witness_is_not_fooled_by_counts(tmp_path, keys_env):
+    """The witness itself. Paging that skips a row (the old NOCASE comparison, forced here:
+    k03 and K03 tie across a page boundary) plus an app DELETE of a row the census already
+    counted: the counts agree, the census must still say it did not see the table."""
+    db = tmp_path / "nocase.db"
+    _nocase_table(db, keys=["k00", "k01", "k02", "k03", "K03", "k04", "k05", "k06"])
+    store = open_database(f"file:{db}")
+    codec = codec_from_refs("tminus-envelope", keys_env["old"], None)
+    try:
+        broken = replace(resolve_target(store, "t.v", "ext"), collation=None)   # NOCASE paging
+        alone = verify(store, broken, codec, batch_size=4, workers=0)
+        assert alone.rows == 7 and alone.witness == "differs" and alone.exit_code == 3
+        assert verify(store, resolve_target(store, "t.v", "ext"), codec, 4, 0).clean
+
+        class DeleteCounted(DeleteDuringCensus):
+            def start(self, total: int) -> None:
+                self.phase = 2          # verify has one phase: the census
+
+        census = verify(store, broken, codec, batch_size=4, workers=0,
+                        progress=DeleteCounted(db, "k01"))
+        assert census.rows == 7 and len(_values(db, "SELECT v FROM t")) == 7  # counts agree
+        assert census.witness == "differs" and not census.clean and census.exit_code == 3
+    finally:
+        store.close()
+
+
+# --- item 9: views and INTEGER PRIMARY KEY DESC ---------------------------------------
+
+def test_a_view_is_refused(tmp_path, keys_env):
+    """A view that takes updates (an INSTEAD OF trigger) has no rowid to page by and
+    reports no changes: every run exited 3. It is refused, naming the fix."""
+    db = tmp_path / "view.db"
+    conn = sqlite3.connect(db)
+    conn.executescript("CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT); CREATE VIEW tv AS SELECT * FROM t; "
+                       "CREATE TRIGGER tv_up INSTEAD OF UPDATE ON tv BEGIN "
+                       "UPDATE t SET v = NEW.v WHERE k = OLD.k; END;")
+    conn.execute("INSERT INTO t VALUES ('a', ?)", (seal(b"x", OLD, with_kid=False),))
+    conn.commit()
+    conn.close()
+    res = _cli(db, keys_env, "tv.v")
+    assert res.exit_code == 2 and "is a view" in last_json(res.output)["error"]["message"]
+
+
+def test_integer_primary_key_desc_with_nulls_is_no_rowid_alias(tmp_path, keys_env):
+    """`INTEGER PRIMARY KEY DESC` is SQLite's quirk: not the rowid, a column that can hold
+    NULL. Paging by it skipped those rows and every run exited 3; it is now paged by rowid,
+    and naming it with --key-column is refused (exit 2)."""
+    db = tmp_path / "desc.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY DESC, v TEXT)")
+    conn.executemany("INSERT INTO t (k, v) VALUES (?, ?)",
+                     [(None if i % 4 == 0 else i, seal(b"x", OLD, with_kid=False)) for i in range(40)])
+    conn.commit()
+    conn.close()
+    asked = _cli(db, keys_env, "t.v", "--key-column", "k")
+    assert asked.exit_code == 2 and "NULL" in last_json(asked.output)["error"]["message"]
+    res = _cli(db, keys_env, "t.v", "--batch-size", "7")
+    assert res.exit_code == 0, res.output
+    assert last_json(res.output)["rows_rewritten"] == 40 and _all_new(db)
+
+
+# --- item 3: Durable Object ids paged the same way --------------------------------------
+
+def _ids_table(db: Path, ddl: str, ids: list[str]) -> None:
+    conn = sqlite3.connect(db)
+    conn.executescript(ddl)
+    conn.executemany("INSERT INTO linked (account_id) VALUES (?)", [(i,) for i in ids])
+    conn.commit()
+    conn.close()
+
+
+def test_object_ids_are_paged_under_the_collation_they_are_unique_under(tmp_path):
+    """`acc_00004` and `ACC_00004` tie under the column's NOCASE at ids 1,000 and 1,001 (a
+    page boundary): `c > ?` skipped one. (The Worker side is tested end to end in
+    tests/dataplane/objects/test_objects_e2e.py.)"""
+    from keyrotate.dataplane.objects.driver import IdSource
+
+    db = tmp_path / "ids.db"
+    ids = [f"aaa_{i:04d}" for i in range(995)] + [f"acc_{i:05d}" for i in range(20)] + ["ACC_00004"]
+    _ids_table(db, "CREATE TABLE linked (n INTEGER PRIMARY KEY, account_id TEXT COLLATE NOCASE "
+                   "NOT NULL); CREATE UNIQUE INDEX linked_id ON linked (account_id COLLATE BINARY);",
+               ids)
+    store = open_database(f"file:{db}")
+    try:
+        listed = [i for page in IdSource("linked", "account_id").pages(store) for i in page]
+        assert sorted(listed) == sorted(ids)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("ddl", [
+    "CREATE TABLE linked (n INTEGER PRIMARY KEY, account_id TEXT)",
+    "CREATE TABLE linked (n INTEGER PRIMARY KEY, account_id TEXT); "
+    "CREATE UNIQUE INDEX linked_p ON linked (account_id) WHERE account_id > 'b'",
+])
+def test_an_ids_column_that_is_not_unique_is_refused(tmp_path, ddl):
+    from keyrotate.dataplane.objects.driver import IdSource
+    from keyrotate.errors import ConfigError
+
+    db = tmp_path / "ids.db"
+    _ids_table(db, ddl, ["a", "a", "b"])
+    store = open_database(f"file:{db}")
+    try:
+        with pytest.raises(ConfigError, match="not unique"):
+            list(IdSource("linked", "account_id").pages(store))
+    finally:
+        store.close()
+
+
+def test_the_objects_census_witness_catches_ids_it_did_not_list(tmp_path):
+    """What the objects census compares at the end: the ids it listed against the ids the
+    table holds, by the rowid witness: a listed id deleted and one never listed balance in
+    counts, not in the witness."""
+    from keyrotate.dataplane.objects.driver import IdSource, IdWalk
+    from keyrotate.db.base import new_salt
+
+    db = tmp_path / "ids.db"
+    _ids_table(db, "CREATE TABLE linked (n INTEGER PRIMARY KEY, account_id TEXT UNIQUE)",
+               [f"id{i:03d}" for i in range(30)])
+    store = open_database(f"file:{db}")
+    try:
+        source = IdSource("linked", "account_id")
+        walk = IdWalk(new_salt())
+        listed = [i for page in source.pages(store, 10, walk) for i in page]
+        assert len(listed) == 30 and source.unlisted(store, walk) == 0
+        conn = sqlite3.connect(db)
+        conn.execute("DELETE FROM linked WHERE account_id = 'id003'")     # listed, then gone
+        conn.execute("INSERT INTO linked (account_id) VALUES ('id999')")  # never listed
+        conn.commit()
+        conn.close()
+        assert source.count(store) == walk.count and source.unlisted(store, walk) >= 1
+    finally:
+        store.close()
