@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from typing import Callable, Sequence, TypeVar
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 from keyrotate.db.base import (
     DEFAULT_BATCH_SIZE,
@@ -38,16 +38,42 @@ MIN_BREATHER = 0.05
 
 
 def file_url_path(url: str) -> str:
-    """The filesystem path of `file:PATH` or `file:///abs/path`."""
+    """The one filesystem path a `file:` URL names.
+
+    - `file:PATH` (no `//`): PATH exactly as written, every character its own: `%41` is
+      three characters, `#` and `?` are part of the name. This is how the manifest and
+      wrangler's local D1 paths are written.
+    - `file://[localhost]/PATH` (RFC 8089): PATH percent-decoded (`%23` for `#`, `%3F` for
+      `?`). A query (`?mode=ro`) or fragment would mean something keyrotate does not do, so
+      either is refused rather than dropped.
+    """
     if url.startswith("file://"):
         parsed = urlparse(url)
         if parsed.netloc not in ("", "localhost"):
             raise ConfigError(f"a file: URL cannot name a host: {url}")
-        return unquote(parsed.path)
-    path = url[len("file:"):]
+        if "?" in url or "#" in url:
+            raise ConfigError(
+                f"{url}: keyrotate honours no query string or fragment in a file:// URL "
+                "(SQLite options such as mode=ro or immutable=1 are not applied, and the "
+                "database is written). Give the path alone; spell a '?' or '#' in the file "
+                "name as %3F or %23, or write file:PATH, which takes PATH literally.")
+        try:
+            path = unquote(parsed.path, errors="strict")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{url}: its percent-escapes are not UTF-8") from None
+    else:
+        path = url[len("file:"):]
     if not path:
         raise ConfigError("file: URL without a path")
+    if "\0" in path:
+        raise ConfigError("a file: URL cannot name a path with a NUL byte")
     return path
+
+
+def sqlite_uri(path: str) -> str:
+    """An SQLite URI that opens exactly `path`, read-write, never creating it: every
+    character SQLite's URI parser would read as syntax (%, ?, #) is percent-encoded."""
+    return f"file:{quote(os.path.abspath(path), safe='/')}?mode=rw"
 
 
 # SQLite errors that pass: a lock held past the busy timeout, a full or failing disk
@@ -90,7 +116,7 @@ class SqliteFileStore:
     def _connect(path: str) -> sqlite3.Connection:
         try:
             # mode=rw: fail rather than create; isolation_level=None: we say BEGIN ourselves
-            conn = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=rw", uri=True,
+            conn = sqlite3.connect(sqlite_uri(path), uri=True,
                                    isolation_level=None, check_same_thread=False,
                                    timeout=BUSY_TIMEOUT_MS / 1000)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")

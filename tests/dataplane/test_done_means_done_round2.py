@@ -255,3 +255,61 @@ def test_the_objects_census_witness_catches_ids_it_did_not_list(tmp_path):
         assert source.count(store) == walk.count and source.unlisted(store, walk) >= 1
     finally:
         store.close()
+
+
+# --- item 4: a file: URL names exactly one path ------------------------------------------
+
+def _file_db(path: Path, n: int = 5) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+    conn.executemany("INSERT INTO t (v) VALUES (?)", [(seal(b"x", OLD, with_kid=False),)] * n)
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize("name,url", [
+    ("a%41.db", "file:{dir}/a%41.db"),          # file:PATH is literal: %41 is three characters
+    ("x#y.db", "file:{dir}/x#y.db"),            # '#' is part of the name
+    ("q?mode=ro.db", "file:{dir}/q?mode=ro.db"),
+    ("x#y.db", "file://{dir}/x%23y.db"),        # file:// is RFC 8089: percent-decoded
+    ("sp ace.db", "file://localhost{dir}/sp%20ace.db"),
+])
+def test_a_file_url_names_exactly_one_path(tmp_path, keys_env, name, url):
+    """`file:/…/a%41.db` rotated aA.db; `file:/…/x#y.db` created an empty file x. The named
+    file is the one rotated; no other file is touched or created."""
+    for other in ("aA.db", "x", "q"):
+        _file_db(tmp_path / other)
+    _file_db(tmp_path / name)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != name}
+    res = run_cli(
+        "reencrypt", "--db", url.format(dir=tmp_path), "--target", "t.v", "--old-key",
+        keys_env["old"], "--new-key", keys_env["new"], "--json")
+    assert res.exit_code == 0, res.output
+    assert _all_new(tmp_path / name)
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != name}
+    assert after == before                       # nothing else touched, nothing created
+
+
+@pytest.mark.parametrize("url,message", [
+    ("file://{dir}/a.db?mode=ro&immutable=1", "no query string"),
+    ("file://{dir}/a.db#frag", "no query string or fragment"),
+    ("file://otherhost{dir}/a.db", "cannot name a host"),
+    ("file:{dir}/x#missing.db", "not found"),
+    ("file://{dir}/missing%3F.db", "not found"),
+])
+def test_file_urls_that_cannot_be_honoured_are_refused(tmp_path, keys_env, url, message):
+    _file_db(tmp_path / "a.db")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    res = run_cli("reencrypt", "--db", url.format(dir=tmp_path), "--target", "t.v", "--old-key",
+                  keys_env["old"], "--new-key", keys_env["new"], "--json")
+    assert res.exit_code == 2, res.output
+    assert message in last_json(res.output)["error"]["message"]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before   # never created
+
+
+def test_a_hash_in_a_file_name_never_creates_another_file(tmp_path, keys_env):
+    _file_db(tmp_path / "x#y.db")
+    res = run_cli("reencrypt", "--db", f"file:{tmp_path}/x#y.db", "--target", "t.v", "--old-key",
+                  keys_env["old"], "--new-key", keys_env["new"], "--json")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x#y.db"] and _all_new(tmp_path / "x#y.db")
