@@ -45,7 +45,7 @@ from keyrotate.db.base import (
     count_after,
     read_rows,
 )
-from keyrotate.db.own_schema import ensure_journal_schema
+from keyrotate.db.own_schema import ensure_journal_schema, journal_exists
 from keyrotate.errors import EXIT_FAILURES, EXIT_INCOMPLETE, ConfigError, Interrupted
 from keyrotate.progress import NoProgress, Progress
 from keyrotate.results import failure_lines
@@ -179,7 +179,7 @@ class Reencryptor:
         self.store, self.target, self.codec, self.opt = store, target, codec, options
         self.progress = progress or NoProgress()
         self.ident = RunIdentity(target, options.fmt, options.mode, codec.old_kid or "-",
-                                 codec.new_kid)
+                                 codec.new_kid, tuple(codec.old_kids))
         self.journal = None if options.dry_run else Journal(store)
         self.lease = None if options.dry_run else Lease(store, target.name)
         self.listed: list[dict[str, str]] = []  # dry run only: failures seen
@@ -237,6 +237,8 @@ class Reencryptor:
     def run(self) -> ReencryptResult:
         """Lease, then which run (a refusal writes nothing), then the probe, then the work."""
         if self.journal is None or self.lease is None:
+            if journal_exists(self.store):   # a dry run is refused as the real run would be
+                Journal(self.store).plan_run(self.ident, create=False)
             probe(self.store, self.target, self.codec, self.opt.page_bytes)
             return self._run(RunState("dry-run", self.ident, False))
         ensure_journal_schema(self.store)

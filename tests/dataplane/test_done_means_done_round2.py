@@ -313,3 +313,107 @@ def test_a_hash_in_a_file_name_never_creates_another_file(tmp_path, keys_env):
                   keys_env["old"], "--new-key", keys_env["new"], "--json")
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x#y.db"] and _all_new(tmp_path / "x#y.db")
+
+
+# --- item 5: runs that are refused only when `running` -----------------------------------
+
+THIRD_SECRET = "7d3c1e8d7b6a5f4e3d2c1b0a99887766554433221100ffeeddccbbaa00112299"
+REF = "accounts.encrypted_tokens"
+
+
+@pytest.fixture
+def k123(monkeypatch):
+    monkeypatch.setenv("KR_1", OLD_SECRET)
+    monkeypatch.setenv("KR_2", NEW_SECRET)
+    monkeypatch.setenv("KR_3", THIRD_SECRET)
+    return "env:KR_1", "env:KR_2", "env:KR_3"
+
+
+def _rotate(db: Path, old: str, new: str, *extra: str):
+    return run_cli("reencrypt", "--db", f"file:{db}", "--target", REF, "--old-key", old,
+                   "--new-key", new, "--json", *extra)
+
+
+def _keys_of(db: Path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for (v,) in sqlite3.connect(db).execute("SELECT encrypted_tokens FROM accounts"):
+        name = next((n for n, s in (("K1", OLD_SECRET), ("K2", NEW_SECRET), ("K3", THIRD_SECRET))
+                     if open_value(v, s) is not None), "?")
+        out[name] = out.get(name, 0) + 1
+    return out
+
+
+def _interrupted(db: Path, old: str, new: str, batches: int) -> None:
+    from keyrotate.errors import Interrupted
+    from tests.support.helpers import StopAfter
+
+    store = open_database(f"file:{db}")
+    try:
+        codec = codec_from_refs("tminus-envelope", new, old)
+        with pytest.raises(Interrupted):
+            reencrypt(store, resolve_target(store, REF, None), codec,
+                      ReencryptOptions(batch_size=100, workers=0), StopAfter(batches))
+    finally:
+        store.close()
+
+
+def test_chaining_on_from_an_unfinished_run_is_refused(ref_db, k123):
+    """K1->K2 killed partway, then K2->K3: accepted before (the unfinished run's new key is
+    this run's old key), and it ended with rows under K1 and K3. Refused now, before
+    anything is written, naming the run to finish."""
+    k1, k2, k3 = k123
+    db = ref_db(1_000)
+    _interrupted(db, k1, k2, 3)
+    assert _keys_of(db) == {"K1": 700, "K2": 300}
+    for dry in ((), ("--dry-run",)):
+        onward = _rotate(db, k2, k3, *dry)
+        assert onward.exit_code == 2, onward.output
+        message = last_json(onward.output)["error"]["message"]
+        assert "split between keys" in message and "Finish it first" in message
+        assert _keys_of(db) == {"K1": 700, "K2": 300}          # nothing written
+    assert _rotate(db, k1, k2).exit_code == 0                   # finish it
+    done = _rotate(db, k2, k3)
+    assert done.exit_code == 0, done.output
+    assert _keys_of(db) == {"K3": 1_000}
+
+
+def test_a_run_that_ended_incomplete_is_unfinished(ref_db, k123):
+    """A K1->K2 run that ended with exit 3 is not `running`: a K1->K3 run was accepted and
+    ended split. Any run not ended completed is unfinished."""
+    k1, k2, k3 = k123
+    db = ref_db(500)
+    store = open_database(f"file:{db}")
+    try:
+
+        class OldRowsBehind:        # the app writes rows under K1 behind the cursor
+            def start(self, total: int) -> None:
+                pass
+
+            def advance(self, rows: int) -> None:
+                conn = sqlite3.connect(db)
+                conn.execute("UPDATE accounts SET encrypted_tokens = ? WHERE account_id = "
+                             "(SELECT min(account_id) FROM accounts)",
+                             (seal(b"{}", OLD, with_kid=False),))
+                conn.commit()
+                conn.close()
+
+            def close(self) -> None:
+                pass
+
+        codec = codec_from_refs("tminus-envelope", k2, k1)
+        result = reencrypt(store, resolve_target(store, REF, None), codec,
+                           ReencryptOptions(batch_size=100, workers=0), OldRowsBehind())
+        assert result.status == "incomplete" and result.exit_code == 3
+    finally:
+        store.close()
+    before = _keys_of(db)
+    assert before.get("K1") and before.get("K2")
+    other = _rotate(db, k1, k3)
+    assert other.exit_code == 2 and "(incomplete)" in last_json(other.output)["error"]["message"]
+    assert _keys_of(db) == before
+    again = _rotate(db, k1, k2)                       # the same command starts it over
+    assert again.exit_code == 0, again.output
+    assert _keys_of(db) == {"K2": 500} and not last_json(again.output)["resumed"]
+    statuses = [s for (s,) in sqlite3.connect(db).execute(
+        "SELECT status FROM keyrotate_runs ORDER BY started_at")]
+    assert statuses == ["superseded", "completed"]
