@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from keyrotate.db.base import RowStore, Statement, Target, Value
 from keyrotate.db.own_schema import ensure_journal_schema, journal_exists
-from keyrotate.errors import ConfigError
+from keyrotate.errors import ConfigError, StoreError
 from keyrotate.timeutil import new_id, now_iso
 
 COUNTERS = ("rows_scanned", "rows_rewritten", "rows_already_current", "rows_null",
@@ -157,16 +157,23 @@ class Journal:
             return self._resume(plan.resume, ident, retired)
         t = ident.target
         run_id = new_id("r")
-        self.store.apply([], None, [
-            *_superseded(plan.supersede, ts),
-            Statement("INSERT INTO keyrotate_runs (run_id, kind, target, key_column, format, mode, "
-                      "old_kid, new_kid, status, started_at) "
-                      "VALUES (?, 'reencrypt', ?, ?, ?, ?, ?, ?, 'running', ?)",
-                      (run_id, t.name, t.key_column, ident.fmt, ident.mode,
-                       ident.old_kid, ident.new_kid, ts)),
-            Statement("INSERT INTO keyrotate_checkpoints (run_id, updated_at) VALUES (?, ?)",
-                      (run_id, ts)),
-        ])
+        try:
+            self.store.apply([], None, [
+                *_superseded(plan.supersede, ts),
+                Statement("INSERT INTO keyrotate_runs (run_id, kind, target, key_column, format, "
+                          "mode, old_kid, new_kid, status, started_at) "
+                          "VALUES (?, 'reencrypt', ?, ?, ?, ?, ?, ?, 'running', ?)",
+                          (run_id, t.name, t.key_column, ident.fmt, ident.mode,
+                           ident.old_kid, ident.new_kid, ts)),
+                Statement("INSERT INTO keyrotate_checkpoints (run_id, updated_at) VALUES (?, ?)",
+                          (run_id, ts)),
+            ])
+        except StoreError:
+            # a D1 answer lost after the commit: the client sent it again, and the replay
+            # met the run it had already made (its id is new: nobody else has it)
+            if not self.store.query("SELECT 1 FROM keyrotate_checkpoints WHERE run_id = ?",
+                                    (run_id,)):
+                raise
         return RunState(run_id, ident, False, superseded=retired)
 
     def open_run(self, ident: RunIdentity) -> RunState:

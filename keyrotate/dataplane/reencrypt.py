@@ -42,6 +42,8 @@ from keyrotate.db.base import (
     Statement,
     Target,
     Value,
+    bounded_scan_params,
+    bounded_scan_sql,
     count_after,
     read_rows,
 )
@@ -137,9 +139,12 @@ def _delta(page: PageResult) -> Counts:
 
 
 def probe(store: RowStore, target: Target, codec: Codec, page_bytes: int = PAGE_BYTES) -> None:
-    """Refuse before writing anything when no sampled row opens under either key: a wrong
-    --old-key would otherwise fail every row and record each failure."""
-    rows = store.scan_page(target, None, True, PROBE_ROWS, page_bytes)
+    """Refuse before writing anything when none of the first non-NULL rows opens under
+    either key: a wrong --old-key would otherwise fail every row and record each failure.
+    NULL rows prove nothing either way, so they are skipped (by the query, however many)."""
+    rows = [(r[0], r[1]) for r in store.query(bounded_scan_sql(target, True, non_null=True),
+                                              bounded_scan_params(None, True, PROBE_ROWS,
+                                                                  page_bytes))]
     page = process_page(codec, "rotate", rows)
     if page.rows - page.null and not (page.writes or page.current):
         reason, _ = Counter(r for _, r in page.failures).most_common(1)[0]

@@ -417,3 +417,103 @@ def test_a_run_that_ended_incomplete_is_unfinished(ref_db, k123):
     statuses = [s for (s,) in sqlite3.connect(db).execute(
         "SELECT status FROM keyrotate_runs ORDER BY started_at")]
     assert statuses == ["superseded", "completed"]
+
+
+# --- item 9: lost D1 answers while creating keyrotate's tables or a run -------------------
+
+@pytest.fixture
+def cf(monkeypatch):
+    import time as _time
+
+    from tests.support.cf_api import CloudflareStandIn
+
+    standin = CloudflareStandIn()
+    monkeypatch.setenv("CLOUDFLARE_API_BASE_URL", standin.base_url)
+    monkeypatch.setenv("CLOUDFLARE_API_TOKEN", "test-token")
+    real_sleep = _time.sleep
+    monkeypatch.setattr("keyrotate.cloudflare_api.time.sleep", lambda s: real_sleep(min(s, 0.05)))
+    yield standin
+    standin.stop()
+
+
+@pytest.mark.parametrize("needle", [b"CREATE TABLE IF NOT EXISTS keyrotate_runs",
+                                    b"ALTER TABLE keyrotate_checkpoints ADD COLUMN seq",
+                                    b"INSERT INTO keyrotate_runs"])
+def test_a_lost_answer_while_creating_tables_or_the_run_resumes(cf, ref_db, keys_env, needle):
+    """D1 committed, the answer was lost, the client sent the request again: the replay
+    met its own work (UNIQUE, duplicate column) and the run exited 2. It goes on now."""
+    db = ref_db(300)
+    cf.d1["db1"] = str(db)
+    cf.matching_faults.append(("commit-drop", needle))
+    res = run_cli("reencrypt", "--db", "d1://acct/db1", "--target", REF, "--old-key",
+                  keys_env["old"], "--new-key", keys_env["new"], "--workers", "0", "--json")
+    assert not cf.matching_faults, "the lost answer was met"
+    assert res.exit_code == 0, res.output
+    assert last_json(res.output)["rows_rewritten"] == 300 and _keys_of(db) == {"K2": 300}
+
+
+def test_two_first_runs_creating_the_tables_at_once(ref_db, monkeypatch):
+    """The second of two first runs read "nothing applied" before the first applied
+    keyrotate's migrations: its own attempt fails (UNIQUE, duplicate column), which the
+    ledger explains. It used to exit 2."""
+    from keyrotate.db import own_schema
+
+    db = ref_db(10)
+    first, second = open_database(f"file:{db}"), open_database(f"file:{db}")
+    try:
+        everything = own_schema.discover(own_schema.migrations_dir())
+        monkeypatch.setattr(own_schema, "pending", lambda store, found, table: list(everything))
+        own_schema.ensure_journal_schema(first)
+        own_schema.ensure_journal_schema(second)     # raised StoreError (exit 2) before
+    finally:
+        first.close()
+        second.close()
+
+
+def test_the_wrong_key_probe_skips_leading_null_rows(ref_db, k123):
+    """With 250 leading NULL rows the probe saw only NULLs, a wrong old key passed it, and
+    the run wrote 50 failure records. The probe reads the first non-NULL rows."""
+    _, k2, k3 = k123
+    db = ref_db(300)
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE accounts SET encrypted_tokens = NULL WHERE account_id IN "
+                 "(SELECT account_id FROM accounts ORDER BY account_id LIMIT 250)")
+    conn.commit()
+    conn.close()
+    res = _rotate(db, k3, k2)                 # K3 sealed nothing here
+    assert res.exit_code == 2 and "none of the first 50 non-NULL rows" in res.output
+    failures = sqlite3.connect(db).execute(
+        "SELECT count(*) FROM sqlite_master WHERE name = 'keyrotate_row_failures'").fetchone()[0]
+    assert not failures or not sqlite3.connect(db).execute(
+        "SELECT count(*) FROM keyrotate_row_failures").fetchone()[0]
+
+
+# --- item 9: waits are capped ------------------------------------------------------------
+
+def test_a_day_long_retry_after_stops_with_exit_3(cf, ref_db, keys_env):
+    """A 429 with Retry-After: 86400 was slept in full. keyrotate waits at most 120 s, then
+    stops with exit 3 and the time to run it again; nothing is half-written."""
+    db = ref_db(50)
+    cf.d1["db1"] = str(db)
+    cf.inject("429:86400")
+    res = run_cli("reencrypt", "--db", "d1://acct/db1", "--target", REF, "--old-key",
+                  keys_env["old"], "--new-key", keys_env["new"], "--json")
+    assert res.exit_code == 3, res.output
+    message = last_json(res.output)["error"]["message"]
+    assert "86,400 s" in message and "run the same command again after" in message
+    assert _keys_of(db) == {"K1": 50}
+
+
+def test_retry_after_as_an_http_date_is_capped_too():
+    import email.utils
+    from datetime import datetime, timedelta, timezone
+
+    import httpx
+
+    from keyrotate.cloudflare_api import retry_after, wait_too_long
+
+    later = datetime.now(timezone.utc) + timedelta(hours=2)
+    resp = httpx.Response(429, headers={"retry-after": email.utils.format_datetime(later, usegmt=True)})
+    wait = retry_after(resp)
+    assert wait is not None and 7000 < wait <= 7200
+    assert wait_too_long("x", wait) and wait_too_long("x", 119.0) is None

@@ -237,6 +237,13 @@ def test_endpoint_refusals_and_preflight(app):
     refused = run_cli("objects", "census", "--env", "staging", "--target", "AccountDO")
     assert refused.exit_code == 2 and "refused the token (HTTP 401)" in refused.output
     assert a.url in refused.output and TOKEN not in refused.output
+    # issue 20 item 9: a day's Retry-After is not slept through: exit 3, saying when
+    a.start(MASTER_KEY=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN, RETRY_AFTER="86400")
+    limited = run_cli("objects", "census", "--env", "staging", "--target", "AccountDO", "--json")
+    assert limited.exit_code == 3, limited.output
+    message = last_json(limited.output)["error"]["message"]
+    assert "86,400 s" in message and "run the same command again after" in message
+    a.start(MASTER_KEY=OLD_HEX, KEYROTATE_OBJECTS_TOKEN="ff" * 32)
     # preflight: every problem at once, nothing changed
     conn = sqlite3.connect(a.d1)
     conn.execute("DROP TABLE key_rotation_log")
