@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from keyrotate.db.base import RowStore, Statement, Target, Value
+from keyrotate.db.base import RowStore, Statement, Target, Value, display_key
 from keyrotate.db.own_schema import ensure_journal_schema, journal_exists
 from keyrotate.errors import ConfigError, StoreError
 from keyrotate.timeutil import new_id, now_iso
@@ -204,7 +204,7 @@ class Journal:
         for key, reason in failures:
             stmts.append(Statement(
                 "INSERT OR REPLACE INTO keyrotate_row_failures (run_id, row_key, key_value, reason) "
-                "VALUES (?, ?, ?, ?)", (run.run_id, str(key), key, reason)))
+                "VALUES (?, ?, ?, ?)", (run.run_id, display_key(key), key, reason)))
         return stmts
 
     @staticmethod

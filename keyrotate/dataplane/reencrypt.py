@@ -45,6 +45,7 @@ from keyrotate.db.base import (
     bounded_scan_params,
     bounded_scan_sql,
     count_after,
+    display_key,
     read_rows,
 )
 from keyrotate.db.own_schema import ensure_journal_schema, journal_exists
@@ -197,7 +198,7 @@ class Reencryptor:
         run.counts.add(delta)
         if self.journal is None or self.lease is None:
             for key, reason in fails[:LISTED_FAILURES - len(self.listed)]:
-                self.listed.append({"id": str(key), "reason": reason})
+                self.listed.append({"id": display_key(key), "reason": reason})
             return [True] * len(writes)
         stmts: list[Statement] = [*Journal.checkpoint(run, delta, seconds, last_key, fails),
                                   self.lease.renewal()]

@@ -21,7 +21,7 @@ from keyrotate.crypto.codecs import Codec
 from keyrotate.dataplane.outcome import ROWS, Outcome
 from keyrotate.dataplane.pipeline import page_results, page_size
 from keyrotate.dataplane.workers import CryptoRunner, PageResult, default_workers
-from keyrotate.db.base import RowStore, Target, count_rows, new_salt, witness_sql
+from keyrotate.db.base import RowStore, Target, count_rows, display_key, new_salt, witness_sql
 from keyrotate.errors import EXIT_FAILURES, EXIT_INCOMPLETE, Interrupted
 from keyrotate.progress import NoProgress, Progress
 from keyrotate.results import failure_lines
@@ -78,7 +78,7 @@ class Census:
             else:
                 self.old += n
         for key, reason in page.failures[:LISTED - len(self.failures)]:
-            self.failures.append({"id": str(key), "reason": reason})
+            self.failures.append({"id": display_key(key), "reason": reason})
 
     def text(self) -> str:
         verdict = "clean" if self.clean else "NOT clean"

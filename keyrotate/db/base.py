@@ -177,6 +177,15 @@ def cas_statements(target: Target | None, writes: Sequence[CasWrite]) -> list[St
     return [Statement(sql, tuple(w)) for w in writes]
 
 
+def display_key(key: Value) -> str:
+    """A row's key as printable text, for failure lists and output: a TEXT key that is not
+    UTF-8 (read back holding lone surrogates) shows its bad bytes as \\xNN escapes."""
+    text = str(key)
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def value_size(value: Value) -> int:
     return len(value) if isinstance(value, (str, bytes)) else 8
 

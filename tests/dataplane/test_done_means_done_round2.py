@@ -517,3 +517,58 @@ def test_retry_after_as_an_http_date_is_capped_too():
     wait = retry_after(resp)
     assert wait is not None and 7000 < wait <= 7200
     assert wait_too_long("x", wait) and wait_too_long("x", 119.0) is None
+
+
+# --- item 8: a text key that is not UTF-8 ------------------------------------------------
+
+@pytest.mark.parametrize("stop_after", [None, 1, 2, 3])
+def test_text_keys_that_are_not_utf8_are_rotated_and_resumed(tmp_path, keys_env, stop_after):
+    """A key with invalid UTF-8 ended every run in a UnicodeEncodeError traceback at the
+    same row. Such keys are bound back as the bytes they are: their rows rotate, a run
+    interrupted with one as its cursor resumes, and a failure lists it printably."""
+    from keyrotate.errors import Interrupted
+    from tests.support.helpers import StopAfter
+
+    db = tmp_path / "utf8.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT)")
+    for i in range(6):
+        conn.execute("INSERT INTO t VALUES (?, ?)", (f"k{i}", seal(b"x", OLD, with_kid=False)))
+        conn.execute("INSERT INTO t VALUES (CAST(? AS TEXT), ?)",
+                     (f"k{i}".encode() + b"\xff\xfe", seal(b"x", OLD, with_kid=False)))
+    conn.execute("INSERT INTO t VALUES (CAST(x'6b80' AS TEXT), 'not an envelope')")
+    conn.commit()
+    conn.close()
+    if stop_after:
+        store = open_database(f"file:{db}")
+        try:
+            codec = codec_from_refs("tminus-envelope", keys_env["new"], keys_env["old"])
+            with pytest.raises(Interrupted):
+                reencrypt(store, resolve_target(store, "t.v", None), codec,
+                          ReencryptOptions(batch_size=2, workers=0), StopAfter(stop_after))
+        finally:
+            store.close()
+    res = _cli(db, keys_env, "t.v", "--batch-size", "2")
+    assert res.exit_code == 1, res.output
+    out = last_json(res.output)
+    assert out["failures"] == [{"id": "k\\x80", "reason": "value is not valid JSON"}]
+    assert out["census"]["ok"] == 12 and out["census"]["witness"] == "matched"
+    text = run_cli("reencrypt", "--db", f"file:{db}", "--target", "t.v", "--old-key",
+                   keys_env["old"], "--new-key", keys_env["new"])   # the text output prints it
+    assert "row k\\x80" in text.output
+    conn = sqlite3.connect(db)
+    conn.text_factory = bytes
+    rows = dict(conn.execute("SELECT k, v FROM t"))
+    conn.close()
+    assert len(rows) == 13
+    assert all(open_value(v.decode(), NEW_SECRET) for k, v in rows.items() if k != b"k\x80")
+
+
+def test_only_real_placeholders_are_rebound():
+    from keyrotate.db.sqlite_file import bindable
+
+    sql = 'SELECT "a?b", \'?\' FROM "t?" WHERE k = ? -- ?\n AND /* ? */ j = ?'
+    out, params = bindable(sql, ["k\udcff", "plain"])
+    assert out == ('SELECT "a?b", \'?\' FROM "t?" WHERE k = CAST(? AS TEXT) -- ?\n AND /* ? */ j = ?')
+    assert params == (b"k\xff", "plain")
+    assert bindable("SELECT ?", ["ü"]) == ("SELECT ?", ("ü",))
