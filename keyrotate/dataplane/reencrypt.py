@@ -49,7 +49,13 @@ from keyrotate.db.base import (
     read_rows,
 )
 from keyrotate.db.own_schema import ensure_journal_schema, journal_exists
-from keyrotate.errors import EXIT_FAILURES, EXIT_INCOMPLETE, ConfigError, Interrupted
+from keyrotate.errors import (
+    EXIT_FAILURES,
+    EXIT_INCOMPLETE,
+    ConfigError,
+    Interrupted,
+    StoreError,
+)
 from keyrotate.progress import NoProgress, Progress
 from keyrotate.results import failure_lines
 
@@ -200,9 +206,13 @@ class Reencryptor:
             for key, reason in fails[:LISTED_FAILURES - len(self.listed)]:
                 self.listed.append({"id": display_key(key), "reason": reason})
             return [True] * len(writes)
-        stmts: list[Statement] = [*Journal.checkpoint(run, delta, seconds, last_key, fails),
-                                  self.lease.renewal()]
-        return self.store.apply(writes, self.target, stmts)
+        self.lease.check()
+        stmts: list[Statement] = [self.lease.guard(),
+                                  *Journal.checkpoint(run, delta, seconds, last_key, fails)]
+        try:
+            return self.store.apply(writes, self.target, stmts)
+        except StoreError as e:
+            raise self.lease.explain(e) from None
 
     def _settle_conflicts(self, run: RunState, missed: list[CasWrite], seconds: float) -> None:
         """Re-read rows whose compare-and-swap missed. A row holding exactly the value we
@@ -289,7 +299,7 @@ class Reencryptor:
             self.progress.close()
             if self.journal is not None and self.lease is not None and self.opt.census:
                 census = take_census(self.store, self.target, self.codec, runner,
-                                     self.opt.batch_size, self.progress, self.lease.renew_if_due)
+                                     self.opt.batch_size, self.progress, self.lease.check)
         except KeyboardInterrupt:
             writer.abandon()
             runner.close(cancel=True)
@@ -321,8 +331,13 @@ class Reencryptor:
             status = ("incomplete" if problems else
                       "completed_with_failures" if census.failed else "completed")
             failures = census.failures
-        self.store.apply([], None, [*Journal.checkpoint(run, Counts(), seconds, None, []),
-                                    Journal.finish(run, status)])
+        assert self.lease is not None
+        try:
+            self.store.apply([], None, [self.lease.guard(),
+                                        *Journal.checkpoint(run, Counts(), seconds, None, []),
+                                        Journal.finish(run, status)])
+        except StoreError as e:
+            raise self.lease.explain(e) from None
         return ReencryptResult(run.run_id, status, self.target.name, c, seconds, run.resumed,
                                False, self.unsettled, failures, census, problems, extra)
 

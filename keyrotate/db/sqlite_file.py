@@ -163,6 +163,7 @@ class SqliteFileStore:
         # Two connections: reads (keyset scans) and writes (CAS batches), so a writer thread
         # can commit while the main thread scans; sqlite3 releases the GIL inside SQLite.
         self._read_lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self.conn = self._connect(path)
         self.wconn = self._connect(path)
         self._data_version = self._read_data_version()
@@ -231,6 +232,11 @@ class SqliteFileStore:
     def apply(self, writes: Sequence[CasWrite], target: Target | None,
               statements: Sequence[Statement]) -> list[bool]:
         """CAS writes, then journal statements, in one immediate transaction."""
+        with self._write_lock:   # the writer thread and the lease's heartbeat both write
+            return self._apply(writes, target, statements)
+
+    def _apply(self, writes: Sequence[CasWrite], target: Target | None,
+               statements: Sequence[Statement]) -> list[bool]:
         conn = self.wconn
         contended = self._read_data_version() != self._data_version
         try:

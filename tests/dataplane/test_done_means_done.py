@@ -258,30 +258,124 @@ def _stop_outside_a_transaction(db, proc) -> None:
         time.sleep(0.01)   # let it reach the end of its transaction (any speed will do)
 
 
-def test_a_second_concurrent_run_refuses_and_names_the_holder(tmp_path):
-    db, originals, env = big_reference_db(tmp_path, 60_000, "lease.db")
+def _no_such_pid() -> int:
+    """A pid no process has here: what a holder in another PID namespace looks like."""
+    pid = int(Path("/proc/sys/kernel/pid_max").read_text()) - 1
+    while Path(f"/proc/{pid}").exists():
+        pid -= 1
+    return pid
+
+
+@pytest.fixture
+def live_holder(tmp_path):
+    """A reencrypt lease on TARGET held by a live holder (this process, heartbeat beating)."""
+    from keyrotate.dataplane.lease import Lease
+    from keyrotate.db.own_schema import ensure_journal_schema
+
+    db, _, env = big_reference_db(tmp_path, 500, "lease.db")
+    store = open_database(f"file:{db}")
+    ensure_journal_schema(store)
+    holder = Lease(store, TARGET)
+    holder.acquire()
+    yield db, env, holder
+    holder.release()
+    store.close()
+
+
+def _refused_by(db, env, holder, argv: list[str]) -> None:
+    before = rows_of(db)
+    second = subprocess.run(argv, env=env, capture_output=True, timeout=300)
+    assert second.returncode == 2, second.stderr.decode()[-2000:]
+    message = last_json(second.stdout.decode())["error"]["message"]
+    assert holder.holder in message and "holds accounts.encrypted_tokens" in message
+    assert rows_of(db) == before
+
+
+def test_a_live_holder_is_judged_by_its_heartbeat_not_its_pid(live_holder):
+    """Issue 20 item 6: a run in another PID namespace saw the live holder's pid as gone
+    (kill(pid, 0): no such process), took the lease, and both ran at once. A holder whose
+    pid means nothing here is still alive while its heartbeat moves."""
+    db, env, holder = live_holder
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE keyrotate_leases SET pid = ?", (_no_such_pid(),))
+    conn.commit()
+    conn.close()
+    _refused_by(db, env, holder, _argv(db))
+
+
+def test_a_run_in_another_pid_namespace_refuses_a_live_holder(live_holder):
+    """The same, for real: the second run in a PID namespace of its own (unshare)."""
+    import shutil
+
+    db, env, holder = live_holder
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "--pid", "--fork", "--mount-proc", "true"],
+                                         capture_output=True).returncode != 0:
+        pytest.skip("cannot make a PID namespace here (unshare needs root)")
+    _refused_by(db, env, holder, [unshare, "--pid", "--fork", "--mount-proc", *_argv(db)])
+
+
+def test_a_killed_holder_is_taken_over_and_its_run_resumed(tmp_path):
+    db, originals, env = big_reference_db(tmp_path, 20_000, "lease.db")
     first = subprocess.Popen(_argv(db), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_for_checkpoint(db, first)
-        _stop_outside_a_transaction(db, first)      # holding the lease, going nowhere
-        second = subprocess.run(_argv(db), env=env, capture_output=True, timeout=120)
-        assert second.returncode == 2, second.stderr.decode()
-        message = last_json(second.stdout.decode())["error"]["message"]
-        assert f"pid {first.pid}" in message and "holds accounts.encrypted_tokens" in message
+        _stop_outside_a_transaction(db, first)
         first.kill()                                # kill -9: the lease stays behind
         first.wait()
     finally:
         if first.poll() is None:
             first.kill()
     third = subprocess.run(_argv(db), env=env, capture_output=True, timeout=600)
-    assert third.returncode == 0, third.stderr.decode()[-2000:]   # a dead local holder is taken over
+    assert third.returncode == 0, third.stderr.decode()[-2000:]   # no heartbeat: taken over
     out = last_json(third.stdout.decode())
     assert out["resumed"] and out["status"] == "completed"
     conn = sqlite3.connect(db)
     scanned, rewritten = conn.execute(
         "SELECT rows_scanned, rows_rewritten FROM keyrotate_checkpoints").fetchone()
-    assert (scanned, rewritten) == (60_000, 60_000)  # one journal run, counted once
+    assert (scanned, rewritten) == (20_000, 20_000)  # one journal run, counted once
     assert not conn.execute("SELECT count(*) FROM keyrotate_leases").fetchone()[0]
+
+
+def test_a_stalled_holder_that_lost_its_lease_writes_nothing_more(tmp_path, keys_env):
+    """A holder frozen (SIGSTOP) past a few heartbeats loses its lease to the next run.
+    When it wakes, its next batch must not apply: it stops with exit 3, and the journal
+    counts every row once."""
+    db, originals, env = big_reference_db(tmp_path, 20_000, "stall.db")
+    first = subprocess.Popen(_argv(db), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    class WakeTheStalledOne(StopAfter):
+        """After the taker's first committed batch, let the stalled holder go on, and wait
+        (by observation) until it has stopped."""
+
+        def advance(self, rows: int) -> None:
+            if first.poll() is None:
+                first.send_signal(signal.SIGCONT)
+                first.wait(timeout=300)
+
+    try:
+        _wait_for_checkpoint(db, first)
+        _stop_outside_a_transaction(db, first)
+        store = open_database(f"file:{db}")
+        try:
+            codec = codec_from_refs("tminus-envelope", keys_env["new"], keys_env["old"])
+            result = reencrypt(store, resolve_target(store, TARGET, None), codec,
+                               ReencryptOptions(batch_size=100, workers=0),
+                               WakeTheStalledOne(10**9))
+        finally:
+            store.close()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    out, err = first.communicate()
+    assert first.returncode == 3, err.decode()[-2000:]
+    assert "took over" in last_json(out.decode())["error"]["message"]
+    assert result.status == "completed" and result.resumed
+    conn = sqlite3.connect(db)
+    scanned, rewritten = conn.execute(
+        "SELECT rows_scanned, rows_rewritten FROM keyrotate_checkpoints").fetchone()
+    assert (scanned, rewritten) == (20_000, 20_000)  # the stalled one's last batch never applied
+    assert all(open_value(v.decode(), NEW_SECRET) == originals[k] for k, v in rows_of(db).items())
 
 
 def test_memory_is_bounded_by_bytes_as_well_as_rows(tmp_path):
