@@ -33,6 +33,7 @@ import re
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from keyrotate.crypto.keys import MasterKey
@@ -54,16 +55,19 @@ class Envelope:
     """
 
     __slots__ = ("iv", "ciphertext", "encrypted_dek", "dek_iv", "kid", "source", "spans",
-                 "close", "_iv_b64", "_ct_b64")
+                 "close", "ct_span", "_iv_b64", "_ct_b64")
 
     def __init__(self, iv: bytes, ciphertext: bytes, encrypted_dek: bytes, dek_iv: bytes,
                  kid: str | None, iv_b64: str | None = None, ct_b64: str | None = None,
                  source: str | None = None, spans: dict[str, list[tuple[int, int]]] | None = None,
-                 close: int = 0):
+                 close: int = 0, ct_span: tuple[int, int] | None = None):
         self.iv, self.ciphertext, self.encrypted_dek, self.dek_iv = iv, ciphertext, encrypted_dek, dek_iv
         self.kid = kid
         self._iv_b64, self._ct_b64 = iv_b64, ct_b64
         self.source, self.spans, self.close = source, spans or {}, close
+        # a heavy ciphertext is left undecoded in the source (its base64 lies at ct_span):
+        # it is authenticated in chunks, never held whole (see authenticate)
+        self.ct_span = ct_span
 
     def rewritten(self, fields: dict[str, str]) -> str:
         """The envelope with these fields (name -> base64 or kid string) replaced: every
@@ -74,21 +78,27 @@ class Envelope:
                                "ciphertext": self._ct_b64 or _b64(self.ciphertext),
                                "encryptedDek": _b64(self.encrypted_dek),
                                "dekIv": _b64(self.dek_iv), **fields})
-        edits: list[tuple[int, int, str]] = []
+        edits: list[tuple[int, int, str, str]] = []   # (start, end, text before, value)
         for name, value in fields.items():
-            text = json.dumps(value)
             places = self.spans.get(name)
             if places:
-                edits += [(a, b, text) for a, b in places]
+                edits += [(a, b, "", value) for a, b in places]
             else:
-                edits.append((self.close, self.close, "," + json.dumps(name) + ":" + text))
+                edits.append((self.close, self.close, "," + json.dumps(name) + ":", value))
         edits.sort(key=lambda e: (e[0], e[1]))
-        out, at = [], 0
-        for a, b, text in edits:
-            out += [self.source[at:a], text]
+        # grown in place piece by piece (CPython extends a str it holds the only reference
+        # to): a heavy envelope is copied once, not once per piece and again to join them.
+        # Values are base64 or hex: JSON strings as they are, nothing to escape.
+        out, at = "", 0
+        for a, b, before, value in edits:
+            out += self.source[at:a]
+            out += before
+            out += '"'
+            out += value
+            out += '"'
             at = b
-        out.append(self.source[at:])
-        return "".join(out)
+        out += self.source[at:]
+        return out
 
 
 def _canonical(fields: dict[str, str]) -> str:
@@ -122,12 +132,14 @@ def _aead(raw_key: bytes) -> AESGCM:
 _P_IV, _P_CT, _P_EDEK, _P_DEKIV = '{"iv":"', '","ciphertext":"', '","encryptedDek":"', '","dekIv":"'
 
 
-def _fast_fields(value: str) -> tuple[str, str, str, str, str | None] | None:
-    """The four base64 strings and kid of the canonical shape, or None to take the slow path.
+def _fast_spans(value: str) -> tuple[int, int, int, int, int, str | None] | None:
+    """Where the canonical shape's fields are, and its kid; None to take the slow path.
 
     Accepts only {"iv":"..","ciphertext":"..","encryptedDek":"..","dekIv":".."[,"kid":"<hex>"]}
     whose fields are later checked as strict base64 (so they hold no quote or backslash):
-    exactly the strings json.loads reads as those same fields.
+    exactly the strings JSON.parse reads as those same fields. Returns (a, b, c, d, e, kid):
+    iv is value[a:b], ciphertext value[b + len(_P_CT):c], encryptedDek
+    value[c + len(_P_EDEK):d], dekIv value[d + len(_P_DEKIV):e].
     """
     if not value.startswith(_P_IV):
         return None
@@ -148,16 +160,56 @@ def _fast_fields(value: str) -> tuple[str, str, str, str, str | None] | None:
         kid = tail[9:-2]
         if not kid or not _HEX.issuperset(kid):
             return None
-    return (value[a:b], value[b + len(_P_CT):c], value[c + len(_P_EDEK):d],
-            value[d + len(_P_DEKIV):e], kid)
+    return a, b, c, d, e, kid
 
 
-def _checked(iv: bytes, ciphertext: bytes, encrypted_dek: bytes, dek_iv: bytes) -> None:
+def _fast_envelope(value: str) -> Envelope | None:
+    spans = _fast_spans(value)
+    if spans is None:
+        return None
+    a, b, c, d, e, kid = spans
+    ct = (b + len(_P_CT), c)
+    heavy = ct[1] - ct[0] > STREAM_FROM
+    try:
+        iv_b64 = value[a:b]
+        iv, edek, dek_iv = (binascii.a2b_base64(f, strict_mode=True) for f in (
+            iv_b64, value[c + len(_P_EDEK):d], value[d + len(_P_DEKIV):e]))
+        ct_b64 = None if heavy else value[ct[0]:ct[1]]
+        ciphertext = b"" if ct_b64 is None else binascii.a2b_base64(ct_b64, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return None     # let the general path name the bad field
+    if not heavy:
+        _checked(iv, len(ciphertext), edek, dek_iv)
+        return Envelope(iv, ciphertext, edek, dek_iv, kid, iv_b64, ct_b64)
+    _checked(iv, _b64_length(value, *ct), edek, dek_iv)
+    # value spans (quotes included), for rewriting the stored text in place
+    fields = {"iv": [(a - 1, b + 1)], "ciphertext": [(ct[0] - 1, c + 1)],
+              "encryptedDek": [(c + len(_P_EDEK) - 1, d + 1)],
+              "dekIv": [(d + len(_P_DEKIV) - 1, e + 1)]}
+    if kid is not None:
+        fields["kid"] = [(e + 8, len(value) - 1)]
+    return Envelope(iv, b"", edek, dek_iv, kid, iv_b64, None, source=value, spans=fields,
+                    close=len(value) - 1, ct_span=ct)
+
+
+STREAM_FROM = 256 << 10   # base64 characters: a longer ciphertext is checked in chunks
+CHUNK = 1 << 20           # base64 characters per chunk (a multiple of 4)
+
+
+def _b64_length(value: str, start: int, end: int) -> int:
+    """Bytes the base64 in value[start:end] decodes to (its padding checked when decoded)."""
+    n = end - start
+    if n % 4:
+        raise InvalidEnvelope("field ciphertext is not valid base64")
+    return n // 4 * 3 - (value[end - 1] == "=") - (value[end - 2] == "=")
+
+
+def _checked(iv: bytes, ciphertext: int, encrypted_dek: bytes, dek_iv: bytes) -> None:
     if len(iv) != IV_BYTES:
         raise InvalidEnvelope(f"iv is {len(iv)} bytes, expected {IV_BYTES}")
     if len(dek_iv) != IV_BYTES:
         raise InvalidEnvelope(f"dekIv is {len(dek_iv)} bytes, expected {IV_BYTES}")
-    if len(ciphertext) < TAG_BYTES:
+    if ciphertext < TAG_BYTES:
         raise InvalidEnvelope("ciphertext is shorter than the GCM tag")
     if len(encrypted_dek) != DEK_BYTES + TAG_BYTES:
         raise InvalidEnvelope(
@@ -178,15 +230,9 @@ def parse(value: Any) -> Envelope:
             value.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates: the cell held invalid UTF-8
             raise InvalidEnvelope("value is not valid UTF-8 text") from None
-    fast = _fast_fields(value)
+    fast = _fast_envelope(value)
     if fast is not None:
-        try:
-            iv, ct, edek, dek_iv = (binascii.a2b_base64(f, strict_mode=True) for f in fast[:4])
-        except (binascii.Error, ValueError):
-            fast = None  # let the general path name the bad field
-        else:
-            _checked(iv, ct, edek, dek_iv)
-            return Envelope(iv, ct, edek, dek_iv, fast[4], fast[0], fast[1])
+        return fast
     return _parse_general(value)
 
 
@@ -271,7 +317,7 @@ def _parse_general(value: str) -> Envelope:
     ciphertext = _unb64(obj["ciphertext"], "ciphertext")
     encrypted_dek = _unb64(obj["encryptedDek"], "encryptedDek")
     dek_iv = _unb64(obj["dekIv"], "dekIv")
-    _checked(iv, ciphertext, encrypted_dek, dek_iv)
+    _checked(iv, len(ciphertext), encrypted_dek, dek_iv)
     # readers ignore kid (and choose keys by it only when it is a string): any other kid
     # is no hint, and is replaced when the row is rewritten
     kid = obj.get("kid") if isinstance(obj.get("kid"), str) else None
@@ -292,8 +338,33 @@ def unwrap_dek(env: Envelope, key: MasterKey) -> bytes | None:
 
 def open_payload(env: Envelope, dek: bytes) -> bytes:
     """Decrypt the payload with its DEK. Raises InvalidEnvelope if it does not authenticate."""
+    ciphertext = env.ciphertext
+    if env.ct_span is not None and env.source is not None:
+        ciphertext = _unb64(env.source[env.ct_span[0]:env.ct_span[1]], "ciphertext")
     try:
-        return AESGCM(dek).decrypt(env.iv, env.ciphertext, None)
+        return AESGCM(dek).decrypt(env.iv, ciphertext, None)
+    except InvalidTag:
+        raise InvalidEnvelope("payload does not authenticate under its DEK") from None
+
+
+def authenticate(env: Envelope, dek: bytes) -> None:
+    """That the payload authenticates under its DEK (what a Worker's read checks), without
+    keeping it: a heavy ciphertext is decoded and decrypted a chunk at a time, so a row of
+    megabytes costs a chunk of memory, not three copies of itself. InvalidEnvelope if not."""
+    if env.ct_span is None or env.source is None:
+        open_payload(env, dek)
+        return
+    source, (start, end) = env.source, env.ct_span
+    decryptor = Cipher(algorithms.AES(dek), modes.GCM(env.iv)).decryptor()
+    held = b""                        # the last bytes seen: the tag, once all is read
+    try:
+        for i in range(start, end, CHUNK):
+            data = held + binascii.a2b_base64(source[i:min(i + CHUNK, end)], strict_mode=True)
+            decryptor.update(data[:-TAG_BYTES])
+            held = data[-TAG_BYTES:]
+        decryptor.finalize_with_tag(held)
+    except (binascii.Error, ValueError):
+        raise InvalidEnvelope("field ciphertext is not valid base64") from None
     except InvalidTag:
         raise InvalidEnvelope("payload does not authenticate under its DEK") from None
 
@@ -301,6 +372,12 @@ def open_payload(env: Envelope, dek: bytes) -> bytes:
 def seal(payload: bytes, key: MasterKey, *, with_kid: bool = True) -> str:
     """Encrypt a payload as the Workers do, under a fresh DEK and fresh IVs."""
     return _canonical(_sealed_fields(payload, key, key.kid if with_kid else None))
+
+
+def sealed_fields(payload: bytes, key: MasterKey, kid: str | None = None) -> dict[str, str]:
+    """The fields of a payload sealed under a fresh DEK and IVs, wrapped under `key` (kid:
+    the key's own, unless given)."""
+    return _sealed_fields(payload, key, kid or key.kid)
 
 
 def _sealed_fields(payload: bytes, key: MasterKey, kid: str | None) -> dict[str, str]:

@@ -31,7 +31,7 @@ from keyrotate.dataplane.journal import (
 )
 from keyrotate.dataplane.lease import Lease
 from keyrotate.dataplane.outcome import ROWS, Outcome
-from keyrotate.dataplane.pipeline import page_results, page_size
+from keyrotate.dataplane.pipeline import InFlight, page_results, page_size
 from keyrotate.dataplane.verify import Census, take_census
 from keyrotate.dataplane.workers import CryptoRunner, PageResult, default_workers, process_page
 from keyrotate.dataplane.writer import OrderedWriter
@@ -288,13 +288,16 @@ class Reencryptor:
                 self._settle_conflicts(run, missed, secs)
             self.progress.advance(page.rows)
 
-        writer: OrderedWriter[PageResult] = OrderedWriter(commit_page, depth=2)
+        budget = InFlight()
+        writer: OrderedWriter[PageResult] = OrderedWriter(
+            commit_page, depth=2, release=lambda page: budget.give(page.bytes))
         census = None
         try:
             for page in page_results(self.store, self.target, runner, "rotate",
                                      page_size(self.store, self.opt.batch_size), after, first,
-                                     self.opt.page_bytes):
+                                     self.opt.page_bytes, budget=budget):
                 writer.put(page)
+                del page
             writer.finish()
             self.progress.close()
             if self.journal is not None and self.lease is not None and self.opt.census:

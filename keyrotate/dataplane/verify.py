@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from keyrotate.crypto.codecs import Codec
 from keyrotate.dataplane.outcome import ROWS, Outcome
-from keyrotate.dataplane.pipeline import page_results, page_size
+from keyrotate.dataplane.pipeline import InFlight, page_results, page_size
 from keyrotate.dataplane.workers import CryptoRunner, PageResult, default_workers
 from keyrotate.db.base import RowStore, Target, count_rows, display_key, new_salt, witness_sql
 from keyrotate.errors import EXIT_FAILURES, EXIT_INCOMPLETE, Interrupted
@@ -106,9 +106,11 @@ def take_census(store: RowStore, target: Target, codec: Codec, runner: CryptoRun
     progress.start(before)
     witnessed = target.with_witness()
     salt = new_salt() if witnessed.witnessed else None
+    budget = InFlight()
     for page in page_results(store, witnessed, runner, "census", page_size(store, batch_size),
-                             salt=salt):
+                             salt=salt, budget=budget):
         census.tally(page)
+        budget.give(page.bytes)
         progress.advance(page.rows)
         between_pages()
     if salt is not None and witnessed.rowid is not None:

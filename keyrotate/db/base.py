@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, replace
+from operator import itemgetter
 from typing import Any, Iterable, Protocol, Sequence
 
 from keyrotate.errors import StoreError
@@ -188,6 +189,15 @@ def display_key(key: Value) -> str:
 
 def value_size(value: Value) -> int:
     return len(value) if isinstance(value, (str, bytes)) else 8
+
+
+def page_weight(rows: Sequence[tuple[Value, ...]]) -> int:
+    """The stored bytes of a page's values (the common all-text page without a Python
+    call per row)."""
+    try:
+        return sum(map(len, map(itemgetter(1), rows)))
+    except TypeError:   # a NULL or a number among them
+        return sum(value_size(r[1]) for r in rows)
 
 
 def read_rows(store: RowStore, target: Target, keys: Sequence[Value]) -> list[tuple[Value, Value]]:
