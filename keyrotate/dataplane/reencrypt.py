@@ -169,7 +169,11 @@ def reconcile(census: Census, counts: Counts, unsettled: int) -> list[str]:
     problems = []
     if census.old:
         problems.append(f"{census.old} rows still open under the old key (written meanwhile?)")
-    if census.unreached:
+    if census.witness == "differs":
+        problems.append(f"the rows the census visited are not the rows {census.target} holds "
+                        f"at the end ({census.unreached} or more not visited): paging missed "
+                        "rows, or the application inserted or deleted rows during the census")
+    elif census.unreached:
         problems.append(f"{census.unreached} rows of the table were not reached by paging "
                         f"on {census.target}'s key")
     problems += reconcile_unsettled(unsettled)

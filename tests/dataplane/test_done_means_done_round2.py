@@ -620,3 +620,12 @@ def test_heavy_rows_keep_the_process_tree_under_250_mb(tmp_path, mode):
     for key, value in conn.execute("SELECT account_id, encrypted_tokens FROM accounts"):
         assert open_value(value, secret) == originals[key]
     conn.close()
+
+
+def test_ids_the_census_could_not_list_keep_a_rewrap_from_completing():
+    from keyrotate.dataplane.objects.driver import ObjectsCensus, ObjectsRewrap
+
+    census = ObjectsCensus("AccountDO", "kid", objects=10, current=10, unlisted=1)
+    assert not census.clean and census.exit_code == 3
+    rewrap = ObjectsRewrap("r", "AccountDO", rewrapped=10, census=census)
+    assert rewrap.status == "incomplete" and rewrap.exit_code == 3

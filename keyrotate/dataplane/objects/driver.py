@@ -158,7 +158,10 @@ class ObjectsCensus:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.clean else EXIT_FAILURES
+        """1 for objects behind or failing; 3 when the only doubt is ids it could not list."""
+        if self.clean:
+            return 0
+        return EXIT_INCOMPLETE if self.unlisted and not (self.behind or self.failed) else EXIT_FAILURES
 
     def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "kid": self.new_kid, "objects": self.objects,
@@ -216,7 +219,8 @@ class ObjectsRewrap:
     def status(self) -> str:
         if self.dry_run:
             return "dry-run"
-        if self.stale or self.unfinished or (self.census is not None and self.census.behind):
+        if self.stale or self.unfinished or (self.census is not None and (
+                self.census.behind or self.census.unlisted)):
             return "incomplete"
         return "completed_with_failures" if self._failures() else "completed"
 
