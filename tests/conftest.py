@@ -9,7 +9,7 @@ import pytest
 
 from keyrotate.demo.build import build_reference_db
 from tests.support.cloudflare_project import project  # noqa: F401 (a fixture)
-from tests.support.helpers import NEW_SECRET, OLD_SECRET
+from tests.support.helpers import NEW_SECRET, OLD_SECRET, THIRD_SECRET
 from tests.support.services import Sqld
 
 
@@ -19,6 +19,15 @@ def keys_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     monkeypatch.setenv("KR_OLD", OLD_SECRET)
     monkeypatch.setenv("KR_NEW", NEW_SECRET)
     return {"old": "env:KR_OLD", "new": "env:KR_NEW"}
+
+
+@pytest.fixture
+def three_keys(monkeypatch: pytest.MonkeyPatch) -> tuple[str, str, str]:
+    """References to three keys: OLD, NEW and a third (KR_A, KR_B, KR_C)."""
+    monkeypatch.setenv("KR_A", OLD_SECRET)
+    monkeypatch.setenv("KR_B", NEW_SECRET)
+    monkeypatch.setenv("KR_C", THIRD_SECRET)
+    return "env:KR_A", "env:KR_B", "env:KR_C"
 
 
 @pytest.fixture

@@ -20,19 +20,19 @@ from keyrotate.dataplane.codec_refs import codec_from_refs
 from keyrotate.dataplane.reencrypt import ReencryptOptions, reencrypt
 from keyrotate.db.connect import open_database
 from keyrotate.db.table_shape import resolve_target
-from keyrotate.errors import Interrupted
 from tests.support.helpers import (
     NEW_SECRET,
     OLD_SECRET,
+    THIRD_SECRET,
     StopAfter,
     big_reference_db,
+    interrupted_rotation,
     last_json,
     open_value,
     rows_of,
     run_cli,
 )
 
-THIRD_SECRET = "7d3c1e8d7b6a5f4e3d2c1b0a99887766554433221100ffeeddccbbaa00112299"
 TARGET = "accounts.encrypted_tokens"
 
 
@@ -41,34 +41,15 @@ def _cli(db, old: str, new: str, *extra: str):
                    "--new-key", new, "--json", *extra)
 
 
-def _interrupt(db, old_ref: str, new_ref: str, batches: int, batch_size: int = 100) -> None:
-    store = open_database(f"file:{db}")
-    try:
-        codec = codec_from_refs("tminus-envelope", new_ref, old_ref)
-        with pytest.raises(Interrupted):
-            reencrypt(store, resolve_target(store, TARGET, None), codec,
-                      ReencryptOptions(batch_size=batch_size, workers=0), StopAfter(batches))
-    finally:
-        store.close()
-
-
 def _under(db, secret: str, key: str = "account_id") -> int:
     return sum(1 for v in rows_of(db, key=key).values()
                if v and open_value(v.decode(), secret) is not None)
 
 
-@pytest.fixture
-def three_keys(monkeypatch):
-    monkeypatch.setenv("KR_A", OLD_SECRET)
-    monkeypatch.setenv("KR_B", NEW_SECRET)
-    monkeypatch.setenv("KR_C", THIRD_SECRET)
-    return "env:KR_A", "env:KR_B", "env:KR_C"
-
-
 def test_undo_then_redo_never_resumes_the_overtaken_run(ref_db, three_keys):
     a, b, _ = three_keys
     db = ref_db(2_000)
-    _interrupt(db, a, b, 5)                       # A -> B stops at row 500
+    interrupted_rotation(db, a, b, 5)                       # A -> B stops at row 500
     undo = _cli(db, b, a)                          # B -> A: every row back under A
     assert undo.exit_code == 0, undo.output
     assert _under(db, OLD_SECRET) == 2_000
@@ -84,7 +65,7 @@ def test_undo_then_redo_never_resumes_the_overtaken_run(ref_db, three_keys):
 def test_a_different_new_key_is_refused_while_a_run_is_unfinished(ref_db, three_keys):
     a, b, c = three_keys
     db = ref_db(1_000)
-    _interrupt(db, a, b, 3)
+    interrupted_rotation(db, a, b, 3)
     before = rows_of(db)
     other = _cli(db, a, c)
     assert other.exit_code == 2

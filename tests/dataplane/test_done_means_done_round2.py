@@ -16,7 +16,15 @@ from keyrotate.dataplane.reencrypt import ReencryptOptions, reencrypt
 from keyrotate.dataplane.verify import verify
 from keyrotate.db.connect import open_database
 from keyrotate.db.table_shape import resolve_target
-from tests.support.helpers import NEW_SECRET, OLD_SECRET, last_json, open_value, run_cli
+from tests.support.helpers import (
+    NEW_SECRET,
+    OLD_SECRET,
+    THIRD_SECRET,
+    interrupted_rotation,
+    last_json,
+    open_value,
+    run_cli,
+)
 
 OLD = MasterKey.from_secret(OLD_SECRET)
 
@@ -317,16 +325,7 @@ def test_a_hash_in_a_file_name_never_creates_another_file(tmp_path, keys_env):
 
 # --- item 5: runs that are refused only when `running` -----------------------------------
 
-THIRD_SECRET = "7d3c1e8d7b6a5f4e3d2c1b0a99887766554433221100ffeeddccbbaa00112299"
 REF = "accounts.encrypted_tokens"
-
-
-@pytest.fixture
-def k123(monkeypatch):
-    monkeypatch.setenv("KR_1", OLD_SECRET)
-    monkeypatch.setenv("KR_2", NEW_SECRET)
-    monkeypatch.setenv("KR_3", THIRD_SECRET)
-    return "env:KR_1", "env:KR_2", "env:KR_3"
 
 
 def _rotate(db: Path, old: str, new: str, *extra: str):
@@ -343,27 +342,13 @@ def _keys_of(db: Path) -> dict[str, int]:
     return out
 
 
-def _interrupted(db: Path, old: str, new: str, batches: int) -> None:
-    from keyrotate.errors import Interrupted
-    from tests.support.helpers import StopAfter
-
-    store = open_database(f"file:{db}")
-    try:
-        codec = codec_from_refs("tminus-envelope", new, old)
-        with pytest.raises(Interrupted):
-            reencrypt(store, resolve_target(store, REF, None), codec,
-                      ReencryptOptions(batch_size=100, workers=0), StopAfter(batches))
-    finally:
-        store.close()
-
-
-def test_chaining_on_from_an_unfinished_run_is_refused(ref_db, k123):
+def test_chaining_on_from_an_unfinished_run_is_refused(ref_db, three_keys):
     """K1->K2 killed partway, then K2->K3: accepted before (the unfinished run's new key is
     this run's old key), and it ended with rows under K1 and K3. Refused now, before
     anything is written, naming the run to finish."""
-    k1, k2, k3 = k123
+    k1, k2, k3 = three_keys
     db = ref_db(1_000)
-    _interrupted(db, k1, k2, 3)
+    interrupted_rotation(db, k1, k2, 3)
     assert _keys_of(db) == {"K1": 700, "K2": 300}
     for dry in ((), ("--dry-run",)):
         onward = _rotate(db, k2, k3, *dry)
@@ -377,10 +362,10 @@ def test_chaining_on_from_an_unfinished_run_is_refused(ref_db, k123):
     assert _keys_of(db) == {"K3": 1_000}
 
 
-def test_a_run_that_ended_incomplete_is_unfinished(ref_db, k123):
+def test_a_run_that_ended_incomplete_is_unfinished(ref_db, three_keys):
     """A K1->K2 run that ended with exit 3 is not `running`: a K1->K3 run was accepted and
     ended split. Any run not ended completed is unfinished."""
-    k1, k2, k3 = k123
+    k1, k2, k3 = three_keys
     db = ref_db(500)
     store = open_database(f"file:{db}")
     try:
@@ -470,10 +455,10 @@ def test_two_first_runs_creating_the_tables_at_once(ref_db, monkeypatch):
         second.close()
 
 
-def test_the_wrong_key_probe_skips_leading_null_rows(ref_db, k123):
+def test_the_wrong_key_probe_skips_leading_null_rows(ref_db, three_keys):
     """With 250 leading NULL rows the probe saw only NULLs, a wrong old key passed it, and
     the run wrote 50 failure records. The probe reads the first non-NULL rows."""
-    _, k2, k3 = k123
+    _, k2, k3 = three_keys
     db = ref_db(300)
     conn = sqlite3.connect(db)
     conn.execute("UPDATE accounts SET encrypted_tokens = NULL WHERE account_id IN "

@@ -40,9 +40,8 @@ from keyrotate.errors import (
     ConfigError,
     Interrupted,
 )
-from tests.support.helpers import NEW_SECRET, OLD_SECRET, open_value
+from tests.support.helpers import NEW_SECRET, OLD_SECRET, THIRD_SECRET, open_value
 
-THIRD_SECRET = "7d3c1e8d7b6a5f4e3d2c1b0a99887766554433221100ffeeddccbbaa00112299"
 SECRETS = {"K1": OLD_SECRET, "K2": NEW_SECRET, "K3": THIRD_SECRET}
 KEYS = {name: MasterKey.from_secret(s) for name, s in SECRETS.items()}
 STRANGER = MasterKey.from_secret("a key nobody gave keyrotate, 32+ bytes long")
