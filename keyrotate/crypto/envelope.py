@@ -374,10 +374,11 @@ def seal(payload: bytes, key: MasterKey, *, with_kid: bool = True) -> str:
     return _canonical(_sealed_fields(payload, key, key.kid if with_kid else None))
 
 
-def sealed_fields(payload: bytes, key: MasterKey, kid: str | None = None) -> dict[str, str]:
-    """The fields of a payload sealed under a fresh DEK and IVs, wrapped under `key` (kid:
-    the key's own, unless given)."""
-    return _sealed_fields(payload, key, kid or key.kid)
+def sealed_fields(payload: bytes, key: MasterKey) -> dict[str, str]:
+    """A payload re-encrypted under a brand-new DEK and IVs, wrapped under `key`, as the
+    fields to write into its envelope (Envelope.rewritten keeps other writers' fields).
+    For compromise response: whoever held the old master key could unwrap every old DEK."""
+    return _sealed_fields(payload, key, key.kid)
 
 
 def _sealed_fields(payload: bytes, key: MasterKey, kid: str | None) -> dict[str, str]:
@@ -397,11 +398,3 @@ def rewrap(env: Envelope, dek: bytes, new_key: MasterKey) -> str:
     wrapped = _aead(new_key.raw).encrypt(dek_iv, dek, None)
     return env.rewritten({"encryptedDek": _b64(wrapped), "dekIv": _b64(dek_iv),
                           "kid": new_key.kid})
-
-
-def seal_payload(payload: bytes, new_key: MasterKey, like: Envelope | None = None) -> str:
-    """An opened payload re-encrypted under a brand-new DEK and IV, wrapped under the new
-    key; other writers' fields kept byte-identical (`like`: the envelope it came from).
-    For compromise response: whoever held the old master key could unwrap every old DEK."""
-    fields = _sealed_fields(payload, new_key, new_key.kid)
-    return like.rewritten(fields) if like is not None else _canonical(fields)

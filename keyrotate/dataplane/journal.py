@@ -119,8 +119,8 @@ class Journal:
         finished = ", ".join(f"'{s}'" for s in FINISHED)
         unfinished = [_Unfinished(*map(str, r)) for r in self.store.query(
             "SELECT run_id, key_column, format, mode, old_kid, new_kid, started_at, status FROM "
-            f"keyrotate_runs u WHERE kind = 'reencrypt' AND target = ? AND status NOT IN ({settled}) "
-            "AND NOT EXISTS (SELECT 1 FROM keyrotate_runs f WHERE f.kind = 'reencrypt' AND "
+            "keyrotate_runs u WHERE kind = 'reencrypt' AND target = ? "
+            f"AND status NOT IN ({settled}) AND NOT EXISTS (SELECT 1 FROM keyrotate_runs f WHERE f.kind = 'reencrypt' AND "
             f"f.target = u.target AND f.status IN ({finished}) AND (f.started_at > u.started_at "
             "OR (f.started_at = u.started_at AND f.run_id > u.run_id))) "
             "ORDER BY started_at DESC, run_id DESC", (t.name,))]

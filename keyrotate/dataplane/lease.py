@@ -47,7 +47,9 @@ def _iso(t: datetime) -> str:
 
 def beat_seconds(db: RowStore) -> float:
     url = db.display_url
-    return BEAT_LOCAL if url.startswith("file:") else BEAT_D1 if url.startswith("d1:") else BEAT_REMOTE
+    if url.startswith("file:"):
+        return BEAT_LOCAL
+    return BEAT_D1 if url.startswith("d1:") else BEAT_REMOTE
 
 
 class Lease:

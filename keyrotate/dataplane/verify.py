@@ -114,10 +114,12 @@ def take_census(store: RowStore, target: Target, codec: Codec, runner: CryptoRun
         progress.advance(page.rows)
         between_pages()
     if salt is not None and witnessed.rowid is not None:
-        n, total = store.query(witness_sql(target.table, witnessed.rowid, salt))[0]
-        census.witness = "matched" if (int(n), int(total)) == (census.rows, census.visited_witness) else "differs"
-        if census.witness == "differs":
-            census.unreached = max(1, int(n) - census.rows)
+        n, total = (int(v) for v in store.query(witness_sql(target.table, witnessed.rowid,
+                                                             salt))[0])
+        if (n, total) == (census.rows, census.visited_witness):
+            census.witness = "matched"
+        else:
+            census.witness, census.unreached = "differs", max(1, n - census.rows)
     else:
         census.unreached = max(0, min(before, count_rows(store, target)) - census.rows)
     census.seconds = time.monotonic() - started

@@ -92,11 +92,12 @@ class IdSource:
         t, c = quote_ident(self.table), quote_ident(self.column)
         cc = c + (f" COLLATE {col.collation}" if col.collation else "")
         salt = walk.salt if walk is not None and col.rowid else None
-        wit = f", {quote_ident(col.rowid)}" if salt is not None and col.rowid else ""
+        wit = f", {quote_ident(col.rowid)}" if salt is not None and col.rowid else ""   # witness
         after: Any = None
         while True:
             rows = db.query(f"SELECT {c}{wit} FROM {t} WHERE {c} IS NOT NULL"
-                            + ("" if after is None else f" AND {cc} > ?") + f" ORDER BY {cc} LIMIT ?",
+                            + ("" if after is None else f" AND {cc} > ?")
+                            + f" ORDER BY {cc} LIMIT ?",
                             (size,) if after is None else (after, size))
             if not rows:
                 return
@@ -161,7 +162,7 @@ class ObjectsCensus:
         """1 for objects behind or failing; 3 when the only doubt is ids it could not list."""
         if self.clean:
             return 0
-        return EXIT_INCOMPLETE if self.unlisted and not (self.behind or self.failed) else EXIT_FAILURES
+        return EXIT_FAILURES if self.behind or self.failed else EXIT_INCOMPLETE
 
     def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "kid": self.new_kid, "objects": self.objects,
