@@ -26,9 +26,10 @@ from keyrotate.config.manifest import KINDS
 from keyrotate.controlplane.health import Health, validate
 from keyrotate.controlplane.pushes import changes
 from keyrotate.errors import EXIT_FAILURES, EXIT_USAGE, DeployError, KeyrotateError
+from keyrotate.evidence.record import audit_key
 from keyrotate.evidence.worker_log import confirm, intend, record_version, secret_history
 from keyrotate.progress import Say
-from keyrotate.secrets.base import SLOTS, fingerprint
+from keyrotate.secrets.base import SLOTS, same_secret
 from keyrotate.timeutil import parse_utc
 
 
@@ -196,6 +197,6 @@ def _value_with(ctx: Context, name: str, fp: str) -> str | None:
     for owner in owners:
         for slot in SLOTS:
             value = ctx.secrets.read(owner, slot)
-            if value is not None and fingerprint(value) == fp:
+            if value is not None and same_secret(value, fp, audit_key(ctx)):
                 return value
     return None

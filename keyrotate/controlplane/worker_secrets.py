@@ -10,6 +10,7 @@ from keyrotate.cloudflare.wrangler import wrangler_for
 from keyrotate.config.context import Context
 from keyrotate.controlplane.pushes import Pusher
 from keyrotate.errors import EXIT_FAILURES, ConfigError
+from keyrotate.evidence.record import audit_key
 from keyrotate.progress import Say
 from keyrotate.secrets.base import fingerprint
 
@@ -125,7 +126,8 @@ def push_plan(ctx: Context, only: str | None) -> list[tuple[str, dict[str, str]]
 def secrets_push(ctx: Context, only: str | None, dry_run: bool, say: Say,
                  from_deployed: bool = False) -> PushResult:
     plan = push_plan(ctx, only)
-    steps = [PushStep(w, ctx.worker_name(w), {n: fingerprint(v) for n, v in sorted(vals.items())})
+    steps = [PushStep(w, ctx.worker_name(w), {n: fingerprint(v, audit_key(ctx))
+                                                      for n, v in sorted(vals.items())})
              for w, vals in plan]
     pusher = Pusher(ctx, say, from_deployed)
     try:

@@ -20,6 +20,7 @@ from keyrotate.controlplane.canary import DEFAULT_STEPS, Canary
 from keyrotate.controlplane.pushes import Pusher
 from keyrotate.dataplane.objects.driver import ObjectsOptions
 from keyrotate.errors import ConfigError
+from keyrotate.evidence.record import audit_key
 from keyrotate.progress import Say
 from keyrotate.rotation.plan import cutover_warning, plan_of, steps_for
 from keyrotate.rotation.preflight import preflight
@@ -111,6 +112,7 @@ def _rotate(ctx: Context, recorder: Recorder, secret: str, options: RotateOption
             read_external: Callable[[], str] | None) -> RotatePlan | RotateResult:
     finish, abort = options.finish, options.abort
     spec = ctx.manifest.secret(secret)
+    audit_key(ctx)   # the trail can record this rotation: checked before anything changes
     rot = recorder.load_open(secret)
     if rot is None and (finish or abort):
         raise ConfigError(f"no {secret} rotation in progress on {ctx.env.name}")
@@ -174,7 +176,7 @@ def _rotate(ctx: Context, recorder: Recorder, secret: str, options: RotateOption
 def _new_rotation(ctx: Context, spec: SecretSpec, plan: str, compromised: bool) -> Rotation:
     current = ctx.secrets.read(spec.name)   # known from the start: the started event says it
     return Rotation(new_id("rot-"), ctx.env.name, spec.name, spec.kind, plan, compromised,
-                    "in-progress", old_fp=fingerprint(current) if current else None,
+                    "in-progress", old_fp=fingerprint(current, audit_key(ctx)) if current else None,
                     started_at=now_iso())
 
 

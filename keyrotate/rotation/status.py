@@ -12,6 +12,7 @@ from keyrotate.config.context import Context
 from keyrotate.dataplane.outcome import ROWS
 from keyrotate.errors import EXIT_FAILURES
 from keyrotate.evidence.event import Event
+from keyrotate.evidence.record import audit_key
 from keyrotate.rotation.state import Recorder
 from keyrotate.rotation.targets import KeyRefs, SecretTargets
 from keyrotate.secrets.base import fingerprint
@@ -127,7 +128,7 @@ def _notify_overdue(ctx: Context, recorder: Recorder, due: list[SecretStatus]) -
     sent = []
     try:
         for s in due:
-            fp = fingerprint(v) if (v := ctx.secrets.read(s.secret)) else None
+            fp = fingerprint(v, audit_key(ctx)) if (v := ctx.secrets.read(s.secret)) else None
             deliveries = recorder.evidence.record(Event(
                 "secret.overdue", ctx.env.name, f"{s.secret} on {ctx.env.name} is {s.age_days} days "
                 f"old, past the rotation due age; rotate it: keyrotate rotate {s.secret} --env "

@@ -110,9 +110,16 @@ def test_external_secret_comes_from_stdin(project):
     from keyrotate.cli import main
 
     _, cf, _, store = project
+    # an obviously weak value is refused before it is stored or pushed
+    weak = CliRunner().invoke(main, ["rotate", "GOOGLE_CLIENT_SECRET", "--env", "staging"],
+                              input="acme42\n")
+    assert weak.exit_code == 2 and "obviously weak" in weak.output and "acme42" not in weak.output
+    assert store.read("GOOGLE_CLIENT_SECRET", "pending") is None
+    assert _active(cf, "oauth").get("GOOGLE_CLIENT_SECRET") != "acme42"
     res = CliRunner().invoke(main, ["rotate", "GOOGLE_CLIENT_SECRET", "--env", "staging"],
                              input="new-google-secret-from-console\n")
     assert res.exit_code == 0, res.output
+    assert "may be weak" in res.output    # about 100 bits: said, not refused
     assert "[ ] In the provider's console" in res.output
     assert "new-google-secret-from-console" not in res.output
     assert store.read("GOOGLE_CLIENT_SECRET") == "new-google-secret-from-console"
