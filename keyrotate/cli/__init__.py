@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from keyrotate import __version__
-from keyrotate.cli import control, data, evidence, objects, rotation, secrets
+from keyrotate.cli import control, data, evidence, keys, objects, rotation, secrets
 from keyrotate.cli.output import configure_logging, fail
 from keyrotate.errors import EXIT_USAGE, KeyrotateError
 
@@ -64,7 +64,7 @@ def main(verbose: int, quiet: bool) -> None:
 
 
 def _register() -> None:
-    for module in (data, secrets, control, objects, rotation, evidence):
+    for module in (data, secrets, control, objects, rotation, evidence, keys):
         for command in module.COMMANDS:
             main.add_command(command)
 

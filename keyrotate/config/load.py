@@ -28,6 +28,7 @@ from keyrotate.config.manifest import (
 from keyrotate.crypto.codecs import FORMATS
 from keyrotate.db.urls import DB_URL_HELP, is_database_url, refuse_credentials
 from keyrotate.errors import ConfigError
+from keyrotate.secrets.audit_key import RESERVED
 from keyrotate.secrets.formats import ValueFormat
 from keyrotate.secrets.names import check_name
 from keyrotate.secrets.refs import parse_ref
@@ -41,7 +42,8 @@ KNOWN: dict[str, tuple[str, ...]] = {
     "notify.sinks": ("url", "format", "secret", "events"),
     "project": ("name", "worker_name", "workers_dir", "deploy_order", "wrangler", "migrations_dir"),
     "environments.*": ("database", "secrets", "health", "objects"),
-    "secrets.*": ("kind", "workers", "generate", "previous", "max_token_ttl", "format", "canary"),
+    "secrets.*": ("kind", "workers", "generate", "previous", "max_token_ttl", "format", "canary",
+                  "max_age"),
     "encrypted": ("secret", "table", "column", "format", "key_column", "object", "ids", "ledger",
                   "token"),
 }
@@ -162,6 +164,9 @@ class ManifestReader:
     def secret(self, name: str, spec: Any, order: tuple[str, ...]) -> SecretSpec:
         w = f"{self.where}: [secrets.{name}]"
         check_name(name, w)
+        if name.startswith(RESERVED):
+            raise ConfigError(f"{w}: {name} is keyrotate's own (the audit key and the trail's head "
+                              "live in each environment's store): choose another name")
         if not isinstance(spec, dict):
             raise ConfigError(f"{w} must be a table")
         self.check_known(spec, "secrets.*", f"[secrets.{name}]")
@@ -183,12 +188,13 @@ class ManifestReader:
         if fmt is not None and generate is not None and fmt.can_generate and str(fmt) != generate:
             raise ConfigError(f"{w}: generate = {generate!r} makes values that do not fit "
                               f"format = {str(fmt)!r}")
-        ttl = spec.get("max_token_ttl")
+        ttl, max_age = spec.get("max_token_ttl"), spec.get("max_age")
         return SecretSpec(
             name=name, kind=kind, workers=workers, generate=generate,
             previous=spec.get("previous"),
             max_token_ttl=parse_duration(str(ttl), f"{w} max_token_ttl") if ttl else None,
-            format=fmt, canary=_canary_steps(spec.get("canary"), w))
+            format=fmt, canary=_canary_steps(spec.get("canary"), w),
+            max_age=parse_duration(str(max_age), f"{w} max_age") if max_age else None)
 
     def environments(self, table: dict[str, Any], order: tuple[str, ...]) -> dict[str, Environment]:
         return {name: self.environment(name, env, order) for name, env in table.items()}

@@ -40,6 +40,7 @@ class SecretSpec:
     max_token_ttl: int | None = None  # seconds (jwt-hs256)
     format: ValueFormat | None = None  # what every value must look like
     canary: tuple[int, ...] | None = None  # traffic steps (%) for new values, e.g. (10, 50, 100)
+    max_age: int | None = None        # seconds: the cryptoperiod (status and keys report past it)
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,8 @@ format = "hex:32"
 # The Workers read a previous key during a rotation: zero downtime, and the Worker
 # can rewrap the AccountDO objects with both keys.
 previous = "MASTER_KEY_PREVIOUS"
+# The cryptoperiod: `status` and `keys` report the key past it (exit 1).
+max_age = "90d"
 
 [secrets.KEYROTATE_OBJECTS_TOKEN]
 kind = "internal"              # the bearer token of the keyrotate route: generated, pushed, rotated

@@ -14,6 +14,7 @@ from keyrotate.db.base import Statement
 from keyrotate.errors import EXIT_INCOMPLETE
 from keyrotate.evidence.event import Event
 from keyrotate.evidence.record import Evidence
+from keyrotate.rotation.key_log import KeyLog
 from keyrotate.timeutil import now_iso
 
 OPEN_STATES = ("in-progress", "awaiting-finish")
@@ -50,6 +51,7 @@ class Recorder:
     def __init__(self, ctx: Context, evidence: Evidence | None = None):
         self.ctx = ctx
         self.evidence = evidence or Evidence(ctx)
+        self.keys = KeyLog(ctx)   # key.state events, as the rotation moves
 
     def load_open(self, secret: str) -> Rotation | None:
         rows = self.ctx.db.query(
@@ -101,16 +103,18 @@ class Recorder:
 
     def started(self, rot: Rotation) -> None:
         how = f"{rot.plan}{', compromise response' if rot.compromised else ''}"
+        keys = self.keys.started(rot)
         self.evidence.record(self._event(rot, "rotation.started", f"{self._what(rot)} started ({how}).",
                                          plan=rot.plan, compromised=rot.compromised,
                                          took_over=rot.detail.get("took_over")),
-                             [self._save(rot)])
+                             [self._save(rot)], before=keys)
 
     def step_done(self, rot: Rotation, step: str) -> None:
         rot.steps_done.append(step)
+        keys = self.keys.step(rot, step)
         self.evidence.record(self._event(rot, "rotation.step", f"{self._what(rot)}: step {step} done.",
                                          step, **_step_detail(rot, step)),
-                             [self._save(rot)])
+                             [self._save(rot)], before=keys)
 
     def saved(self, rot: Rotation, event: Event) -> None:
         """Save the rotation's state together with an event about it."""
@@ -135,6 +139,7 @@ class Recorder:
 
     def ended(self, rot: Rotation, state: str, **detail: Any) -> None:
         rot.state = state
+        keys = self.keys.ended(rot, state)
         finished = state in ("finished", "aborted", "superseded")
         if state == "finished":
             event = self._event(rot, "rotation.finished", f"{self._what(rot)} finished: "
@@ -145,7 +150,7 @@ class Recorder:
                                 "awaiting-finish", **detail)
         else:
             event = self._event(rot, f"rotation.{state}", f"{self._what(rot)} {state}.", **detail)
-        self.evidence.record(event, [self._save(rot, finished=finished)])
+        self.evidence.record(event, [self._save(rot, finished=finished)], before=keys)
 
 
 def _step_detail(rot: Rotation, step: str) -> dict[str, Any]:

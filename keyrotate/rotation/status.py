@@ -13,6 +13,7 @@ from keyrotate.dataplane.outcome import ROWS
 from keyrotate.errors import EXIT_FAILURES
 from keyrotate.evidence.event import Event
 from keyrotate.evidence.record import audit_key
+from keyrotate.rotation.key_inventory import inventory
 from keyrotate.rotation.state import Recorder
 from keyrotate.rotation.targets import KeyRefs, SecretTargets
 from keyrotate.secrets.base import fingerprint
@@ -30,6 +31,7 @@ class SecretStatus:
     age_seconds: float | None = None
     last_rotated_at: str | None = None
     pending: bool = False          # a new value waits in the store: rows move to it
+    keys: list[dict[str, Any]] = field(default_factory=list)   # each key id and its state
 
     def as_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -67,6 +69,8 @@ class StatusResult:
             rot = f"  rotation {s.rotation['state']}" if s.rotation else ""
             last = f"  last rotated {s.last_rotated_at}" if s.last_rotated_at else ""
             lines.append(f"  {s.secret:<24} {s.kind:<11} {age}{flag}{rot}{last}")
+            if s.keys:
+                lines.append("      keys: " + ", ".join(f"{k['key']} {k['state']}" for k in s.keys))
             for target, c in (s.rows or {}).items():
                 extra = ", ".join(f"{c[k]} {k}" for k in ("null", "missing") if k in c)
                 lines.append(f"      {target}: {c['current']} current, {c['pending']} pending, "
@@ -101,9 +105,21 @@ def rows_per_slot(ctx: Context, name: str) -> dict[str, dict[str, int]]:
     return rows
 
 
+def key_states(ctx: Context) -> dict[str, list[dict[str, Any]]]:
+    """Per secret, each key id it has and its lifecycle state (keys --env ENV says more)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for k in inventory(ctx):
+        since = k.life.last.at if k.life and k.life.last else None
+        out.setdefault(k.key.secret, []).append({"key": k.key.id, "state": k.state, "since": since})
+    return out
+
+
 def status(ctx: Context, due_seconds: int | None, notify: bool = False) -> StatusResult:
+    """`due_seconds` (--due) is the cryptoperiod of every secret; without it, each secret's
+    own `max_age`."""
     store = ctx.secrets
     recorder = Recorder(ctx)
+    states = key_states(ctx)
     in_progress = {r["secret"]: r for r in recorder.open_rotations()}
     last = recorder.last_finished()
     now = datetime.now(timezone.utc).replace(microsecond=0)
@@ -111,11 +127,13 @@ def status(ctx: Context, due_seconds: int | None, notify: bool = False) -> Statu
     for name, spec in ctx.manifest.secrets.items():
         set_at = store.set_at(name)
         age = (now - set_at).total_seconds() if set_at else None
+        limit = due_seconds or spec.max_age
         entry = SecretStatus(name, spec.kind, set_at.isoformat() if set_at else None,
                              round(age / 86400, 1) if age is not None else None,
-                             bool(due_seconds and age is not None and age > due_seconds),
+                             bool(limit and age is not None and age > limit),
                              in_progress.get(name), age_seconds=age, last_rotated_at=last.get(name),
-                             pending=store.read(name, "pending") is not None)
+                             pending=store.read(name, "pending") is not None,
+                             keys=states.get(name, []))
         if ctx.manifest.targets_of(name) and store.read(name):
             entry.rows = rows_per_slot(ctx, name)
         out.append(entry)
