@@ -100,12 +100,15 @@ def objects_rewrap_proven(ctx: Context, target: ObjectTarget, options: ObjectsOp
                        detail={"target": target.name, "state": "started", "old_kid": keys.old,
                                "new_kid": keys.new}))
     result = _rewrap_proven(ctx, target, options, progress)
-    counts = {k: v for k, v in result.outcome().as_dict().items()
-              if isinstance(v, int) and not isinstance(v, bool)}
+    ints = {k: v for k, v in result.outcome().as_dict().items()
+            if isinstance(v, int) and not isinstance(v, bool)}
+    proof = result.census.outcome().as_dict() if result.census is not None else {}
     trail.append(Event("objects.rewrap", ctx.env.name, f"rewrap of {target.name} objects "
                        f"{result.status}", target.secret, result.run_id,
                        detail={"target": target.name, "state": "done", "status": result.status,
-                               "new_kid": keys.new, "counts": counts}))
+                               "new_kid": keys.new, "counts": ints,
+                               "census": {k: proof[k] for k in ("total", "current", "old", "stale",
+                                                                "missing", "failed") if k in proof}}))
     return result
 
 
