@@ -11,7 +11,7 @@ each such secret."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timezone
+from datetime import datetime, timezone
 from typing import Any
 
 from keyrotate.config.context import Context
