@@ -23,14 +23,28 @@ from keyrotate.errors import DeployError
 SECRET_TYPES = ("secret_text", "secret_key")
 
 
+WHY = ("making or deploying a Worker version keyrotate chooses (--from-deployed, rollback, "
+       "canary)")
+
+
 class VersionsApi:
+    """Connected on first use: a command that needs no version made never needs the
+    account id or a token."""
+
     def __init__(self) -> None:
-        why = "making a Worker version from a chosen version (--from-deployed, rollback --force, canary)"
-        self.account = account_id(why)
-        self.api = CloudflareClient("Cloudflare Workers API", why)
+        self._api: CloudflareClient | None = None
+        self._account: str | None = None
+
+    @property
+    def api(self) -> CloudflareClient:
+        if self._api is None:
+            self._account = account_id(WHY)
+            self._api = CloudflareClient("Cloudflare Workers API", WHY)
+        return self._api
 
     def _path(self, worker: str, rest: str) -> str:
-        return f"/accounts/{self.account}/workers/scripts/{worker}/{rest}"
+        self.api  # noqa: B018 (connects, and so knows the account)
+        return f"/accounts/{self._account}/workers/scripts/{worker}/{rest}"
 
     def version(self, worker: str, version_id: str) -> dict[str, Any]:
         return dict(self.api.call("GET", self._path(worker, f"versions/{version_id}")))
@@ -73,5 +87,17 @@ class VersionsApi:
         result = self.api.call("POST", self._path(worker, "versions"), files=files)
         return str(result["id"])
 
+    def deploy(self, worker: str, traffic: list[tuple[str, float]], message: str,
+               force: bool = False) -> None:
+        """One deployment of versions by percentage. `force` passes Cloudflare's 10220
+        (secrets changed since that version): keyrotate uses it only to put a version at 0%
+        beside the serving one, so that it can be asked which keys it holds before any
+        traffic reaches it."""
+        self.api.call("POST", self._path(worker, "deployments") + ("?force=true" if force else ""),
+                      json={"strategy": "percentage",
+                            "versions": [{"version_id": v, "percentage": p} for v, p in traffic],
+                            "annotations": {"workers/message": message}})
+
     def close(self) -> None:
-        self.api.close()
+        if self._api is not None:
+            self._api.close()

@@ -39,8 +39,9 @@ KNOWN: dict[str, tuple[str, ...]] = {
     "": ("project", "environments", "secrets", "encrypted", "notify"),
     "notify": ("sinks", "timeout"),
     "notify.sinks": ("url", "format", "secret", "events"),
-    "project": ("name", "worker_name", "workers_dir", "deploy_order", "wrangler", "migrations_dir"),
-    "environments.*": ("database", "secrets", "health", "objects"),
+    "project": ("name", "worker_name", "workers_dir", "deploy_order", "wrangler", "migrations_dir",
+                "route_token"),
+    "environments.*": ("database", "secrets", "health", "objects", "key_routes"),
     "secrets.*": ("kind", "workers", "generate", "previous", "max_token_ttl", "format", "canary"),
     "encrypted": ("secret", "table", "column", "format", "key_column", "object", "ids", "ledger",
                   "token"),
@@ -108,12 +109,13 @@ class ManifestReader:
         secrets = self.secrets(self.table(data, "secrets"), order)
         environments = self.environments(self.table(data, "environments"), order)
         encrypted = self.encrypted(data.get("encrypted", []), secrets, environments)
+        route_token = self.route_token(project, secrets, environments, encrypted)
         return Manifest(
             path=self.path, project=str(project.get("name", "app")), worker_name=worker_name,
             workers_dir=str(project.get("workers_dir", "workers")), deploy_order=order,
             wrangler=wrangler, migrations_dir=str(project.get("migrations_dir", "migrations")),
             environments=environments, secrets=secrets, encrypted=encrypted,
-            notify=self.notify(self.table(data, "notify")))
+            notify=self.notify(self.table(data, "notify")), route_token=route_token)
 
     # -- helpers ---------------------------------------------------------------------------
     def table(self, data: dict[str, Any], key: str) -> dict[str, Any]:
@@ -216,7 +218,16 @@ class ManifestReader:
         if not isinstance(objects, dict) or not all(
                 isinstance(u, str) and u.startswith(("http://", "https://")) for u in objects.values()):
             raise ConfigError(f"{w}: objects must be a table of DurableObjectClass = \"https://...\"")
-        return Environment(name, str(database), str(store), dict(health), dict(objects))
+        key_routes = env.get("key_routes", {})
+        if not isinstance(key_routes, dict):
+            raise ConfigError(f"{w}: key_routes must be a table of worker = \"https://...\"")
+        for worker, url in key_routes.items():
+            if worker not in order:
+                raise ConfigError(f"{w}: key_routes names unknown worker {worker!r}")
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise ConfigError(f"{w}: the key route of {worker} must be http(s)://")
+        return Environment(name, str(database), str(store), dict(health), dict(objects),
+                           dict(key_routes))
 
     def encrypted(self, value: Any, secrets: dict[str, SecretSpec],
                   environments: dict[str, Environment]) -> tuple[EncryptedTarget, ...]:
@@ -233,6 +244,23 @@ class ManifestReader:
         if len(set(names)) != len(names):
             raise ConfigError(f"{self.where}: an [[encrypted]] target is listed twice")
         return tuple(encrypted)
+
+    def route_token(self, project: dict[str, Any], secrets: dict[str, SecretSpec],
+                    environments: dict[str, Environment],
+                    encrypted: tuple[EncryptedTarget, ...]) -> str | None:
+        """The secret the keyrotate routes take as bearer token: `route_token`, else the
+        token of the first Durable Object target (the same route answers both)."""
+        name = project.get("route_token")
+        if name is None:
+            name = next((t.token for t in encrypted if isinstance(t, ObjectTarget)), None)
+        elif not isinstance(name, str) or name not in secrets:
+            raise ConfigError(f"{self.where}: project.route_token must name a secret declared "
+                              "under [secrets] (kind = \"internal\")")
+        if name is None and any(e.key_routes for e in environments.values()):
+            raise ConfigError(f"{self.where}: key_routes need a bearer token: set "
+                              "project.route_token = \"KEYROTATE_OBJECTS_TOKEN\" (a secret of "
+                              "kind internal, pushed to those Workers)")
+        return name
 
     def notify(self, table: dict[str, Any]) -> NotifyConfig:
         where = f"{self.path}: [notify]"

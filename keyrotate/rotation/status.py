@@ -9,12 +9,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from keyrotate.config.context import Context
-from keyrotate.dataplane.outcome import ROWS
 from keyrotate.errors import EXIT_FAILURES
 from keyrotate.evidence.event import Event
 from keyrotate.rotation.state import Recorder
-from keyrotate.rotation.targets import KeyRefs, SecretTargets
 from keyrotate.secrets.base import fingerprint
+from keyrotate.targets.secret_targets import rows_per_slot
 
 
 @dataclass
@@ -74,30 +73,6 @@ class StatusResult:
             lines.append(f"notified {n['sink']} of {n['event']} ({n['secret']}): "
                          + ("delivered" if n["ok"] else f"FAILED: {n['reason']}"))
         return "\n".join(lines)
-
-
-def rows_per_slot(ctx: Context, name: str) -> dict[str, dict[str, int]]:
-    """Rows (and objects) of every target by the store slot whose key opens them: current,
-    pending (a rotation in progress) and previous; 'other' opens under none of them (or,
-    for objects, did not answer)."""
-    store = ctx.secrets
-    slots = ["current", *(s for s in ("pending", "previous") if store.read(name, s) is not None)]
-    refs = [store.ref(name, s) for s in slots]
-    keys = KeyRefs(refs[0], refs[1] if len(refs) > 1 else None, tuple(refs[2:]))
-    rows: dict[str, dict[str, int]] = {}
-    for target in SecretTargets(ctx, name, keys):
-        c = target.census()
-        slot_of = dict(zip(target.key_ids(), slots))
-        counts = {"current": 0, "pending": 0, "previous": 0}
-        other = c.failed + c.unreached
-        for kid, n in c.by_kid.items():
-            if kid in slot_of:
-                counts[slot_of[kid]] += n
-            else:
-                other += n
-        empty = {"null": c.null} if c.unit == ROWS else {"missing": c.missing}
-        rows[target.name] = {**counts, **empty, "other": other}
-    return rows
 
 
 def status(ctx: Context, due_seconds: int | None, notify: bool = False) -> StatusResult:

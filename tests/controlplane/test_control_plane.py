@@ -125,7 +125,7 @@ def test_rollback_refuses_to_cross_a_master_key_rotation(project):
     active_before = {w: cf.script(f"tminus-{w}-staging").active.id for w in WORKERS}
 
     refused = run_cli("rollback", "--env", "staging", "--only", "api", "--yes")
-    assert refused.exit_code == 1 and "refusing to roll back across a secret rotation" in refused.output
+    assert refused.exit_code == 2 and "refusing to roll back across a secret rotation" in refused.output
     assert {w: cf.script(f"tminus-{w}-staging").active.id for w in WORKERS} == active_before
 
     forced = run_cli("rollback", "--env", "staging", "--only", "api", "--yes", "--force", "--json")

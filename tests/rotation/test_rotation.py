@@ -21,7 +21,7 @@ def test_master_key_with_overlap_then_finish(project):
     assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
     plan = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--dry-run", "--json")
     assert [s["step"] for s in last_json(plan.output)["steps"]] == \
-        ["stage", "push-overlap", "validate", "reencrypt", "verify"]
+        ["stage", "introduce", "switch", "validate", "reencrypt", "verify"]
     assert store.read("MASTER_KEY", "pending") is None  # the dry run changed nothing
 
     res = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--json")
@@ -40,7 +40,7 @@ def test_master_key_with_overlap_then_finish(project):
 
     # the version before the push has only the old key: rows are under the new one now
     refused = run_cli("rollback", "--env", "staging", "--only", "oauth", "--yes")
-    assert refused.exit_code == 1 and "across a secret rotation" in refused.output
+    assert refused.exit_code == 2 and "across a secret rotation" in refused.output
 
     done = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish", "--json")
     assert done.exit_code == 0 and last_json(done.output)["state"] == "finished"

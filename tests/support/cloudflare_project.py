@@ -89,3 +89,22 @@ def with_overlap(root, secret="MASTER_KEY", kind="master-key", extra=""):
     """The secret gets a `previous` name: an overlap rotation, zero downtime."""
     edit_manifest(root, f'[secrets.{secret}]\nkind = "{kind}"',
                   f'[secrets.{secret}]\nkind = "{kind}"\nprevious = "{secret}_PREVIOUS"{extra}')
+
+
+ROUTE_TOKEN = "route-token-for-tests-0123456789abcdef"
+
+
+def with_key_routes(root, cf, store, workers=("api", "oauth")):
+    """The Workers holding MASTER_KEY expose keyrotate's route (ping), answered by the
+    stand-in for whichever version serves the request; its bearer token is a secret of kind
+    internal, pushed to them like any other."""
+    routes = ", ".join(f'{w} = "{cf.key_route_url(f"tminus-{w}-staging")}"' for w in workers)
+    text = (root / "keyrotate.toml").read_text()
+    text = text.replace("\n[environments.staging]\n", "\n[environments.staging]\n"
+                        f"key_routes = {{ {routes} }}\n", 1)
+    text = text.replace("[project]\n", '[project]\nroute_token = "KEYROTATE_OBJECTS_TOKEN"\n', 1)
+    text += ('\n[secrets.KEYROTATE_OBJECTS_TOKEN]\nkind = "internal"\n'
+             f'workers = [{", ".join(repr(w).replace(chr(39), chr(34)) for w in workers)}]\n')
+    (root / "keyrotate.toml").write_text(text)
+    store.write_pending("KEYROTATE_OBJECTS_TOKEN", ROUTE_TOKEN)
+    store.promote("KEYROTATE_OBJECTS_TOKEN")
