@@ -38,6 +38,7 @@ from keyrotate.controlplane.serving import (
     check_serving,
     keys_in_use,
     master_key_of,
+    store_kids,
 )
 from keyrotate.errors import EXIT_FAILURES, EXIT_USAGE, ConfigError, DeployError
 from keyrotate.evidence.worker_log import record_version, secret_history
@@ -201,10 +202,17 @@ def _ask_target(ctx: Context, api: VersionsApi, step: RollbackStep) -> None:
     finally:
         api.deploy(step.name, [(step.current, 100.0)], "keyrotate: rollback target asked")
     missing = sorted(k for k in keys_in_use(ctx, secret) if not step.asked.reads(k))
-    step.crosses = None if not missing else {
-        "secrets": [], "unconfirmed": [],
-        "keys": f"that version holds keys {step.asked.kid} and {step.asked.previous_kid}, but rows "
-                f"or objects are under {', '.join(missing)}"}
+    if missing:
+        step.crosses = {"secrets": [], "unconfirmed": [],
+                        "keys": f"that version holds keys {step.asked.kid} and "
+                                f"{step.asked.previous_kid}, but rows or objects are under "
+                                f"{', '.join(missing)}"}
+    elif step.asked.kid not in store_kids(ctx, secret):
+        step.crosses = {"secrets": [], "unconfirmed": [],
+                        "keys": f"that version seals under key {step.asked.kid}, which the secret "
+                                "store no longer holds (an aborted or destroyed key)"}
+    else:
+        step.crosses = None
 
 
 def roll_back_worker(ctx: Context, api: VersionsApi, worker: str, target: str, keep_secrets: bool,

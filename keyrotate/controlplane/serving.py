@@ -25,6 +25,7 @@ from keyrotate.config.context import Context
 from keyrotate.crypto.keys import MasterKey
 from keyrotate.dataplane.objects.wire import Endpoint
 from keyrotate.errors import ConfigError, DeployError
+from keyrotate.secrets.base import SLOTS
 from keyrotate.secrets.refs import required
 from keyrotate.targets.secret_targets import slots_in_use
 
@@ -99,10 +100,16 @@ def observe(ctx: Context, worker: str) -> Serving:
     return Serving(worker, state, keys)
 
 
-def problems(serving: Serving, row_kids: Iterable[str]) -> list[str]:
-    """What breaks invariants 1 and 2 on this Worker (empty: nothing), from its answers."""
+def problems(serving: Serving, row_kids: Iterable[str], store_kids: set[str] | None = None) -> list[str]:
+    """What breaks the invariant on this Worker (empty: nothing), from its answers: a
+    serving version that cannot open the rows, versions that cannot open each other's
+    writes, and (given `store_kids`) one that seals under a key the store no longer holds."""
     out = []
     versions = serving.serving_keys()
+    for vk in versions:
+        if store_kids is not None and vk.kid not in store_kids:
+            out.append(f"version {vk.version_id[:12]} (serving) seals under key {vk.kid}, which "
+                       "the secret store no longer holds")
     for vk in versions:
         missing = sorted(k for k in row_kids if not vk.reads(k))
         if missing:
@@ -143,6 +150,11 @@ def keys_in_use(ctx: Context, secret: str) -> set[str]:
             if (v := ctx.secrets.read(secret, slot)) is not None}
 
 
+def store_kids(ctx: Context, secret: str) -> set[str]:
+    """The kids of every value the store holds for `secret` (current, pending, previous)."""
+    return {kid_of(v) for slot in SLOTS if (v := ctx.secrets.read(secret, slot)) is not None}
+
+
 def check_serving(ctx: Context, workers: list[str]) -> None:
     """After the Workers changed: every serving version of every Worker that can be asked
     must read every key a row or object is under, and versions splitting traffic must read
@@ -153,6 +165,7 @@ def check_serving(ctx: Context, workers: list[str]) -> None:
         if secret is None or not can_ask(ctx, worker):
             continue
         needed = keys_in_use(ctx, secret)
-        found += [f"{ctx.worker_name(worker)}: {p}" for p in problems(observe(ctx, worker), needed)]
+        found += [f"{ctx.worker_name(worker)}: {p}"
+                  for p in problems(observe(ctx, worker), needed, store_kids(ctx, secret))]
     if found:
         raise DeployError("the Workers now break the serving-keys invariant: " + "; ".join(found))

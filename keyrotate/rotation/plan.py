@@ -34,8 +34,6 @@ from keyrotate.rotation.steps import (
 )
 
 OVERLAP_KINDS = ("master-key", "jwt-hs256")
-# steps an earlier keyrotate recorded under other names: done means these are done
-RENAMED = {"push-overlap": ("introduce", "switch")}
 
 
 def plan_of(spec: SecretSpec, compromised: bool) -> str:
@@ -45,15 +43,15 @@ def plan_of(spec: SecretSpec, compromised: bool) -> str:
 
 
 def _switched(job: Job) -> None:
-    require(job, SWITCH, "rewrapping rows", reopen=["switch", "validate"])
+    require(job, [SWITCH, REMOVE_PREVIOUS], "rewrapping rows", reopen=["switch", "validate"])
 
 
 def _confirmed(job: Job) -> None:
-    require(job, SWITCH, "the finish", reopen=["confirm-switch", "re-verify"])
+    require(job, [SWITCH, REMOVE_PREVIOUS], "the finish", reopen=["confirm-switch", "re-verify"])
 
 
 def _restored(job: Job) -> None:
-    require(job, ABORT_RESTORE, "moving rows back", reopen=["abort-restore"])
+    require(job, [ABORT_RESTORE, ABORT_REMOVE], "moving rows back", reopen=["abort-restore"])
 
 
 CONFIRM_SWITCH = SWITCH.renamed(
@@ -106,9 +104,6 @@ def abort_steps(spec: SecretSpec) -> list[Step]:
     return [*steps, ABORT_REMOVE, Discard()]
 
 
-def done_steps(steps_done: list[str]) -> set[str]:
-    """The steps done, under today's names."""
-    return {n for s in steps_done for n in RENAMED.get(s, (s,))}
 
 
 def cutover_warning(spec: SecretSpec, plan: str, compromised: bool) -> str | None:

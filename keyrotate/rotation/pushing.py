@@ -101,6 +101,8 @@ class PushPhase:
         kids = self.kids(job)
         if kids is not None and can_ask(job.ctx, worker):
             answers = ask(job.ctx, worker, state.serving)
+            job.rot.detail.setdefault("kids", {})[worker] = {   # as the versions answered
+                vid: [a.kid, a.previous_kid] for vid, a in answers.items()}
             return bool(answers) and all((a.kid, a.previous_kid) == kids for a in answers.values())
         recorded = self.recorded(job, worker)
         return recorded is not None and state.deployed == recorded
@@ -147,18 +149,19 @@ def possibly_switched(job: Job) -> list[str]:
     return out
 
 
-def require(job: Job, phase: PushPhase, then: str, reopen: list[str]) -> None:
-    """Before `then`: `phase` must be in effect on every Worker it applies to. When it is
-    not (a Worker was rolled back or redeployed since), the steps `reopen` are done again
-    by the next run, which so settles the phase before going on."""
-    missing = phase.missing(job)
+def require(job: Job, phases: list[PushPhase], then: str, reopen: list[str]) -> None:
+    """Before `then`: on every Worker the first phase applies to, that phase or a later one
+    of `phases` must be in effect. When none is (a Worker was rolled back or redeployed
+    since), the steps `reopen` are done again by the next run, which so settles it first."""
+    first = phases[0]
+    missing = [w for w in first.workers(job) if not any(p.in_effect(job, w) for p in phases)]
     if not missing:
         return
     names = ", ".join(job.ctx.worker_name(w) for w in missing)
     if job.recorder is not None:
-        job.recorder.reopen(job.rot, reopen, f"{names}: the {phase.record_as} is not in effect")
+        job.recorder.reopen(job.rot, reopen, f"{names}: the {first.record_as} is not in effect")
     raise Incomplete(f"before {then}: {names} no longer serve{'s' if len(missing) == 1 else ''} "
-                     f"what the {phase.record_as} step pushed (rolled back or redeployed since?). "
+                     f"what the {first.record_as} step pushed (rolled back or redeployed since?). "
                      "Nothing was changed; run the same command again: it pushes that again "
                      "first.")
 

@@ -19,13 +19,14 @@ from keyrotate.config.context import Context
 from keyrotate.config.manifest import SecretSpec
 from keyrotate.controlplane.canary import DEFAULT_STEPS, Canary
 from keyrotate.controlplane.pushes import Pusher
+from keyrotate.controlplane.serving import check_serving
 from keyrotate.dataplane.objects.driver import ObjectsOptions
 from keyrotate.errors import ConfigError, DeployError, StoreUnavailable
 from keyrotate.evidence.worker_log import secret_history
 from keyrotate.progress import Say
-from keyrotate.rotation.plan import abort_steps, cutover_warning, done_steps, plan_of, steps_for
+from keyrotate.rotation.plan import abort_steps, cutover_warning, plan_of, steps_for
 from keyrotate.rotation.preflight import preflight
-from keyrotate.rotation.state import Recorder, Rotation
+from keyrotate.rotation.state import Recorder, Rotation, done_steps
 from keyrotate.rotation.steps import Job, Step
 from keyrotate.secrets.base import fingerprint
 from keyrotate.timeutil import new_id, now_iso, parse_utc
@@ -172,6 +173,8 @@ def _rotate(ctx: Context, recorder: Recorder, secret: str, options: RotateOption
         _run_steps(job, recorder, steps)
     finally:
         pusher.close()
+    if spec.kind == "master-key":
+        check_serving(ctx, ctx.manifest.workers_holding(secret))   # what exit 0 proves
     if abort:
         recorder.ended(rot, "aborted")
         return RotateResult(rot, f"the {secret} rotation was aborted: every Worker serves the old "

@@ -18,6 +18,13 @@ from keyrotate.evidence.record import Evidence
 from keyrotate.timeutil import now_iso
 
 _OPEN = ", ".join("?" * len(OPEN_STATES))
+# steps an earlier keyrotate recorded under other names: done means these are done
+RENAMED = {"push-overlap": ("introduce", "switch")}
+
+
+def done_steps(steps_done: list[str]) -> set[str]:
+    """The steps done, under today's names."""
+    return {n for s in steps_done for n in RENAMED.get(s, (s,))}
 _COLS = ("rotation_id", "environment", "secret", "kind", "plan", "compromised", "state",
          "steps_done", "old_fp", "new_fp", "detail", "started_at")
 
@@ -117,7 +124,8 @@ class Recorder:
     def reopen(self, rot: Rotation, steps: list[str], reason: str) -> None:
         """Steps whose effect no longer holds (observed from Cloudflare) are done again by
         the next run."""
-        rot.steps_done = [s for s in rot.steps_done if s not in steps]
+        rot.steps_done = [s for s in rot.steps_done
+                          if s not in steps and not set(RENAMED.get(s, ())) & set(steps)]
         self.evidence.record(self._event(rot, "rotation.step", f"{self._what(rot)}: "
                                          f"{', '.join(steps)} to be done again: {reason}.",
                                          "reopen", reopened=steps), [self._save(rot)])

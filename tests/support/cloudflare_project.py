@@ -3,6 +3,12 @@ database, a .env store, a Cloudflare API stand-in and local health endpoints."""
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from keyrotate.demo.build import build_reference_db
@@ -17,35 +23,17 @@ JWT = "jwt-secret-value-for-tests-0123456789"
 GOOGLE = "google-client-secret-for-tests"
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    if not WRANGLER.exists():
-        pytest.fail("wrangler is not installed: run `npm ci` (setup-dev.sh)")
-    cf, health = CloudflareStandIn(), HealthServer()
-    for w in WORKERS:
-        d = tmp_path / "workers" / w
-        d.mkdir(parents=True)
-        (d / "index.js").write_text("export default { fetch() { return new Response('ok') } }\n")
-        (d / "wrangler.toml").write_text(f'name = "tminus-{w}"\nmain = "index.js"\n'
-                                         f'compatibility_date = "2024-12-01"\n'
-                                         f'[env.staging]\nname = "tminus-{w}-staging"\n')
-    build_reference_db(str(tmp_path / "staging.db"), 50, OLD_SECRET)
-    cf.d1["staging"] = str(tmp_path / "staging.db")  # the same file, as d1://acct/staging
-    store = DotenvStore(str(tmp_path / ".env.staging"))
-    for name, value in (("MASTER_KEY", OLD_SECRET), ("JWT_SECRET", JWT), ("GOOGLE_CLIENT_SECRET", GOOGLE)):
-        store.write_pending(name, value)
-        store.promote(name)
-    (tmp_path / "keyrotate.toml").write_text(f'''
+MANIFEST = """
 [project]
 name = "tminus"
 worker_name = "tminus-{{worker}}-{{env}}"
 deploy_order = ["api", "oauth", "webhook"]
-wrangler = ["{WRANGLER}"]
+wrangler = {wrangler}
 
 [environments.staging]
 database = "file:staging.db"
 secrets = "dotenv:.env.staging"
-health = {{ api = "{health.url('api')}", oauth = "{health.url('oauth')}" }}
+health = {{ api = "{api_health}", oauth = "{oauth_health}" }}
 
 [secrets.MASTER_KEY]
 kind = "master-key"
@@ -63,15 +51,78 @@ workers = ["oauth", "webhook"]
 secret = "MASTER_KEY"
 table = "accounts"
 column = "encrypted_tokens"
-''')
+"""
+
+
+class Project:
+    """The test project in a folder: the stand-in and health servers running, the Workers'
+    folders, the database, the store and the manifest. `create()` makes one outside pytest's
+    fixtures (for Hypothesis state machines: one per example), in a temporary folder made
+    current, with the environment wrangler needs; `close()` undoes all of it."""
+
+    defaults: dict[str, Any] = {"routes": True}
+
+    def __init__(self, root: Path, wrangler: list[str]):
+        self.root = root
+        self.cf, self.health = CloudflareStandIn(), HealthServer()
+        self.routes = bool(self.defaults.get("routes", True))
+        for w in WORKERS:
+            d = root / "workers" / w
+            d.mkdir(parents=True)
+            (d / "index.js").write_text("export default { fetch() { return new Response('ok') } }\n")
+            (d / "wrangler.toml").write_text(f'name = "tminus-{w}"\nmain = "index.js"\n'
+                                             f'compatibility_date = "2024-12-01"\n'
+                                             f'[env.staging]\nname = "tminus-{w}-staging"\n')
+        build_reference_db(str(root / "staging.db"), 50, OLD_SECRET)
+        self.cf.d1["staging"] = str(root / "staging.db")  # the same file, as d1://acct/staging
+        self.store = DotenvStore(str(root / ".env.staging"))
+        for name, value in (("MASTER_KEY", OLD_SECRET), ("JWT_SECRET", JWT),
+                            ("GOOGLE_CLIENT_SECRET", GOOGLE)):
+            self.store.write_pending(name, value)
+            self.store.promote(name)
+        (root / "keyrotate.toml").write_text(MANIFEST.format(
+            wrangler=json.dumps(wrangler), api_health=self.health.url("api"),
+            oauth_health=self.health.url("oauth")))
+        self.env = {"CLOUDFLARE_API_BASE_URL": self.cf.base_url, "CLOUDFLARE_API_TOKEN": "test-token",
+                    "CLOUDFLARE_ACCOUNT_ID": "acct", "WRANGLER_SEND_METRICS": "false",
+                    "WRANGLER_LOG_PATH": str(root / "wrangler-logs"), "CI": "true"}
+        self._undo: list[Any] = []
+
+    @classmethod
+    def create(cls, wrangler: list[str] | None = None) -> "Project":
+        tmp = tempfile.TemporaryDirectory(prefix="keyrotate-project-")
+        p = cls(Path(tmp.name), wrangler or [str(WRANGLER)])
+        saved_env = {k: os.environ.get(k) for k in p.env}
+        cwd = os.getcwd()
+        os.environ.update(p.env)
+        os.chdir(p.root)
+        p._undo = [tmp, saved_env, cwd]
+        return p
+
+    def close(self) -> None:
+        self.cf.stop()
+        self.health.stop()
+        if self._undo:
+            tmp, saved_env, cwd = self._undo
+            os.chdir(cwd)
+            for k, v in saved_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            tmp.cleanup()
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    if not WRANGLER.exists():
+        pytest.fail("wrangler is not installed: run `npm ci` (setup-dev.sh)")
+    p = Project(tmp_path, [str(WRANGLER)])
     monkeypatch.chdir(tmp_path)
-    for k, v in {"CLOUDFLARE_API_BASE_URL": cf.base_url, "CLOUDFLARE_API_TOKEN": "test-token",
-                 "CLOUDFLARE_ACCOUNT_ID": "acct", "WRANGLER_SEND_METRICS": "false",
-                 "WRANGLER_LOG_PATH": str(tmp_path / "wrangler-logs"), "CI": "true"}.items():
+    for k, v in p.env.items():
         monkeypatch.setenv(k, v)
-    yield tmp_path, cf, health, store
-    cf.stop()
-    health.stop()
+    yield tmp_path, p.cf, p.health, p.store
+    p.close()
 
 
 def _active(cf, worker):
