@@ -1,5 +1,6 @@
-"""Manifest, secrets push/list, validate, deploy and rollback: real wrangler 4.86 against
-the Cloudflare API stand-in, health endpoints served locally."""
+"""Manifest, secrets push/list, validate, deploy and rollback: wrangler (the fake, held to
+the real 4.86 by tests/test_wrangler_contract.py) against the Cloudflare API stand-in,
+health endpoints served locally."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ def test_unknown_environment(project):
     assert res.exit_code == 2 and "no environment 'nosuch'" in res.output
 
 
+@pytest.mark.real_wrangler  # wrangler's own debug logs must stay free of secrets
 def test_secrets_push_list_and_hygiene(project):
     root, cf, _, store = project
     listed = run_cli("secrets", "list", "--env", "staging", "--json")

@@ -1,8 +1,8 @@
 """Worker versions done right, against a stand-in that models them (tests/support/
-cf_workers.py) and the real wrangler 4.86: pushes that cannot half-happen after a
-rollback or during a gradual deployment, rollbacks that never bring old secret values
-back, pushes recorded before they are made, and children that die with keyrotate (the
-canary is in test_canary.py)."""
+cf_workers.py) and wrangler (the fake; the real 4.86 where its own behaviour is the
+point): pushes that cannot half-happen after a rollback or during a gradual deployment,
+rollbacks that never bring old secret values back, pushes recorded before they are made,
+and children that die with keyrotate (the canary is in test_canary.py)."""
 
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ def _rolled_back_from_release_2(root, cf):
     return release_2
 
 
+@pytest.mark.real_wrangler  # wrangler's own behaviour is the point
 def test_the_stand_in_reproduces_the_hazards_with_real_wrangler(project):
     """What happens without keyrotate's guards, with wrangler 4.86 alone."""
     from keyrotate.cloudflare.runner import run
@@ -167,6 +168,7 @@ def test_deploys_rollback_after_a_failed_health_check_keeps_a_push_made_meanwhil
     assert _active(cf, "api")["MASTER_KEY"] == NEW_SECRET   # the rollback kept the push
 
 
+@pytest.mark.real_wrangler  # wrangler's node process tree must die with keyrotate
 def test_a_push_killed_midway_leaves_no_child_and_counts_as_a_change(project):
     root, cf, _, store = project
     assert run_cli("secrets", "push", "--env", "staging").exit_code == 0

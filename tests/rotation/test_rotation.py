@@ -1,5 +1,5 @@
 """keyrotate rotate: MASTER_KEY with and without overlap, JWT, external secrets,
---compromised, resume after a failure, status. Real wrangler against the stand-in."""
+--compromised, resume after a failure, status. Wrangler (the fake, see tests/support/cloudflare_project.py) against the stand-in."""
 
 from __future__ import annotations
 

@@ -1,10 +1,25 @@
 """The control-plane test project: three Workers with real wrangler configs, a reference
-database, a .env store, a Cloudflare API stand-in and local health endpoints."""
+database, a .env store, a Cloudflare API stand-in and local health endpoints.
+
+Which wrangler the project's manifest runs:
+- by default the fake (tests/support/fake_wrangler.py, under this Python): the same
+  command lines, the same Cloudflare API requests and the output keyrotate reads, in a
+  fraction of real wrangler's start-up time (seconds per command on a small machine).
+  tests/cloudflare/test_wrangler_contract.py proves it against the real wrangler, command by command;
+  a test that fails only with the fake means the fake is wrong: fix it there, and add the
+  fact to the contract.
+- the real wrangler 4.86 (node_modules/.bin/wrangler) for a test marked
+  `@pytest.mark.real_wrangler`: where wrangler's own behaviour is the point (the hazards
+  of plain `wrangler versions secret put` and `rollback`, its debug logs staying free of
+  secrets, its node process tree dying with keyrotate). `wrangler dev` (workerd) and
+  `wrangler d1 ... --local` tests run the real one directly, outside this fixture.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,9 +33,27 @@ from tests.support.health_server import HealthServer
 from tests.support.helpers import OLD_SECRET, ROOT
 
 WRANGLER = ROOT / "node_modules" / ".bin" / "wrangler"
+FAKE_WRANGLER = [sys.executable, str(ROOT / "tests" / "support" / "fake_wrangler.py")]
 WORKERS = ["api", "oauth", "webhook"]
 JWT = "jwt-secret-value-for-tests-0123456789"
 GOOGLE = "google-client-secret-for-tests"
+
+
+def write_worker(folder: Path, worker: str) -> Path:
+    """One Worker's folder as `wrangler deploy --env staging` reads it."""
+    folder.mkdir(parents=True)
+    (folder / "index.js").write_text("export default { fetch() { return new Response('ok') } }\n")
+    (folder / "wrangler.toml").write_text(f'name = "tminus-{worker}"\nmain = "index.js"\n'
+                                          f'compatibility_date = "2024-12-01"\n'
+                                          f'[env.staging]\nname = "tminus-{worker}-staging"\n')
+    return folder
+
+
+def api_env(cf: CloudflareStandIn, logs: Path) -> dict[str, str]:
+    """What wrangler (real or fake) needs to talk to the stand-in, non-interactively."""
+    return {"CLOUDFLARE_API_BASE_URL": cf.base_url, "CLOUDFLARE_API_TOKEN": "test-token",
+            "CLOUDFLARE_ACCOUNT_ID": "acct", "WRANGLER_SEND_METRICS": "false",
+            "WRANGLER_LOG_PATH": str(logs), "CI": "true"}
 
 
 MANIFEST = """
@@ -67,12 +100,7 @@ class Project:
         self.cf, self.health = CloudflareStandIn(), HealthServer()
         self.routes = bool(self.defaults.get("routes", True))
         for w in WORKERS:
-            d = root / "workers" / w
-            d.mkdir(parents=True)
-            (d / "index.js").write_text("export default { fetch() { return new Response('ok') } }\n")
-            (d / "wrangler.toml").write_text(f'name = "tminus-{w}"\nmain = "index.js"\n'
-                                             f'compatibility_date = "2024-12-01"\n'
-                                             f'[env.staging]\nname = "tminus-{w}-staging"\n')
+            write_worker(root / "workers" / w, w)
         build_reference_db(str(root / "staging.db"), 50, OLD_SECRET)
         self.cf.d1["staging"] = str(root / "staging.db")  # the same file, as d1://acct/staging
         self.store = DotenvStore(str(root / ".env.staging"))
@@ -83,15 +111,13 @@ class Project:
         (root / "keyrotate.toml").write_text(MANIFEST.format(
             wrangler=json.dumps(wrangler), api_health=self.health.url("api"),
             oauth_health=self.health.url("oauth")))
-        self.env = {"CLOUDFLARE_API_BASE_URL": self.cf.base_url, "CLOUDFLARE_API_TOKEN": "test-token",
-                    "CLOUDFLARE_ACCOUNT_ID": "acct", "WRANGLER_SEND_METRICS": "false",
-                    "WRANGLER_LOG_PATH": str(root / "wrangler-logs"), "CI": "true"}
+        self.env = api_env(self.cf, root / "wrangler-logs")
         self._undo: list[Any] = []
 
     @classmethod
     def create(cls, wrangler: list[str] | None = None) -> "Project":
         tmp = tempfile.TemporaryDirectory(prefix="keyrotate-project-")
-        p = cls(Path(tmp.name), wrangler or [str(WRANGLER)])
+        p = cls(Path(tmp.name), wrangler or FAKE_WRANGLER)
         saved_env = {k: os.environ.get(k) for k in p.env}
         cwd = os.getcwd()
         os.environ.update(p.env)
@@ -114,10 +140,11 @@ class Project:
 
 
 @pytest.fixture
-def project(tmp_path, monkeypatch):
-    if not WRANGLER.exists():
+def project(tmp_path, monkeypatch, request):
+    real = request.node.get_closest_marker("real_wrangler") is not None
+    if real and not WRANGLER.exists():
         pytest.fail("wrangler is not installed: run `npm ci` (setup-dev.sh)")
-    p = Project(tmp_path, [str(WRANGLER)])
+    p = Project(tmp_path, [str(WRANGLER)] if real else FAKE_WRANGLER)
     monkeypatch.chdir(tmp_path)
     for k, v in p.env.items():
         monkeypatch.setenv(k, v)
