@@ -70,7 +70,7 @@ def canary_push(ctx: Context, pusher: Pusher, worker: str, values: dict[str, str
         raise ConfigError(f"a canary needs a health URL for {worker} in [environments."
                           f"{ctx.env.name}] health; nothing was pushed")
     undo_split_canary(ctx, pusher, worker, say)
-    pusher.check([worker])
+    pusher.check([worker], copies=True)
     state = pusher.states[worker]
     previous = state.deployed or state.latest
     if previous is None:

@@ -23,7 +23,7 @@ from keyrotate.cloudflare.versions import VersionsApi
 from keyrotate.cloudflare.wrangler import DeploymentState, wrangler_for
 from keyrotate.config.context import Context
 from keyrotate.errors import ConfigError, DeployError, Resumable
-from keyrotate.evidence.worker_log import SecretChange, confirm, intend
+from keyrotate.evidence.worker_log import SecretChange, canary_versions, confirm, intend
 from keyrotate.progress import Say
 from keyrotate.secrets.base import fingerprint
 
@@ -57,12 +57,15 @@ class Pusher:
         self.states[worker] = wrangler_for(self.ctx).state(self.ctx.worker_name(worker))
         return self.states[worker]
 
-    def check(self, workers: list[str]) -> None:
-        """Every Worker must take a push: refuse (nothing changed) when one cannot."""
+    def check(self, workers: list[str], copies: bool = False) -> None:
+        """Every Worker must take a push: refuse (nothing changed) when one cannot.
+        `copies`: the push makes its version from the deployed one (a canary), so only a
+        split deployment stops it."""
         for w in workers:
             if w not in self.states:
                 self.observe(w)
-        bad = [w for w in workers if not self.states[w].latest_fully_deployed]
+        bad = [w for w in workers if not self.states[w].latest_fully_deployed
+               and not self._copies_from_deployed(w, copies)]
         split = [w for w in bad if self.states[w].deployed is None]
         listing = "; ".join(f"{self.ctx.worker_name(w)}: {self.states[w].explain()}" for w in bad)
         if split:
@@ -76,6 +79,15 @@ class Pusher:
                 "secret put|bulk` would copy the latest version's code rather than the deployed "
                 "one's. Run the same command with --from-deployed: keyrotate then makes a new "
                 "version from the deployed version with the new secrets and deploys it at 100%.")
+
+    def _copies_from_deployed(self, worker: str, copies: bool) -> bool:
+        """A version is made from the deployed one anyway (a canary), or the latest version
+        is a canary of keyrotate's that was cut short: then the deployed version is the one
+        to start from, without --from-deployed."""
+        state = self.states[worker]
+        if state.deployed is None:
+            return False
+        return copies or state.latest in canary_versions(self.ctx, self.ctx.worker_name(worker))
 
     def push(self, worker: str, values: dict[str, str | None], note: str = "") -> Pushed:
         """Set (or, for None, remove) secrets on one Worker as one new deployed version."""

@@ -116,7 +116,7 @@ class PushPhase:
             self.requires(job)
         todo = self.missing(job)
         pusher = job.pushes()
-        pusher.check(todo)   # every Worker can take it, before the first push
+        pusher.check(todo, copies=self.canary and job.canary is not None)   # before the first push
         values, kids = self.secrets(job), self.kids(job)
         for worker in todo:
             if self.canary and job.canary is not None:

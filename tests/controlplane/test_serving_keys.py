@@ -68,6 +68,7 @@ def test_abort_after_a_refused_switch_goes_back_and_moves_the_apps_rows_back(pro
     assert app.seal_as("api") == new
     _check(project, _known(store))
 
+    cf.workers.on_version.clear()
     cf.workers.refusing.clear()
     res = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--abort", "--json")
     assert res.exit_code == 0, res.output
@@ -83,7 +84,7 @@ def test_abort_after_a_refused_switch_goes_back_and_moves_the_apps_rows_back(pro
 
     # and a rotation can start afresh
     again = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--json")
-    assert again.exit_code == 0 and last_json(again.output)["state"] == "awaiting-finish"
+    assert again.exit_code == 0 and last_json(again.output)["state"] == "awaiting-finish", again.output
     _check(project, _known(store, new))
 
 
@@ -203,28 +204,41 @@ def test_the_rollback_guard_compares_versions_by_number_not_by_clock(project):
 
 def test_a_rollback_target_is_asked_at_0_percent_before_any_traffic_moves(project):
     """Proof from the Workers' side: the target answers which keys it holds while it serves
-    no traffic; keys that miss the rows' refuse the rollback (exit 2), and a target whose keys
-    cover them may serve even though its secrets differ."""
+    no traffic. A target whose keys cover the rows may serve even though its secrets
+    differ; one whose keys miss them is refused (exit 2) and no traffic moves."""
     root, cf, store = _setup(project)
-    assert run_cli("rotate", "MASTER_KEY", "--env", "staging").exit_code == 0
+    assert run_cli("rotate", "MASTER_KEY", "--env", "staging").exit_code == 0   # rows under new
     shares: list[list[float]] = []
     cf.workers.on_deploy.append(lambda s: shares.append(
         [v["percentage"] for v in s.deployments[0]["versions"]]) if s.name == "tminus-oauth-staging" else None)
     pings = cf.workers.pings
-    # the version before the switch holds (old, new): it reads every row: allowed
+    # one back: the introduce version holds (old, new): it reads every row: allowed
     ok = run_cli("rollback", "--env", "staging", "--only", "oauth", "--yes", "--json")
     assert ok.exit_code == 0, ok.output
     assert [100.0, 0.0] in shares and cf.workers.pings > pings
     _check(project, _known(store))
-    # after --finish, going back to a version holding the old key only is refused
-    assert run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish").exit_code == 0
-    assert run_cli("rotate", "MASTER_KEY", "--env", "staging").exit_code == 0
-    assert run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish").exit_code == 0
-    active = cf.script("tminus-api-staging").active.id
-    refused = run_cli("rollback", "--env", "staging", "--only", "api", "--yes", "--json")
+    # someone had oauth's pre-rotation version (the old key only) serve for a while, then
+    # put the switch back: the last deployment before this one is that old version
+    oauth = cf.script("tminus-oauth-staging")
+    pre = next(v for v in oauth.versions if v.secrets.get("MASTER_KEY") == OLD_SECRET
+               and "MASTER_KEY_PREVIOUS" not in v.secrets)
+    switched = next(v for v in reversed(oauth.versions)
+                    if v.secrets.get("MASTER_KEY_PREVIOUS") == OLD_SECRET)
+    with cf.lock:
+        oauth.deploy([(pre.id, 100.0)], "dashboard")
+        oauth.deploy([(switched.id, 100.0)], "dashboard")
+    active = cf.script("tminus-oauth-staging").active.id
+    shares.clear()
+    refused = run_cli("rollback", "--env", "staging", "--only", "oauth", "--yes", "--json")
     assert refused.exit_code == 2 and "rows or objects are under" in refused.output, refused.output
-    assert cf.script("tminus-api-staging").active.id == active
-    assert [v["percentage"] for v in cf.script("tminus-api-staging").deployments[0]["versions"]] == [100.0]
+    assert cf.script("tminus-oauth-staging").active.id == active
+    assert shares == [[100.0, 0.0], [100.0]]          # asked at 0%, then taken out again
+    _check(project, _known(store))
+    # --force: that version's code with the secrets serving now
+    forced = run_cli("rollback", "--env", "staging", "--only", "oauth", "--yes", "--force", "--json")
+    assert forced.exit_code == 0, forced.output
+    assert _active(cf, "oauth")["MASTER_KEY_PREVIOUS"] == OLD_SECRET   # the switch's keys
+    assert cf.script("tminus-oauth-staging").active.modules == pre.modules  # the old code
     _check(project, _known(store))
 
 

@@ -55,7 +55,7 @@ class CloudflareStandIn:
         self.d1_times: deque[float] = deque()
         self.d1_requests = 0
         self.d1_bookmarks = 0
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()   # reentrant: test hooks run inside a request and read state
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/client/v4"
