@@ -140,6 +140,9 @@ class Recorder:
             f"response), taking over {old.rotation_id}.", plan=new.plan,
             compromised=new.compromised, took_over=old.rotation_id, reason=reason),
             [self._save(old, finished=True), self._save(new)])
+        self.evidence.record(self._event(old, "rotation.superseded", f"{self._what(old)} "
+                                         f"superseded by {new.rotation_id} ({reason}).",
+                                         by=new.rotation_id, reason=reason))
 
     def aborting(self, rot: Rotation) -> None:
         rot.state = "aborting"

@@ -13,7 +13,7 @@ import logging
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from keyrotate.secrets.base import SLOTS
 from tests.support.cloudflare_project import Project, with_key_routes, with_overlap
@@ -130,8 +130,8 @@ class ServingWalk(RuleBasedStateMachine):
 def test_random_walks_keep_every_serving_version_reading_every_row(routes: bool) -> None:
     Project.defaults["routes"] = routes
     try:
-        walk = settings(max_examples=6, stateful_step_count=8, deadline=None, derandomize=True,
-                        database=None, suppress_health_check=list(HealthCheck))(ServingWalk)
-        walk.TestCase().runTest()
+        run_state_machine_as_test(ServingWalk, settings=settings(
+            max_examples=4, stateful_step_count=8, deadline=None, derandomize=True,
+            database=None, suppress_health_check=list(HealthCheck)))
     finally:
         Project.defaults["routes"] = True

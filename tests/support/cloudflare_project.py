@@ -186,3 +186,16 @@ def with_key_routes(root, cf, store, workers=("api", "oauth")):
     (root / "keyrotate.toml").write_text(text)
     store.write_pending("KEYROTATE_OBJECTS_TOKEN", ROUTE_TOKEN)
     store.promote("KEYROTATE_OBJECTS_TOKEN")
+
+
+def rotate_by_hand(root, store, new):
+    """What an operator can do without `rotate`: the new MASTER_KEY stored and every row
+    moved to it (so that pushing it alone keeps every row readable)."""
+    from tests.support.helpers import run_cli
+
+    store.write_pending("MASTER_KEY", new)
+    moved = run_cli("reencrypt", "--db", f"file:{root / 'staging.db'}", "--target",
+                    "accounts.encrypted_tokens", "--old-key", store.ref("MASTER_KEY"),
+                    "--new-key", store.ref("MASTER_KEY", "pending"), "--json")
+    assert moved.exit_code == 0, moved.output
+    store.promote("MASTER_KEY")
