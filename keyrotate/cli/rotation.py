@@ -63,7 +63,8 @@ def rotate(secret: str, env: Context, compromised: bool, dry_run: bool, yes: boo
 @environment
 @click.option("--due", metavar="AGE", help="Exit 1 if a secret is older than this (e.g. 90d).")
 @click.option("--notify", "send", is_flag=True,
-              help="Send secret.overdue for each secret past --due to the [notify] sinks.")
+              help="Send secret.overdue for each secret past --due, and secret.unchecked for "
+                   "each one status could not check, to the [notify] sinks.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "openmetrics"]), default="text",
               show_default=True, help="openmetrics: for Prometheus.")
 @click.option("--metrics-file", type=click.Path(dir_okay=False), metavar="PATH",
@@ -72,10 +73,12 @@ def rotate(secret: str, env: Context, compromised: bool, dry_run: bool, yes: boo
 def status(env: Context, due: str | None, send: bool, fmt: str, metrics_file: str | None,
            as_json: bool) -> None:
     """Per secret: age, last rotation, rotation in progress, rows per key. For cron and CI
-    schedules (exit 1 when a secret is past --due)."""
+    schedules: exit 1 when a secret is past --due, and when a secret's value, age or rows
+    could not be read (named under "could not check"): a check not made is not a pass."""
 
     if send and not due:
-        raise ConfigError("--notify sends secret.overdue events: give --due AGE too")
+        raise ConfigError("--notify sends secret.overdue and secret.unchecked events: "
+                          "give --due AGE too")
     result = run_status(env, parse_duration(due, "--due") if due else None, send)
     if metrics_file:
         write_metrics_file(result, metrics_file)

@@ -30,6 +30,14 @@ _CODE = re.compile(r"\[code: (\d+)\]|\"code\":\s*(\d+)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+WRANGLER_CONFIGS = ("wrangler.toml", "wrangler.jsonc", "wrangler.json")
+
+
+def wrangler_config(worker_dir: Path) -> Path | None:
+    """The Worker folder's wrangler configuration, if it has one."""
+    return next((worker_dir / n for n in WRANGLER_CONFIGS if (worker_dir / n).is_file()), None)
+
+
 def explain(output: str) -> str:
     """The useful part of wrangler's output: Cloudflare error codes named, ANSI stripped."""
     text = _ANSI.sub("", output)
@@ -147,8 +155,7 @@ class Wrangler:
         return sorted(item["name"] for item in _json_tail(res.stdout))
 
     def deploy(self, worker_dir: Path, env: str) -> None:
-        if not (worker_dir / "wrangler.toml").exists() and not (worker_dir / "wrangler.jsonc").exists() \
-                and not (worker_dir / "wrangler.json").exists():
+        if wrangler_config(worker_dir) is None:
             raise DeployError(f"no wrangler configuration in {worker_dir}")
         self._run(["deploy", "--env", env], f"deploy in {worker_dir}", cwd=worker_dir)
 

@@ -25,7 +25,9 @@ from keyrotate.config.manifest import (
     SecretSpec,
     parse_duration,
 )
+from keyrotate.config.window import Window
 from keyrotate.crypto.codecs import FORMATS
+from keyrotate.crypto.keys import new_key_size_problem
 from keyrotate.db.urls import DB_URL_HELP, is_database_url, refuse_credentials
 from keyrotate.errors import ConfigError
 from keyrotate.secrets.formats import ValueFormat
@@ -42,7 +44,8 @@ KNOWN: dict[str, tuple[str, ...]] = {
     "project": ("name", "worker_name", "workers_dir", "deploy_order", "wrangler", "migrations_dir",
                 "route_token"),
     "environments.*": ("database", "secrets", "health", "objects", "key_routes"),
-    "secrets.*": ("kind", "workers", "generate", "previous", "max_token_ttl", "format", "canary"),
+    "secrets.*": ("kind", "workers", "generate", "previous", "max_token_ttl", "format", "canary",
+                  "max_age", "auto", "finish_after", "window"),
     "encrypted": ("secret", "table", "column", "format", "key_column", "object", "ids", "ledger",
                   "token"),
 }
@@ -185,12 +188,18 @@ class ManifestReader:
         if fmt is not None and generate is not None and fmt.can_generate and str(fmt) != generate:
             raise ConfigError(f"{w}: generate = {generate!r} makes values that do not fit "
                               f"format = {str(fmt)!r}")
+        if generate is not None and kind != "external":
+            problem = new_key_size_problem(int(str(generate).partition(":")[2]))
+            if problem:
+                raise ConfigError(f"{w}: {'generate' if 'generate' in spec else 'format'} = "
+                                  f"{generate!r}: {problem}")
         ttl = spec.get("max_token_ttl")
+        max_token_ttl = parse_duration(str(ttl), f"{w} max_token_ttl") if ttl else None
         return SecretSpec(
             name=name, kind=kind, workers=workers, generate=generate,
-            previous=spec.get("previous"),
-            max_token_ttl=parse_duration(str(ttl), f"{w} max_token_ttl") if ttl else None,
-            format=fmt, canary=_canary_steps(spec.get("canary"), w))
+            previous=spec.get("previous"), max_token_ttl=max_token_ttl,
+            format=fmt, canary=_canary_steps(spec.get("canary"), w),
+            **_rollover_policy(name, spec, kind, max_token_ttl, w))
 
     def environments(self, table: dict[str, Any], order: tuple[str, ...]) -> dict[str, Environment]:
         return {name: self.environment(name, env, order) for name, env in table.items()}
@@ -335,6 +344,55 @@ def _object_target(t: dict[str, Any], w: str, secrets: dict[str, SecretSpec],
             raise ConfigError(f"{w}: [environments.{env.name}] objects has no endpoint for "
                               f"{t['object']!r}")
     return ObjectTarget(t["secret"], str(t["object"]), ids, str(t["ledger"]), token)
+
+
+def _rollover_policy(name: str, spec: dict[str, Any], kind: str, max_token_ttl: int | None,
+                     w: str) -> dict[str, Any]:
+    """max_age, auto, finish_after and window: what `rollover` may do with this secret
+    unattended. Refused here, before any run: a policy rollover could only follow by
+    breaking the app (a cutover, a JWT finish before its tokens expire) or cannot follow
+    at all (an external value, no age to go by, an overlap with no end)."""
+    max_age = spec.get("max_age")
+    finish = spec.get("finish_after")
+    auto = spec.get("auto", False)
+    if not isinstance(auto, bool):
+        raise ConfigError(f"{w}: auto must be true or false")
+    policy: dict[str, Any] = {
+        "max_age": parse_duration(str(max_age), f"{w} max_age") if max_age else None,
+        "auto": auto,
+        "finish_after": parse_duration(str(finish), f"{w} finish_after") if finish else None,
+        "window": Window.parse(spec["window"], f"{w} window") if "window" in spec else None}
+    overlap = bool(spec.get("previous")) and kind in ("master-key", "jwt-hs256")
+    if policy["finish_after"] is not None and not overlap:
+        raise ConfigError(f"{w}: finish_after is how long an overlap stays open, and {kind} "
+                          "without previous has none: remove finish_after (or add previous)")
+    if kind == "jwt-hs256" and policy["finish_after"] is not None:
+        if max_token_ttl is None:
+            raise ConfigError(f"{w}: finish_after for a JWT needs max_token_ttl, so that no "
+                              "finish logs out users whose tokens are still valid")
+        if policy["finish_after"] < max_token_ttl:
+            raise ConfigError(f"{w}: finish_after = {finish!r} is shorter than max_token_ttl = "
+                              f"{spec.get('max_token_ttl')!r}: finishing then would log out users "
+                              "whose tokens are still valid")
+    if not auto:
+        return policy
+    if policy["max_age"] is None:
+        raise ConfigError(f"{w}: auto = true needs max_age, the age at which rollover starts a "
+                          "rotation (for example max_age = \"90d\")")
+    if kind == "external":
+        raise ConfigError(f"{w}: auto = true cannot apply to an external secret: its new value "
+                          "comes from the provider's console. Keep auto = false (rollover reports "
+                          "it due) and rotate it by hand")
+    if kind in ("master-key", "jwt-hs256") and not overlap:
+        raise ConfigError(f"{w}: auto = true needs previous = \"{name}_PREVIOUS\": without an "
+                          f"overlap a {kind} rotation is a cutover that "
+                          + ("logs every user out" if kind == "jwt-hs256" else
+                             "the Workers cannot read through")
+                          + ", which only a person may decide (keyrotate rotate ... --yes)")
+    if overlap and policy["finish_after"] is None:
+        raise ConfigError(f"{w}: auto = true needs finish_after, how long the overlap stays open "
+                          "before rollover finishes it (for example finish_after = \"7d\")")
+    return policy
 
 
 def _canary_steps(value: Any, w: str) -> tuple[int, ...] | None:

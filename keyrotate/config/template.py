@@ -53,6 +53,12 @@ format = "hex:32"
 # The Workers read a previous key during a rotation: zero downtime, and the Worker
 # can rewrap the AccountDO objects with both keys.
 previous = "MASTER_KEY_PREVIOUS"
+# Scheduled rollover (`keyrotate rollover`, README "Scheduled rollover"): rotate when
+# older than max_age, keep the overlap open finish_after, start steps only in the window.
+# max_age = "90d"
+# auto = true
+# finish_after = "7d"
+# window = "Mon-Fri 09:00-16:00 UTC"
 
 [secrets.KEYROTATE_OBJECTS_TOKEN]
 kind = "internal"              # the bearer token of the keyrotate route: generated, pushed, rotated
@@ -65,6 +71,10 @@ workers = ["api", "oauth"]
 generate = "base64:32"
 previous = "JWT_SECRET_PREVIOUS"   # optional overlap; without it every session is invalidated
 max_token_ttl = "1h"
+# max_age = "30d"
+# auto = true
+# finish_after = "1d"                # at least max_token_ttl
+# window = "Mon-Fri 09:00-16:00 UTC"
 
 [secrets.GOOGLE_CLIENT_SECRET]
 kind = "external"              # the value comes from the provider console

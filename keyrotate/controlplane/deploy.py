@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from keyrotate.cloudflare.versions import VersionsApi
-from keyrotate.cloudflare.wrangler import wrangler_for
+from keyrotate.cloudflare.wrangler import WRANGLER_CONFIGS, wrangler_config, wrangler_for
 from keyrotate.config.context import Context
 from keyrotate.controlplane.health import Health, validate
 from keyrotate.controlplane.rollback import crossing, roll_back_worker
 from keyrotate.controlplane.serving import ask, can_ask, master_key_of
-from keyrotate.errors import EXIT_FAILURES
+from keyrotate.errors import EXIT_FAILURES, ConfigError
 from keyrotate.evidence.worker_log import record_version
 from keyrotate.progress import Say
 
@@ -66,6 +66,7 @@ class DeployResult:
 
 def deploy(ctx: Context, only: str | None, dry_run: bool, say: Say) -> DeployResult:
     order = [ctx.manifest.worker(only)] if only else list(ctx.manifest.deploy_order)
+    check_worker_folders(ctx, order)
     if dry_run:
         return DeployResult(ctx.env.name, True, [
             DeployStep(w, ctx.worker_name(w), str(ctx.manifest.worker_dir(w)), ctx.env.health.get(w))
@@ -101,6 +102,22 @@ def _serving_keys(ctx: Context, worker: str, versions: list[str]) -> set[tuple[s
     if master_key_of(ctx, worker) is None or not can_ask(ctx, worker):
         return set()
     return {(k.kid, k.previous_kid) for k in ask(ctx, worker, versions).values()}
+
+
+def check_worker_folders(ctx: Context, workers: list[str]) -> None:
+    """Every Worker to deploy has its folder and a wrangler configuration, checked for all
+    of them before the first deploy (and in the dry run): exit 2 naming each one missing,
+    never a deploy that stops halfway at the first."""
+    missing = []
+    for w in workers:
+        folder = ctx.manifest.worker_dir(w)
+        if not folder.is_dir():
+            missing.append(f"{w}: no folder {folder}")
+        elif wrangler_config(folder) is None:
+            missing.append(f"{w}: no {' / '.join(WRANGLER_CONFIGS)} in {folder}")
+    if missing:
+        raise ConfigError(f"cannot deploy: {'; '.join(missing)} (workers_dir = "
+                          f"{ctx.manifest.workers_dir!r} in {ctx.manifest.path})")
 
 
 def _roll_back_to(ctx: Context, targets: list[tuple[str, str | None]], say: Say) -> list[str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable
 
 from keyrotate.config.context import Context
@@ -29,7 +28,7 @@ from keyrotate.rotation.preflight import preflight
 from keyrotate.rotation.state import Recorder, Rotation, done_steps
 from keyrotate.rotation.steps import Job, Step
 from keyrotate.secrets.base import fingerprint
-from keyrotate.timeutil import new_id, now_iso, parse_utc
+from keyrotate.timeutil import new_id, now, now_iso, parse_utc
 
 PUSH_STEPS = ("push", "introduce", "switch", "remove-previous", "confirm-switch")
 
@@ -99,6 +98,9 @@ class RotateOptions:
     from_deployed: bool = False
     canary: bool = False
     objects: ObjectsOptions = ObjectsOptions()
+    # who starts it: "person" (the command line) or "rollover" (a schedule); an unattended
+    # caller never responds to a compromise nor continues a rotation a person started
+    started_by: str = "person"
 
 
 def rotate(ctx: Context, secret: str, options: RotateOptions = RotateOptions(), say: Say = print,
@@ -119,6 +121,7 @@ def _rotate(ctx: Context, recorder: Recorder, secret: str, options: RotateOption
     rot = recorder.load_open(secret)
     if rot is None and (finish or abort):
         raise ConfigError(f"no {secret} rotation in progress on {ctx.env.name}")
+    _check_unattended(options, rot)
     if rot is not None and rot.state == "aborting" and not abort:
         raise ConfigError(f"the {secret} rotation {rot.rotation_id} is being aborted: run "
                           f"keyrotate rotate {secret} --env {ctx.env.name} --abort again to "
@@ -154,6 +157,7 @@ def _rotate(ctx: Context, recorder: Recorder, secret: str, options: RotateOption
                                      "Worker and no row, and was discarded")
     if rot is None:
         rot = _new_rotation(ctx, spec, plan, compromised)
+        rot.detail["started_by"] = options.started_by
         if taken_over is not None:
             _take_over(ctx, recorder, taken_over, rot, say)
         else:
@@ -220,6 +224,20 @@ def _new_rotation(ctx: Context, spec: SecretSpec, plan: str, compromised: bool) 
                     started_at=now_iso())
 
 
+def _check_unattended(options: RotateOptions, rot: Rotation | None) -> None:
+    """A schedule acts only on rotations it started, and never on a compromise: both
+    are a person's decisions."""
+    if options.started_by == "person":
+        return
+    if options.compromised:
+        raise ConfigError(f"a compromise response is a person's decision: {options.started_by} "
+                          "never rotates with --compromised")
+    owner = rot.detail.get("started_by", "person") if rot else None
+    if rot is not None and owner != options.started_by:
+        raise ConfigError(f"the open {rot.secret} rotation {rot.rotation_id} was started by a "
+                          f"{owner}: {options.started_by} leaves it to them")
+
+
 def _run_steps(job: Job, recorder: Recorder, steps: list[Step]) -> None:
     for step in steps:
         if step.name in done_steps(job.rot.steps_done):
@@ -239,7 +257,7 @@ def _check_token_ttl(spec: SecretSpec, rot: Rotation, force: bool) -> None:
     pushed = parse_utc(rot.detail.get("pushed_at"))
     if pushed is None:
         return
-    waited = (datetime.now(timezone.utc) - pushed).total_seconds()
+    waited = (now() - pushed).total_seconds()
     if waited < spec.max_token_ttl:
         raise ConfigError(f"tokens signed with the old {spec.name} may live {spec.max_token_ttl} s "
                           f"and the new one was pushed {int(waited)} s ago: finishing now logs "

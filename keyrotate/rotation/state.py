@@ -112,7 +112,8 @@ class Recorder:
         how = f"{rot.plan}{', compromise response' if rot.compromised else ''}"
         self.evidence.record(self._event(rot, "rotation.started", f"{self._what(rot)} started ({how}).",
                                          plan=rot.plan, compromised=rot.compromised,
-                                         took_over=rot.detail.get("took_over")),
+                                         took_over=rot.detail.get("took_over"),
+                                         started_by=rot.detail.get("started_by", "person")),
                              [self._save(rot)])
 
     def step_done(self, rot: Rotation, step: str) -> None:

@@ -14,6 +14,7 @@ from typing import Literal, Protocol
 
 from keyrotate.crypto.keys import key_id
 from keyrotate.secrets.names import check_name
+from keyrotate.timeutil import now
 
 Slot = Literal["current", "pending", "previous"]
 SLOTS: tuple[Slot, ...] = ("current", "pending", "previous")
@@ -55,7 +56,8 @@ def fingerprint(value: str) -> str:
 
 
 def now_utc() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    """When a value is set, by keyrotate's clock (a secret's age is measured by it)."""
+    return now().astimezone(timezone.utc).replace(microsecond=0)
 
 
 def pending_name(name: str) -> str:

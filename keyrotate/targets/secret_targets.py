@@ -23,6 +23,7 @@ from keyrotate.dataplane.outcome import ROWS, Outcome
 from keyrotate.dataplane.reencrypt import ReencryptOptions, reencrypt
 from keyrotate.dataplane.verify import verify
 from keyrotate.db.base import Target
+from keyrotate.errors import KeyrotateError
 from keyrotate.secrets.refs import resolve
 from keyrotate.targets.objects import objects_census, objects_rewrap
 
@@ -136,22 +137,36 @@ class SecretTargets:
         yield from self.object_targets()
 
 
-def _census_by_slot(ctx: Context, secret: str) -> list[tuple[Outcome, dict[str, str]]]:
+def _census_by_slot(ctx: Context, secret: str,
+                    errors: list[str] | None = None) -> list[tuple[Outcome, dict[str, str]]]:
     """A census of every target with the store's keys (current, pending, previous): each
-    outcome with the slot each kid belongs to."""
+    outcome with the slot each kid belongs to. `errors`: a target that cannot be counted
+    is named there and left out (else the error stops the caller)."""
     store = ctx.secrets
     slots = ["current", *(s for s in ("pending", "previous") if store.read(secret, s) is not None)]
     refs = [store.ref(secret, s) for s in slots]
     keys = KeyRefs(refs[0], refs[1] if len(refs) > 1 else None, tuple(refs[2:]))
-    return [(t.census(), dict(zip(t.key_ids(), slots))) for t in SecretTargets(ctx, secret, keys)]
+    out = []
+    for target in SecretTargets(ctx, secret, keys):
+        try:
+            out.append((target.census(), dict(zip(target.key_ids(), slots))))
+        except KeyrotateError as e:
+            if errors is None:
+                raise
+            errors.append(f"{target.name} not counted: {e}")
+    return out
 
 
-def rows_per_slot(ctx: Context, secret: str) -> dict[str, dict[str, int]]:
+def rows_per_slot(ctx: Context, secret: str, errors: list[str]) -> dict[str, dict[str, int]]:
     """Rows (and objects) of every target by the store slot whose key opens them: current,
     pending (a rotation in progress) and previous; 'other' opens under none of them (or,
-    for objects, did not answer)."""
+    for objects, did not answer). A target that cannot be counted, or whose rows paging
+    did not all reach, is left out of the counts and named in `errors`."""
     rows: dict[str, dict[str, int]] = {}
-    for c, slot_of in _census_by_slot(ctx, secret):
+    for c, slot_of in _census_by_slot(ctx, secret, errors):
+        if c.unreached:
+            errors.append(f"{c.target}: {c.unreached} {c.unit} could not be counted "
+                          f"({'paging did not reach them' if c.unit == ROWS else 'no answer'})")
         counts = {"current": 0, "pending": 0, "previous": 0}
         other = c.failed + c.unreached
         for kid, n in c.by_kid.items():
