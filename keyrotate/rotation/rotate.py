@@ -23,6 +23,7 @@ from keyrotate.dataplane.objects.driver import ObjectsOptions
 from keyrotate.errors import ConfigError, DeployError, StoreUnavailable
 from keyrotate.evidence.worker_log import secret_history
 from keyrotate.progress import Say
+from keyrotate.rotation.held_lease import HeldLease
 from keyrotate.rotation.plan import abort_steps, cutover_warning, plan_of, steps_for
 from keyrotate.rotation.preflight import preflight
 from keyrotate.rotation.state import Recorder, Rotation, done_steps
@@ -108,8 +109,14 @@ def rotate(ctx: Context, secret: str, options: RotateOptions = RotateOptions(), 
     """One rotation of SECRET on the context's environment, started, resumed, finished or
     aborted as `options` say. `read_external` gives an external secret's new value."""
     recorder = Recorder(ctx)
+    ctx.manifest.secret(secret)   # a typo is refused before anything else
     try:
-        return _rotate(ctx, recorder, secret, options, say, read_external)
+        if options.dry_run:
+            return _rotate(ctx, recorder, secret, options, say, read_external)
+        # one command at a time per secret and environment (a person and a schedule, two
+        # terminals): the second refuses, naming the holder
+        with HeldLease(ctx, f"rotate:{ctx.env.name}:{secret}"):
+            return _rotate(ctx, recorder, secret, options, say, read_external)
     finally:
         recorder.evidence.close()
 

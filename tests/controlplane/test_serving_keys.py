@@ -311,3 +311,25 @@ def test_the_key_route_answers_kids_as_keyrotate_computes_them(project):
             [(MasterKey.from_secret(OLD_SECRET).kid, None)]
     finally:
         ctx.close()
+
+
+def test_two_rotations_of_one_secret_never_run_at_once(project):
+    """A person and a schedule (or two terminals): the second refuses, naming the holder,
+    while the first is mid-push; the first then ends as if alone."""
+    root, cf, store = _setup(project, routes=False)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "keyrotate.cli", "rotate", "MASTER_KEY",
+                             "--env", "staging"], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seconds: list = []
+
+    def second_while_the_first_pushes(script, version):
+        if not seconds and script.name == "tminus-api-staging":
+            seconds.append(run_cli("rotate", "MASTER_KEY", "--env", "staging", "--json"))
+
+    cf.workers.on_version.append(second_while_the_first_pushes)
+    proc.communicate(timeout=300)
+    assert proc.returncode == 0
+    second = seconds[0]
+    assert second.exit_code == 2 and "another keyrotate run holds" in second.output, second.output
+    _check(project, _known(store))
