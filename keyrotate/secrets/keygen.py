@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from keyrotate.errors import ConfigError
+from keyrotate.secrets.formats import MAX_BYTES, MIN_BYTES
 from keyrotate.secrets.refs import parse_ref
 from keyrotate.secrets.schemes import scheme_for
 
@@ -15,8 +16,8 @@ KEY_FORMATS = ("base64", "hex", "fernet")
 
 
 def generate(fmt: str = "base64", nbytes: int = 32) -> str:
-    if nbytes < 16 or nbytes > 1024:
-        raise ConfigError("--bytes must be between 16 and 1024")
+    if not MIN_BYTES <= nbytes <= MAX_BYTES:
+        raise ConfigError(f"--bytes must be between {MIN_BYTES} and {MAX_BYTES}")
     raw = secrets.token_bytes(nbytes)
     if fmt == "base64":
         return base64.b64encode(raw).decode("ascii")
