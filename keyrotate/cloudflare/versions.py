@@ -10,7 +10,7 @@ code and the version's own settings come from `code_from`; secrets keyrotate doe
 manage come from `secrets_from` (the version serving now). Secret values travel only in
 the request body, over TLS.
 
-Settings, field by field as wrangler copies them (/work/notes/cloudflare-versions.md §1.4):
+Settings, field by field as wrangler copies them (docs/cloudflare.md):
 compatibility date and flags and limits from `resources.script_runtime`; placement when
 `resources.script.placement_mode` is "smart" (the only placement an upload can set: any
 other is refused rather than dropped); `cache_options`; `keep_assets: true`; logpush, tail
@@ -114,8 +114,8 @@ def version_settings(worker: str, version: dict[str, Any]) -> dict[str, Any]:
         out["placement"] = {"mode": "smart"}
     elif placement:
         raise DeployError(f"{worker} version {version.get('id')} has placement mode {placement!r}, "
-                          "which a version upload cannot set: keyrotate will not copy it without "
-                          "it (nothing was changed)")
+                          "which a version upload cannot set: a copy would drop it, so keyrotate "
+                          "refuses to make one (nothing was changed)")
     if version.get("cache_options"):
         out["cache_options"] = version["cache_options"]
     return out

@@ -164,6 +164,12 @@ class ManifestReader:
         line = _line_in(self.text, path, key, index)
         return f"{self.path}:{line}" if line else self.where
 
+    def credentials_in(self, url: str, where: str) -> bool:
+        try:
+            return has_credentials(url)
+        except ConfigError as e:   # a URL that does not parse: refused, not repeated
+            raise ConfigError(f"{where}: {e}") from None
+
     def table(self, data: dict[str, Any], key: str) -> dict[str, Any]:
         value = data.get(key, {})
         if not isinstance(value, dict):
@@ -344,7 +350,7 @@ class ManifestReader:
                 raise ConfigError(f"{w}: health names unknown worker {worker!r}")
             if not isinstance(url, str) or not url.startswith(("http://", "https://")):
                 raise ConfigError(f"{w}: health URL for {worker} must be http(s)://")
-            if has_credentials(url):
+            if self.credentials_in(url, f"{self.at(path, 'health')}: [environments.{name}]"):
                 raise ConfigError(f"{self.at(path, 'health')}: [environments.{name}]: the health "
                                   f"URL for {worker} must not carry credentials (they would end up "
                                   "in logs, results and the audit trail; the URL is not repeated "
@@ -354,7 +360,7 @@ class ManifestReader:
                 isinstance(u, str) and u.startswith(("http://", "https://")) for u in objects.values()):
             raise ConfigError(f"{w}: objects must be a table of DurableObjectClass = \"https://...\"")
         for cls, url in objects.items():
-            if has_credentials(url):
+            if self.credentials_in(url, f"{self.at(path, 'objects')}: [environments.{name}]"):
                 raise ConfigError(f"{self.at(path, 'objects')}: [environments.{name}]: the objects "
                                   f"URL for {cls} must not carry credentials (the URL is not "
                                   "repeated here): keyrotate sends the bearer token named by the "

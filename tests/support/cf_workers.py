@@ -19,9 +19,9 @@ versions/secrets/index.ts; workers-sdk#12392, PR #15283 and #10585):
 - secret values are never returned (list and version views show names only);
 - GET .../content/v2?version=ID returns the version's modules as multipart form data
   with a `cf-entrypoint` header.
-Settings (the facts: /work/notes/cloudflare-versions.md §1-2; workers-sdk
-create-worker-upload-form.ts and versions/secrets/index.ts; cloudflare-typescript
-versions.ts and settings.ts; cloudflare-docs multipart-upload-metadata.mdx):
+Settings (docs/cloudflare.md; workers-sdk's workers-utils create-worker-upload-form.ts
+and versions/secrets/index.ts; cloudflare-typescript's versions.ts and settings.ts;
+cloudflare-docs multipart-upload-metadata.mdx):
 - per version: compatibility date and flags, limits (`cpu_ms`), usage model, placement
   and cache options come from the upload's metadata (`placement: {"mode": "smart"}`,
   only `usage_model: "standard"` is accepted); what the metadata leaves out is not
