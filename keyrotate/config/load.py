@@ -307,9 +307,10 @@ class ManifestReader:
             m = re.fullmatch(r"(base64|hex):(\d+)", str(generate))
             if not m:
                 raise ConfigError(f"{gw} must be like base64:32 or hex:32")
-            problem = bytes_problem(int(m.group(2)))
+            # what keyrotate generates is a new key: one range everywhere (crypto.keys)
+            problem = (new_key_size_problem if kind != "external" else bytes_problem)(int(m.group(2)))
             if problem:
-                raise ConfigError(f"{gw} {problem}")
+                raise ConfigError(f"{gw}: {problem}")
         fmt = (ValueFormat.parse(str(spec["format"]), f"{self.at(path, 'format')}: [secrets.{name}]")
                if "format" in spec else None)
         if fmt is not None and generate is None and fmt.can_generate:

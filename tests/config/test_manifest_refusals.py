@@ -111,12 +111,12 @@ CASES = {
         BASE + "key_column = 5\n", "key_column = 5", "key_column must be a column name"),
     "a column that is not a name": (
         _edit('column = "encrypted_tokens"', "column = 7"), "column = 7", "column must be a column name"),
-    "generate below 16 bytes": (
+    "generate below 32 bytes (a new key)": (
         _edit('generate = "base64:32"', 'generate = "base64:8"'),
-        'generate = "base64:8"', "between 16 and 1024 bytes"),
+        'generate = "base64:8"', "outside 32 to 1024 bytes"),
     "generate above 1024 bytes": (
         _edit('generate = "base64:32"', 'generate = "hex:4096"'),
-        'generate = "hex:4096"', "between 16 and 1024 bytes"),
+        'generate = "hex:4096"', "outside 32 to 1024 bytes"),
     "format below 16 bytes": (
         _edit('format = "hex:32"', 'format = "hex:8"'), 'format = "hex:8"', "between 16 and 1024 bytes"),
     "format above 1024 bytes": (
