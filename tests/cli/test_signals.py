@@ -41,10 +41,10 @@ def _signal_while_the_api_holds_a_push(cf, sig, *args):
 def test_a_signalled_push_exits_3_and_says_to_run_it_again(project, sig):
     root, cf, _, store = project
     assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
-    store.write_pending("MASTER_KEY", NEW_SECRET)
-    store.promote("MASTER_KEY")
+    store.write_pending("JWT_SECRET", NEW_SECRET)  # a master key alone is refused: rows
+    store.promote("JWT_SECRET")                    # sit under the old one
     code, out, err = _signal_while_the_api_holds_a_push(
-        cf, sig, "secrets", "push", "--env", "staging", "--only", "MASTER_KEY", "--json")
+        cf, sig, "secrets", "push", "--env", "staging", "--only", "JWT_SECRET", "--json")
     assert code == 3, (out, err)
     assert "interrupted: run the same command again" in err and "Traceback" not in err
     assert last_json(out)["error"] == {"type": "Interrupted", "exit_code": 3,

@@ -102,12 +102,12 @@ def test_rollback_force_keeps_the_target_versions_settings(project):
     root, cf, _, store = project
     assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
     release_1 = _release_with_every_setting(cf)
-    store.write_pending("MASTER_KEY", NEW_SECRET)
-    store.promote("MASTER_KEY")
-    assert run_cli("secrets", "push", "--env", "staging", "--only", "MASTER_KEY").exit_code == 0
+    store.write_pending("JWT_SECRET", NEW_SECRET)
+    store.promote("JWT_SECRET")
+    assert run_cli("secrets", "push", "--env", "staging", "--only", "JWT_SECRET").exit_code == 0
     res = run_cli("rollback", "--env", "staging", "--only", "api", "--yes", "--force", "--json")
     assert res.exit_code == 0, res.output
     assert last_json(res.output)["plan"][0]["target"] == release_1
     api = cf.script(API)
-    assert api.active.secrets["MASTER_KEY"] == NEW_SECRET   # the secrets serving now
+    assert api.active.secrets["JWT_SECRET"] == NEW_SECRET   # the secrets serving now
     _assert_settings_survived(cf, release_1, api.active.id)
