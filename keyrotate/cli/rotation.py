@@ -28,7 +28,9 @@ from keyrotate.rotation.status import status as run_status
 @click.option("--finish", "finish_rotation", is_flag=True,
               help="End the overlap: remove PREVIOUS, promote the new value.")
 @click.option("--force", is_flag=True, help="--finish before max_token_ttl has passed.")
-@click.option("--abort", is_flag=True, help="Abandon a rotation that has only staged its new value.")
+@click.option("--abort", is_flag=True,
+              help="Undo an open rotation: the Workers and rows go back to the old value (proven "
+                   "by a census) before the new one is discarded; resumable like the rotation.")
 @click.option("--stale-wait", type=click.FloatRange(0, 3600), default=120.0, show_default=True,
               help="Seconds to keep asking Durable Objects still on the old key.")
 @click.option("--canary", is_flag=True,

@@ -15,12 +15,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from keyrotate.config.context import Context
-from keyrotate.dataplane.outcome import ROWS
 from keyrotate.errors import EXIT_FAILURES, KeyrotateError
 from keyrotate.evidence.event import Event
 from keyrotate.rotation.state import Recorder
-from keyrotate.rotation.targets import KeyRefs, SecretTargets
 from keyrotate.secrets.base import SecretStore, fingerprint
+from keyrotate.targets.secret_targets import rows_per_slot
 from keyrotate.timeutil import now as clock_now
 
 
@@ -91,38 +90,6 @@ class StatusResult:
             lines.append(f"notified {n['sink']} of {n['event']} ({n['secret']}): "
                          + ("delivered" if n["ok"] else f"FAILED: {n['reason']}"))
         return "\n".join(lines)
-
-
-def rows_per_slot(ctx: Context, name: str, errors: list[str]) -> dict[str, dict[str, int]]:
-    """Rows (and objects) of every target by the store slot whose key opens them: current,
-    pending (a rotation in progress) and previous; 'other' opens under none of them (or,
-    for objects, did not answer). A target that cannot be counted, or whose rows paging
-    did not all reach, is left out of the counts and named in `errors`."""
-    store = ctx.secrets
-    slots = ["current", *(s for s in ("pending", "previous") if store.read(name, s) is not None)]
-    refs = [store.ref(name, s) for s in slots]
-    keys = KeyRefs(refs[0], refs[1] if len(refs) > 1 else None, tuple(refs[2:]))
-    rows: dict[str, dict[str, int]] = {}
-    for target in SecretTargets(ctx, name, keys):
-        try:
-            c = target.census()
-            slot_of = dict(zip(target.key_ids(), slots))
-        except KeyrotateError as e:
-            errors.append(f"{target.name} not counted: {e}")
-            continue
-        if c.unreached:
-            errors.append(f"{target.name}: {c.unreached} {c.unit} could not be counted "
-                          f"({'paging did not reach them' if c.unit == ROWS else 'no answer'})")
-        counts = {"current": 0, "pending": 0, "previous": 0}
-        other = c.failed + c.unreached
-        for kid, n in c.by_kid.items():
-            if kid in slot_of:
-                counts[slot_of[kid]] += n
-            else:
-                other += n
-        empty = {"null": c.null} if c.unit == ROWS else {"missing": c.missing}
-        rows[target.name] = {**counts, **empty, "other": other}
-    return rows
 
 
 def _store_is_empty(store: SecretStore) -> bool:

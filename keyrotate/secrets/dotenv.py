@@ -14,7 +14,15 @@ from datetime import datetime
 from pathlib import Path
 
 from keyrotate.errors import SecretStoreError
-from keyrotate.secrets.base import Slot, now_utc, pending_name, previous_name, slot_name
+from keyrotate.secrets.base import (
+    PENDING_SUFFIX,
+    PREVIOUS_SUFFIX,
+    Slot,
+    now_utc,
+    pending_name,
+    previous_name,
+    slot_name,
+)
 from keyrotate.secrets.refs import required
 from keyrotate.secrets.schemes import Scheme
 
@@ -149,7 +157,7 @@ class DotenvStore:
     def names(self) -> list[str]:
         seen = [ln.name for ln in self._lines() if ln.name]
         return [n for n in dict.fromkeys(seen)
-                if not n.endswith(("_PENDING", "_PREVIOUS"))]
+                if not n.endswith((PENDING_SUFFIX, PREVIOUS_SUFFIX))]
 
     def set_at(self, name: str) -> datetime | None:
         stamp = _STAMP.format(name=name)

@@ -13,7 +13,14 @@ from datetime import datetime
 from typing import Callable, TypeVar
 
 from keyrotate.errors import SecretStoreError
-from keyrotate.secrets.base import Slot, now_utc, pending_name, previous_name, slot_name
+from keyrotate.secrets.base import (
+    Slot,
+    now_utc,
+    pending_name,
+    previous_name,
+    set_at_name,
+    slot_name,
+)
 from keyrotate.secrets.refs import required
 from keyrotate.secrets.schemes import Scheme
 
@@ -96,7 +103,7 @@ class KeyringStore:
         if current is not None:
             self._set(previous_name(name), current)
         self._set(name, pending)
-        self._set(name + "_SET_AT", now_utc().isoformat())
+        self._set(set_at_name(name), now_utc().isoformat())
         self._delete(pending_name(name))
         self._index_add(name)
 
@@ -108,14 +115,14 @@ class KeyringStore:
         if self.read(name) is not None:
             raise SecretStoreError(f"{self.ref(name)} is already set; refusing to overwrite a key")
         self._set(name, value)
-        self._set(name + "_SET_AT", now_utc().isoformat())
+        self._set(set_at_name(name), now_utc().isoformat())
         self._index_add(name)
 
     def names(self) -> list[str]:
         return [n for n in self._index() if self.read(n) is not None]
 
     def set_at(self, name: str) -> datetime | None:
-        raw = self._get(name + "_SET_AT")
+        raw = self._get(set_at_name(name))
         try:
             return datetime.fromisoformat(raw) if raw else None
         except ValueError:

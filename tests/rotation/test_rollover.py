@@ -113,7 +113,7 @@ def test_the_window_is_respected(project, clock):
     res, out = rollover()
     mk = entry(out, "MASTER_KEY")
     assert res.exit_code == 3 and mk["outcome"] == "paused" and "resumes in the window" in mk["note"]
-    assert "done: stage, push-overlap" in mk["note"] and mk["next_at"] == "2027-04-06T09:00:00+00:00"
+    assert "done: stage, introduce, switch" in mk["note"] and mk["next_at"] == "2027-04-06T09:00:00+00:00"
     assert pushes(cf) == before
     clock.at(utc("2027-04-06 09:00"))
     res, out = rollover()
@@ -151,7 +151,7 @@ def test_finish_after_is_respected(project, clock):
     plan = rollover("--dry-run")[1]
     assert entry(plan, "MASTER_KEY")["outcome"] == "would finish"
     assert [s.split(":")[0] for s in entry(plan, "MASTER_KEY")["steps"]] == \
-        ["re-verify", "remove-previous", "promote"]
+        ["confirm-switch", "re-verify", "remove-previous", "promote"]
     assert "MASTER_KEY_PREVIOUS" in _active(cf, "api")      # the dry run changed nothing
     res, out = rollover()
     mk = entry(out, "MASTER_KEY")
@@ -386,7 +386,7 @@ def test_two_concurrent_rollover_runs_one_refuses(project, clock):
     root, cf, _, store = project
     with_overlap(root, extra=MASTER_POLICY)
     clock.at(utc("2027-04-05 10:00"))
-    first = clocked_rollover(root, clock.t, stop_at="step:push-overlap")
+    first = clocked_rollover(root, clock.t, stop_at="step:switch")
     try:
         wait_stopped(first, root)                 # mid-rotation, holding the lease
         assert lease_holder(root) == [(first.pid,)]
@@ -407,9 +407,10 @@ def test_two_concurrent_rollover_runs_one_refuses(project, clock):
     assert len(rotations(root)) == 1
 
 
-START_POINTS = ["started", "step:stage", "step:push-overlap", "step:validate", "step:reencrypt",
-                "step:verify", "ended:awaiting-finish"]
-FINISH_POINTS = ["step:re-verify", "step:remove-previous", "step:promote", "ended:finished"]
+START_POINTS = ["started", "step:stage", "step:introduce", "step:switch", "step:validate",
+                "step:reencrypt", "step:verify", "ended:awaiting-finish"]
+FINISH_POINTS = ["step:confirm-switch", "step:re-verify", "step:remove-previous", "step:promote",
+                 "ended:finished"]
 
 
 @pytest.mark.slow
@@ -444,8 +445,8 @@ def test_kill_9_between_any_two_steps_leaves_the_next_rollover_to_resume(project
             now_in = "current" if "promote" in steps else "pending"
             assert store.read("MASTER_KEY", now_in) == staged, point
     assert state == "finished"
-    assert steps == ["stage", "push-overlap", "validate", "reencrypt", "verify", "re-verify",
-                     "remove-previous", "promote"]
+    assert steps == ["stage", "introduce", "switch", "validate", "reencrypt", "verify",
+                     "confirm-switch", "re-verify", "remove-previous", "promote"]
     clock.at(finish + timedelta(hours=1))
     res, out = rollover()                         # takes over the dead run's lease at once
     assert res.exit_code == 0 and entry(out, "MASTER_KEY")["outcome"] == "ok"
@@ -455,7 +456,7 @@ def test_kill_9_between_any_two_steps_leaves_the_next_rollover_to_resume(project
         assert _active(cf, w)["MASTER_KEY"] == staged and "MASTER_KEY_PREVIOUS" not in _active(cf, w)
     assert rows_open_under(root, staged)
     pushed = [e for e in trail(root) if e["event"] == "worker.secrets" and e["detail"]["state"] == "intent"]
-    assert len(pushed) == 4, [e["summary"] for e in pushed]   # two Workers, two pushes each, once
+    assert len(pushed) == 6, [e["summary"] for e in pushed]   # two Workers, three pushes each, once
     assert run_cli("audit", "verify", "--env", "staging").exit_code == 0
 
 
