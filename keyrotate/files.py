@@ -16,6 +16,8 @@ import logging
 import os
 import stat
 import tempfile
+from contextlib import contextmanager
+from typing import Iterator, TextIO
 
 from keyrotate.errors import ConfigError, KeyrotateError, SecretStoreError
 
@@ -39,6 +41,16 @@ def atomic_write_public(path: str, text: str) -> None:
 
 def _atomic_write(path: str, text: str, new_mode: int, error: type[KeyrotateError],
                   public: bool = False) -> None:
+    with atomic_file(path, new_mode, error, public) as fh:
+        fh.write(text)
+
+
+@contextmanager
+def atomic_file(path: str, new_mode: int = 0o644, error: type[KeyrotateError] = ConfigError,
+                public: bool = False) -> Iterator[TextIO]:
+    """Write `path` as a stream (a list too long to hold in memory): into a temp file in
+    the same folder, which replaces `path` only when the block ends without an error.
+    The folder is checked before the block runs, so a long job never ends on a bad path."""
     # a secret file: through a symlink to the file it names; a public one: the path itself
     real = os.path.abspath(path) if public else os.path.realpath(path)
     folder = os.path.dirname(real)
@@ -56,7 +68,7 @@ def _atomic_write(path: str, text: str, new_mode: int, error: type[KeyrotateErro
         raise error(f"cannot write {path}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         if existing is not None:

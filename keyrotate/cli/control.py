@@ -44,8 +44,9 @@ def deploy(env: Context, only: str | None, dry_run: bool, as_json: bool) -> None
 @click.option("--only", metavar="WORKER")
 @click.option("--yes", is_flag=True, help="Really roll back (without it: show the plan).")
 @click.option("--force", is_flag=True,
-              help="Also across a MASTER_KEY / JWT rotation: roll back the code, then re-push "
-                   "the current secrets.")
+              help="Also across a MASTER_KEY / JWT rotation: make one new version from the "
+                   "target's code with the secrets serving now, deployed at 100% in one step "
+                   "(the old values never serve).")
 @json_option
 def rollback(env: Context, only: str | None, yes: bool, force: bool, as_json: bool) -> None:
     """Roll Workers back to their previous deployment, in reverse deploy order, then validate.

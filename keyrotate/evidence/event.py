@@ -21,12 +21,13 @@ from keyrotate.timeutil import now_iso
 
 # what sinks are told about (per sink, `events` may narrow it)
 NOTIFY_EVENTS = ("rotation.started", "rotation.step", "rotation.paused", "rotation.failed",
-                 "rotation.finished", "secret.overdue", "incident.report", "notify.test")
+                 "rotation.finished", "secret.overdue", "secret.unchecked", "incident.report",
+                 "notify.test")
 # what only the audit trail records
 AUDIT_EVENTS = ("rotation.aborted", "rotation.superseded", "time-travel.bookmark",
                 "notify.failed", "worker.secrets", "worker.deploy", "worker.rollback",
                 "worker.canary", "key.state", "secret.created", "schema.migration",
-                "schema.compensation", "objects.rewrap")
+                "schema.compensation", "objects.rewrap", "rollover.run")
 BODY_VERSION = 1
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://\S+")
 

@@ -32,9 +32,9 @@ from keyrotate.rotation.residue import (
     residue,
     worker_versions,
 )
-from keyrotate.rotation.targets import KeyRefs, SecretTargets
 from keyrotate.secrets.audit_key import AUDIT_KEY
 from keyrotate.secrets.base import same_value
+from keyrotate.targets.secret_targets import KeyRefs, SecretTargets
 
 
 def census_blockers(ctx: Context, k: KnownKey) -> list[str]:
@@ -71,7 +71,7 @@ def worker_blockers(ctx: Context, k: KnownKey, workers: list[WorkerVersions]) ->
         if target is not None and holds(k, (wv.held(target) or {}).get(k.key.secret), ctx):
             out.append(f"{wv.worker}'s rollback target, version {target}, seals under it "
                        f"(as {k.key.secret}): rolling back would write rows no store can open")
-        if any(e[3] == "intent" and holds(k, e[1], ctx) for e in wv.history.events):
+        if wv.unconfirmed(k, ctx):
             out.append(f"a push of it to {wv.worker} was never confirmed (it may be there)")
     return out
 

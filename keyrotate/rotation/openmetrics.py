@@ -7,6 +7,11 @@ Rows per target are given by key: `current` (the key rows are moving to: the pen
 value during a rotation), `old` (any other value in the store) and `failed` (opens under
 none); alert on `old` long after a rotation and on any `failed`.
 
+What status could not read is never given a value: a secret of unknown age has no
+`keyrotate_secret_age_seconds` (nor `keyrotate_secret_due`), a target that could not be
+counted no `keyrotate_rows`; `keyrotate_status_errors` counts, per secret, the checks
+that could not be made. Alert on it above 0.
+
 Each key id's lifecycle state is a StateSet, `keyrotate_key_state{secret,key,
 keyrotate_key_state="active"} 1` (one series per state, 1 for the key's own).
 """
@@ -57,6 +62,9 @@ class _StatusCollector(Collector):
                                 "completed.", labels=["env", "secret", "rotation_id", "state", "step"])
         rows = GaugeMetricFamily("keyrotate_rows", "Rows (or Durable Objects) of a target by the "
                                  "key they open under.", labels=["env", "secret", "target", "key"])
+        errors = GaugeMetricFamily("keyrotate_status_errors", "Checks status could not make "
+                                   "for the secret (its value, age or rows unreadable).",
+                                   labels=["env", "secret"])
         missing = GaugeMetricFamily("keyrotate_objects_missing", "Objects listed in D1 that the "
                                     "Worker could not find.", labels=["env", "secret", "target"])
         key_state = StateSetMetricFamily("keyrotate_key_state", "Lifecycle state of each key id "
@@ -64,7 +72,8 @@ class _StatusCollector(Collector):
         for s in self.r.secrets:
             if s.age_seconds is not None:
                 age.add_metric([env, s.secret, s.kind], s.age_seconds)
-            due.add_metric([env, s.secret], 1.0 if s.due else 0.0)
+                due.add_metric([env, s.secret], 1.0 if s.due else 0.0)
+            errors.add_metric([env, s.secret], float(len(s.errors)))
             finished = parse_utc(s.last_rotated_at)
             if finished is not None:
                 last.add_metric([env, s.secret], finished.timestamp())
@@ -83,7 +92,7 @@ class _StatusCollector(Collector):
                 if "missing" in counts:
                     missing.add_metric([env, s.secret, target], counts["missing"])
         stamp = parse_utc(self.r.at)
-        yield from (age, due, last, running, step, rows, missing, key_state)
+        yield from (age, due, errors, last, running, step, rows, missing, key_state)
         if stamp is not None:
             at = GaugeMetricFamily("keyrotate_status_timestamp_seconds", "When this status was "
                                    "taken.", labels=["env"], unit="seconds")

@@ -63,15 +63,17 @@ class WorkerVersions:
     serving: tuple[tuple[str, float], ...]          # the current deployment
     rollback_target: str | None                     # what `keyrotate rollback` would go back to
 
-    def created(self, version_id: str) -> datetime | None:
-        return next((parse_utc(v.get("metadata", {}).get("created_on")) for v in self.versions
-                     if v.get("id") == version_id), None)
-
     def held(self, version_id: str) -> dict[str, str | None] | None:
-        """The secrets (fingerprints) this version holds per keyrotate's record; None when
-        Cloudflare does not list it (nothing can be said)."""
-        created = self.created(version_id)
-        return None if created is None else self.history.state_before(created)
+        """The secrets (fingerprints) this version holds per keyrotate's record, by
+        Cloudflare's version number; None when Cloudflare does not list it (nothing can be
+        said)."""
+        listed = [v for v in self.versions if v.get("id") == version_id]
+        return None if not listed else self.history.state_at(int(listed[0].get("number") or 0))
+
+    def unconfirmed(self, k: KnownKey, ctx: Context) -> list[str]:
+        """Secrets of pushes of this key that were never confirmed (they may be there)."""
+        return [p.secret for p in self.history.pushes if p.state == "intent"
+                and holds(k, p.fingerprint, ctx)]
 
     def number(self, version_id: str) -> int:
         return next((int(v.get("number") or 0) for v in self.versions if v.get("id") == version_id), 0)
@@ -127,11 +129,10 @@ def _worker_places(ctx: Context, k: KnownKey, workers: list[WorkerVersions]) -> 
                 out.append(Place("worker", f"{wv.worker} version {vid}", False,
                                  f"the key (as {', '.join(names)})",
                                  note=f"serving {pct:g}% of traffic"))
-        unconfirmed = [e for e in wv.history.events if e[3] == "intent" and holds(k, e[1], ctx)]
+        unconfirmed = wv.unconfirmed(k, ctx)
         if unconfirmed:
             out.append(Place("worker", f"{wv.worker}", False, "possibly the key",
-                             note=f"a push of {unconfirmed[0][0]} at {unconfirmed[0][2]} was never "
-                                  "confirmed"))
+                             note=f"a push of {unconfirmed[0]} was never confirmed"))
         serving = {vid for vid, _ in wv.serving}
         holding = [v for v in wv.versions if v.get("id") not in serving
                    and names_holding(ctx, k, wv.held(str(v.get("id"))))]

@@ -17,6 +17,7 @@ from typing import Literal, Protocol
 from keyrotate.crypto.keys import key_id
 from keyrotate.secrets.audit_key import AuditKey
 from keyrotate.secrets.names import check_name
+from keyrotate.timeutil import now
 
 Slot = Literal["current", "pending", "previous"]
 SLOTS: tuple[Slot, ...] = ("current", "pending", "previous")
@@ -99,15 +100,26 @@ def same_value(a: str, b: str) -> bool:
 
 
 def now_utc() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    """When a value is set, by keyrotate's clock (a secret's age is measured by it)."""
+    return now().astimezone(timezone.utc).replace(microsecond=0)
+
+
+# the names a store keeps beside NAME (dotenv and keyring: NAME_PENDING, NAME_PREVIOUS;
+# keyring also NAME_SET_AT): a secret named like one of them would clobber another's slot
+PENDING_SUFFIX, PREVIOUS_SUFFIX, SET_AT_SUFFIX = "_PENDING", "_PREVIOUS", "_SET_AT"
+SLOT_SUFFIXES = (PENDING_SUFFIX, PREVIOUS_SUFFIX, SET_AT_SUFFIX)
 
 
 def pending_name(name: str) -> str:
-    return name + "_PENDING"
+    return name + PENDING_SUFFIX
 
 
 def previous_name(name: str) -> str:
-    return name + "_PREVIOUS"
+    return name + PREVIOUS_SUFFIX
+
+
+def set_at_name(name: str) -> str:
+    return name + SET_AT_SUFFIX
 
 
 def slot_name(name: str, slot: Slot) -> str:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from keyrotate.errors import SecretStoreError
 from keyrotate.secrets.base import (
+    PENDING_SUFFIX,
+    PREVIOUS_SUFFIX,
     SLOTS,
     Slot,
     StoredCopy,
@@ -188,7 +190,7 @@ class DotenvStore:
     def names(self) -> list[str]:
         seen = [ln.name for ln in self._lines() if ln.name]
         return [n for n in dict.fromkeys(seen)
-                if not n.endswith(("_PENDING", "_PREVIOUS"))]
+                if not n.endswith((PENDING_SUFFIX, PREVIOUS_SUFFIX))]
 
     def set_at(self, name: str) -> datetime | None:
         stamp = _STAMP.format(name=name)

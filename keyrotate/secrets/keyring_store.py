@@ -21,6 +21,7 @@ from keyrotate.secrets.base import (
     pending_name,
     previous_name,
     same_value,
+    set_at_name,
     slot_name,
 )
 from keyrotate.secrets.refs import required
@@ -105,7 +106,7 @@ class KeyringStore:
         if current is not None:
             self._set(previous_name(name), current)
         self._set(name, pending)
-        self._set(name + "_SET_AT", now_utc().isoformat())
+        self._set(set_at_name(name), now_utc().isoformat())
         self._delete(pending_name(name))
         self._index_add(name)
 
@@ -117,7 +118,7 @@ class KeyringStore:
         if self.read(name) is not None:
             raise SecretStoreError(f"{self.ref(name)} is already set; refusing to overwrite a key")
         self._set(name, value)
-        self._set(name + "_SET_AT", now_utc().isoformat())
+        self._set(set_at_name(name), now_utc().isoformat())
         self._index_add(name)
 
     def write_state(self, name: str, value: str) -> None:
@@ -144,7 +145,7 @@ class KeyringStore:
         return [n for n in self._index() if self.read(n) is not None]
 
     def set_at(self, name: str) -> datetime | None:
-        raw = self._get(name + "_SET_AT")
+        raw = self._get(set_at_name(name))
         try:
             return datetime.fromisoformat(raw) if raw else None
         except ValueError:

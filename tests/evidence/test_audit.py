@@ -391,7 +391,7 @@ def test_pushes_recorded_by_0_1_move_into_the_trail_and_their_table_goes(project
                          "'tminus-api-staging', 'secret-push', 'MASTER_KEY', 'master-key', "
                          "'fp:0123456789ab', '2026-11-01T00:00:00+00:00', 'done')")
         history = secret_history(ctx, "tminus-api-staging")
-        assert history.state_before(None) == {"MASTER_KEY": "fp:0123456789ab"}
+        assert history.state_at(None) == {"MASTER_KEY": "fp:0123456789ab"}
     finally:
         ctx.close()
     tables = {r[0] for r in _db(root).execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

@@ -64,7 +64,7 @@ def test_a_rotation_tells_the_sinks_and_every_body_is_signed(project, sinks):
     events = [b["event"] for b in hook.accepted]
     assert events[0] == "rotation.started" and events[-1] == "rotation.finished", events
     steps = [b["step"] for b in hook.accepted if b["event"] == "rotation.step"]
-    assert steps[:2] == ["stage", "push-overlap"] and "verify" in steps and "awaiting-finish" in steps
+    assert steps[:3] == ["stage", "introduce", "switch"] and "verify" in steps and "awaiting-finish" in steps
     assert not hook.refused
     key = AuditKey.from_value(store.read(AUDIT_KEY), "test")
     trail = {e["seq"]: e for e in last_json(run_cli("audit", "show", "--env", "staging",

@@ -107,3 +107,17 @@ class StopAfter:
 
     def close(self) -> None:
         pass
+
+
+def cli_commands() -> dict[str, Any]:
+    """Every command keyrotate runs, by its path ("secrets push"), from click's own tree."""
+    import click
+
+    def walk(cmd: click.Command, path: list[str]) -> Any:
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, [*path, name])
+        else:
+            yield " ".join(path), cmd
+
+    return dict(walk(main, []))

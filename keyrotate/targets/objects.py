@@ -74,8 +74,10 @@ def objects_census(ctx: Context, target: ObjectTarget, options: ObjectsOptions,
 
 def objects_rewrap(ctx: Context, target: ObjectTarget, options: ObjectsOptions,
                    progress: Progress | None = None, rotation_id: str | None = None,
-                   only: Sequence[str] | None = None) -> ObjectsRewrap:
-    keys = store_keys(ctx, target.secret)
+                   only: Sequence[str] | None = None, keys: Keys | None = None) -> ObjectsRewrap:
+    """`keys`: the kids to trust (default: from the store's slots, as a rotation in
+    progress or a finished one has them)."""
+    keys = keys or store_keys(ctx, target.secret)
     if keys.old is None:
         raise ConfigError(f"nothing to rewrap: {target.secret} has neither a pending value "
                           "(a rotation in progress) nor a previous one in the store")
