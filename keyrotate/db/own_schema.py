@@ -56,3 +56,15 @@ def journal_exists(store: RowStore) -> bool:
     rows = store.query("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?",
                        ("keyrotate_runs",))
     return bool(rows)
+
+
+# a rotation in one of these states may still change what the Workers hold
+OPEN_STATES = ("in-progress", "awaiting-finish", "aborting")
+
+
+def open_rotations(store: RowStore, env: str) -> list[tuple[str, str, str]]:
+    """(secret, rotation id, state) of every open rotation of the environment."""
+    marks = ", ".join("?" * len(OPEN_STATES))
+    return [(str(r[0]), str(r[1]), str(r[2])) for r in store.query(
+        f"SELECT secret, rotation_id, state FROM keyrotate_rotations WHERE environment = ? "
+        f"AND state IN ({marks})", (env, *OPEN_STATES))]

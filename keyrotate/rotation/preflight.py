@@ -13,7 +13,7 @@ from keyrotate.config.context import Context
 from keyrotate.config.manifest import ObjectTarget, SecretSpec
 from keyrotate.db.table_shape import resolve_id_column, table_shape
 from keyrotate.errors import ConfigError, KeyrotateError
-from keyrotate.rotation.objects import endpoint_for
+from keyrotate.targets.objects import endpoint_for
 
 LEDGER_COLUMNS = ("rotation_id", "account_id", "status", "error_message", "started_at",
                   "completed_at")

@@ -129,3 +129,15 @@ def interrupted_rotation(db: Path, old_ref: str, new_ref: str, batches: int,
                       ReencryptOptions(batch_size=batch_size, workers=0), StopAfter(batches))
     finally:
         store.close()
+def cli_commands() -> dict[str, Any]:
+    """Every command keyrotate runs, by its path ("secrets push"), from click's own tree."""
+    import click
+
+    def walk(cmd: click.Command, path: list[str]) -> Any:
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, [*path, name])
+        else:
+            yield " ".join(path), cmd
+
+    return dict(walk(main, []))

@@ -273,6 +273,12 @@ def test_a_standalone_rewrap_ends_with_a_census_not_the_ledger(app):
     assert first.exit_code == 0, first.output
     out = last_json(first.output)
     assert (out["objects_rewrapped"], out["objects_swept"], out["census"]["current"]) == (60, 0, 60)
+    # the objects' change is in the environment's trail: that it started, and what the census said
+    shown = last_json(run_cli("audit", "show", "--env", "staging", "--json").output)["events"]
+    rewraps = [e["detail"] for e in shown if e["event"] == "objects.rewrap"]
+    assert [d["state"] for d in rewraps] == ["started", "done"]
+    assert rewraps[1]["status"] == out["status"] and rewraps[1]["census"]["current"] == 60
+    assert rewraps[1]["counts"]["rewritten"] == 60
 
     def relinked_on_an_older_version(ids: list[str], stays_old: bool) -> None:
         """Accounts linked again by an instance still on the version from before the push:
