@@ -1,9 +1,33 @@
 """Times as Cloudflare and Vault write them (RFC 3339, up to nanoseconds), as aware UTC,
-and the time-ordered ids of runs and rotations."""
+the time-ordered ids of runs and rotations, and the one clock keyrotate's own records and
+policies read (`now()`): tests replace it (`use_clock`) to move a rotation schedule through
+months without sleeping. Leases keep to the real clock: they judge live processes."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Callable
+
+Clock = Callable[[], datetime]
+
+
+def _system_clock() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+_clock: Clock = _system_clock
+
+
+def now() -> datetime:
+    """The current time, aware UTC, from the clock in use (the system's, unless replaced)."""
+    return _clock()
+
+
+def use_clock(clock: Clock | None) -> None:
+    """Read time from `clock` (returning aware datetimes) from now on; None restores the
+    system clock."""
+    global _clock
+    _clock = clock or _system_clock
 
 
 def parse_utc(stamp: str | None) -> datetime | None:
@@ -21,7 +45,7 @@ def parse_utc(stamp: str | None) -> datetime | None:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return now().astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
 def new_id(prefix: str) -> str:

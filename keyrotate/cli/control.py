@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from keyrotate.cli.options import dry_run_option, environment, json_option
+from keyrotate.cli.options import dry_run_option, environment, json_option, optional_environment
 from keyrotate.cli.output import emit, say
 from keyrotate.config.context import Context
 from keyrotate.config.template import write_init
@@ -44,8 +44,9 @@ def deploy(env: Context, only: str | None, dry_run: bool, as_json: bool) -> None
 @click.option("--only", metavar="WORKER")
 @click.option("--yes", is_flag=True, help="Really roll back (without it: show the plan).")
 @click.option("--force", is_flag=True,
-              help="Also across a MASTER_KEY / JWT rotation: roll back the code, then re-push "
-                   "the current secrets.")
+              help="Also across a MASTER_KEY / JWT rotation: make one new version from the "
+                   "target's code with the secrets serving now, deployed at 100% in one step "
+                   "(the old values never serve).")
 @json_option
 def rollback(env: Context, only: str | None, yes: bool, force: bool, as_json: bool) -> None:
     """Roll Workers back to their previous deployment, in reverse deploy order, then validate.
@@ -93,11 +94,13 @@ def migrations_apply_cmd(env: Context, dry_run: bool, force: bool, as_json: bool
 
 @migrations.command("compensate")
 @click.argument("file", type=click.Path(dir_okay=False))
+@optional_environment
 @json_option
-def migrations_compensate_cmd(file: str, as_json: bool) -> None:
-    """Write NNNN_rollback_<name>.sql that undoes FILE (next free number, same folder)."""
+def migrations_compensate_cmd(file: str, env: Context | None, as_json: bool) -> None:
+    """Write NNNN_rollback_<name>.sql that undoes FILE (next free number, same folder);
+    with --env, the environment's audit trail records it."""
 
-    result = write_compensation(Path(file))
+    result = write_compensation(Path(file), env)
     for w in result.warnings:
         say(f"WARNING: {w}")
     emit(result, as_json)

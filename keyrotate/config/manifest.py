@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from keyrotate.config.window import Window
 from keyrotate.errors import ConfigError
 from keyrotate.secrets.formats import ValueFormat
 
@@ -16,7 +17,8 @@ MANIFEST = "keyrotate.toml"
 KINDS = ("master-key", "jwt-hs256", "external", "internal", "generic")
 # what notification sinks can be told about (keyrotate.evidence.event defines them)
 NOTIFY_EVENTS = ("rotation.started", "rotation.step", "rotation.paused", "rotation.failed",
-                 "rotation.finished", "secret.overdue", "incident.report", "notify.test")
+                 "rotation.finished", "secret.overdue", "secret.unchecked", "incident.report",
+                 "notify.test")
 NOTIFY_FORMATS = ("json", "slack")
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -40,6 +42,10 @@ class SecretSpec:
     max_token_ttl: int | None = None  # seconds (jwt-hs256)
     format: ValueFormat | None = None  # what every value must look like
     canary: tuple[int, ...] | None = None  # traffic steps (%) for new values, e.g. (10, 50, 100)
+    max_age: int | None = None        # seconds: the cryptoperiod (status and keys report past it)
+    auto: bool = False                # `rollover` rotates it unattended (else: reports it due)
+    finish_after: int | None = None   # seconds the overlap stays open before rollover finishes it
+    window: Window | None = None      # when rollover may start a step (None: at any time)
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,9 @@ class Environment:
     secrets: str                      # store base: dotenv:PATH, keyring:SERVICE, vault:MOUNT/PATH
     health: dict[str, str] = field(default_factory=dict)
     objects: dict[str, str] = field(default_factory=dict)  # Durable Object class -> endpoint
+    # worker -> its keyrotate route, which answers `ping` with the kids of the keys that
+    # version holds: how keyrotate asks each serving version which keys it reads
+    key_routes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,7 @@ class Manifest:
     secrets: dict[str, SecretSpec]
     encrypted: tuple[EncryptedTarget, ...]
     notify: NotifyConfig = NotifyConfig()
+    route_token: str | None = None     # the secret holding the keyrotate routes' bearer token
 
     @property
     def root(self) -> Path:

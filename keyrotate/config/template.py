@@ -30,6 +30,9 @@ secrets = "dotenv:.env.staging"
 health = { api = "https://api-staging.example/health" }
 # the API Worker's keyrotate route (examples/durable-objects): AccountDO holds the OAuth tokens
 objects = { AccountDO = "https://api-staging.example/internal/keyrotate/objects" }
+# keyrotate asks each version of these Workers which keys it holds (ping) before moving
+# any traffic (docs/serving-keys.md); examples/worker/keyrotate-route.js is the route
+key_routes = { api = "https://api-staging.example/internal/keyrotate/objects" }
 
 [environments.production]
 # Cloudflare D1 over its REST API (CLOUDFLARE_API_TOKEN from the environment)
@@ -37,6 +40,7 @@ database = "d1://ACCOUNT_ID/DATABASE_ID"
 secrets = "vault:secret/tminus/production"
 health = { api = "https://api.example/health", oauth = "https://oauth.example/health" }
 objects = { AccountDO = "https://api.example/internal/keyrotate/objects" }
+key_routes = { api = "https://api.example/internal/keyrotate/objects" }
 
 [secrets.MASTER_KEY]
 kind = "master-key"            # rows and objects must be migrated: see [[encrypted]]
@@ -49,6 +53,12 @@ format = "hex:32"
 # The Workers read a previous key during a rotation: zero downtime, and the Worker
 # can rewrap the AccountDO objects with both keys.
 previous = "MASTER_KEY_PREVIOUS"
+# Scheduled rollover (`keyrotate rollover`, README "Scheduled rollover"): rotate when
+# older than max_age, keep the overlap open finish_after, start steps only in the window.
+# max_age = "90d"
+# auto = true
+# finish_after = "7d"
+# window = "Mon-Fri 09:00-16:00 UTC"
 
 [secrets.KEYROTATE_OBJECTS_TOKEN]
 kind = "internal"              # the bearer token of the keyrotate route: generated, pushed, rotated
@@ -61,6 +71,10 @@ workers = ["api", "oauth"]
 generate = "base64:32"
 previous = "JWT_SECRET_PREVIOUS"   # optional overlap; without it every session is invalidated
 max_token_ttl = "1h"
+# max_age = "30d"
+# auto = true
+# finish_after = "1d"                # at least max_token_ttl
+# window = "Mon-Fri 09:00-16:00 UTC"
 
 [secrets.GOOGLE_CLIENT_SECRET]
 kind = "external"              # the value comes from the provider console

@@ -9,9 +9,13 @@ from typing import Any
 from keyrotate.cloudflare.wrangler import wrangler_for
 from keyrotate.config.context import Context
 from keyrotate.controlplane.pushes import Pusher
+from keyrotate.controlplane.serving import check_serving
+from keyrotate.db.own_schema import open_rotations
 from keyrotate.errors import EXIT_FAILURES, ConfigError
+from keyrotate.evidence.record import audit_key
 from keyrotate.progress import Say
 from keyrotate.secrets.base import fingerprint
+from keyrotate.targets.secret_targets import slots_in_use
 
 
 @dataclass(frozen=True)
@@ -122,10 +126,35 @@ def push_plan(ctx: Context, only: str | None) -> list[tuple[str, dict[str, str]]
     return plan
 
 
+def check_pushable(ctx: Context, names: list[str]) -> None:
+    """A push of the store's values must not undo a rotation, nor leave rows under a key no
+    Worker reads: refused (exit 2, nothing pushed) while a rotation of the secret is open,
+    and, for a master key, while a census finds rows or objects under any other key than
+    the one about to be pushed."""
+    open_ones = {s: (r, state) for s, r, state in open_rotations(ctx.db, ctx.env.name)}
+    busy = [f"{n} (rotation {open_ones[n][0]}, {open_ones[n][1]})" for n in names if n in open_ones]
+    if busy:
+        raise ConfigError(f"nothing was pushed: a rotation is open for {', '.join(busy)}; it decides "
+                          "what the Workers hold until it ends (keyrotate rotate ... --finish or "
+                          "--abort)")
+    for name in names:
+        if ctx.manifest.secret(name).kind != "master-key" or not ctx.manifest.targets_of(name):
+            continue
+        others = sorted(slots_in_use(ctx, name) - {"current"})
+        if others:
+            raise ConfigError(f"nothing was pushed: rows or objects of {name} open under the "
+                              f"{' and '.join(others)} value in {ctx.secrets.base}, which pushing "
+                              f"{ctx.secrets.ref(name)} alone would leave unreadable. Move them "
+                              "first (keyrotate status shows where; keyrotate rotate finishes a "
+                              "rotation).")
+
+
 def secrets_push(ctx: Context, only: str | None, dry_run: bool, say: Say,
                  from_deployed: bool = False) -> PushResult:
     plan = push_plan(ctx, only)
-    steps = [PushStep(w, ctx.worker_name(w), {n: fingerprint(v) for n, v in sorted(vals.items())})
+    check_pushable(ctx, sorted({n for _, vals in plan for n in vals}))
+    steps = [PushStep(w, ctx.worker_name(w), {n: fingerprint(v, audit_key(ctx))
+                                              for n, v in sorted(vals.items())})
              for w, vals in plan]
     pusher = Pusher(ctx, say, from_deployed)
     try:
@@ -135,4 +164,6 @@ def secrets_push(ctx: Context, only: str | None, dry_run: bool, say: Say,
                 pusher.push(worker, dict(vals))
     finally:
         pusher.close()
+    if not dry_run:
+        check_serving(ctx, [w for w, _ in plan])
     return PushResult(ctx.env.name, dry_run, steps)

@@ -33,7 +33,11 @@ def derive_master_key(secret: str) -> bytes:
     return hashlib.sha256(secret.encode("utf-8")).digest()
 
 
+# One range for every new key keyrotate makes or accepts: `keygen --bytes`, the manifest's
+# `generate` / `format`, and reencrypt's check of --new-key all use it.
 MIN_NEW_KEY_BYTES = 32
+MAX_NEW_KEY_BYTES = 1024
+NEW_KEY_RANGE = f"{MIN_NEW_KEY_BYTES} to {MAX_NEW_KEY_BYTES} bytes"
 _HEX = re.compile(r"[0-9a-fA-F]+")
 _B64 = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
 
@@ -72,6 +76,14 @@ def new_key_problem(secret: str) -> str | None:
         return (f"is only {len(secret.encode('utf-8'))} bytes; a new key needs at least "
                 f"{MIN_NEW_KEY_BYTES} bytes of key material (keyrotate keygen makes one)")
     return None
+
+
+def new_key_size_problem(nbytes: int) -> str | None:
+    """Why a new key of `nbytes` bytes would be refused later (None if it would not)."""
+    if MIN_NEW_KEY_BYTES <= nbytes <= MAX_NEW_KEY_BYTES:
+        return None
+    return (f"{nbytes} bytes is outside {NEW_KEY_RANGE}: a new key needs at least "
+            f"{MIN_NEW_KEY_BYTES} bytes of key material")
 
 
 def key_id(raw_key: bytes) -> str:

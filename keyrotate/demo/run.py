@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -20,6 +21,18 @@ from keyrotate.secrets.keygen import generate
 from keyrotate.secrets.refs import resolve
 
 TARGET = "accounts.encrypted_tokens"
+FRESH = "MASTER_KEY_FRESH"
+
+
+@dataclass(frozen=True)
+class NextStep:
+    """A command the demo suggests, what it does, and what its output will show."""
+    does: str
+    shows: str
+    command: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"does": self.does, "shows": self.shows, "command": self.command}
 
 
 @dataclass(frozen=True)
@@ -30,7 +43,12 @@ class DemoResult:
     build_seconds: float
     reencrypt: ReencryptResult
     verify: Census
-    commands: list[str] = field(default_factory=list)
+    next_steps: list[NextStep] = field(default_factory=list)
+    note: str | None = None          # how to run keyrotate, when it is not on PATH
+
+    @property
+    def commands(self) -> list[str]:
+        return [s.command for s in self.next_steps]
 
     @property
     def clean(self) -> bool:
@@ -44,7 +62,8 @@ class DemoResult:
         rot = self.reencrypt.as_dict()
         return {"rows": self.rows, "database": self.database, "build_seconds": self.build_seconds,
                 "reencrypt": rot, "verify": self.verify.as_dict(), "clean": self.clean,
-                "rows_per_second": rot["rows_per_second"], "commands": self.commands}
+                "rows_per_second": rot["rows_per_second"], "commands": self.commands,
+                "next_steps": [s.as_dict() for s in self.next_steps], "note": self.note}
 
     def text(self) -> str:
         rot = self.reencrypt.as_dict()
@@ -56,8 +75,11 @@ class DemoResult:
             f"{rot['rows_failed']} failed",
             f"verify: {self.verify.ok:,} ok, {self.verify.old} old, {self.verify.failed} failed -> "
             + ("clean" if self.clean else "NOT clean"),
-            f"keys are in {self.env_file} (0600); try it yourself:",
-            *("  " + c for c in self.commands),
+            f"keys are in {self.env_file} (0600). Rotate once more yourself; each command "
+            "runs as printed:",
+            *(line for i, s in enumerate(self.next_steps, 1)
+              for line in (f"  {i}. {s.does}:", f"       {s.command}", f"     it shows: {s.shows}")),
+            *([self.note] if self.note else []),
         ])
 
 
@@ -79,8 +101,28 @@ def _claim(directory: str, force: bool) -> None:
         fh.write("made by `keyrotate demo`; the demo may replace this folder's demo.db and .env\n")
 
 
+def next_steps(program: str, rows: int, db_url: str, env_path: str) -> list[NextStep]:
+    """A rotation that does something: the rows are under MASTER_KEY_NEXT now, so the next
+    step makes a fresh key and moves every row to it."""
+    current, fresh = (shlex.quote(f"dotenv:{env_path}#{n}") for n in ("MASTER_KEY_NEXT", FRESH))
+    db, target = shlex.quote(db_url), f"--target {TARGET}"
+    return [
+        NextStep("make a fresh key in the demo's .env (stored, never printed)",
+                 f"wrote a new 32-byte hex secret to dotenv:{env_path}#{FRESH}",
+                 f"{program} keygen --format hex --to {fresh}"),
+        NextStep("move every row from MASTER_KEY_NEXT to it", f"rewritten {rows:,}",
+                 f"{program} reencrypt --db {db} {target} --old-key {current} --new-key {fresh}"),
+        NextStep("prove every row opens under the fresh key", f"clean: {rows:,} rows, {rows:,} ok",
+                 f"{program} verify --db {db} {target} --key {fresh} --old-key {current}"),
+        NextStep("list the journal: your run above the demo's, both completed", "completed",
+                 f"{program} runs --db {db}"),
+    ]
+
+
 def run_demo(rows: int, directory: str, workers: int | None, say: Callable[[str], None],
-             progress: Callable[[str], Progress], force: bool = False) -> DemoResult:
+             progress: Callable[[str], Progress], force: bool = False,
+             program: str = "keyrotate", note: str | None = None) -> DemoResult:
+    """`program` is how to run this keyrotate from here (the CLI knows how it was run)."""
     _claim(directory, force)
     db_path = os.path.join(directory, "demo.db")
     env_path = os.path.join(directory, ".env")
@@ -110,8 +152,5 @@ def run_demo(rows: int, directory: str, workers: int | None, say: Callable[[str]
         census = verify(store, target, codec, workers=workers, progress=progress("verify"))
     finally:
         store.close()
-    return DemoResult(rows, db_url, env_path, round(build_s, 3), rot, census, [
-        f"keyrotate reencrypt --db {db_url} --target {TARGET} --old-key {old_ref} --new-key {new_ref}",
-        f"keyrotate verify --db {db_url} --target {TARGET} --key {new_ref} --old-key {old_ref}",
-        f"keyrotate runs --db {db_url}",
-    ])
+    return DemoResult(rows, db_url, env_path, round(build_s, 3), rot, census,
+                      next_steps(program, rows, db_url, env_path), note)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from keyrotate.config.context import Context
 from keyrotate.config.manifest import ObjectTarget, SecretSpec
-from keyrotate.db.table_shape import table_shape
+from keyrotate.db.table_shape import resolve_id_column, table_shape
 from keyrotate.errors import ConfigError, KeyrotateError
-from keyrotate.rotation.objects import endpoint_for
+from keyrotate.targets.objects import endpoint_for
 
 LEDGER_COLUMNS = ("rotation_id", "account_id", "status", "error_message", "started_at",
                   "completed_at")
@@ -40,10 +40,10 @@ def preflight(ctx: Context, spec: SecretSpec) -> None:
 
 def _object_problems(ctx: Context, obj: ObjectTarget) -> list[str]:
     problems = []
-    ids = table_shape(ctx.db, obj.ids_table)
-    if ids is None or ids.column(obj.ids_column) is None:
-        problems.append(f"{obj.name}: the ids column {obj.ids} does not exist in "
-                        f"{ctx.db.display_url}")
+    try:
+        resolve_id_column(ctx.db, obj.ids_table, obj.ids_column)
+    except ConfigError as e:
+        problems.append(f"{obj.name}: {e}")
     ledger = table_shape(ctx.db, obj.ledger)
     if ledger is None:
         problems.append(f"{obj.name}: the ledger table {obj.ledger} does not exist in "

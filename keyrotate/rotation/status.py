@@ -1,6 +1,12 @@
 """`keyrotate status`: per secret, its age from the store, its last rotation, any rotation
 in progress, and rows per key (a census of every encrypted column and object target).
-For cron and CI schedules: `--notify` sends secret.overdue for each secret past `--due`."""
+For cron and CI schedules: `--notify` sends secret.overdue for each secret past `--due`.
+
+A check status could not make is not a pass: a secret whose value or age the store cannot
+give, or whose rows (or objects) cannot be counted, is named in `errors` and makes the
+exit code 1, like an overdue secret (not 3: a schedule may read 3 as "paused, the next run
+retries", and a missing store never fixes itself). `--notify` sends secret.unchecked for
+each such secret."""
 
 from __future__ import annotations
 
@@ -9,12 +15,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 from keyrotate.config.context import Context
-from keyrotate.dataplane.outcome import ROWS
-from keyrotate.errors import EXIT_FAILURES
+from keyrotate.errors import EXIT_FAILURES, KeyrotateError
 from keyrotate.evidence.event import Event
+from keyrotate.evidence.record import audit_key
+from keyrotate.rotation.key_inventory import inventory
 from keyrotate.rotation.state import Recorder
-from keyrotate.rotation.targets import KeyRefs, SecretTargets
-from keyrotate.secrets.base import fingerprint
+from keyrotate.secrets.base import SecretStore, fingerprint
+from keyrotate.targets.secret_targets import rows_per_slot
+from keyrotate.timeutil import now as clock_now
 
 
 @dataclass
@@ -29,6 +37,8 @@ class SecretStatus:
     age_seconds: float | None = None
     last_rotated_at: str | None = None
     pending: bool = False          # a new value waits in the store: rows move to it
+    keys: list[dict[str, Any]] = field(default_factory=list)   # each key id and its state
+    errors: list[str] = field(default_factory=list)   # checks that could not be made
 
     def as_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -50,90 +60,134 @@ class StatusResult:
         return [s.secret for s in self.secrets if s.due]
 
     @property
+    def unchecked(self) -> list[str]:
+        """Secrets with a check that could not be made (age, value or rows)."""
+        return [s.secret for s in self.secrets if s.errors]
+
+    @property
     def exit_code(self) -> int:
-        return EXIT_FAILURES if self.due else 0
+        return EXIT_FAILURES if self.due or self.unchecked else 0
 
     def as_dict(self) -> dict[str, Any]:
         out = {"env": self.env, "at": self.at, "secrets": [s.as_dict() for s in self.secrets],
-               "due": self.due}
+               "due": self.due, "unchecked": self.unchecked,
+               "errors": [{"secret": s.secret, "message": m} for s in self.secrets for m in s.errors]}
         return {**out, "notified": self.notified} if self.notified else out
 
     def text(self) -> str:
         lines = [f"secrets on {self.env}:"]
         for s in self.secrets:
             age = f"{s.age_days} days" if s.age_days is not None else "age unknown"
-            flag = "  DUE" if s.due else ""
+            flag = "  DUE" if s.due else "  NOT CHECKED" if s.errors else ""
             rot = f"  rotation {s.rotation['state']}" if s.rotation else ""
             last = f"  last rotated {s.last_rotated_at}" if s.last_rotated_at else ""
             lines.append(f"  {s.secret:<24} {s.kind:<11} {age}{flag}{rot}{last}")
+            if s.keys:
+                lines.append("      keys: " + ", ".join(f"{k['key']} {k['state']}" for k in s.keys))
             for target, c in (s.rows or {}).items():
                 extra = ", ".join(f"{c[k]} {k}" for k in ("null", "missing") if k in c)
                 lines.append(f"      {target}: {c['current']} current, {c['pending']} pending, "
                              f"{c['previous']} previous, {c['other']} other, {extra}")
+        if self.unchecked:
+            lines.append("could not check (not a pass: exit 1):")
+            lines += [f"  {s.secret}: {m}" for s in self.secrets for m in s.errors]
         for n in self.notified:
             lines.append(f"notified {n['sink']} of {n['event']} ({n['secret']}): "
                          + ("delivered" if n["ok"] else f"FAILED: {n['reason']}"))
         return "\n".join(lines)
 
 
-def rows_per_slot(ctx: Context, name: str) -> dict[str, dict[str, int]]:
-    """Rows (and objects) of every target by the store slot whose key opens them: current,
-    pending (a rotation in progress) and previous; 'other' opens under none of them (or,
-    for objects, did not answer)."""
-    store = ctx.secrets
-    slots = ["current", *(s for s in ("pending", "previous") if store.read(name, s) is not None)]
-    refs = [store.ref(name, s) for s in slots]
-    keys = KeyRefs(refs[0], refs[1] if len(refs) > 1 else None, tuple(refs[2:]))
-    rows: dict[str, dict[str, int]] = {}
-    for target in SecretTargets(ctx, name, keys):
-        c = target.census()
-        slot_of = dict(zip(target.key_ids(), slots))
-        counts = {"current": 0, "pending": 0, "previous": 0}
-        other = c.failed + c.unreached
-        for kid, n in c.by_kid.items():
-            if kid in slot_of:
-                counts[slot_of[kid]] += n
-            else:
-                other += n
-        empty = {"null": c.null} if c.unit == ROWS else {"missing": c.missing}
-        rows[target.name] = {**counts, **empty, "other": other}
-    return rows
+def _store_is_empty(store: SecretStore) -> bool:
+    try:
+        return not store.names()
+    except KeyrotateError:
+        return False   # the read of the value itself said what is wrong
+
+
+def _check_secret(ctx: Context, entry: SecretStatus, set_at: datetime | None,
+                  value: str | None) -> None:
+    """What status could not read about one secret, in words that name references only."""
+    store, name = ctx.secrets, entry.secret
+    if value is None:
+        what = "age and rows" if ctx.manifest.targets_of(name) else "age"
+        hint = (f" ({store.base} holds no secrets: a missing file, or the wrong store?)"
+                if _store_is_empty(store) else "")
+        entry.errors.append(f"no value at {store.ref(name)}, so its {what} cannot be checked{hint}")
+    elif set_at is None:
+        entry.errors.append(f"{store.ref(name)}: the store has no record of when it was set, so "
+                            f"its age cannot be checked (a rotation by keyrotate starts its clock)")
+
+
+def key_states(ctx: Context) -> dict[str, list[dict[str, Any]]]:
+    """Per secret, each key id it has and its lifecycle state (keys --env ENV says more)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for k in inventory(ctx):
+        since = k.life.last.at if k.life and k.life.last else None
+        out.setdefault(k.key.secret, []).append({"key": k.key.id, "state": k.state, "since": since})
+    return out
 
 
 def status(ctx: Context, due_seconds: int | None, notify: bool = False) -> StatusResult:
+    """`due_seconds` (--due) is the cryptoperiod of every secret; without it, each secret's
+    own `max_age`."""
     store = ctx.secrets
     recorder = Recorder(ctx)
+    states = key_states(ctx)
     in_progress = {r["secret"]: r for r in recorder.open_rotations()}
     last = recorder.last_finished()
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    now = clock_now().astimezone(timezone.utc).replace(microsecond=0)
     out = []
     for name, spec in ctx.manifest.secrets.items():
-        set_at = store.set_at(name)
-        age = (now - set_at).total_seconds() if set_at else None
-        entry = SecretStatus(name, spec.kind, set_at.isoformat() if set_at else None,
-                             round(age / 86400, 1) if age is not None else None,
-                             bool(due_seconds and age is not None and age > due_seconds),
-                             in_progress.get(name), age_seconds=age, last_rotated_at=last.get(name),
-                             pending=store.read(name, "pending") is not None)
-        if ctx.manifest.targets_of(name) and store.read(name):
-            entry.rows = rows_per_slot(ctx, name)
+        entry = SecretStatus(name, spec.kind, None, None, False, in_progress.get(name),
+                             last_rotated_at=last.get(name), keys=states.get(name, []))
         out.append(entry)
-    notified = _notify_overdue(ctx, recorder, [s for s in out if s.due]) if notify else []
+        try:
+            value = store.read(name)
+            set_at = store.set_at(name)
+            entry.pending = store.read(name, "pending") is not None
+        except KeyrotateError as e:
+            entry.errors.append(f"cannot read {store.ref(name)}: {e}")
+            continue
+        _check_secret(ctx, entry, set_at, value)
+        if set_at is not None:
+            entry.set_at = set_at.isoformat()
+            entry.age_seconds = (now - set_at).total_seconds()
+            entry.age_days = round(entry.age_seconds / 86400, 1)
+            limit = due_seconds or spec.max_age
+            entry.due = bool(limit and entry.age_seconds > limit)
+        if ctx.manifest.targets_of(name) and value is not None:
+            try:
+                entry.rows = rows_per_slot(ctx, name, entry.errors)
+            except KeyrotateError as e:
+                entry.errors.append(f"rows not counted: {e}")
+    notified = _notify(ctx, recorder, out) if notify else []
     return StatusResult(ctx.env.name, out, now.isoformat(), due_seconds, notified)
 
 
-def _notify_overdue(ctx: Context, recorder: Recorder, due: list[SecretStatus]) -> list[dict[str, Any]]:
-    """secret.overdue for each, to the audit trail and the sinks."""
+def _notify(ctx: Context, recorder: Recorder, secrets: list[SecretStatus]) -> list[dict[str, Any]]:
+    """secret.overdue for each secret past --due, secret.unchecked for each that could not
+    be checked: to the audit trail and the sinks."""
     sent = []
     try:
-        for s in due:
-            fp = fingerprint(v) if (v := ctx.secrets.read(s.secret)) else None
-            deliveries = recorder.evidence.record(Event(
-                "secret.overdue", ctx.env.name, f"{s.secret} on {ctx.env.name} is {s.age_days} days "
-                f"old, past the rotation due age; rotate it: keyrotate rotate {s.secret} --env "
-                f"{ctx.env.name}", s.secret, old_fingerprint=fp,
-                detail={"age_days": s.age_days, "set_at": s.set_at}))
-            sent += [{"secret": s.secret, **d.as_dict()} for d in deliveries]
+        for s in secrets:
+            for event in _events_for(ctx, s):
+                deliveries = recorder.evidence.record(event)
+                sent += [{"secret": s.secret, **d.as_dict()} for d in deliveries]
     finally:
         recorder.evidence.close()
     return sent
+
+
+def _events_for(ctx: Context, s: SecretStatus) -> list[Event]:
+    env, out = ctx.env.name, []
+    if s.due:
+        fp = fingerprint(v, audit_key(ctx)) if (v := ctx.secrets.read(s.secret)) else None
+        out.append(Event("secret.overdue", env, f"{s.secret} on {env} is {s.age_days} days old, "
+                         f"past the rotation due age; rotate it: keyrotate rotate {s.secret} "
+                         f"--env {env}", s.secret, old_fingerprint=fp,
+                         detail={"age_days": s.age_days, "set_at": s.set_at}))
+    if s.errors:
+        out.append(Event("secret.unchecked", env, f"status could not check {s.secret} on {env}, "
+                         f"which is not a pass: {'; '.join(s.errors)}", s.secret,
+                         detail={"errors": s.errors}))
+    return out

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import base64
+import logging
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from keyrotate.crypto.keys import new_key_problem, new_key_size_problem
 from keyrotate.errors import ConfigError
 from keyrotate.secrets.refs import parse_ref
 from keyrotate.secrets.schemes import scheme_for
 
 KEY_FORMATS = ("base64", "hex", "fernet")
+log = logging.getLogger("keyrotate.keygen")
 
 
 def generate(fmt: str = "base64", nbytes: int = 32) -> str:
-    if nbytes < 16 or nbytes > 1024:
-        raise ConfigError("--bytes must be between 16 and 1024")
+    problem = new_key_size_problem(nbytes)
+    if problem:
+        raise ConfigError(f"--bytes: {problem}")
     raw = secrets.token_bytes(nbytes)
     if fmt == "base64":
         return base64.b64encode(raw).decode("ascii")
@@ -51,6 +55,9 @@ class KeygenResult:
 def keygen(fmt: str, nbytes: int, to: str | None) -> KeygenResult:
     """A new random secret: returned to print, or written to `to` and never returned."""
     value = generate(fmt, nbytes)
+    unfit = new_key_problem(value)
+    if unfit:   # e.g. 48 bytes as hex: fine for a JWT secret, refused as a MASTER_KEY
+        log.warning("this value would be refused as a new master key: it %s", unfit)
     if to is None:
         return KeygenResult(fmt, nbytes, value=value)
     return KeygenResult(fmt, nbytes, written_to=write_new_secret(to, value))

@@ -1,11 +1,12 @@
-"""Manifest, secrets push/list, validate, deploy and rollback: real wrangler 4.86 against
-the Cloudflare API stand-in, health endpoints served locally."""
+"""Manifest, secrets push/list, validate, deploy and rollback: wrangler (the fake, held to
+the real 4.86 by tests/test_wrangler_contract.py) against the Cloudflare API stand-in,
+health endpoints served locally."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.support.cloudflare_project import GOOGLE, JWT, WORKERS, _active
+from tests.support.cloudflare_project import GOOGLE, JWT, WORKERS, _active, rotate_by_hand
 from tests.support.helpers import NEW_SECRET, OLD_SECRET, last_json, run_cli
 from tests.support.hygiene import CmdlineSampler, assert_clean
 
@@ -45,6 +46,7 @@ def test_unknown_environment(project):
     assert res.exit_code == 2 and "no environment 'nosuch'" in res.output
 
 
+@pytest.mark.real_wrangler  # wrangler's own debug logs must stay free of secrets
 def test_secrets_push_list_and_hygiene(project):
     root, cf, _, store = project
     listed = run_cli("secrets", "list", "--env", "staging", "--json")
@@ -119,13 +121,12 @@ def test_rollback_refuses_to_cross_a_master_key_rotation(project):
     assert run_cli("deploy", "--env", "staging").exit_code == 0
     assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
     # a MASTER_KEY rotation: new key pushed (the data would now be under it)
-    store.write_pending("MASTER_KEY", NEW_SECRET)
-    store.promote("MASTER_KEY")
+    rotate_by_hand(root, store, NEW_SECRET)
     assert run_cli("secrets", "push", "--env", "staging", "--only", "MASTER_KEY").exit_code == 0
     active_before = {w: cf.script(f"tminus-{w}-staging").active.id for w in WORKERS}
 
     refused = run_cli("rollback", "--env", "staging", "--only", "api", "--yes")
-    assert refused.exit_code == 1 and "refusing to roll back across a secret rotation" in refused.output
+    assert refused.exit_code == 2 and "refusing to roll back across a secret rotation" in refused.output
     assert {w: cf.script(f"tminus-{w}-staging").active.id for w in WORKERS} == active_before
 
     forced = run_cli("rollback", "--env", "staging", "--only", "api", "--yes", "--force", "--json")

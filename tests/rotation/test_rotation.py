@@ -1,5 +1,5 @@
 """keyrotate rotate: MASTER_KEY with and without overlap, JWT, external secrets,
---compromised, resume after a failure, status. Real wrangler against the stand-in."""
+--compromised, resume after a failure, status. Wrangler (the fake, see tests/support/cloudflare_project.py) against the stand-in."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def test_master_key_with_overlap_then_finish(project):
     assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
     plan = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--dry-run", "--json")
     assert [s["step"] for s in last_json(plan.output)["steps"]] == \
-        ["stage", "push-overlap", "validate", "reencrypt", "verify"]
+        ["stage", "introduce", "switch", "validate", "reencrypt", "verify"]
     assert store.read("MASTER_KEY", "pending") is None  # the dry run changed nothing
 
     res = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--json")
@@ -40,7 +40,7 @@ def test_master_key_with_overlap_then_finish(project):
 
     # the version before the push has only the old key: rows are under the new one now
     refused = run_cli("rollback", "--env", "staging", "--only", "oauth", "--yes")
-    assert refused.exit_code == 1 and "across a secret rotation" in refused.output
+    assert refused.exit_code == 2 and "across a secret rotation" in refused.output
 
     done = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish", "--json")
     assert done.exit_code == 0 and last_json(done.output)["state"] == "finished"
@@ -69,7 +69,7 @@ def test_a_failed_validate_resumes_without_repeating_steps(project):
     assert failed.exit_code == 3 and "health check failed" in failed.output  # incomplete: run again
     staged = store.read("MASTER_KEY", "pending")
     pushes = sum(1 for m, p, _ in cf.log if m in ("PUT", "PATCH") and "/workers/scripts/" in p)
-    assert staged and pushes == 2
+    assert staged and pushes == 4   # introduce and switch, on api and oauth
 
     health.answers.clear()
     resumed = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--json")
@@ -110,9 +110,16 @@ def test_external_secret_comes_from_stdin(project):
     from keyrotate.cli import main
 
     _, cf, _, store = project
+    # an obviously weak value is refused before it is stored or pushed
+    weak = CliRunner().invoke(main, ["rotate", "GOOGLE_CLIENT_SECRET", "--env", "staging"],
+                              input="acme42\n")
+    assert weak.exit_code == 2 and "obviously weak" in weak.output and "acme42" not in weak.output
+    assert store.read("GOOGLE_CLIENT_SECRET", "pending") is None
+    assert _active(cf, "oauth").get("GOOGLE_CLIENT_SECRET") != "acme42"
     res = CliRunner().invoke(main, ["rotate", "GOOGLE_CLIENT_SECRET", "--env", "staging"],
                              input="new-google-secret-from-console\n")
     assert res.exit_code == 0, res.output
+    assert "may be weak" in res.output    # about 100 bits: said, not refused
     assert "[ ] In the provider's console" in res.output
     assert "new-google-secret-from-console" not in res.output
     assert store.read("GOOGLE_CLIENT_SECRET") == "new-google-secret-from-console"
@@ -260,8 +267,11 @@ def test_a_rotation_over_d1_checks_keyrotates_tables_once_per_command(project):
         assert reads(since, b"PRAGMA index_list") == 1, args  # the target's shape, checked once
         assert reads(since, b"WITH page AS") == pages, args
         # one connection, one census per step: the count stays small (the lease, the
-        # journal and the audit trail included; 57 when rotate took two censuses)
-        assert cf.d1_requests - requests <= 48, (args, cf.d1_requests - requests)
+        # journal and the audit trail included; 57 when rotate took two censuses; the two
+        # phases of the push add one intent and one confirmation per Worker, the rotation's
+        # own lease four; the first command of a fresh database applies keyrotate's own
+        # migrations, one request each, 0007 the trail's append-only trigger)
+        assert cf.d1_requests - requests <= 57, (args, cf.d1_requests - requests)
     assert _rows_open_under(root / "staging.db", store.read("MASTER_KEY"))
 
 

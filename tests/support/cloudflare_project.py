@@ -1,7 +1,28 @@
 """The control-plane test project: three Workers with real wrangler configs, a reference
-database, a .env store, a Cloudflare API stand-in and local health endpoints."""
+database, a .env store, a Cloudflare API stand-in and local health endpoints.
+
+Which wrangler the project's manifest runs:
+- by default the fake (tests/support/fake_wrangler.py, under this Python): the same
+  command lines, the same Cloudflare API requests and the output keyrotate reads, in a
+  fraction of real wrangler's start-up time (seconds per command on a small machine).
+  tests/cloudflare/test_wrangler_contract.py proves it against the real wrangler, command by command;
+  a test that fails only with the fake means the fake is wrong: fix it there, and add the
+  fact to the contract.
+- the real wrangler 4.86 (node_modules/.bin/wrangler) for a test marked
+  `@pytest.mark.real_wrangler`: where wrangler's own behaviour is the point (the hazards
+  of plain `wrangler versions secret put` and `rollback`, its debug logs staying free of
+  secrets, its node process tree dying with keyrotate). `wrangler dev` (workerd) and
+  `wrangler d1 ... --local` tests run the real one directly, outside this fixture.
+"""
 
 from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,40 +33,40 @@ from tests.support.health_server import HealthServer
 from tests.support.helpers import OLD_SECRET, ROOT
 
 WRANGLER = ROOT / "node_modules" / ".bin" / "wrangler"
+FAKE_WRANGLER = [sys.executable, str(ROOT / "tests" / "support" / "fake_wrangler.py")]
 WORKERS = ["api", "oauth", "webhook"]
 JWT = "jwt-secret-value-for-tests-0123456789"
 GOOGLE = "google-client-secret-for-tests"
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    if not WRANGLER.exists():
-        pytest.fail("wrangler is not installed: run `npm ci` (setup-dev.sh)")
-    cf, health = CloudflareStandIn(), HealthServer()
-    for w in WORKERS:
-        d = tmp_path / "workers" / w
-        d.mkdir(parents=True)
-        (d / "index.js").write_text("export default { fetch() { return new Response('ok') } }\n")
-        (d / "wrangler.toml").write_text(f'name = "tminus-{w}"\nmain = "index.js"\n'
-                                         f'compatibility_date = "2024-12-01"\n'
-                                         f'[env.staging]\nname = "tminus-{w}-staging"\n')
-    build_reference_db(str(tmp_path / "staging.db"), 50, OLD_SECRET)
-    cf.d1["staging"] = str(tmp_path / "staging.db")  # the same file, as d1://acct/staging
-    store = DotenvStore(str(tmp_path / ".env.staging"))
-    for name, value in (("MASTER_KEY", OLD_SECRET), ("JWT_SECRET", JWT), ("GOOGLE_CLIENT_SECRET", GOOGLE)):
-        store.write_pending(name, value)
-        store.promote(name)
-    (tmp_path / "keyrotate.toml").write_text(f'''
+def write_worker(folder: Path, worker: str) -> Path:
+    """One Worker's folder as `wrangler deploy --env staging` reads it."""
+    folder.mkdir(parents=True)
+    (folder / "index.js").write_text("export default { fetch() { return new Response('ok') } }\n")
+    (folder / "wrangler.toml").write_text(f'name = "tminus-{worker}"\nmain = "index.js"\n'
+                                          f'compatibility_date = "2024-12-01"\n'
+                                          f'[env.staging]\nname = "tminus-{worker}-staging"\n')
+    return folder
+
+
+def api_env(cf: CloudflareStandIn, logs: Path) -> dict[str, str]:
+    """What wrangler (real or fake) needs to talk to the stand-in, non-interactively."""
+    return {"CLOUDFLARE_API_BASE_URL": cf.base_url, "CLOUDFLARE_API_TOKEN": "test-token",
+            "CLOUDFLARE_ACCOUNT_ID": "acct", "WRANGLER_SEND_METRICS": "false",
+            "WRANGLER_LOG_PATH": str(logs), "CI": "true"}
+
+
+MANIFEST = """
 [project]
 name = "tminus"
 worker_name = "tminus-{{worker}}-{{env}}"
 deploy_order = ["api", "oauth", "webhook"]
-wrangler = ["{WRANGLER}"]
+wrangler = {wrangler}
 
 [environments.staging]
 database = "file:staging.db"
 secrets = "dotenv:.env.staging"
-health = {{ api = "{health.url('api')}", oauth = "{health.url('oauth')}" }}
+health = {{ api = "{api_health}", oauth = "{oauth_health}" }}
 
 [secrets.MASTER_KEY]
 kind = "master-key"
@@ -63,15 +84,72 @@ workers = ["oauth", "webhook"]
 secret = "MASTER_KEY"
 table = "accounts"
 column = "encrypted_tokens"
-''')
+"""
+
+
+class Project:
+    """The test project in a folder: the stand-in and health servers running, the Workers'
+    folders, the database, the store and the manifest. `create()` makes one outside pytest's
+    fixtures (for Hypothesis state machines: one per example), in a temporary folder made
+    current, with the environment wrangler needs; `close()` undoes all of it."""
+
+    defaults: dict[str, Any] = {"routes": True}
+
+    def __init__(self, root: Path, wrangler: list[str]):
+        self.root = root
+        self.cf, self.health = CloudflareStandIn(), HealthServer()
+        self.routes = bool(self.defaults.get("routes", True))
+        for w in WORKERS:
+            write_worker(root / "workers" / w, w)
+        build_reference_db(str(root / "staging.db"), 50, OLD_SECRET)
+        self.cf.d1["staging"] = str(root / "staging.db")  # the same file, as d1://acct/staging
+        self.store = DotenvStore(str(root / ".env.staging"))
+        for name, value in (("MASTER_KEY", OLD_SECRET), ("JWT_SECRET", JWT),
+                            ("GOOGLE_CLIENT_SECRET", GOOGLE)):
+            self.store.write_pending(name, value)
+            self.store.promote(name)
+        (root / "keyrotate.toml").write_text(MANIFEST.format(
+            wrangler=json.dumps(wrangler), api_health=self.health.url("api"),
+            oauth_health=self.health.url("oauth")))
+        self.env = api_env(self.cf, root / "wrangler-logs")
+        self._undo: list[Any] = []
+
+    @classmethod
+    def create(cls, wrangler: list[str] | None = None) -> "Project":
+        tmp = tempfile.TemporaryDirectory(prefix="keyrotate-project-")
+        p = cls(Path(tmp.name), wrangler or FAKE_WRANGLER)
+        saved_env = {k: os.environ.get(k) for k in p.env}
+        cwd = os.getcwd()
+        os.environ.update(p.env)
+        os.chdir(p.root)
+        p._undo = [tmp, saved_env, cwd]
+        return p
+
+    def close(self) -> None:
+        self.cf.stop()
+        self.health.stop()
+        if self._undo:
+            tmp, saved_env, cwd = self._undo
+            os.chdir(cwd)
+            for k, v in saved_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            tmp.cleanup()
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, request):
+    real = request.node.get_closest_marker("real_wrangler") is not None
+    if real and not WRANGLER.exists():
+        pytest.fail("wrangler is not installed: run `npm ci` (setup-dev.sh)")
+    p = Project(tmp_path, [str(WRANGLER)] if real else FAKE_WRANGLER)
     monkeypatch.chdir(tmp_path)
-    for k, v in {"CLOUDFLARE_API_BASE_URL": cf.base_url, "CLOUDFLARE_API_TOKEN": "test-token",
-                 "CLOUDFLARE_ACCOUNT_ID": "acct", "WRANGLER_SEND_METRICS": "false",
-                 "WRANGLER_LOG_PATH": str(tmp_path / "wrangler-logs"), "CI": "true"}.items():
+    for k, v in p.env.items():
         monkeypatch.setenv(k, v)
-    yield tmp_path, cf, health, store
-    cf.stop()
-    health.stop()
+    yield tmp_path, p.cf, p.health, p.store
+    p.close()
 
 
 def _active(cf, worker):
@@ -89,3 +167,35 @@ def with_overlap(root, secret="MASTER_KEY", kind="master-key", extra=""):
     """The secret gets a `previous` name: an overlap rotation, zero downtime."""
     edit_manifest(root, f'[secrets.{secret}]\nkind = "{kind}"',
                   f'[secrets.{secret}]\nkind = "{kind}"\nprevious = "{secret}_PREVIOUS"{extra}')
+
+
+ROUTE_TOKEN = "route-token-for-tests-0123456789abcdef"
+
+
+def with_key_routes(root, cf, store, workers=("api", "oauth")):
+    """The Workers holding MASTER_KEY expose keyrotate's route (ping), answered by the
+    stand-in for whichever version serves the request; its bearer token is a secret of kind
+    internal, pushed to them like any other."""
+    routes = ", ".join(f'{w} = "{cf.key_route_url(f"tminus-{w}-staging")}"' for w in workers)
+    text = (root / "keyrotate.toml").read_text()
+    text = text.replace("\n[environments.staging]\n", "\n[environments.staging]\n"
+                        f"key_routes = {{ {routes} }}\n", 1)
+    text = text.replace("[project]\n", '[project]\nroute_token = "KEYROTATE_OBJECTS_TOKEN"\n', 1)
+    text += ('\n[secrets.KEYROTATE_OBJECTS_TOKEN]\nkind = "internal"\n'
+             f'workers = [{", ".join(repr(w).replace(chr(39), chr(34)) for w in workers)}]\n')
+    (root / "keyrotate.toml").write_text(text)
+    store.write_pending("KEYROTATE_OBJECTS_TOKEN", ROUTE_TOKEN)
+    store.promote("KEYROTATE_OBJECTS_TOKEN")
+
+
+def rotate_by_hand(root, store, new):
+    """What an operator can do without `rotate`: the new MASTER_KEY stored and every row
+    moved to it (so that pushing it alone keeps every row readable)."""
+    from tests.support.helpers import run_cli
+
+    store.write_pending("MASTER_KEY", new)
+    moved = run_cli("reencrypt", "--db", f"file:{root / 'staging.db'}", "--target",
+                    "accounts.encrypted_tokens", "--old-key", store.ref("MASTER_KEY"),
+                    "--new-key", store.ref("MASTER_KEY", "pending"), "--json")
+    assert moved.exit_code == 0, moved.output
+    store.promote("MASTER_KEY")

@@ -247,6 +247,13 @@ def test_endpoint_refusals_and_preflight(app):
     refused = run_cli("objects", "census", "--env", "staging", "--target", "AccountDO")
     assert refused.exit_code == 2 and "refused the token (HTTP 401)" in refused.output
     assert a.url in refused.output and TOKEN not in refused.output
+    # issue 20 item 9: a day's Retry-After is not slept through: exit 3, saying when
+    a.start(MASTER_KEY=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN, RETRY_AFTER="86400")
+    limited = run_cli("objects", "census", "--env", "staging", "--target", "AccountDO", "--json")
+    assert limited.exit_code == 3, limited.output
+    message = last_json(limited.output)["error"]["message"]
+    assert "86,400 s" in message and "run the same command again after" in message
+    a.start(MASTER_KEY=OLD_HEX, KEYROTATE_OBJECTS_TOKEN="ff" * 32)
     # preflight: every problem at once, nothing changed
     conn = sqlite3.connect(a.d1)
     conn.execute("DROP TABLE key_rotation_log")
@@ -276,6 +283,12 @@ def test_a_standalone_rewrap_ends_with_a_census_not_the_ledger(app):
     assert first.exit_code == 0, first.output
     out = last_json(first.output)
     assert (out["objects_rewrapped"], out["objects_swept"], out["census"]["current"]) == (60, 0, 60)
+    # the objects' change is in the environment's trail: that it started, and what the census said
+    shown = last_json(run_cli("audit", "show", "--env", "staging", "--json").output)["events"]
+    rewraps = [e["detail"] for e in shown if e["event"] == "objects.rewrap"]
+    assert [d["state"] for d in rewraps] == ["started", "done"]
+    assert rewraps[1]["status"] == out["status"] and rewraps[1]["census"]["current"] == 60
+    assert rewraps[1]["counts"]["rewritten"] == 60
 
     def relinked_on_an_older_version(ids: list[str], stays_old: bool) -> None:
         """Accounts linked again by an instance still on the version from before the push:
@@ -310,3 +323,37 @@ def test_a_standalone_rewrap_ends_with_a_census_not_the_ledger(app):
     out = last_json(done.output)       # the sweep re-opened them in the ledger: sent again
     assert (out["objects_rewrapped"], out["objects_swept"], out["census"]["current"]) == (3, 0, 60)
     assert _all_open(a, a.ids) == {"MASTER_KEY": 60}
+
+
+def test_a_nocase_ids_column_behind_a_binary_index_lists_every_id(app):
+    """Issue 20 item 3: the ids column was paged by `c > ?` under its own NOCASE collation
+    while only a BINARY index made it unique: `acc_00009` and `ACC_00009` tie, and one of
+    each pair at a page boundary was never sent. `objects rewrap` and `objects census` both
+    exited 0 with those objects still under the old key. Now ids are compared under the
+    collation they are unique under, and the census checks it listed every id."""
+    a = app(20)
+    _prepare(a, delegations=1)
+    twins = ["ACC_00004"]     # ties with acc_00004 at ids 1,000 and 1,001: a page boundary
+    a.each("/test/seed", twins)
+    fillers = [f"aaa_{i:04d}" for i in range(995)]   # ids listed first, no object behind them
+    conn = sqlite3.connect(a.d1)
+    conn.executescript("CREATE TABLE linked (n INTEGER PRIMARY KEY, account_id TEXT COLLATE NOCASE "
+                       "NOT NULL); CREATE UNIQUE INDEX linked_id ON linked (account_id COLLATE BINARY);")
+    conn.executemany("INSERT INTO linked (account_id) VALUES (?)",
+                     [(i,) for i in fillers + a.ids + twins])
+    conn.commit()
+    conn.close()
+    toml = a.tmp / "keyrotate.toml"
+    toml.write_text(toml.read_text().replace('ids = "accounts.account_id"', 'ids = "linked.account_id"'))
+    new = "ef" * 32
+    a.store.write_pending("MASTER_KEY", new)
+    a.start(MASTER_KEY=new, MASTER_KEY_PREVIOUS=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN)
+    res = run_cli("objects", "rewrap", "--env", "staging", "--target", "AccountDO", "--json")
+    assert res.exit_code == 0, res.output
+    out = last_json(res.output)
+    assert out["census"]["current"] == len(a.ids) + len(twins)
+    assert out["census"]["missing"] == len(fillers)
+    assert _all_open(a, a.ids + twins) == {"MASTER_KEY": len(a.ids) + len(twins)}
+    census = run_cli("objects", "census", "--env", "staging", "--target", "AccountDO", "--json")
+    assert census.exit_code == 0, census.output
+    assert last_json(census.output)["objects"] == len(fillers) + len(a.ids) + len(twins)

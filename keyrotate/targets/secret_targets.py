@@ -18,13 +18,14 @@ from keyrotate.config.manifest import ColumnTarget, ObjectTarget
 from keyrotate.crypto.codecs import Codec
 from keyrotate.crypto.keys import MasterKey
 from keyrotate.dataplane.codec_refs import codec_from_refs
-from keyrotate.dataplane.objects.driver import ObjectsOptions
-from keyrotate.dataplane.outcome import Outcome
+from keyrotate.dataplane.objects.driver import Keys, ObjectsOptions
+from keyrotate.dataplane.outcome import ROWS, Outcome
 from keyrotate.dataplane.reencrypt import ReencryptOptions, reencrypt
 from keyrotate.dataplane.verify import verify
 from keyrotate.db.base import Target
-from keyrotate.rotation.objects import objects_census, objects_rewrap
+from keyrotate.errors import KeyrotateError
 from keyrotate.secrets.refs import resolve
+from keyrotate.targets.objects import objects_census, objects_rewrap
 
 
 @dataclass(frozen=True)
@@ -99,11 +100,14 @@ class ObjectsTarget:
         return self.spec.name
 
     def rewrap(self, mode: str, only: Sequence[str] | None = None) -> Outcome:
+        kids = self.key_ids()
+        trusted = Keys(kids[0], kids[1] if self.keys.old else None)
         return objects_rewrap(self.ctx, self.spec, self.options, rotation_id=self.rotation_id,
-                              only=only).outcome()
+                              only=only, keys=trusted).outcome()
 
     def census(self) -> Outcome:
-        return objects_census(self.ctx, self.spec, self.options).outcome()
+        return objects_census(self.ctx, self.spec, self.options,
+                              new_kid=self.key_ids()[0]).outcome()
 
     def key_ids(self) -> list[str]:
         refs = [self.keys.new, *([self.keys.old] if self.keys.old else []), *self.keys.also_old]
@@ -131,3 +135,54 @@ class SecretTargets:
     def __iter__(self) -> Iterator[RotationTarget]:
         yield from self.columns()
         yield from self.object_targets()
+
+
+def _census_by_slot(ctx: Context, secret: str,
+                    errors: list[str] | None = None) -> list[tuple[Outcome, dict[str, str]]]:
+    """A census of every target with the store's keys (current, pending, previous): each
+    outcome with the slot each kid belongs to. `errors`: a target that cannot be counted
+    is named there and left out (else the error stops the caller)."""
+    store = ctx.secrets
+    slots = ["current", *(s for s in ("pending", "previous") if store.read(secret, s) is not None)]
+    refs = [store.ref(secret, s) for s in slots]
+    keys = KeyRefs(refs[0], refs[1] if len(refs) > 1 else None, tuple(refs[2:]))
+    out = []
+    for target in SecretTargets(ctx, secret, keys):
+        try:
+            out.append((target.census(), dict(zip(target.key_ids(), slots))))
+        except KeyrotateError as e:
+            if errors is None:
+                raise
+            errors.append(f"{target.name} not counted: {e}")
+    return out
+
+
+def rows_per_slot(ctx: Context, secret: str, errors: list[str]) -> dict[str, dict[str, int]]:
+    """Rows (and objects) of every target by the store slot whose key opens them: current,
+    pending (a rotation in progress) and previous; 'other' opens under none of them (or,
+    for objects, did not answer). A target that cannot be counted, or whose rows paging
+    did not all reach, is left out of the counts and named in `errors`."""
+    rows: dict[str, dict[str, int]] = {}
+    for c, slot_of in _census_by_slot(ctx, secret, errors):
+        if c.unreached:
+            errors.append(f"{c.target}: {c.unreached} {c.unit} could not be counted "
+                          f"({'paging did not reach them' if c.unit == ROWS else 'no answer'})")
+        counts = {"current": 0, "pending": 0, "previous": 0}
+        other = c.failed + c.unreached
+        for kid, n in c.by_kid.items():
+            if kid in slot_of:
+                counts[slot_of[kid]] += n
+            else:
+                other += n
+        empty = {"null": c.null} if c.unit == ROWS else {"missing": c.missing}
+        rows[c.target] = {**counts, **empty, "other": other}
+    return rows
+
+
+def slots_in_use(ctx: Context, secret: str) -> set[str]:
+    """The store slots (current, pending, previous) whose key some row or object of
+    `secret` opens under now, by a census: the values every serving version must read.
+    Rows that open under no key the store holds cannot be read by anyone; they are the
+    census's failures, not a key in use."""
+    return {slot_of[kid] for c, slot_of in _census_by_slot(ctx, secret)
+            for kid, n in c.by_kid.items() if n and kid in slot_of}

@@ -1,0 +1,53 @@
+"""keyrotate's command line in a process of its own, for kill -9 tests:
+
+- KR_TEST_NOW (ISO 8601): keyrotate's clock stands at that time for the whole process;
+- KR_TEST_STOP_AT: a point of a rotation's record, `started`, `step:NAME` or `ended:STATE`:
+  right after that point is committed (with its audit event), the process stops itself
+  (SIGSTOP). The test sees it stopped, checks the record, and kills it with SIGKILL there:
+  between two steps, by observed progress, whatever the machine's speed.
+
+    python tests/support/clocked_cli.py rollover --env staging
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from keyrotate import timeutil  # noqa: E402
+from keyrotate.rotation.state import Recorder  # noqa: E402
+
+
+def _stop_after(method: str, point: Callable[..., str], stop_at: str) -> None:
+    real = getattr(Recorder, method)
+
+    def recorded_then_stop(self: Recorder, *args: Any, **kwargs: Any) -> None:
+        real(self, *args, **kwargs)
+        if point(*args) == stop_at:
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    setattr(Recorder, method, recorded_then_stop)
+
+
+def main() -> None:
+    if os.environ.get("KR_TEST_NOW"):
+        frozen = datetime.fromisoformat(os.environ["KR_TEST_NOW"])
+        timeutil.use_clock(lambda: frozen)
+    stop_at = os.environ.get("KR_TEST_STOP_AT")
+    if stop_at:
+        _stop_after("started", lambda rot: "started", stop_at)
+        _stop_after("step_done", lambda rot, step: f"step:{step}", stop_at)
+        _stop_after("ended", lambda rot, state, **_: f"ended:{state}", stop_at)
+    from keyrotate.cli import main as cli
+
+    cli(prog_name="keyrotate")
+
+
+if __name__ == "__main__":
+    main()
