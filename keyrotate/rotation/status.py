@@ -17,7 +17,7 @@ from typing import Any
 from keyrotate.config.context import Context
 from keyrotate.errors import EXIT_FAILURES, KeyrotateError
 from keyrotate.evidence.event import Event
-from keyrotate.evidence.record import audit_key
+from keyrotate.evidence.record import audit_key, existing_audit_key
 from keyrotate.rotation.key_inventory import inventory
 from keyrotate.rotation.state import Recorder
 from keyrotate.secrets.base import SecretStore, fingerprint
@@ -119,8 +119,12 @@ def _check_secret(ctx: Context, entry: SecretStatus, set_at: datetime | None,
 
 
 def key_states(ctx: Context) -> dict[str, list[dict[str, Any]]]:
-    """Per secret, each key id it has and its lifecycle state (keys --env ENV says more)."""
+    """Per secret, each key id it has and its lifecycle state (keys --env ENV says more).
+    Nothing before the environment has an audit key: key ids are keyed by it, and status, a
+    check a schedule runs with read-only credentials, never makes one."""
     out: dict[str, list[dict[str, Any]]] = {}
+    if existing_audit_key(ctx) is None:
+        return out
     for k in inventory(ctx):
         since = k.life.last.at if k.life and k.life.last else None
         out.setdefault(k.key.secret, []).append({"key": k.key.id, "state": k.state, "since": since})
