@@ -22,7 +22,7 @@ from keyrotate.evidence.lifecycle import STATES, KeyIdentity, identify, key_stat
 from keyrotate.evidence.record import audit_key
 from keyrotate.secrets.base import same_secret
 
-PUSHES = ("push", "push-overlap", "promote")
+PUSHES = ("push", "push-overlap", "switch", "promote")   # the new key seals from here
 
 
 class Rotation(Protocol):

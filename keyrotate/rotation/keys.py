@@ -54,7 +54,7 @@ class WorkerHistories:
         out = []
         for w in self.ctx.manifest.workers_holding(k.key.secret):
             full = self.ctx.worker_name(w)
-            now = self(full).state_before(None)
+            now = self(full).state_at(None)
             out += [f"{full} ({n})" for n in secret_names(self.ctx, k.key.secret)
                     if holds(k, now.get(n), self.ctx)]
         return out

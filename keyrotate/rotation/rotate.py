@@ -21,7 +21,7 @@ from keyrotate.controlplane.pushes import Pusher
 from keyrotate.controlplane.serving import check_serving
 from keyrotate.dataplane.objects.driver import ObjectsOptions
 from keyrotate.errors import ConfigError, DeployError, StoreUnavailable
-from keyrotate.evidence.record import audit_key
+from keyrotate.evidence.record import audit_key, existing_audit_key
 from keyrotate.evidence.worker_log import secret_history
 from keyrotate.progress import Say
 from keyrotate.rotation.held_lease import HeldLease
@@ -126,7 +126,10 @@ def _rotate(ctx: Context, recorder: Recorder, secret: str, options: RotateOption
             read_external: Callable[[], str] | None) -> RotatePlan | RotateResult:
     finish, abort = options.finish, options.abort
     spec = ctx.manifest.secret(secret)
-    audit_key(ctx)   # the trail can record this rotation: checked before anything changes
+    if options.dry_run:
+        existing_audit_key(ctx)   # a dry run makes nothing, the audit key included
+    else:
+        audit_key(ctx)   # the trail can record this rotation: checked before anything changes
     rot = recorder.load_open(secret)
     if rot is None and (finish or abort):
         raise ConfigError(f"no {secret} rotation in progress on {ctx.env.name}")
@@ -148,7 +151,8 @@ def _rotate(ctx: Context, recorder: Recorder, secret: str, options: RotateOption
     done = done_steps(rot.steps_done) if rot else set()
     pusher = Pusher(ctx, say, options.from_deployed)
     if options.dry_run:
-        job = Job(ctx, spec, rot or _new_rotation(ctx, spec, plan, compromised), say)
+        job = Job(ctx, spec, rot or _new_rotation(ctx, spec, plan, compromised, dry_run=True),
+                  say)
         checks = _dry_run_checks(ctx, spec, pusher, [s for s in steps if s.name not in done])
         return RotatePlan(ctx.env.name, secret, plan, compromised, warning,
                           [PlannedStep(s.name, job.text(s.description), s.name in done)
@@ -226,10 +230,12 @@ def _dry_run_checks(ctx: Context, spec: SecretSpec, pusher: Pusher, todo: list[S
     return checks
 
 
-def _new_rotation(ctx: Context, spec: SecretSpec, plan: str, compromised: bool) -> Rotation:
+def _new_rotation(ctx: Context, spec: SecretSpec, plan: str, compromised: bool,
+                  dry_run: bool = False) -> Rotation:
     current = ctx.secrets.read(spec.name)   # known from the start: the started event says it
+    key = existing_audit_key(ctx) if dry_run else audit_key(ctx)   # a dry run makes none
     return Rotation(new_id("rot-"), ctx.env.name, spec.name, spec.kind, plan, compromised,
-                    "in-progress", old_fp=fingerprint(current, audit_key(ctx)) if current else None,
+                    "in-progress", old_fp=fingerprint(current, key) if current and key else None,
                     started_at=now_iso())
 
 

@@ -195,5 +195,6 @@ class Recorder:
 def _step_detail(rot: Rotation, step: str) -> dict[str, Any]:
     """What a step left in the rotation's detail that is worth keeping in the trail."""
     keys = {"reencrypt": ("reencrypt",), "verify": ("verify", "sweep"), "catch-up": ("catch-up",),
-            "report": ("report",), "push": ("pushed_at",), "push-overlap": ("pushed_at",)}
+            "report": ("report",), "push": ("pushed_at",), "push-overlap": ("pushed_at",),
+            "switch": ("pushed_at",)}
     return {k: rot.detail[k] for k in keys.get(step, ()) if k in rot.detail}

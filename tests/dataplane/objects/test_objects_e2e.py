@@ -248,12 +248,12 @@ def test_endpoint_refusals_and_preflight(app):
     assert refused.exit_code == 2 and "refused the token (HTTP 401)" in refused.output
     assert a.url in refused.output and TOKEN not in refused.output
     # issue 20 item 9: a day's Retry-After is not slept through: exit 3, saying when
-    a.start(MASTER_KEY=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN, RETRY_AFTER="86400")
+    a.serve(MASTER_KEY=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN, RETRY_AFTER="86400")
     limited = run_cli("objects", "census", "--env", "staging", "--target", "AccountDO", "--json")
     assert limited.exit_code == 3, limited.output
     message = last_json(limited.output)["error"]["message"]
     assert "86,400 s" in message and "run the same command again after" in message
-    a.start(MASTER_KEY=OLD_HEX, KEYROTATE_OBJECTS_TOKEN="ff" * 32)
+    a.serve(MASTER_KEY=OLD_HEX, KEYROTATE_OBJECTS_TOKEN="ff" * 32)
     # preflight: every problem at once, nothing changed
     conn = sqlite3.connect(a.d1)
     conn.execute("DROP TABLE key_rotation_log")
@@ -347,7 +347,7 @@ def test_a_nocase_ids_column_behind_a_binary_index_lists_every_id(app):
     toml.write_text(toml.read_text().replace('ids = "accounts.account_id"', 'ids = "linked.account_id"'))
     new = "ef" * 32
     a.store.write_pending("MASTER_KEY", new)
-    a.start(MASTER_KEY=new, MASTER_KEY_PREVIOUS=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN)
+    a.serve(MASTER_KEY=new, MASTER_KEY_PREVIOUS=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN)
     res = run_cli("objects", "rewrap", "--env", "staging", "--target", "AccountDO", "--json")
     assert res.exit_code == 0, res.output
     out = last_json(res.output)
