@@ -359,7 +359,12 @@ def authenticate(env: Envelope, dek: bytes) -> None:
     held = b""                        # the last bytes seen: the tag, once all is read
     try:
         for i in range(start, end, CHUNK):
-            data = held + binascii.a2b_base64(source[i:min(i + CHUNK, end)], strict_mode=True)
+            stop = min(i + CHUNK, end)
+            if stop < end and source.find("=", i, stop) >= 0:
+                # padding ends the whole string, never a chunk: atob refuses it mid-string,
+                # and strict mode alone would take it at a chunk's end
+                raise InvalidEnvelope("field ciphertext is not valid base64")
+            data = held + binascii.a2b_base64(source[i:stop], strict_mode=True)
             decryptor.update(data[:-TAG_BYTES])
             held = data[-TAG_BYTES:]
         decryptor.finalize_with_tag(held)

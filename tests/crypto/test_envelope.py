@@ -261,7 +261,12 @@ def test_heavy_envelopes_are_authenticated_in_chunks(mode: str, with_kid: bool):
             codec.census(json.dumps(dict(obj, ciphertext=base64.b64encode(bytes(bad)).decode()),
                                     separators=(",", ":")))
     b64 = obj["ciphertext"]
-    for broken in (b64[:len(b64) // 2] + "=" + b64[len(b64) // 2 + 1:], b64[:-4] + "!!!!", b64[:-1]):
+    # padding that ends a chunk but not the string: each chunk alone is valid base64,
+    # the whole is not (atob refuses it)
+    padded_chunk = base64.b64encode(bytes(E.CHUNK // 4 * 3 - 2)).decode() + b64[E.CHUNK:]
+    assert len(padded_chunk) == len(b64) and padded_chunk[E.CHUNK - 1] == "="
+    for broken in (b64[:len(b64) // 2] + "=" + b64[len(b64) // 2 + 1:], b64[:-4] + "!!!!", b64[:-1],
+                   padded_chunk):
         value = json.dumps(dict(obj, ciphertext=broken), separators=(",", ":"))
         with pytest.raises(InvalidEnvelope, match="base64"):
             codec.census(value)
