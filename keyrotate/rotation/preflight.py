@@ -14,6 +14,7 @@ from keyrotate.config.manifest import ObjectTarget, SecretSpec
 from keyrotate.db.table_shape import resolve_id_column, table_shape
 from keyrotate.errors import ConfigError, KeyrotateError
 from keyrotate.targets.objects import endpoint_for
+from keyrotate.targets.secret_targets import store_probe_problems
 
 LEDGER_COLUMNS = ("rotation_id", "account_id", "status", "error_message", "started_at",
                   "completed_at")
@@ -28,6 +29,8 @@ def preflight(ctx: Context, spec: SecretSpec) -> None:
             problems.append(f"{t.name}: {e}")
     for obj in ctx.manifest.objects_of(spec.name):
         problems += _object_problems(ctx, obj)
+    if spec.kind == "master-key":
+        problems += store_probe_problems(ctx, spec.name)
     pending = ctx.secrets.read(spec.name, "pending")
     problem = spec.format.problem(pending) if spec.format and pending is not None else None
     if problem:

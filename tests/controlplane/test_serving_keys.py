@@ -333,3 +333,36 @@ def test_two_rotations_of_one_secret_never_run_at_once(project):
     second = seconds[0]
     assert second.exit_code == 2 and "another keyrotate run holds" in second.output, second.output
     _check(project, _known(store))
+
+
+def _store_lost_the_key(root, store):
+    """The store's MASTER_KEY replaced by hand with a value no row is under (a wrong copy),
+    while the Workers still serve the key the rows are under."""
+    env = root / ".env.staging"
+    env.write_text(env.read_text().replace(store.read("MASTER_KEY"), "cd" * 32))
+
+
+def test_a_push_of_a_master_key_no_row_opens_under_is_refused(project):
+    """Hostile review: `secrets push` put a MASTER_KEY that opens none of the rows on every
+    Worker and exited 0. Rows under no value of the store block a master key's push."""
+    root, cf, store = _setup(project)
+    _store_lost_the_key(root, store)
+    res = run_cli("secrets", "push", "--env", "staging", "--only", "MASTER_KEY", "--json")
+    assert res.exit_code == 2, res.output
+    assert "open under no value of MASTER_KEY" in last_json(res.output)["error"]["message"]
+    assert all(_active(cf, w)["MASTER_KEY"] == OLD_SECRET for w in HOLDERS)   # nothing pushed
+
+
+def test_a_rotation_from_a_store_that_lost_the_key_pushes_nothing(project):
+    """Hostile review: `rotate` pushed introduce and switch, then its reencrypt probe found
+    no row opening: every serving version was left unable to read the rows. The preflight
+    probes the rows with the store's values before anything is pushed."""
+    root, cf, store = _setup(project)
+    _store_lost_the_key(root, store)
+    before = {w: cf.script(f"tminus-{w}-staging").active.id for w in HOLDERS}
+    for args in (["--dry-run"], []):
+        res = run_cli("rotate", "MASTER_KEY", "--env", "staging", *args, "--json")
+        assert res.exit_code == 2, res.output
+        assert "opens under a value of MASTER_KEY" in last_json(res.output)["error"]["message"]
+    assert {w: cf.script(f"tminus-{w}-staging").active.id for w in HOLDERS} == before
+    assert all(_active(cf, w)["MASTER_KEY"] == OLD_SECRET for w in HOLDERS)
