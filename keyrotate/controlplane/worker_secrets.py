@@ -8,6 +8,7 @@ from typing import Any
 
 from keyrotate.cloudflare.wrangler import wrangler_for
 from keyrotate.config.context import Context
+from keyrotate.controlplane.held_lease import rotation_leases
 from keyrotate.controlplane.pushes import Pusher
 from keyrotate.controlplane.serving import check_serving
 from keyrotate.db.own_schema import open_rotations
@@ -170,6 +171,14 @@ def check_pushable(ctx: Context, names: list[str]) -> None:
 def secrets_push(ctx: Context, only: str | None, dry_run: bool, say: Say,
                  from_deployed: bool = False) -> PushResult:
     plan = push_plan(ctx, only)
+    if dry_run:
+        return _push(ctx, plan, dry_run, say, from_deployed)
+    with rotation_leases(ctx, [w for w, _ in plan]):   # never beside a running rotation
+        return _push(ctx, plan, dry_run, say, from_deployed)
+
+
+def _push(ctx: Context, plan: list[tuple[str, dict[str, str]]], dry_run: bool, say: Say,
+          from_deployed: bool) -> PushResult:
     check_pushable(ctx, sorted({n for _, vals in plan for n in vals}))
     steps = [PushStep(w, ctx.worker_name(w), {n: fingerprint(v, audit_key(ctx))
                                               for n, v in sorted(vals.items())})

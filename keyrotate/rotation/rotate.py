@@ -17,6 +17,7 @@ from typing import Any, Callable
 from keyrotate.config.context import Context
 from keyrotate.config.manifest import SecretSpec
 from keyrotate.controlplane.canary import DEFAULT_STEPS, Canary
+from keyrotate.controlplane.held_lease import rotation_lease
 from keyrotate.controlplane.pushes import Pusher
 from keyrotate.controlplane.serving import check_serving
 from keyrotate.dataplane.objects.driver import ObjectsOptions
@@ -24,7 +25,6 @@ from keyrotate.errors import ConfigError, DeployError, StoreUnavailable
 from keyrotate.evidence.record import audit_key, existing_audit_key
 from keyrotate.evidence.worker_log import secret_history
 from keyrotate.progress import Say
-from keyrotate.rotation.held_lease import HeldLease
 from keyrotate.rotation.plan import abort_steps, cutover_warning, plan_of, steps_for
 from keyrotate.rotation.preflight import preflight
 from keyrotate.rotation.state import Recorder, Rotation, done_steps
@@ -116,7 +116,7 @@ def rotate(ctx: Context, secret: str, options: RotateOptions = RotateOptions(), 
             return _rotate(ctx, recorder, secret, options, say, read_external)
         # one command at a time per secret and environment (a person and a schedule, two
         # terminals): the second refuses, naming the holder
-        with HeldLease(ctx, f"rotate:{ctx.env.name}:{secret}"):
+        with rotation_lease(ctx, secret):
             return _rotate(ctx, recorder, secret, options, say, read_external)
     finally:
         recorder.evidence.close()

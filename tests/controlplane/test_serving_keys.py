@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from datetime import timedelta
 
 import pytest
@@ -366,3 +367,33 @@ def test_a_rotation_from_a_store_that_lost_the_key_pushes_nothing(project):
         assert "opens under a value of MASTER_KEY" in last_json(res.output)["error"]["message"]
     assert {w: cf.script(f"tminus-{w}-staging").active.id for w in HOLDERS} == before
     assert all(_active(cf, w)["MASTER_KEY"] == OLD_SECRET for w in HOLDERS)
+
+
+def test_rollback_and_push_wait_for_a_running_rotation(project):
+    """Hostile review: a `rollback` run while `rotate --canary` ramped clobbered the split
+    and deployed an old-key-only version beside rows sealed under the new key. While a
+    rotation runs, its lease refuses a rollback or a push of the Workers holding its secret."""
+    root, cf, store = _setup(project)
+    paused = root / "paused"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), KR_TEST_STOP_AT="step:introduce",
+               KR_TEST_PAUSE_FILE=str(paused))
+    rotation = subprocess.Popen([sys.executable, str(ROOT / "tests" / "support" / "clocked_cli.py"),
+                                 "rotate", "MASTER_KEY", "--env", "staging"], cwd=root, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not paused.exists():          # running, between its introduce and its switch
+            assert rotation.poll() is None, "the rotation ended before its pause point"
+            time.sleep(0.02)
+        before = {w: cf.script(f"tminus-{w}-staging").active.id for w in HOLDERS}
+        for args in (["rollback", "--env", "staging", "--only", "api", "--yes"],
+                     ["secrets", "push", "--env", "staging", "--only", "JWT_SECRET"]):
+            res = run_cli(*args, "--json")
+            assert res.exit_code == 2, res.output
+            assert "holds rotate:staging:MASTER_KEY" in last_json(res.output)["error"]["message"]
+        assert {w: cf.script(f"tminus-{w}-staging").active.id for w in HOLDERS} == before
+        rotation.send_signal(signal.SIGUSR1)
+        assert rotation.wait(timeout=300) == 0
+    finally:
+        if rotation.poll() is None:
+            rotation.kill()
+    _check(project, _known(store))

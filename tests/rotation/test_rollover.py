@@ -545,7 +545,7 @@ def test_the_lease_lives_on_while_a_long_step_runs_and_is_released_after(project
     """A reencrypt of millions of rows outlasts the lease's 2 minutes: the heartbeat renews
     it meanwhile, with no call from the step."""
     from keyrotate.config.context import Context
-    from keyrotate.rotation.held_lease import HeldLease
+    from keyrotate.controlplane.held_lease import HeldLease
 
     root = project[0]
 

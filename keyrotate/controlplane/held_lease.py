@@ -2,7 +2,9 @@
 environment's database), on a connection of its own, kept alive by the lease's heartbeat.
 
 `rollover` holds `rollover:<env>` while it runs, `rotate` holds `rotate:<env>:<secret>`: a
-second run refuses, naming the holder. One step can take longer than any fixed lifetime (a
+second run refuses, naming the holder. `rollback` and `secrets push` hold the rotation
+leases of every secret the Workers they change hold: neither runs beside a rotation's
+canary or between its pushes. One step can take longer than any fixed lifetime (a
 reencrypt of millions of rows): the heartbeat renews the lease meanwhile. A holder killed
 with SIGKILL stops beating; the lease module decides when another run may take it over
 (by the heartbeat, never by a process id).
@@ -11,7 +13,9 @@ with SIGKILL stops beating; the lease module decides when another run may take i
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack, contextmanager
 from types import TracebackType
+from typing import Iterable, Iterator
 
 from keyrotate.config.context import Context
 from keyrotate.dataplane.lease import Lease
@@ -52,3 +56,19 @@ class HeldLease:
             log.warning("could not release the lease %s: %s", self.name, e)
         finally:
             self._db.close()
+
+
+def rotation_lease(ctx: Context, secret: str) -> HeldLease:
+    return HeldLease(ctx, f"rotate:{ctx.env.name}:{secret}")
+
+
+@contextmanager
+def rotation_leases(ctx: Context, workers: Iterable[str]) -> Iterator[None]:
+    """The leases `rotate` holds, for every secret any of `workers` holds, in name order:
+    refused (exit 2, naming the holder) while a rotation of one of them is running."""
+    chosen = set(workers)
+    names = sorted(n for n in ctx.manifest.secrets if chosen & set(ctx.manifest.workers_holding(n)))
+    with ExitStack() as stack:
+        for name in names:
+            stack.enter_context(rotation_lease(ctx, name))
+        yield
