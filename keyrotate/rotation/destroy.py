@@ -3,8 +3,11 @@ controls (Vault `destroy` of each KV version holding it; the NAME_PREVIOUS entry
 file or the keyring), record `destroyed` in the trail with what was destroyed where and
 what remains outside keyrotate's reach (and until when), and report that.
 
-It refuses (exit 2, naming each blocker), unless `--force`, while the key is still needed:
-- any row or Durable Object opens under it (a census of every [[encrypted]] target);
+It refuses (exit 2, naming each blocker) while the key is still needed:
+- any row or Durable Object opens under it, or could not be checked (a census of every
+  [[encrypted]] target): never destroyed then, not even with `--force` (no key a row is
+  sealed under ever leaves the store);
+and, unless `--force`, while
 - any Worker version serving traffic holds it (as keyrotate's pushes made that version);
 - the version `keyrotate rollback` would go back to seals under it (rolling back would
   write rows under a key no store holds);
@@ -122,7 +125,12 @@ def destroy_key(ctx: Context, kid: str, yes: bool, force: bool, say: Say) -> Des
     histories = WorkerHistories(ctx)
     workers = worker_versions(ctx, k.key.secret, histories)
     say(f"checking that nothing needs {what} any more (a census of its targets, the Workers)")
-    blockers = worker_blockers(ctx, k, workers) + census_blockers(ctx, k)
+    sealed = census_blockers(ctx, k)
+    if sealed:
+        raise ConfigError(f"refusing to destroy {what}: " + "; ".join(sealed) + ". Nothing was "
+                          "destroyed, --force or not: rows sealed under a key stay readable "
+                          "(rotate them to the current key first; keyrotate status shows where).")
+    blockers = worker_blockers(ctx, k, workers)
     if blockers and not force:
         raise ConfigError(f"refusing to destroy {what}: " + "; ".join(blockers) + ". Nothing was "
                           "destroyed (--force destroys it anyway: whatever is sealed under it is "
