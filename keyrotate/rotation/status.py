@@ -164,6 +164,11 @@ def status(ctx: Context, due_seconds: int | None, notify: bool = False) -> Statu
                 entry.rows = rows_per_slot(ctx, name, entry.errors)
             except KeyrotateError as e:
                 entry.errors.append(f"rows not counted: {e}")
+            for target, counts in (entry.rows or {}).items():
+                if counts.get("other"):   # what no key of the store opens: nobody reads it
+                    entry.errors.append(f"{counts['other']} rows or objects of {target} open "
+                                        f"under no value of {name} in {store.base} (keyrotate "
+                                        "verify lists them)")
     notified = _notify(ctx, recorder, out) if notify else []
     return StatusResult(ctx.env.name, out, now.isoformat(), due_seconds, notified)
 
