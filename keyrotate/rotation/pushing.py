@@ -121,6 +121,7 @@ class PushPhase:
         values, kids = self.secrets(job), self.kids(job)
         for worker in todo:
             if self.canary and job.canary is not None:
+                self._introduce_first(job, worker)
                 pushed = canary_push(job.ctx, pusher, worker, values, job.canary, job.say, kids)
             else:
                 pushed = pusher.push(worker, values)
@@ -130,6 +131,25 @@ class PushPhase:
                 "id": pushed.version_id, "number": pushed.number}
         if self.name in ("switch", "push"):
             job.rot.detail["pushed_at"] = now_iso()   # after the last Worker's push
+
+
+    def _introduce_first(self, job: Job, worker: str) -> None:
+        """A canary splits traffic between the serving version and the new one: the serving
+        version must read the new value already (the introduce phase in effect), or the
+        versions sharing traffic cannot read each other's writes. Where it does not (rolled
+        back or redeployed since, outside keyrotate), introduce is pushed again first, at
+        100%, before any share moves."""
+        if PREVIOUS not in self.pushes or not job.spec.previous or self is INTRODUCE \
+                or INTRODUCE.in_effect(job, worker):
+            return
+        job.say(f"{job.ctx.worker_name(worker)} does not serve what introduce pushed: pushing "
+                "it again before the canary")
+        pushed = job.pushes().push(worker, INTRODUCE.secrets(job))
+        kids = INTRODUCE.kids(job)
+        if kids is not None:
+            expect(job.ctx, worker, pushed.version_id, *kids)
+        job.rot.detail.setdefault("versions", {}).setdefault(INTRODUCE.record_as, {})[worker] = {
+            "id": pushed.version_id, "number": pushed.number}
 
 
 def possibly_switched(job: Job) -> list[str]:

@@ -397,3 +397,34 @@ def test_rollback_and_push_wait_for_a_running_rotation(project):
         if rotation.poll() is None:
             rotation.kill()
     _check(project, _known(store))
+
+
+@pytest.mark.parametrize("routes", [True, False], ids=["asked", "by-records"])
+def test_a_finish_after_an_outside_rollback_introduces_before_its_canary(project, routes):
+    """Hostile review: api rolled back outside keyrotate (the dashboard) to a version that
+    holds the old key alone; `--finish` then ramped its canary of NAME=new beside it, two
+    versions unable to read each other's writes. Introduce goes first, at 100%."""
+    root, cf, store = _setup(project, routes=routes, canary=True)
+    old_only = cf.script("tminus-api-staging").active.id
+    assert run_cli("rotate", "MASTER_KEY", "--env", "staging", "--canary").exit_code == 0
+    api = cf.script("tminus-api-staging")
+    api.deploy([(old_only, 100.0)], "rolled back from the dashboard")
+    seen: list[list[str]] = []
+
+    def at_every_deployment(script):
+        if script.name == "tminus-api-staging":
+            seen.append(problems(cf, root / "staging.db", store, HOLDERS, _known(store)))
+
+    cf.workers.on_deploy.append(at_every_deployment)
+    res = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish", "--canary",
+                  "--from-deployed", "--json")
+    assert res.exit_code in (0, 3), res.output
+    if res.exit_code == 3:   # the finish reopened the switch: the next run settles it
+        res = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish", "--canary",
+                      "--from-deployed", "--json")
+        assert res.exit_code == 0, res.output
+    splits = [[v["percentage"] for v in d["versions"]] for d in api.deployments
+              if len(d["versions"]) > 1 and all(v["percentage"] for v in d["versions"])]
+    assert splits, "the switch was ramped by a canary"
+    assert all(found == [] for found in seen), seen
+    _check(project, _known(store))
