@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import click
 
 from keyrotate import __version__
-from keyrotate.cli import control, data, evidence, objects, rollover, rotation, secrets
+from keyrotate.cli import control, data, evidence, keys, objects, rollover, rotation, secrets
 from keyrotate.cli.output import configure_logging, fail
 from keyrotate.errors import EXIT_INCOMPLETE, EXIT_USAGE, KeyrotateError
 
@@ -128,7 +128,7 @@ def _with_logging_options(command: click.Command) -> None:
 
 
 def _register() -> None:
-    for module in (data, secrets, control, objects, rotation, rollover, evidence):
+    for module in (data, secrets, control, objects, rotation, rollover, evidence, keys):
         for command in module.COMMANDS:
             _with_logging_options(command)
             main.add_command(command)

@@ -76,9 +76,9 @@ def status(env: Context, due: str | None, send: bool, fmt: str, metrics_file: st
     schedules: exit 1 when a secret is past --due, and when a secret's value, age or rows
     could not be read (named under "could not check"): a check not made is not a pass."""
 
-    if send and not due:
-        raise ConfigError("--notify sends secret.overdue and secret.unchecked events: "
-                          "give --due AGE too")
+    if send and not due and not any(s.max_age for s in env.manifest.secrets.values()):
+        raise ConfigError("--notify sends secret.overdue and secret.unchecked events: give "
+                          "--due AGE too (or a max_age to the secrets in the manifest)")
     result = run_status(env, parse_duration(due, "--due") if due else None, send)
     if metrics_file:
         write_metrics_file(result, metrics_file)

@@ -31,6 +31,7 @@ from keyrotate.crypto.codecs import FORMATS
 from keyrotate.crypto.keys import new_key_size_problem
 from keyrotate.db.urls import DB_URL_HELP, has_credentials, is_database_url, refuse_credentials
 from keyrotate.errors import ConfigError
+from keyrotate.secrets.audit_key import RESERVED
 from keyrotate.secrets.base import PREVIOUS_SUFFIX, SLOT_SUFFIXES
 from keyrotate.secrets.formats import ValueFormat, bytes_problem
 from keyrotate.secrets.names import check_name
@@ -273,6 +274,9 @@ class ManifestReader:
         path = ("secrets", name)
         w = f"{self.at(path)}: [secrets.{name}]"
         check_name(name, w)
+        if name.startswith(RESERVED):
+            raise ConfigError(f"{w}: {name} is keyrotate's own (the audit key and the trail's head "
+                              "live in each environment's store): choose another name")
         suffix = next((s for s in SLOT_SUFFIXES if name.endswith(s)), None)
         if suffix:
             raise ConfigError(f"{w}: the name ends in {suffix}, which the secret stores keep beside "

@@ -23,6 +23,7 @@ from keyrotate.cloudflare.versions import VersionsApi
 from keyrotate.cloudflare.wrangler import DeploymentState, wrangler_for
 from keyrotate.config.context import Context
 from keyrotate.errors import ConfigError, DeployError, Resumable
+from keyrotate.evidence.record import audit_key
 from keyrotate.evidence.worker_log import SecretChange, canary_versions, confirm, intend
 from keyrotate.progress import Say
 from keyrotate.secrets.base import fingerprint
@@ -136,5 +137,5 @@ class Pusher:
 
 def changes(ctx: Context, values: dict[str, str | None]) -> list[SecretChange]:
     """What setting `values` (None: removing) changes, as fingerprints."""
-    return [SecretChange(n, ctx.manifest.kind_of(n), None if v is None else fingerprint(v))
+    return [SecretChange(n, ctx.manifest.kind_of(n), None if v is None else fingerprint(v, audit_key(ctx)))
             for n, v in values.items()]

@@ -31,6 +31,7 @@ from keyrotate.cloudflare.versions import VersionsApi
 from keyrotate.cloudflare.wrangler import wrangler_for
 from keyrotate.config.context import Context
 from keyrotate.controlplane.health import Health, validate
+from keyrotate.controlplane.held_lease import rotation_leases
 from keyrotate.controlplane.serving import (
     VersionKeys,
     ask,
@@ -160,6 +161,12 @@ def rollback(ctx: Context, only: str | None, yes: bool, force: bool, say: Say) -
     plan = rollback_plan(ctx, only)
     if not yes:
         return RollbackResult(ctx.env.name, False, plan)
+    # never beside a running rotation (its canary, its pushes): judged again once held
+    with rotation_leases(ctx, [s.worker for s in plan]):
+        return _roll_back(ctx, rollback_plan(ctx, only), force, say)
+
+
+def _roll_back(ctx: Context, plan: list[RollbackStep], force: bool, say: Say) -> RollbackResult:
     blind = [s.name for s in plan if s.not_checked]
     if blind:
         raise ConfigError(f"cannot roll back {', '.join(blind)}: {plan[0].not_checked}")

@@ -8,13 +8,15 @@ from typing import Any
 
 from keyrotate.cloudflare.wrangler import wrangler_for
 from keyrotate.config.context import Context
+from keyrotate.controlplane.held_lease import rotation_leases
 from keyrotate.controlplane.pushes import Pusher
 from keyrotate.controlplane.serving import check_serving
 from keyrotate.db.own_schema import open_rotations
-from keyrotate.errors import EXIT_FAILURES, ConfigError
+from keyrotate.errors import EXIT_FAILURES, ConfigError, Incomplete
+from keyrotate.evidence.record import audit_key
 from keyrotate.progress import Say
 from keyrotate.secrets.base import fingerprint
-from keyrotate.targets.secret_targets import slots_in_use
+from keyrotate.targets.secret_targets import rows_per_slot
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,25 @@ def check_pushable(ctx: Context, names: list[str]) -> None:
     for name in names:
         if ctx.manifest.secret(name).kind != "master-key" or not ctx.manifest.targets_of(name):
             continue
-        others = sorted(slots_in_use(ctx, name) - {"current"})
+        errors: list[str] = []
+        rows = rows_per_slot(ctx, name, errors)
+        if errors:
+            raise Incomplete(f"nothing was pushed: the rows of {name} could not all be counted "
+                             f"({'; '.join(errors)}), so what pushing {ctx.secrets.ref(name)} alone "
+                             "would leave unreadable is not known: run the same command again")
+        lost = {t: c["other"] for t, c in rows.items() if c.get("other")}
+        if lost:
+            # rows no value in the store opens: the Workers may hold the key they are under
+            # (a store edited by hand, a wrong copy), and pushing would drop it from them
+            raise ConfigError(
+                f"nothing was pushed: "
+                f"{', '.join(f'{n} rows or objects of {t}' for t, n in sorted(lost.items()))} "
+                f"open under no value of {name} in {ctx.secrets.base}. If the Workers hold the "
+                "key they are under, pushing would leave them unreadable: put that key back in "
+                "the store (keyrotate verify lists the rows). If no key ever opens them, they "
+                "are damaged: repair or delete them first.")
+        others = sorted({slot for c in rows.values() for slot in ("pending", "previous")
+                         if c.get(slot)})
         if others:
             raise ConfigError(f"nothing was pushed: rows or objects of {name} open under the "
                               f"{' and '.join(others)} value in {ctx.secrets.base}, which pushing "
@@ -151,8 +171,17 @@ def check_pushable(ctx: Context, names: list[str]) -> None:
 def secrets_push(ctx: Context, only: str | None, dry_run: bool, say: Say,
                  from_deployed: bool = False) -> PushResult:
     plan = push_plan(ctx, only)
+    if dry_run:
+        return _push(ctx, plan, dry_run, say, from_deployed)
+    with rotation_leases(ctx, [w for w, _ in plan]):   # never beside a running rotation
+        return _push(ctx, plan, dry_run, say, from_deployed)
+
+
+def _push(ctx: Context, plan: list[tuple[str, dict[str, str]]], dry_run: bool, say: Say,
+          from_deployed: bool) -> PushResult:
     check_pushable(ctx, sorted({n for _, vals in plan for n in vals}))
-    steps = [PushStep(w, ctx.worker_name(w), {n: fingerprint(v) for n, v in sorted(vals.items())})
+    steps = [PushStep(w, ctx.worker_name(w), {n: fingerprint(v, audit_key(ctx))
+                                              for n, v in sorted(vals.items())})
              for w, vals in plan]
     pusher = Pusher(ctx, say, from_deployed)
     try:

@@ -31,7 +31,7 @@ from keyrotate.dataplane.journal import (
 )
 from keyrotate.dataplane.lease import Lease
 from keyrotate.dataplane.outcome import ROWS, Outcome
-from keyrotate.dataplane.pipeline import page_results, page_size
+from keyrotate.dataplane.pipeline import InFlight, page_results, page_size
 from keyrotate.dataplane.verify import Census, take_census
 from keyrotate.dataplane.workers import CryptoRunner, PageResult, default_workers, process_page
 from keyrotate.dataplane.writer import OrderedWriter
@@ -42,11 +42,20 @@ from keyrotate.db.base import (
     Statement,
     Target,
     Value,
+    bounded_scan_params,
+    bounded_scan_sql,
     count_after,
+    display_key,
     read_rows,
 )
-from keyrotate.db.own_schema import ensure_journal_schema
-from keyrotate.errors import EXIT_FAILURES, EXIT_INCOMPLETE, ConfigError, Interrupted
+from keyrotate.db.own_schema import ensure_journal_schema, journal_exists
+from keyrotate.errors import (
+    EXIT_FAILURES,
+    EXIT_INCOMPLETE,
+    ConfigError,
+    Interrupted,
+    StoreError,
+)
 from keyrotate.progress import NoProgress, Progress
 from keyrotate.results import failure_lines
 
@@ -137,9 +146,12 @@ def _delta(page: PageResult) -> Counts:
 
 
 def probe(store: RowStore, target: Target, codec: Codec, page_bytes: int = PAGE_BYTES) -> None:
-    """Refuse before writing anything when no sampled row opens under either key: a wrong
-    --old-key would otherwise fail every row and record each failure."""
-    rows = store.scan_page(target, None, True, PROBE_ROWS, page_bytes)
+    """Refuse before writing anything when none of the first non-NULL rows opens under
+    either key: a wrong --old-key would otherwise fail every row and record each failure.
+    NULL rows prove nothing either way, so they are skipped (by the query, however many)."""
+    rows = [(r[0], r[1]) for r in store.query(bounded_scan_sql(target, True, non_null=True),
+                                              bounded_scan_params(None, True, PROBE_ROWS,
+                                                                  page_bytes))]
     page = process_page(codec, "rotate", rows)
     if page.rows - page.null and not (page.writes or page.current):
         reason, _ = Counter(r for _, r in page.failures).most_common(1)[0]
@@ -157,7 +169,11 @@ def reconcile(census: Census, counts: Counts, unsettled: int) -> list[str]:
     problems = []
     if census.old:
         problems.append(f"{census.old} rows still open under the old key (written meanwhile?)")
-    if census.unreached:
+    if census.witness == "differs":
+        problems.append(f"the rows the census visited are not the rows {census.target} holds "
+                        f"at the end ({census.unreached} or more not visited): paging missed "
+                        "rows, or the application inserted or deleted rows during the census")
+    elif census.unreached:
         problems.append(f"{census.unreached} rows of the table were not reached by paging "
                         f"on {census.target}'s key")
     problems += reconcile_unsettled(unsettled)
@@ -179,7 +195,7 @@ class Reencryptor:
         self.store, self.target, self.codec, self.opt = store, target, codec, options
         self.progress = progress or NoProgress()
         self.ident = RunIdentity(target, options.fmt, options.mode, codec.old_kid or "-",
-                                 codec.new_kid)
+                                 codec.new_kid, tuple(codec.old_kids))
         self.journal = None if options.dry_run else Journal(store)
         self.lease = None if options.dry_run else Lease(store, target.name)
         self.listed: list[dict[str, str]] = []  # dry run only: failures seen
@@ -192,11 +208,15 @@ class Reencryptor:
         run.counts.add(delta)
         if self.journal is None or self.lease is None:
             for key, reason in fails[:LISTED_FAILURES - len(self.listed)]:
-                self.listed.append({"id": str(key), "reason": reason})
+                self.listed.append({"id": display_key(key), "reason": reason})
             return [True] * len(writes)
-        stmts: list[Statement] = [*Journal.checkpoint(run, delta, seconds, last_key, fails),
-                                  self.lease.renewal()]
-        return self.store.apply(writes, self.target, stmts)
+        self.lease.check()
+        stmts: list[Statement] = [self.lease.guard(),
+                                  *Journal.checkpoint(run, delta, seconds, last_key, fails)]
+        try:
+            return self.store.apply(writes, self.target, stmts)
+        except StoreError as e:
+            raise self.lease.explain(e) from None
 
     def _settle_conflicts(self, run: RunState, missed: list[CasWrite], seconds: float) -> None:
         """Re-read rows whose compare-and-swap missed. A row holding exactly the value we
@@ -237,6 +257,8 @@ class Reencryptor:
     def run(self) -> ReencryptResult:
         """Lease, then which run (a refusal writes nothing), then the probe, then the work."""
         if self.journal is None or self.lease is None:
+            if journal_exists(self.store):   # a dry run is refused as the real run would be
+                Journal(self.store).plan_run(self.ident, create=False)
             probe(self.store, self.target, self.codec, self.opt.page_bytes)
             return self._run(RunState("dry-run", self.ident, False))
         ensure_journal_schema(self.store)
@@ -270,18 +292,21 @@ class Reencryptor:
                 self._settle_conflicts(run, missed, secs)
             self.progress.advance(page.rows)
 
-        writer: OrderedWriter[PageResult] = OrderedWriter(commit_page, depth=2)
+        budget = InFlight()
+        writer: OrderedWriter[PageResult] = OrderedWriter(
+            commit_page, depth=2, release=lambda page: budget.give(page.bytes))
         census = None
         try:
             for page in page_results(self.store, self.target, runner, "rotate",
                                      page_size(self.store, self.opt.batch_size), after, first,
-                                     self.opt.page_bytes):
+                                     self.opt.page_bytes, budget=budget):
                 writer.put(page)
+                del page
             writer.finish()
             self.progress.close()
             if self.journal is not None and self.lease is not None and self.opt.census:
                 census = take_census(self.store, self.target, self.codec, runner,
-                                     self.opt.batch_size, self.progress, self.lease.renew_if_due)
+                                     self.opt.batch_size, self.progress, self.lease.check)
         except KeyboardInterrupt:
             writer.abandon()
             runner.close(cancel=True)
@@ -313,8 +338,13 @@ class Reencryptor:
             status = ("incomplete" if problems else
                       "completed_with_failures" if census.failed else "completed")
             failures = census.failures
-        self.store.apply([], None, [*Journal.checkpoint(run, Counts(), seconds, None, []),
-                                    Journal.finish(run, status)])
+        assert self.lease is not None
+        try:
+            self.store.apply([], None, [self.lease.guard(),
+                                        *Journal.checkpoint(run, Counts(), seconds, None, []),
+                                        Journal.finish(run, status)])
+        except StoreError as e:
+            raise self.lease.explain(e) from None
         return ReencryptResult(run.run_id, status, self.target.name, c, seconds, run.resumed,
                                False, self.unsettled, failures, census, problems, extra)
 

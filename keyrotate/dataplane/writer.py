@@ -2,6 +2,8 @@
 scanning and dispatching while SQLite writes and fsyncs (sqlite3 releases the GIL there).
 
 Pages are handled strictly in the order they were put, so checkpoints only move forward.
+Every page put is released once (`release`), handled or dropped, so a byte budget the
+reader waits on is always given back.
 An error in the thread stops it and is re-raised in the caller at the next put or at
 finish; the page being committed when the caller stops is always finished or rolled back
 by SQLite, never torn.
@@ -18,8 +20,9 @@ _STOP = object()
 
 
 class OrderedWriter(Generic[T]):
-    def __init__(self, handle: Callable[[T], None], depth: int = 2):
-        self._handle = handle
+    def __init__(self, handle: Callable[[T], None], depth: int = 2,
+                 release: Callable[[T], None] = lambda item: None):
+        self._handle, self._release = handle, release
         self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="keyrotate-writer", daemon=True)
@@ -30,11 +33,14 @@ class OrderedWriter(Generic[T]):
             item = self._queue.get()
             if item is _STOP:
                 return
-            if self._error is None:
-                try:
+            try:
+                if self._error is None:
                     self._handle(item)  # type: ignore[arg-type]
-                except BaseException as e:  # surfaced in the caller's thread
-                    self._error = e
+            except BaseException as e:  # surfaced in the caller's thread
+                self._error = e
+            finally:
+                self._release(item)  # type: ignore[arg-type]
+                item = None   # drop the page now, not at the next get
 
     def put(self, item: T) -> None:
         """Queue a page; waits while the writer is `depth` pages behind."""
@@ -55,9 +61,11 @@ class OrderedWriter(Generic[T]):
         """Stop after the page in hand (used when interrupted): queued pages are dropped."""
         while True:
             try:
-                self._queue.get_nowait()
+                item = self._queue.get_nowait()
             except queue.Empty:
                 break
+            if item is not _STOP:
+                self._release(item)  # type: ignore[arg-type]
         self._stop()
 
     def _stop(self) -> None:

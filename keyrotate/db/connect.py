@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from keyrotate.db.base import RowStore
 from keyrotate.db.d1 import D1Store
-from keyrotate.db.libsql_remote import LibsqlRemoteStore
 from keyrotate.db.sqlite_file import SqliteFileStore
 from keyrotate.db.urls import (
     D1_SCHEME,
@@ -22,6 +21,10 @@ def open_database(url: str) -> RowStore:
     if url.startswith(FILE_SCHEME):
         return SqliteFileStore(url)
     if url.startswith(LIBSQL_SCHEMES):
+        # imported when used: libsql-client brings aiohttp, which costs every process
+        # (and every forked crypto worker) tens of MB and a second of start-up
+        from keyrotate.db.libsql_remote import LibsqlRemoteStore
+
         return LibsqlRemoteStore(url)
     if url.startswith(D1_SCHEME):
         return D1Store(url)

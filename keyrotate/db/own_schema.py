@@ -7,7 +7,8 @@ import weakref
 from pathlib import Path
 
 from keyrotate.db.base import RowStore
-from keyrotate.db.migration_ledger import apply_one, discover, pending
+from keyrotate.db.migration_ledger import applied, apply_one, discover, pending
+from keyrotate.errors import StoreError, StoreUnavailable
 
 LEDGER = "keyrotate_migrations"
 
@@ -26,12 +27,29 @@ _READY: "weakref.WeakSet[RowStore]" = weakref.WeakSet()
 
 def ensure_journal_schema(store: RowStore) -> None:
     """Apply keyrotate's pending migrations, each with its ledger row in one transaction.
-    Checked once per connection: every check costs requests on a d1:// database."""
+    Checked once per connection: every check costs requests on a d1:// database.
+
+    A migration that fails because it is already there (a D1 answer lost and the request
+    replayed by the client after it committed; two first runs at once) is fine: the ledger
+    then lists it. A failure the ledger does not explain but that looks like that race is
+    resumable (exit 3), never a usage error."""
     if store in _READY:
         return
     for migration in pending(store, discover(migrations_dir()), LEDGER):
-        apply_one(store, migration, LEDGER)
+        try:
+            apply_one(store, migration, LEDGER)
+        except StoreError as e:
+            if migration.name in applied(store, LEDGER):
+                continue
+            if any(sign in str(e).lower() for sign in _ALREADY_THERE):
+                raise StoreUnavailable(f"keyrotate's own tables changed under it while it "
+                                       f"created them ({migration.name})") from None
+            raise
     _READY.add(store)
+
+
+# what a migration applied twice fails with
+_ALREADY_THERE = ("unique constraint", "duplicate column", "already exists")
 
 
 def journal_exists(store: RowStore) -> bool:

@@ -25,9 +25,10 @@ from keyrotate.cloudflare.wrangler import wrangler_for
 from keyrotate.controlplane.canary import canary_push
 from keyrotate.controlplane.serving import ask, can_ask, expect, kid_of
 from keyrotate.errors import Incomplete
+from keyrotate.evidence.record import audit_key
 from keyrotate.evidence.worker_log import secret_history
 from keyrotate.rotation.steps import Job
-from keyrotate.secrets.base import fingerprint
+from keyrotate.secrets.base import same_secret
 from keyrotate.timeutil import now_iso
 
 # what the Workers hold once a phase is in effect, from the (old, new) values: NAME and
@@ -120,6 +121,7 @@ class PushPhase:
         values, kids = self.secrets(job), self.kids(job)
         for worker in todo:
             if self.canary and job.canary is not None:
+                self._introduce_first(job, worker)
                 pushed = canary_push(job.ctx, pusher, worker, values, job.canary, job.say, kids)
             else:
                 pushed = pusher.push(worker, values)
@@ -131,15 +133,35 @@ class PushPhase:
             job.rot.detail["pushed_at"] = now_iso()   # after the last Worker's push
 
 
+    def _introduce_first(self, job: Job, worker: str) -> None:
+        """A canary splits traffic between the serving version and the new one: the serving
+        version must read the new value already (the introduce phase in effect), or the
+        versions sharing traffic cannot read each other's writes. Where it does not (rolled
+        back or redeployed since, outside keyrotate), introduce is pushed again first, at
+        100%, before any share moves."""
+        if PREVIOUS not in self.pushes or not job.spec.previous or self is INTRODUCE \
+                or INTRODUCE.in_effect(job, worker):
+            return
+        job.say(f"{job.ctx.worker_name(worker)} does not serve what introduce pushed: pushing "
+                "it again before the canary")
+        pushed = job.pushes().push(worker, INTRODUCE.secrets(job))
+        kids = INTRODUCE.kids(job)
+        if kids is not None:
+            expect(job.ctx, worker, pushed.version_id, *kids)
+        job.rot.detail.setdefault("versions", {}).setdefault(INTRODUCE.record_as, {})[worker] = {
+            "id": pushed.version_id, "number": pushed.number}
+
+
 def possibly_switched(job: Job) -> list[str]:
     """Holders that may serve the new value as NAME: a push of it that did not fail (a
     confirmed one, or one whose answer was lost), or a serving version answering its kid."""
     _, new = job.values()
-    fp = fingerprint(new)
+    key = audit_key(job.ctx)
     out = []
     for worker in job.holders():
         history = secret_history(job.ctx, job.ctx.worker_name(worker), (job.spec.kind,))
-        if any(p.secret == job.spec.name and p.fingerprint == fp and p.state != "failed"
+        if any(p.secret == job.spec.name and same_secret(new, p.fingerprint, key)
+               and p.state != "failed"
                for p in history.pushes):
             out.append(worker)
         elif job.spec.kind == "master-key" and can_ask(job.ctx, worker):

@@ -17,18 +17,19 @@ from typing import Any, Callable
 from keyrotate.config.context import Context
 from keyrotate.config.manifest import SecretSpec
 from keyrotate.controlplane.canary import DEFAULT_STEPS, Canary
+from keyrotate.controlplane.held_lease import rotation_lease
 from keyrotate.controlplane.pushes import Pusher
 from keyrotate.controlplane.serving import check_serving
 from keyrotate.dataplane.objects.driver import ObjectsOptions
 from keyrotate.errors import ConfigError, DeployError, StoreUnavailable
+from keyrotate.evidence.record import audit_key, existing_audit_key
 from keyrotate.evidence.worker_log import secret_history
 from keyrotate.progress import Say
-from keyrotate.rotation.held_lease import HeldLease
 from keyrotate.rotation.plan import abort_steps, cutover_warning, plan_of, steps_for
 from keyrotate.rotation.preflight import preflight
 from keyrotate.rotation.state import Recorder, Rotation, done_steps
 from keyrotate.rotation.steps import Job, Step
-from keyrotate.secrets.base import fingerprint
+from keyrotate.secrets.base import fingerprint, same_secret
 from keyrotate.timeutil import new_id, now, now_iso, parse_utc
 
 PUSH_STEPS = ("push", "introduce", "switch", "remove-previous", "confirm-switch")
@@ -115,7 +116,7 @@ def rotate(ctx: Context, secret: str, options: RotateOptions = RotateOptions(), 
             return _rotate(ctx, recorder, secret, options, say, read_external)
         # one command at a time per secret and environment (a person and a schedule, two
         # terminals): the second refuses, naming the holder
-        with HeldLease(ctx, f"rotate:{ctx.env.name}:{secret}"):
+        with rotation_lease(ctx, secret):
             return _rotate(ctx, recorder, secret, options, say, read_external)
     finally:
         recorder.evidence.close()
@@ -125,6 +126,10 @@ def _rotate(ctx: Context, recorder: Recorder, secret: str, options: RotateOption
             read_external: Callable[[], str] | None) -> RotatePlan | RotateResult:
     finish, abort = options.finish, options.abort
     spec = ctx.manifest.secret(secret)
+    if options.dry_run:
+        existing_audit_key(ctx)   # a dry run makes nothing, the audit key included
+    else:
+        audit_key(ctx)   # the trail can record this rotation: checked before anything changes
     rot = recorder.load_open(secret)
     if rot is None and (finish or abort):
         raise ConfigError(f"no {secret} rotation in progress on {ctx.env.name}")
@@ -146,7 +151,8 @@ def _rotate(ctx: Context, recorder: Recorder, secret: str, options: RotateOption
     done = done_steps(rot.steps_done) if rot else set()
     pusher = Pusher(ctx, say, options.from_deployed)
     if options.dry_run:
-        job = Job(ctx, spec, rot or _new_rotation(ctx, spec, plan, compromised), say)
+        job = Job(ctx, spec, rot or _new_rotation(ctx, spec, plan, compromised, dry_run=True),
+                  say)
         checks = _dry_run_checks(ctx, spec, pusher, [s for s in steps if s.name not in done])
         return RotatePlan(ctx.env.name, secret, plan, compromised, warning,
                           [PlannedStep(s.name, job.text(s.description), s.name in done)
@@ -224,10 +230,12 @@ def _dry_run_checks(ctx: Context, spec: SecretSpec, pusher: Pusher, todo: list[S
     return checks
 
 
-def _new_rotation(ctx: Context, spec: SecretSpec, plan: str, compromised: bool) -> Rotation:
+def _new_rotation(ctx: Context, spec: SecretSpec, plan: str, compromised: bool,
+                  dry_run: bool = False) -> Rotation:
     current = ctx.secrets.read(spec.name)   # known from the start: the started event says it
+    key = existing_audit_key(ctx) if dry_run else audit_key(ctx)   # a dry run makes none
     return Rotation(new_id("rot-"), ctx.env.name, spec.name, spec.kind, plan, compromised,
-                    "in-progress", old_fp=fingerprint(current) if current else None,
+                    "in-progress", old_fp=fingerprint(current, key) if current and key else None,
                     started_at=now_iso())
 
 
@@ -285,10 +293,11 @@ def _reached_workers(ctx: Context, rot: Rotation) -> bool:
     pending = ctx.secrets.read(rot.secret, "pending")
     if pending is None:
         return False
-    fp = fingerprint(pending)
+    key = audit_key(ctx)
     for worker in ctx.manifest.workers_holding(rot.secret):
         history = secret_history(ctx, ctx.worker_name(worker), (rot.kind,))
-        if any(p.fingerprint == fp and p.state != "failed" for p in history.pushes):
+        if any(same_secret(pending, p.fingerprint, key) and p.state != "failed"
+               for p in history.pushes):
             return True
     return False
 

@@ -15,6 +15,7 @@ from keyrotate.db.own_schema import OPEN_STATES
 from keyrotate.errors import EXIT_INCOMPLETE
 from keyrotate.evidence.event import Event
 from keyrotate.evidence.record import Evidence
+from keyrotate.rotation.key_log import KeyLog
 from keyrotate.timeutil import now_iso
 
 _OPEN = ", ".join("?" * len(OPEN_STATES))
@@ -59,6 +60,7 @@ class Recorder:
     def __init__(self, ctx: Context, evidence: Evidence | None = None):
         self.ctx = ctx
         self.evidence = evidence or Evidence(ctx)
+        self.keys = KeyLog(ctx)   # key.state events, as the rotation moves
 
     def load_open(self, secret: str) -> Rotation | None:
         rows = self.ctx.db.query(
@@ -110,17 +112,19 @@ class Recorder:
 
     def started(self, rot: Rotation) -> None:
         how = f"{rot.plan}{', compromise response' if rot.compromised else ''}"
+        keys = self.keys.started(rot)
         self.evidence.record(self._event(rot, "rotation.started", f"{self._what(rot)} started ({how}).",
                                          plan=rot.plan, compromised=rot.compromised,
                                          took_over=rot.detail.get("took_over"),
                                          started_by=rot.detail.get("started_by", "person")),
-                             [self._save(rot)])
+                             [self._save(rot)], before=keys)
 
     def step_done(self, rot: Rotation, step: str) -> None:
         rot.steps_done.append(step)
+        keys = self.keys.step(rot, step)
         self.evidence.record(self._event(rot, "rotation.step", f"{self._what(rot)}: step {step} done.",
                                          step, **_step_detail(rot, step)),
-                             [self._save(rot)])
+                             [self._save(rot)], before=keys)
 
     def reopen(self, rot: Rotation, steps: list[str], reason: str) -> None:
         """Steps whose effect no longer holds (observed from Cloudflare) are done again by
@@ -174,6 +178,7 @@ class Recorder:
 
     def ended(self, rot: Rotation, state: str, **detail: Any) -> None:
         rot.state = state
+        keys = self.keys.ended(rot, state)
         finished = state in ("finished", "aborted", "superseded")
         if state == "finished":
             event = self._event(rot, "rotation.finished", f"{self._what(rot)} finished: "
@@ -184,11 +189,12 @@ class Recorder:
                                 "awaiting-finish", **detail)
         else:
             event = self._event(rot, f"rotation.{state}", f"{self._what(rot)} {state}.", **detail)
-        self.evidence.record(event, [self._save(rot, finished=finished)])
+        self.evidence.record(event, [self._save(rot, finished=finished)], before=keys)
 
 
 def _step_detail(rot: Rotation, step: str) -> dict[str, Any]:
     """What a step left in the rotation's detail that is worth keeping in the trail."""
     keys = {"reencrypt": ("reencrypt",), "verify": ("verify", "sweep"), "catch-up": ("catch-up",),
-            "report": ("report",), "push": ("pushed_at",), "push-overlap": ("pushed_at",)}
+            "report": ("report",), "push": ("pushed_at",), "push-overlap": ("pushed_at",),
+            "switch": ("pushed_at",)}
     return {k: rot.detail[k] for k in keys.get(step, ()) if k in rot.detail}

@@ -6,6 +6,7 @@ took effect. A step that cannot pass yet raises Incomplete (exit 3, run again).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -18,12 +19,16 @@ from keyrotate.dataplane.objects.driver import ObjectsOptions
 from keyrotate.dataplane.outcome import OBJECTS, Outcome
 from keyrotate.errors import ConfigError, Failures, Incomplete, KeyrotateError
 from keyrotate.evidence.event import Event
+from keyrotate.evidence.record import audit_key
 from keyrotate.progress import Say
 from keyrotate.rotation.restore_point import record_restore_point
 from keyrotate.rotation.state import Recorder, Rotation
 from keyrotate.secrets.base import fingerprint
 from keyrotate.secrets.keygen import generate
+from keyrotate.secrets.strength import weakness
 from keyrotate.targets.secret_targets import KeyRefs, SecretTargets
+
+log = logging.getLogger("keyrotate.rotate")
 
 
 @dataclass
@@ -85,6 +90,7 @@ class Stage:
                 if job.read_external is None:
                     raise ConfigError(f"{spec.name} is external: give the new value on stdin")
                 value = job.read_external()
+                check_strength(spec, value)
             else:
                 fmt, _, n = (spec.generate or "base64:32").partition(":")
                 value = generate(fmt, int(n))
@@ -92,8 +98,19 @@ class Stage:
             store.write_pending(spec.name, value)
         old, new = job.values()
         check_format(spec, new, f"the pending value at {store.ref(spec.name, 'pending')}")
-        job.rot.old_fp = fingerprint(old) if old else None
-        job.rot.new_fp = fingerprint(new)
+        job.rot.old_fp = fingerprint(old, audit_key(job.ctx)) if old else None
+        job.rot.new_fp = fingerprint(new, audit_key(job.ctx))
+
+
+def check_strength(spec: SecretSpec, value: str) -> None:
+    """An external secret typed in (a provider's client secret) that is obviously weak is
+    refused before it is stored or pushed; a doubtful one is warned about."""
+    found = weakness(value)
+    if found and found[0] == "refuse":
+        raise ConfigError(f"the new value for {spec.name} {found[1]}. Nothing was changed: "
+                          "generate a new secret in the provider's console.")
+    if found:
+        log.warning("the new value for %s %s", spec.name, found[1])
 
 
 def check_format(spec: SecretSpec, value: str, what: str) -> None:

@@ -14,10 +14,13 @@ from typing import Callable, TypeVar
 
 from keyrotate.errors import SecretStoreError
 from keyrotate.secrets.base import (
+    SLOTS,
     Slot,
+    StoredCopy,
     now_utc,
     pending_name,
     previous_name,
+    same_value,
     set_at_name,
     slot_name,
 )
@@ -117,6 +120,26 @@ class KeyringStore:
         self._set(name, value)
         self._set(set_at_name(name), now_utc().isoformat())
         self._index_add(name)
+
+    def write_state(self, name: str, value: str) -> None:
+        self._set(name, value)
+
+    def copies(self, name: str) -> list[StoredCopy]:
+        found = [(slot, self.read(name, slot)) for slot in SLOTS]
+        return [StoredCopy(self.ref(name, slot), slot, v) for slot, v in found if v is not None]
+
+    def destroy(self, name: str, value: str) -> list[str]:
+        """Delete NAME_PREVIOUS if it holds `value`; refuses if it is current or pending."""
+        held = {slot: self.read(name, slot) for slot in SLOTS}
+        for slot in ("current", "pending"):
+            if held[slot] is not None and same_value(str(held[slot]), value):
+                raise SecretStoreError(f"{self.ref(name, slot)} holds that value: it is in use")
+        if held["previous"] is None or not same_value(held["previous"], value):
+            return []
+        self._delete(previous_name(name))
+        if self.read(name, "previous") is not None:
+            raise SecretStoreError(f"{self.ref(name, 'previous')}: the keyring kept the entry")
+        return [self.ref(name, "previous")]
 
     def names(self) -> list[str]:
         return [n for n in self._index() if self.read(n) is not None]

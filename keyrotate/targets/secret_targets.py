@@ -20,10 +20,10 @@ from keyrotate.crypto.keys import MasterKey
 from keyrotate.dataplane.codec_refs import codec_from_refs
 from keyrotate.dataplane.objects.driver import Keys, ObjectsOptions
 from keyrotate.dataplane.outcome import ROWS, Outcome
-from keyrotate.dataplane.reencrypt import ReencryptOptions, reencrypt
+from keyrotate.dataplane.reencrypt import ReencryptOptions, probe, reencrypt
 from keyrotate.dataplane.verify import verify
 from keyrotate.db.base import Target
-from keyrotate.errors import KeyrotateError
+from keyrotate.errors import ConfigError, KeyrotateError
 from keyrotate.secrets.refs import resolve
 from keyrotate.targets.objects import objects_census, objects_rewrap
 
@@ -137,15 +137,45 @@ class SecretTargets:
         yield from self.object_targets()
 
 
+def _store_keys(ctx: Context, secret: str) -> tuple[list[str], KeyRefs]:
+    """The store's values of `secret` (current, then pending and previous where set), as
+    slots and as keys to open rows with."""
+    store = ctx.secrets
+    slots = ["current", *(s for s in ("pending", "previous") if store.read(secret, s) is not None)]
+    refs = [store.ref(secret, s) for s in slots]
+    return slots, KeyRefs(refs[0], refs[1] if len(refs) > 1 else None, tuple(refs[2:]))
+
+
+def store_probe_problems(ctx: Context, secret: str) -> list[str]:
+    """Before a rotation pushes anything: in each column target, the first non-NULL rows
+    must include one that opens under a value the store holds. Otherwise the Workers may
+    hold a key the store lost (a store edited by hand, a wrong copy), and the rotation
+    would push keys that open none of the rows, then stop at its reencrypt probe."""
+    if ctx.secrets.read(secret) is None:
+        return []   # nothing to open rows with: staging the rotation says so
+    _, keys = _store_keys(ctx, secret)
+    out = []
+    for target in SecretTargets(ctx, secret, keys).columns():
+        try:
+            resolved = target.resolved()
+        except KeyrotateError:
+            continue   # named by the preflight's own check of the target
+        try:
+            probe(ctx.db, resolved, target.codec())
+        except ConfigError:
+            out.append(f"{target.name}: none of its first non-NULL rows opens under a value of "
+                       f"{secret} in {ctx.secrets.base}. The Workers may hold a key the store "
+                       "lost: put it back in the store before rotating (pushing now would leave "
+                       "every row unreadable)")
+    return out
+
+
 def _census_by_slot(ctx: Context, secret: str,
                     errors: list[str] | None = None) -> list[tuple[Outcome, dict[str, str]]]:
     """A census of every target with the store's keys (current, pending, previous): each
     outcome with the slot each kid belongs to. `errors`: a target that cannot be counted
     is named there and left out (else the error stops the caller)."""
-    store = ctx.secrets
-    slots = ["current", *(s for s in ("pending", "previous") if store.read(secret, s) is not None)]
-    refs = [store.ref(secret, s) for s in slots]
-    keys = KeyRefs(refs[0], refs[1] if len(refs) > 1 else None, tuple(refs[2:]))
+    slots, keys = _store_keys(ctx, secret)
     out = []
     for target in SecretTargets(ctx, secret, keys):
         try:

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from datetime import timedelta
 
 import pytest
@@ -332,4 +333,98 @@ def test_two_rotations_of_one_secret_never_run_at_once(project):
     assert proc.returncode == 0
     second = seconds[0]
     assert second.exit_code == 2 and "another keyrotate run holds" in second.output, second.output
+    _check(project, _known(store))
+
+
+def _store_lost_the_key(root, store):
+    """The store's MASTER_KEY replaced by hand with a value no row is under (a wrong copy),
+    while the Workers still serve the key the rows are under."""
+    env = root / ".env.staging"
+    env.write_text(env.read_text().replace(store.read("MASTER_KEY"), "cd" * 32))
+
+
+def test_a_push_of_a_master_key_no_row_opens_under_is_refused(project):
+    """Hostile review: `secrets push` put a MASTER_KEY that opens none of the rows on every
+    Worker and exited 0. Rows under no value of the store block a master key's push."""
+    root, cf, store = _setup(project)
+    _store_lost_the_key(root, store)
+    res = run_cli("secrets", "push", "--env", "staging", "--only", "MASTER_KEY", "--json")
+    assert res.exit_code == 2, res.output
+    assert "open under no value of MASTER_KEY" in last_json(res.output)["error"]["message"]
+    assert all(_active(cf, w)["MASTER_KEY"] == OLD_SECRET for w in HOLDERS)   # nothing pushed
+
+
+def test_a_rotation_from_a_store_that_lost_the_key_pushes_nothing(project):
+    """Hostile review: `rotate` pushed introduce and switch, then its reencrypt probe found
+    no row opening: every serving version was left unable to read the rows. The preflight
+    probes the rows with the store's values before anything is pushed."""
+    root, cf, store = _setup(project)
+    _store_lost_the_key(root, store)
+    before = {w: cf.script(f"tminus-{w}-staging").active.id for w in HOLDERS}
+    for args in (["--dry-run"], []):
+        res = run_cli("rotate", "MASTER_KEY", "--env", "staging", *args, "--json")
+        assert res.exit_code == 2, res.output
+        assert "opens under a value of MASTER_KEY" in last_json(res.output)["error"]["message"]
+    assert {w: cf.script(f"tminus-{w}-staging").active.id for w in HOLDERS} == before
+    assert all(_active(cf, w)["MASTER_KEY"] == OLD_SECRET for w in HOLDERS)
+
+
+def test_rollback_and_push_wait_for_a_running_rotation(project):
+    """Hostile review: a `rollback` run while `rotate --canary` ramped clobbered the split
+    and deployed an old-key-only version beside rows sealed under the new key. While a
+    rotation runs, its lease refuses a rollback or a push of the Workers holding its secret."""
+    root, cf, store = _setup(project)
+    paused = root / "paused"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), KR_TEST_STOP_AT="step:introduce",
+               KR_TEST_PAUSE_FILE=str(paused))
+    rotation = subprocess.Popen([sys.executable, str(ROOT / "tests" / "support" / "clocked_cli.py"),
+                                 "rotate", "MASTER_KEY", "--env", "staging"], cwd=root, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not paused.exists():          # running, between its introduce and its switch
+            assert rotation.poll() is None, "the rotation ended before its pause point"
+            time.sleep(0.02)
+        before = {w: cf.script(f"tminus-{w}-staging").active.id for w in HOLDERS}
+        for args in (["rollback", "--env", "staging", "--only", "api", "--yes"],
+                     ["secrets", "push", "--env", "staging", "--only", "JWT_SECRET"]):
+            res = run_cli(*args, "--json")
+            assert res.exit_code == 2, res.output
+            assert "holds rotate:staging:MASTER_KEY" in last_json(res.output)["error"]["message"]
+        assert {w: cf.script(f"tminus-{w}-staging").active.id for w in HOLDERS} == before
+        rotation.send_signal(signal.SIGUSR1)
+        assert rotation.wait(timeout=300) == 0
+    finally:
+        if rotation.poll() is None:
+            rotation.kill()
+    _check(project, _known(store))
+
+
+@pytest.mark.parametrize("routes", [True, False], ids=["asked", "by-records"])
+def test_a_finish_after_an_outside_rollback_introduces_before_its_canary(project, routes):
+    """Hostile review: api rolled back outside keyrotate (the dashboard) to a version that
+    holds the old key alone; `--finish` then ramped its canary of NAME=new beside it, two
+    versions unable to read each other's writes. Introduce goes first, at 100%."""
+    root, cf, store = _setup(project, routes=routes, canary=True)
+    old_only = cf.script("tminus-api-staging").active.id
+    assert run_cli("rotate", "MASTER_KEY", "--env", "staging", "--canary").exit_code == 0
+    api = cf.script("tminus-api-staging")
+    api.deploy([(old_only, 100.0)], "rolled back from the dashboard")
+    seen: list[list[str]] = []
+
+    def at_every_deployment(script):
+        if script.name == "tminus-api-staging":
+            seen.append(problems(cf, root / "staging.db", store, HOLDERS, _known(store)))
+
+    cf.workers.on_deploy.append(at_every_deployment)
+    res = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish", "--canary",
+                  "--from-deployed", "--json")
+    assert res.exit_code in (0, 3), res.output
+    if res.exit_code == 3:   # the finish reopened the switch: the next run settles it
+        res = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish", "--canary",
+                      "--from-deployed", "--json")
+        assert res.exit_code == 0, res.output
+    splits = [[v["percentage"] for v in d["versions"]] for d in api.deployments
+              if len(d["versions"]) > 1 and all(v["percentage"] for v in d["versions"])]
+    assert splits, "the switch was ramped by a canary"
+    assert all(found == [] for found in seen), seen
     _check(project, _known(store))

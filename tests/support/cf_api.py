@@ -42,7 +42,8 @@ class CloudflareStandIn:
         self.d1_names: dict[str, str] = {}    # database id -> name (default: the id)
         self.workers = Workers()
         self.log: list[tuple[str, str, bytes]] = []   # method, path, body
-        self.faults: deque[str] = deque()     # for D1 requests: "429", "500", "slow", "drop"
+        self.faults: deque[str] = deque()     # for D1 requests: "429" (or "429:<Retry-After>"),
+                                              # "500", "slow", "drop"
         # (fault, needle) for the next D1 request whose body holds needle: "commit-drop"
         # commits it, then drops the connection unanswered (a lost answer, to the client)
         self.matching_faults: deque[tuple[str, bytes]] = deque()
@@ -203,8 +204,8 @@ class CloudflareStandIn:
             fault = self.faults.popleft() if self.faults else None
             if fault is None and self.matching_faults and self.matching_faults[0][1] in body:
                 fault = self.matching_faults.popleft()[0]
-        if fault == "429":
-            return 429, _err(971, "rate limited"), {"retry-after": "1"}
+        if fault is not None and fault.startswith("429"):   # "429", or "429:<Retry-After>"
+            return 429, _err(971, "rate limited"), {"retry-after": fault.partition(":")[2] or "1"}
         if fault == "500":
             return 500, _err(7500, "internal error"), None
         if fault == "drop":

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import httpx
 
-from keyrotate.cloudflare_api import retry_after
+from keyrotate.cloudflare_api import retry_after, wait_too_long
 from keyrotate.errors import EndpointError, EndpointUnavailable
 
 log = logging.getLogger("keyrotate.objects")
@@ -109,6 +109,9 @@ class Endpoint:
                 self._refuse(resp)
                 failure, wait = f"HTTP {resp.status_code}", retry_after(resp)
                 log.debug("%s: attempt %d: %s", self.url, attempt, failure)
+                too_long = wait_too_long(self.url, wait) if wait is not None else None
+                if too_long:
+                    raise EndpointUnavailable(too_long)
             if attempt == self.attempts:
                 raise EndpointUnavailable(f"{self.url} kept failing ({failure}) after "
                                           f"{self.attempts} attempts")
