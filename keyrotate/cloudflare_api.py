@@ -14,12 +14,14 @@ because it must honour Retry-After and the request budget, not just back off.
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import os
 import random
 import threading
 import time
 from collections import deque
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -91,11 +93,38 @@ def cf_error_text(body: Any) -> str:
     return "; ".join(parts)
 
 
+# The longest Retry-After keyrotate sleeps through. A server asking for more (a 429 with
+# Retry-After: 86400) gets no request until then: the command stops with exit 3 and says
+# when to run it again, rather than hang for a day.
+MAX_RETRY_AFTER = 120.0
+
+
 def retry_after(resp: httpx.Response) -> float | None:
-    try:
-        return max(0.0, float(resp.headers.get("retry-after", "")))
-    except ValueError:
+    """Seconds the server asks to wait: delta-seconds, or an HTTP-date (RFC 9110 10.2.3)."""
+    value = resp.headers.get("retry-after", "").strip()
+    if not value:
         return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def wait_too_long(where: str, seconds: float) -> str | None:
+    """Why a Retry-After is not slept through (None: it is short enough to wait)."""
+    if seconds <= MAX_RETRY_AFTER:
+        return None
+    until = (datetime.now(timezone.utc) + timedelta(seconds=seconds)).replace(microsecond=0)
+    return (f"{where} asked keyrotate to wait {seconds:,.0f} s before its next request "
+            f"(HTTP 429, Retry-After), longer than the {MAX_RETRY_AFTER:.0f} s it waits; "
+            f"run the same command again after {until.isoformat()}")
 
 
 class CloudflareClient:
@@ -147,6 +176,9 @@ class CloudflareClient:
                     raise StoreUnavailable(f"{self.where}: Cloudflare API kept failing "
                                            f"(HTTP {resp.status_code}) after {ATTEMPTS} attempts")
                 wait = retry_after(resp) if resp.status_code == 429 else None
+                too_long = wait_too_long(self.where, wait) if wait is not None else None
+                if too_long:
+                    raise StoreUnavailable(too_long)
                 time.sleep(wait if wait is not None else delay + random.uniform(0, delay))
                 delay = min(delay * 2, 30)
                 continue

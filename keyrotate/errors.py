@@ -78,6 +78,11 @@ class DeployError(KeyrotateError):
     exit_code = EXIT_FAILURES
 
 
+class DeployUnavailable(Resumable, DeployError):
+    """Cloudflare kept failing (5xx, rate limits, dropped connections) or a wrangler call
+    was cut short: the change may or may not have been applied; resumable (exit 3)."""
+
+
 class Interrupted(KeyrotateError):
     """The work stopped before finishing; running the same command again resumes it."""
 

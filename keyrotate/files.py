@@ -4,6 +4,10 @@ atomically.
 A new file is 0600 from its first byte. An existing file keeps its mode and group (an
 operator may have given a .env to a group on purpose), and a symlink is followed: the
 file it points to is replaced, the link stays.
+
+A public file (metrics for node_exporter) is different: it is 0644 whatever was there,
+and a symlink at its path is replaced by the file, never followed (a link planted there
+must not make keyrotate overwrite the file it points to).
 """
 
 from __future__ import annotations
@@ -30,28 +34,32 @@ def atomic_write_secret(path: str, text: str) -> None:
 
 def atomic_write_public(path: str, text: str) -> None:
     """The same for a file with nothing secret that other users read (a metrics file for
-    node_exporter's textfile collector): a new file is 0644, and a reader never sees it
-    half written."""
-    _atomic_write(path, text, 0o644, ConfigError)
+    node_exporter's textfile collector): always 0644, a reader never sees it half written,
+    and a symlink at `path` is replaced, not followed."""
+    _atomic_write(path, text, 0o644, ConfigError, public=True)
 
 
-def _atomic_write(path: str, text: str, new_mode: int, error: type[KeyrotateError]) -> None:
-    with atomic_file(path, new_mode, error) as fh:
+def _atomic_write(path: str, text: str, new_mode: int, error: type[KeyrotateError],
+                  public: bool = False) -> None:
+    with atomic_file(path, new_mode, error, public) as fh:
         fh.write(text)
 
 
 @contextmanager
-def atomic_file(path: str, new_mode: int = 0o644,
-                error: type[KeyrotateError] = ConfigError) -> Iterator[TextIO]:
+def atomic_file(path: str, new_mode: int = 0o644, error: type[KeyrotateError] = ConfigError,
+                public: bool = False) -> Iterator[TextIO]:
     """Write `path` as a stream (a list too long to hold in memory): into a temp file in
     the same folder, which replaces `path` only when the block ends without an error.
     The folder is checked before the block runs, so a long job never ends on a bad path."""
-    real = os.path.realpath(path)  # through a symlink to the file it names
+    # a secret file: through a symlink to the file it names; a public one: the path itself
+    real = os.path.abspath(path) if public else os.path.realpath(path)
     folder = os.path.dirname(real)
     if not os.path.isdir(folder):
         raise error(f"cannot write {path}: the folder {folder} does not exist")
+    if public and os.path.isdir(real) and not os.path.islink(real):
+        raise error(f"cannot write {path}: it is a folder")
     try:
-        existing = os.stat(real)
+        existing = None if public else os.stat(real)
     except FileNotFoundError:
         existing = None
     try:

@@ -10,11 +10,8 @@ Figures:
 - rewrap ratio: naive seconds / keyrotate seconds (> 1 means keyrotate is faster). keyrotate
   ends with a census of the whole table, which the naive loop does not: the proven ratio
   compares with the naive loop followed by a check that opens every row again
-  (naive_verified), and the census seconds are reported. keyrotate's census opens only
-  what its pass does not prove (dataplane/proof.py); on a file nobody else wrote to
-  during the run it reads nothing back. The read_back contender is keyrotate as if the
-  application had written meanwhile: every page read back and compared, its census
-  share reported too
+  (naive_verified), and the census seconds are reported. keyrotate's census reads and
+  opens every row again, with its rowid witness (dataplane/verify.py)
 - rewrap-phase ratio: naive seconds / (keyrotate seconds - its census seconds)
 - fresh-dek ratio: naive rewrap seconds / keyrotate fresh-dek seconds
 - journal overhead: keyrotate seconds / keyrotate-without-checkpoints seconds
@@ -88,15 +85,6 @@ def keyrotate_argv(db: Path, mode: str = "rewrap") -> list[str]:
             "--old-key", "env:KR_OLD", "--new-key", "env:KR_NEW", "--mode", mode, "--json"]
 
 
-READ_BACK = """
-import sys
-from keyrotate.db.sqlite_file import SqliteFileStore
-SqliteFileStore.unchanged_since = lambda self, mark: False   # as if the application wrote
-from keyrotate.cli import main
-sys.argv = ["keyrotate"] + sys.argv[1:]
-main()
-"""
-
 NO_JOURNAL = """
 import sys
 from keyrotate.dataplane.journal import Journal
@@ -114,7 +102,7 @@ def bench_size(rows: int, repeats: int, workdir: Path, env: dict[str, str]) -> d
         build_reference_db(str(master), rows, env["KR_OLD"])
         print(f"built {rows:,} rows in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     runs: dict[str, list[dict]] = {"keyrotate": [], "naive": [], "naive_verified": [],
-                                   "fresh_dek": [], "no_journal": [], "read_back": []}
+                                   "fresh_dek": [], "no_journal": []}
     contenders = {
         "keyrotate": lambda db: keyrotate_argv(db),
         "naive": lambda db: [PY, str(ROOT / "scripts" / "naive_rewrap.py"), str(db)],
@@ -122,7 +110,6 @@ def bench_size(rows: int, repeats: int, workdir: Path, env: dict[str, str]) -> d
                                       "rewrap", "--verify"],
         "fresh_dek": lambda db: keyrotate_argv(db, "fresh-dek"),
         "no_journal": lambda db: [PY, "-c", NO_JOURNAL] + keyrotate_argv(db)[3:],
-        "read_back": lambda db: [PY, "-c", READ_BACK] + keyrotate_argv(db)[3:],
     }
     for rep in range(repeats):
         order = list(contenders) if rep % 2 == 0 else list(reversed(contenders))
@@ -139,7 +126,6 @@ def bench_size(rows: int, repeats: int, workdir: Path, env: dict[str, str]) -> d
     rewrap_ratios = [n["seconds"] / k["seconds"] for n, k in zip(runs["naive"], runs["keyrotate"], strict=True)]
     proven = [n["seconds"] / k["seconds"] for n, k in zip(runs["naive_verified"], runs["keyrotate"], strict=True)]
     census = _census_seconds(runs["keyrotate"])
-    read_back = _census_seconds(runs["read_back"])
     phase = [n["seconds"] / (k["seconds"] - c) for n, k, c in zip(runs["naive"], runs["keyrotate"], census, strict=True)]
     return {
         "rows": rows,
@@ -151,11 +137,6 @@ def bench_size(rows: int, repeats: int, workdir: Path, env: dict[str, str]) -> d
         "census_seconds_median": round(statistics.median(census), 3),
         "census_share_median": round(statistics.median(
             c / k["seconds"] for c, k in zip(census, runs["keyrotate"], strict=True)), 4),
-        "read_back_census_seconds_median": round(statistics.median(read_back), 3),
-        "read_back_census_share_median": round(statistics.median(
-            c / k["seconds"] for c, k in zip(read_back, runs["read_back"], strict=True)), 4),
-        "read_back_ratio_median": round(statistics.median(
-            n["seconds"] / k["seconds"] for n, k in zip(runs["naive"], runs["read_back"], strict=True)), 3),
         "rewrap_phase_ratio_median": round(statistics.median(phase), 3),
         "fresh_dek_ratio_vs_naive_rewrap": round(med["naive"] / med["fresh_dek"], 3),
         "journal_overhead": round(med["keyrotate"] / med["no_journal"], 3),

@@ -39,8 +39,8 @@ from tests.support.cloudflare_project import (  # noqa: E402
 from tests.support.helpers import OLD_SECRET, last_json, run_cli  # noqa: E402
 
 REAL_WRANGLER = False   # --real-wrangler: pushes through wrangler 4.86 (no D1 request differs)
-WRITES = (b'"sql": "INSERT', b'"sql": "UPDATE', b'"sql": "DELETE', b'"sql": "CREATE',
-          b'"sql": "DROP', b'"sql": "ALTER')
+WRITES = tuple(f'"sql":{sp}"{verb}'.encode() for sp in ("", " ")
+               for verb in ("INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER"))
 
 
 class Project:

@@ -9,8 +9,8 @@ import pytest
 
 from keyrotate.demo.build import build_reference_db
 from tests.support.cloudflare_project import project  # noqa: F401 (a fixture)
-from tests.support.helpers import NEW_SECRET, OLD_SECRET
-from tests.support.services import Sqld
+from tests.support.helpers import NEW_SECRET, OLD_SECRET, THIRD_SECRET
+from tests.support.services import OpenBaoDev, SecretService, Sqld
 
 
 @pytest.fixture
@@ -19,6 +19,15 @@ def keys_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     monkeypatch.setenv("KR_OLD", OLD_SECRET)
     monkeypatch.setenv("KR_NEW", NEW_SECRET)
     return {"old": "env:KR_OLD", "new": "env:KR_NEW"}
+
+
+@pytest.fixture
+def three_keys(monkeypatch: pytest.MonkeyPatch) -> tuple[str, str, str]:
+    """References to three keys: OLD, NEW and a third (KR_A, KR_B, KR_C)."""
+    monkeypatch.setenv("KR_A", OLD_SECRET)
+    monkeypatch.setenv("KR_B", NEW_SECRET)
+    monkeypatch.setenv("KR_C", THIRD_SECRET)
+    return "env:KR_A", "env:KR_B", "env:KR_C"
 
 
 @pytest.fixture
@@ -39,6 +48,41 @@ def sqld_server(tmp_path_factory: pytest.TempPathFactory):
     server = Sqld(tmp_path_factory.mktemp("sqld"))
     yield server.http_url, server.ws_url
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def bao(tmp_path_factory):
+    server = OpenBaoDev(tmp_path_factory.mktemp("bao") / "bao.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def vault_env(bao, monkeypatch):
+    monkeypatch.setenv("VAULT_ADDR", bao.addr)
+    monkeypatch.setenv("VAULT_TOKEN", bao.token)
+    return bao
+
+
+@pytest.fixture(scope="session")
+def secret_service(tmp_path_factory):
+    service = SecretService(tmp_path_factory.mktemp("keyring-home"))
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def keyring_env(secret_service, monkeypatch):
+    import keyring
+    from keyring.backends import SecretService as SS
+
+    for k in ("DBUS_SESSION_BUS_ADDRESS", "XDG_RUNTIME_DIR"):
+        monkeypatch.setenv(k, secret_service.env[k])
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.SecretService.Keyring")
+    previous = keyring.get_keyring()
+    keyring.set_keyring(SS.Keyring())
+    yield secret_service
+    keyring.set_keyring(previous)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -18,7 +18,7 @@ LAYERS = [
     ("keyrotate.secrets", "keyrotate.config", "keyrotate.db"),
     ("keyrotate.dataplane",),
     ("keyrotate.evidence",),
-    ("keyrotate.cloudflare", "keyrotate.controlplane", "keyrotate.migrations"),
+    ("keyrotate.cloudflare", "keyrotate.controlplane", "keyrotate.migrations", "keyrotate.targets"),
     ("keyrotate.rotation", "keyrotate.demo"),
     ("keyrotate.cli",),
 ]

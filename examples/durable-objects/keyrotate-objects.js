@@ -6,37 +6,16 @@
 //   POST {"v": 1, "op": "ping" | "census" | "rewrap", "ids": [...], "rotation_id": "..."}
 //   Authorization: Bearer <KEYROTATE_OBJECTS_TOKEN>
 import { loadKeys, openerOf, rewrapEnvelope } from "../worker/envelope.js";
+import { answer, ping, readRequest } from "../worker/keyrotate-route.js";
 
-const VERSION = 1;
 const MAX_IDS = 1000;
-const enc = new TextEncoder();
-
-async function sameSecret(a, b) {
-  // constant time: compare SHA-256 digests of equal length, never the strings themselves
-  const [x, y] = await Promise.all([a, b].map((s) => crypto.subtle.digest("SHA-256", enc.encode(s))));
-  return crypto.subtle.timingSafeEqual(x, y);
-}
-
-const answer = (body, status = 200) => Response.json({ v: VERSION, ...body }, { status });
 
 // The route. `namespace` is the Durable Object binding (env.ACCOUNT); each object must
 // expose keyrotate(op) over RPC (see accountKeyrotate below).
 export async function keyrotateRoute(request, env, namespace, tokenName = "KEYROTATE_OBJECTS_TOKEN") {
-  const token = (request.headers.get("Authorization") || "").replace(/^Bearer /, "");
-  if (!env[tokenName] || !(await sameSecret(token, env[tokenName]))) {
-    return answer({ error: "unauthorized" }, 401);
-  }
-  let body;
-  try {
-    body = await request.json();
-  } catch {
-    return answer({ error: "bad-request" }, 400);
-  }
-  if (body.v !== VERSION) return answer({ error: "unsupported-version" }, 400);
-  const keys = await loadKeys(env);
-  if (body.op === "ping") {
-    return answer({ ok: true, kid: keys[0].kid, previous_kid: keys[1] ? keys[1].kid : null });
-  }
+  const { body, refused } = await readRequest(request, env, tokenName);
+  if (refused) return refused;
+  if (body.op === "ping") return ping(env);
   if (!["census", "rewrap"].includes(body.op) || !Array.isArray(body.ids) || body.ids.length > MAX_IDS) {
     return answer({ error: "bad-request" }, 400);
   }

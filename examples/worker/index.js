@@ -1,12 +1,17 @@
 // A minimal Worker over the reference schema: GET /tokens/<account_id> opens that row's
-// tokens with MASTER_KEY or MASTER_KEY_PREVIOUS; GET /health answers the health contract.
+// tokens with MASTER_KEY or MASTER_KEY_PREVIOUS; GET /health answers the health contract;
+// POST /internal/keyrotate answers keyrotate's ping (which keys this version holds).
 import { loadKeys, openEnvelope } from "./envelope.js";
+import { keyrotatePing } from "./keyrotate-route.js";
 
 export default {
   async fetch(request, env) {
     const url = new URL(request.url);
     if (url.pathname === "/health") {
       return Response.json({ ok: true, data: { status: "healthy" } });
+    }
+    if (url.pathname === "/internal/keyrotate" && request.method === "POST") {
+      return keyrotatePing(request, env);
     }
     const m = url.pathname.match(/^\/tokens\/([^/]+)$/);
     if (!m) return new Response("not found", { status: 404 });

@@ -3,25 +3,32 @@
 Every command returns a typed result (keyrotate.results.Result); output.emit renders it
 and exits with its code. Errors (KeyrotateError, and usage errors under --json) are
 turned into one line on stderr, plus the JSON error object under --json, here in the
-group, once for every command.
+group, once for every command. So is an interruption: SIGTERM or SIGINT stops any
+command with exit 3, "run the same command again" (every step is resumable, and a kill
+at any moment is safe); a second signal while the first unwinds leaves at once, still 3.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
-from typing import Any
+import threading
+from typing import Any, Iterator
 
 import click
 
 from keyrotate import __version__
-from keyrotate.cli import control, data, evidence, objects, rollover, rotation, secrets
+from keyrotate.cli import control, data, evidence, keys, objects, rollover, rotation, secrets
 from keyrotate.cli.output import configure_logging, fail
-from keyrotate.errors import EXIT_USAGE, KeyrotateError
+from keyrotate.errors import EXIT_INCOMPLETE, EXIT_USAGE, KeyrotateError
 
 _JSON = "keyrotate.json"
 _LOGGING = "keyrotate.logging"   # (verbose count, quiet) from before and after the command
 VERBOSE_HELP = "Also debug detail on stderr."
 QUIET_HELP = "Only warnings and errors on stderr."
+INTERRUPTED = "interrupted: run the same command again"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class KeyrotateGroup(click.Group):
@@ -38,18 +45,45 @@ class KeyrotateGroup(click.Group):
         return ctx
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except KeyrotateError as e:
-            fail(type(e).__name__, str(e), e.exit_code, ctx.meta.get(_JSON, False))
-        except click.UsageError as e:
-            if not ctx.meta.get(_JSON) or ctx.parent is not None:
-                raise
-            fail("UsageError", e.format_message(), EXIT_USAGE, True)
+        with _signals_interrupt():
+            try:
+                return super().invoke(ctx)
+            except KeyboardInterrupt:
+                fail("Interrupted", INTERRUPTED, EXIT_INCOMPLETE, ctx.meta.get(_JSON, False))
+            except KeyrotateError as e:
+                fail(type(e).__name__, str(e), e.exit_code, ctx.meta.get(_JSON, False))
+            except click.UsageError as e:
+                if not ctx.meta.get(_JSON) or ctx.parent is not None:
+                    raise
+                fail("UsageError", e.format_message(), EXIT_USAGE, True)
 
 
-def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
+def _interrupt(signum: int, frame: Any) -> None:
+    """The first SIGTERM/SIGINT unwinds the command (its cleanups run, the rotation
+    records `rotation.paused`); any further one leaves at once."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _leave_now)
     raise KeyboardInterrupt
+
+
+def _leave_now(signum: int, frame: Any) -> None:
+    os.write(2, f"keyrotate: error: {INTERRUPTED}\n".encode())
+    os._exit(EXIT_INCOMPLETE)
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGINT interrupt the command, for its duration (only the main thread
+    can take signals; the previous handlers come back after, for in-process callers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 @click.group(cls=KeyrotateGroup)
@@ -65,7 +99,6 @@ def main(verbose: int, quiet: bool) -> None:
     """
     click.get_current_context().meta[_LOGGING] = (verbose, quiet)
     configure_logging(verbose, quiet)
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
 
 def _also_after_the_command(ctx: click.Context, param: click.Parameter, value: Any) -> None:
@@ -95,7 +128,7 @@ def _with_logging_options(command: click.Command) -> None:
 
 
 def _register() -> None:
-    for module in (data, secrets, control, objects, rotation, rollover, evidence):
+    for module in (data, secrets, control, objects, rotation, rollover, evidence, keys):
         for command in module.COMMANDS:
             _with_logging_options(command)
             main.add_command(command)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from keyrotate.cli.options import dry_run_option, environment, json_option
+from keyrotate.cli.options import dry_run_option, environment, json_option, optional_environment
 from keyrotate.cli.output import emit, say
 from keyrotate.config.context import Context
 from keyrotate.config.template import write_init
@@ -94,11 +94,13 @@ def migrations_apply_cmd(env: Context, dry_run: bool, force: bool, as_json: bool
 
 @migrations.command("compensate")
 @click.argument("file", type=click.Path(dir_okay=False))
+@optional_environment
 @json_option
-def migrations_compensate_cmd(file: str, as_json: bool) -> None:
-    """Write NNNN_rollback_<name>.sql that undoes FILE (next free number, same folder)."""
+def migrations_compensate_cmd(file: str, env: Context | None, as_json: bool) -> None:
+    """Write NNNN_rollback_<name>.sql that undoes FILE (next free number, same folder);
+    with --env, the environment's audit trail records it."""
 
-    result = write_compensation(Path(file))
+    result = write_compensation(Path(file), env)
     for w in result.warnings:
         say(f"WARNING: {w}")
     emit(result, as_json)

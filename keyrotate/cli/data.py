@@ -16,11 +16,13 @@ from keyrotate.cli.options import (
     json_option,
     key_column_option,
     opened,
+    optional_environment,
     target_option,
     workers_option,
 )
 from keyrotate.cli.output import emit, say
 from keyrotate.cli.progress_bar import progress_for
+from keyrotate.config.context import Context
 from keyrotate.crypto.codecs import MODES
 from keyrotate.crypto.keys import MAX_NEW_KEY_BYTES, MIN_NEW_KEY_BYTES, NEW_KEY_RANGE
 from keyrotate.dataplane.codec_refs import codec_from_refs
@@ -31,6 +33,7 @@ from keyrotate.dataplane.verify import LISTED
 from keyrotate.dataplane.verify import verify as run_verify
 from keyrotate.db.table_shape import resolve_target
 from keyrotate.demo.run import run_demo
+from keyrotate.evidence.record import keygen_recorded
 from keyrotate.secrets.keygen import keygen as make_key
 
 
@@ -112,11 +115,13 @@ def runs(db_url: str, run_id: str | None, as_json: bool) -> None:
               help=f"Bytes of key material: {NEW_KEY_RANGE}, the range every command accepts "
                    "for a new key.")
 @click.option("--to", "to", metavar="REF", help="Write the key into a store instead of printing it.")
+@optional_environment
 @json_option
-def keygen(fmt: str, nbytes: int, to: str | None, as_json: bool) -> None:
-    """Make a new random secret. With --to it is stored and never printed."""
+def keygen(fmt: str, nbytes: int, to: str | None, env: Context | None, as_json: bool) -> None:
+    """Make a new random secret. With --to it is stored and never printed; with --env too,
+    the environment's audit trail records where (and its fingerprint)."""
 
-    result = make_key(fmt, nbytes, to)
+    result = keygen_recorded(env, fmt, nbytes, to) if env and to else make_key(fmt, nbytes, to)
     if result.written_to:
         say(f"wrote a new {nbytes}-byte {fmt} secret to {result.written_to}")
     emit(result, as_json)

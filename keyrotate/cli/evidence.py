@@ -9,6 +9,7 @@ from keyrotate.cli.output import emit
 from keyrotate.config.context import Context
 from keyrotate.evidence.record import audit_trail, send_test
 from keyrotate.evidence.trail import show
+from keyrotate.evidence.verify import verify_trail
 
 
 @click.group()
@@ -32,10 +33,11 @@ def audit_show(env: Context, rotation_id: str | None, last: int | None, as_json:
 @environment
 @json_option
 def audit_verify(env: Context, as_json: bool) -> None:
-    """Check the hash chain, and this machine's local copy against it. Exit 1 naming the
-    first event altered, removed or reordered."""
+    """Check the chain (each event's MAC under the audit key), this machine's witness and
+    the head the store recorded. Exit 1 naming the first event forged, altered, removed or
+    reordered, a witness missing or cut, or a trail cut short."""
 
-    emit(audit_trail(env).verify(), as_json)
+    emit(verify_trail(audit_trail(env)), as_json)
 
 
 @click.group()

@@ -9,7 +9,7 @@ from keyrotate.cli.output import emit
 from keyrotate.cli.progress_bar import progress_for
 from keyrotate.config.context import Context
 from keyrotate.dataplane.objects.driver import ObjectsOptions
-from keyrotate.rotation.objects import objects_census, objects_rewrap_proven
+from keyrotate.targets.objects import objects_census, objects_rewrap_proven
 
 target_option = click.option("--target", "target_name", required=True, metavar="NAME",
                              help="The Durable Object class of an [[encrypted]] object target.")

@@ -46,19 +46,28 @@ def opened(db_url: str) -> RowStore:
     return db
 
 
-def environment(fn: F) -> F:
-    """--env ENV and --manifest PATH, loaded into a Context handed to the command as
-    `env`; its database connection (opened on first use) is closed when it ends."""
+def _environment(required: bool, help_text: str) -> Callable[[F], F]:
+    def decorate(fn: F) -> F:
+        @click.option("--env", "env_name", required=required, metavar="ENV", help=help_text)
+        @click.option("--manifest", "manifest_path", metavar="PATH",
+                      help="keyrotate.toml (default: found here or above).")
+        @functools.wraps(fn)
+        def wrapper(*args: Any, env_name: str | None, manifest_path: str | None,
+                    **kwargs: Any) -> Any:
+            ctx = None
+            if env_name is not None:
+                ctx = Context.load(env_name, manifest_path)
+                click.get_current_context().call_on_close(ctx.close)
+            return fn(*args, env=ctx, **kwargs)
 
-    @click.option("--env", "env_name", required=True, metavar="ENV",
-                  help="An environment of the manifest (staging, production, ...).")
-    @click.option("--manifest", "manifest_path", metavar="PATH",
-                  help="keyrotate.toml (default: found here or above).")
-    @functools.wraps(fn)
-    def wrapper(*args: Any, env_name: str, manifest_path: str | None, **kwargs: Any) -> Any:
+        return wrapper
 
-        ctx = Context.load(env_name, manifest_path)
-        click.get_current_context().call_on_close(ctx.close)
-        return fn(*args, env=ctx, **kwargs)
+    return decorate
 
-    return wrapper
+
+# --env ENV and --manifest PATH, loaded into a Context handed to the command as `env`;
+# its database connection (opened on first use) is closed when it ends
+environment = _environment(True, "An environment of the manifest (staging, production, ...).")
+# the same, for a command that works without one and records in its trail with one
+optional_environment = _environment(
+    False, "An environment of the manifest: its audit key fingerprints, its trail records.")

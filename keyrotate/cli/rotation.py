@@ -28,7 +28,9 @@ from keyrotate.rotation.status import status as run_status
 @click.option("--finish", "finish_rotation", is_flag=True,
               help="End the overlap: remove PREVIOUS, promote the new value.")
 @click.option("--force", is_flag=True, help="--finish before max_token_ttl has passed.")
-@click.option("--abort", is_flag=True, help="Abandon a rotation that has only staged its new value.")
+@click.option("--abort", is_flag=True,
+              help="Undo an open rotation: the Workers and rows go back to the old value (proven "
+                   "by a census) before the new one is discarded; resumable like the rotation.")
 @click.option("--stale-wait", type=click.FloatRange(0, 3600), default=120.0, show_default=True,
               help="Seconds to keep asking Durable Objects still on the old key.")
 @click.option("--canary", is_flag=True,
@@ -74,9 +76,9 @@ def status(env: Context, due: str | None, send: bool, fmt: str, metrics_file: st
     schedules: exit 1 when a secret is past --due, and when a secret's value, age or rows
     could not be read (named under "could not check"): a check not made is not a pass."""
 
-    if send and not due:
-        raise ConfigError("--notify sends secret.overdue and secret.unchecked events: "
-                          "give --due AGE too")
+    if send and not due and not any(s.max_age for s in env.manifest.secrets.values()):
+        raise ConfigError("--notify sends secret.overdue and secret.unchecked events: give "
+                          "--due AGE too (or a max_age to the secrets in the manifest)")
     result = run_status(env, parse_duration(due, "--due") if due else None, send)
     if metrics_file:
         write_metrics_file(result, metrics_file)

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import click
 
-from keyrotate.cli.options import dry_run_option, environment, from_deployed_option, json_option
+from keyrotate.cli.options import (
+    dry_run_option,
+    environment,
+    from_deployed_option,
+    json_option,
+    optional_environment,
+)
 from keyrotate.cli.output import emit, say
 from keyrotate.config.context import Context
 from keyrotate.controlplane.worker_secrets import secrets_list, secrets_push
+from keyrotate.evidence.record import audit_key
 from keyrotate.secrets.describe import describe
 
 
@@ -47,12 +54,14 @@ def secrets_push_cmd(env: Context, only: str | None, from_deployed: bool, dry_ru
 
 @secrets.command("show")
 @click.argument("ref")
+@optional_environment
 @click.option("--reveal", is_flag=True, help="Print the value itself (to stdout).")
 @json_option
-def secrets_show(ref: str, reveal: bool, as_json: bool) -> None:
-    """Show a fingerprint of the secret at REF: never the value, unless --reveal."""
+def secrets_show(ref: str, env: Context | None, reveal: bool, as_json: bool) -> None:
+    """Show the kid of the secret at REF, and with --env its fingerprint (keyed by that
+    environment's audit key): never the value, unless --reveal."""
 
-    emit(describe(ref, reveal), as_json)
+    emit(describe(ref, reveal, audit_key(env) if env else None), as_json)
 
 
 COMMANDS = [secrets]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from keyrotate.errors import DeployError
+from keyrotate.errors import DeployError, DeployUnavailable
 from keyrotate.orphans import on_parent_death
 
 log = logging.getLogger("keyrotate.run")
@@ -60,7 +60,7 @@ def run(argv: Sequence[str], *, cwd: Path | None = None, stdin_secret: str | Non
     except subprocess.TimeoutExpired:
         proc.terminate()  # the guard takes the command's group down with it
         proc.communicate()
-        raise DeployError(f"{' '.join(argv[:4])} timed out after {timeout:.0f} s") from None
+        raise DeployUnavailable(f"{' '.join(argv[:4])} timed out after {timeout:.0f} s") from None
     except BaseException:
         proc.terminate()
         proc.wait()

@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from keyrotate.cloudflare.runner import Completed, run
 from keyrotate.cloudflare_api import CF_ERRORS
 from keyrotate.config.context import Context
-from keyrotate.errors import DeployError
+from keyrotate.errors import DeployError, DeployUnavailable
 
 # Worth another try: rate limits, 5xx (wrangler shows Cloudflare's code 10013, "An unknown
 # error has occurred", rather than the HTTP status), dropped connections. Every wrangler
@@ -68,11 +68,26 @@ class Deployment:
 
 @dataclass(frozen=True)
 class DeploymentState:
-    """Which version is the Worker's latest, and what serves its traffic."""
+    """Which version is the Worker's latest, what serves its traffic, and each version's
+    number (Cloudflare numbers a Worker's versions in the order it made them: versions are
+    compared by number, never by a clock)."""
 
     worker: str
     latest: str | None
     traffic: tuple[tuple[str, float], ...]
+    numbers: dict[str, int] = field(default_factory=dict, compare=False)
+
+    @property
+    def latest_number(self) -> int:
+        return self.numbers.get(self.latest or "", 0)
+
+    def number(self, version_id: str) -> int | None:
+        return self.numbers.get(version_id)
+
+    @property
+    def serving(self) -> list[str]:
+        """Versions that take a share of traffic (percentage > 0)."""
+        return [vid for vid, pct in self.traffic if pct > 0]
 
     @property
     def latest_fully_deployed(self) -> bool:
@@ -112,10 +127,13 @@ class Wrangler:
             if res.returncode == 0:
                 return res
             output = res.stdout + res.stderr
-            if attempt < self.attempts and TRANSIENT.search(_ANSI.sub("", output)):
+            transient = TRANSIENT.search(_ANSI.sub("", output))
+            if attempt < self.attempts and transient:
                 time.sleep(delay)
                 delay *= 2
                 continue
+            if transient:
+                raise DeployUnavailable(f"wrangler {what} kept failing: {explain(output)}")
             raise DeployError(f"wrangler {what} failed: {explain(output)}")
         raise AssertionError("unreachable")
 
@@ -164,7 +182,8 @@ class Wrangler:
         deployments = self.deployments(worker)
         versions = self.versions(worker)
         return DeploymentState(worker, str(versions[0]["id"]) if versions else None,
-                               deployments[0].versions if deployments else ())
+                               deployments[0].versions if deployments else (),
+                               {str(v["id"]): int(v.get("number") or 0) for v in versions})
 
     def versions_deploy(self, worker: str, traffic: Sequence[tuple[str, float]], message: str) -> None:
         """Route traffic to versions by percentage, in one deployment."""

@@ -55,6 +55,9 @@ class Environment:
     secrets: str                      # store base: dotenv:PATH, keyring:SERVICE, vault:MOUNT/PATH
     health: dict[str, str] = field(default_factory=dict)
     objects: dict[str, str] = field(default_factory=dict)  # Durable Object class -> endpoint
+    # worker -> its keyrotate route, which answers `ping` with the kids of the keys that
+    # version holds: how keyrotate asks each serving version which keys it reads
+    key_routes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,7 @@ class Manifest:
     secrets: dict[str, SecretSpec]
     encrypted: tuple[EncryptedTarget, ...]
     notify: NotifyConfig = NotifyConfig()
+    route_token: str | None = None     # the secret holding the keyrotate routes' bearer token
 
     @property
     def root(self) -> Path:

@@ -30,6 +30,9 @@ secrets = "dotenv:.env.staging"
 health = { api = "https://api-staging.example/health" }
 # the API Worker's keyrotate route (examples/durable-objects): AccountDO holds the OAuth tokens
 objects = { AccountDO = "https://api-staging.example/internal/keyrotate/objects" }
+# keyrotate asks each version of these Workers which keys it holds (ping) before moving
+# any traffic (docs/serving-keys.md); examples/worker/keyrotate-route.js is the route
+key_routes = { api = "https://api-staging.example/internal/keyrotate/objects" }
 
 [environments.production]
 # Cloudflare D1 over its REST API (CLOUDFLARE_API_TOKEN from the environment)
@@ -37,6 +40,7 @@ database = "d1://ACCOUNT_ID/DATABASE_ID"
 secrets = "vault:secret/tminus/production"
 health = { api = "https://api.example/health", oauth = "https://oauth.example/health" }
 objects = { AccountDO = "https://api.example/internal/keyrotate/objects" }
+key_routes = { api = "https://api.example/internal/keyrotate/objects" }
 
 [secrets.MASTER_KEY]
 kind = "master-key"            # rows and objects must be migrated: see [[encrypted]]

@@ -7,10 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from keyrotate.cloudflare.versions import VersionsApi
 from keyrotate.cloudflare.wrangler import WRANGLER_CONFIGS, wrangler_config, wrangler_for
 from keyrotate.config.context import Context
 from keyrotate.controlplane.health import Health, validate
 from keyrotate.controlplane.rollback import crossing, roll_back_worker
+from keyrotate.controlplane.serving import ask, can_ask, master_key_of
 from keyrotate.errors import EXIT_FAILURES, ConfigError
 from keyrotate.evidence.worker_log import record_version
 from keyrotate.progress import Say
@@ -69,21 +71,37 @@ def deploy(ctx: Context, only: str | None, dry_run: bool, say: Say) -> DeployRes
         return DeployResult(ctx.env.name, True, [
             DeployStep(w, ctx.worker_name(w), str(ctx.manifest.worker_dir(w)), ctx.env.health.get(w))
             for w in order])
+    wrangler = wrangler_for(ctx)
     done: list[tuple[str, str | None]] = []
     for w in order:
-        before = wrangler_for(ctx).active_version(ctx.worker_name(w))
-        say(f"deploying {ctx.worker_name(w)}")
-        wrangler_for(ctx).deploy(ctx.manifest.worker_dir(w), ctx.env.name)
-        done.append((w, before))
-        record_version(ctx, ctx.worker_name(w), "deploy")
+        full = ctx.worker_name(w)
+        before = wrangler.state(full)
+        keys_before = _serving_keys(ctx, w, before.serving)
+        say(f"deploying {full}")
+        wrangler.deploy(ctx.manifest.worker_dir(w), ctx.env.name)
+        after = wrangler.state(full)
+        done.append((w, before.deployed or (before.traffic[0][0] if before.traffic else None)))
+        record_version(ctx, full, "deploy", after.deployed)
         health = validate(ctx, [w])
-        if not health.ok:
-            say(f"health check failed after deploying {w}: rolling back this run, in reverse")
+        keys_after = _serving_keys(ctx, w, after.serving)
+        changed = keys_before and keys_after != keys_before
+        if changed or not health.ok:
+            why = (f"{full} answers other keys after the deploy ({sorted(keys_after)} instead of "
+                   f"{sorted(keys_before)}: it inherited the secrets of a version that is not the "
+                   "one that served)" if changed else f"health check failed after deploying {w}")
+            say(f"{why}: rolling back this run, in reverse")
             rolled = _roll_back_to(ctx, list(reversed(done)), say)
             return DeployResult(ctx.env.name, False, deployed=[d for d, _ in done],
                                 health=health.workers, failed_at=w, rolled_back=rolled)
     return DeployResult(ctx.env.name, False, deployed=[w for w, _ in done],
                         health=validate(ctx).workers)
+
+
+def _serving_keys(ctx: Context, worker: str, versions: list[str]) -> set[tuple[str, str | None]]:
+    """The (kid, previous kid) pairs the serving versions answer (empty: cannot ask)."""
+    if master_key_of(ctx, worker) is None or not can_ask(ctx, worker):
+        return set()
+    return {(k.kid, k.previous_kid) for k in ask(ctx, worker, versions).values()}
 
 
 def check_worker_folders(ctx: Context, workers: list[str]) -> None:
@@ -106,12 +124,17 @@ def _roll_back_to(ctx: Context, targets: list[tuple[str, str | None]], say: Say)
     """Back to the versions before this run; where a secret changed since one was made,
     its code comes back with the secrets serving now (never the old values)."""
     rolled = []
-    for w, version in targets:
-        if version is None:
-            say(f"{ctx.worker_name(w)} had no earlier version: left as it is")
-            continue
-        created = wrangler_for(ctx).version_created_on(ctx.worker_name(w), version)
-        roll_back_worker(ctx, w, version, crossing(ctx, ctx.worker_name(w), created) is not None,
-                         "keyrotate: failed health check after deploy", say)
-        rolled.append(w)
+    api = VersionsApi()
+    try:
+        for w, version in targets:
+            full = ctx.worker_name(w)
+            if version is None:
+                say(f"{full} had no earlier version: left as it is")
+                continue
+            number = wrangler_for(ctx).state(full).number(version)
+            roll_back_worker(ctx, api, w, version, crossing(ctx, full, number) is not None,
+                             "keyrotate: failed check after deploy", say)
+            rolled.append(w)
+    finally:
+        api.close()
     return rolled

@@ -8,10 +8,15 @@ from typing import Any
 
 from keyrotate.cloudflare.wrangler import wrangler_for
 from keyrotate.config.context import Context
+from keyrotate.controlplane.held_lease import rotation_leases
 from keyrotate.controlplane.pushes import Pusher
-from keyrotate.errors import EXIT_FAILURES, ConfigError
+from keyrotate.controlplane.serving import check_serving
+from keyrotate.db.own_schema import open_rotations
+from keyrotate.errors import EXIT_FAILURES, ConfigError, Incomplete
+from keyrotate.evidence.record import audit_key
 from keyrotate.progress import Say
 from keyrotate.secrets.base import fingerprint
+from keyrotate.targets.secret_targets import rows_per_slot
 
 
 @dataclass(frozen=True)
@@ -122,10 +127,61 @@ def push_plan(ctx: Context, only: str | None) -> list[tuple[str, dict[str, str]]
     return plan
 
 
+def check_pushable(ctx: Context, names: list[str]) -> None:
+    """A push of the store's values must not undo a rotation, nor leave rows under a key no
+    Worker reads: refused (exit 2, nothing pushed) while a rotation of the secret is open,
+    and, for a master key, while a census finds rows or objects under any other key than
+    the one about to be pushed."""
+    open_ones = {s: (r, state) for s, r, state in open_rotations(ctx.db, ctx.env.name)}
+    busy = [f"{n} (rotation {open_ones[n][0]}, {open_ones[n][1]})" for n in names if n in open_ones]
+    if busy:
+        raise ConfigError(f"nothing was pushed: a rotation is open for {', '.join(busy)}; it decides "
+                          "what the Workers hold until it ends (keyrotate rotate ... --finish or "
+                          "--abort)")
+    for name in names:
+        if ctx.manifest.secret(name).kind != "master-key" or not ctx.manifest.targets_of(name):
+            continue
+        errors: list[str] = []
+        rows = rows_per_slot(ctx, name, errors)
+        if errors:
+            raise Incomplete(f"nothing was pushed: the rows of {name} could not all be counted "
+                             f"({'; '.join(errors)}), so what pushing {ctx.secrets.ref(name)} alone "
+                             "would leave unreadable is not known: run the same command again")
+        lost = {t: c["other"] for t, c in rows.items() if c.get("other")}
+        if lost:
+            # rows no value in the store opens: the Workers may hold the key they are under
+            # (a store edited by hand, a wrong copy), and pushing would drop it from them
+            raise ConfigError(
+                f"nothing was pushed: "
+                f"{', '.join(f'{n} rows or objects of {t}' for t, n in sorted(lost.items()))} "
+                f"open under no value of {name} in {ctx.secrets.base}. If the Workers hold the "
+                "key they are under, pushing would leave them unreadable: put that key back in "
+                "the store (keyrotate verify lists the rows). If no key ever opens them, they "
+                "are damaged: repair or delete them first.")
+        others = sorted({slot for c in rows.values() for slot in ("pending", "previous")
+                         if c.get(slot)})
+        if others:
+            raise ConfigError(f"nothing was pushed: rows or objects of {name} open under the "
+                              f"{' and '.join(others)} value in {ctx.secrets.base}, which pushing "
+                              f"{ctx.secrets.ref(name)} alone would leave unreadable. Move them "
+                              "first (keyrotate status shows where; keyrotate rotate finishes a "
+                              "rotation).")
+
+
 def secrets_push(ctx: Context, only: str | None, dry_run: bool, say: Say,
                  from_deployed: bool = False) -> PushResult:
     plan = push_plan(ctx, only)
-    steps = [PushStep(w, ctx.worker_name(w), {n: fingerprint(v) for n, v in sorted(vals.items())})
+    if dry_run:
+        return _push(ctx, plan, dry_run, say, from_deployed)
+    with rotation_leases(ctx, [w for w, _ in plan]):   # never beside a running rotation
+        return _push(ctx, plan, dry_run, say, from_deployed)
+
+
+def _push(ctx: Context, plan: list[tuple[str, dict[str, str]]], dry_run: bool, say: Say,
+          from_deployed: bool) -> PushResult:
+    check_pushable(ctx, sorted({n for _, vals in plan for n in vals}))
+    steps = [PushStep(w, ctx.worker_name(w), {n: fingerprint(v, audit_key(ctx))
+                                              for n, v in sorted(vals.items())})
              for w, vals in plan]
     pusher = Pusher(ctx, say, from_deployed)
     try:
@@ -135,4 +191,6 @@ def secrets_push(ctx: Context, only: str | None, dry_run: bool, say: Say,
                 pusher.push(worker, dict(vals))
     finally:
         pusher.close()
+    if not dry_run:
+        check_serving(ctx, [w for w, _ in plan])
     return PushResult(ctx.env.name, dry_run, steps)

@@ -101,21 +101,29 @@ class EnvelopeCodec(_Keys):
             keys.sort(key=lambda k: k.kid != kid)
         return keys
 
-    def _open(self, value: object) -> tuple[env_mod.Envelope, MasterKey, bytes, bytes]:
-        """(envelope, key, DEK, payload) of the first key that opens it, payload included."""
+    def _open(self, value: object, payload: bool = False
+              ) -> tuple[env_mod.Envelope, MasterKey, bytes, bytes | None]:
+        """(envelope, key, DEK, payload if asked) of the first key that opens it; the
+        payload always authenticated (a heavy one a chunk at a time, when not asked for)."""
         env = env_mod.parse(value)
         for key in self._keys_in_order(env.kid):
             dek = env_mod.unwrap_dek(env, key)
             if dek is not None:
-                return env, key, dek, env_mod.open_payload(env, dek)
+                if payload:
+                    return env, key, dek, env_mod.open_payload(env, dek)
+                env_mod.authenticate(env, dek)
+                return env, key, dek, None
         raise InvalidEnvelope(self._neither())
 
     def rotate(self, value: object) -> str | None:
-        env, key, dek, payload = self._open(value)
+        fresh = self.mode == "fresh-dek"
+        env, key, dek, payload = self._open(value, payload=fresh)
         if key is self.new:
             return None
-        if self.mode == "fresh-dek":
-            return env_mod.seal_payload(payload, self.new, env.extra)
+        if payload is not None:
+            fields = env_mod.sealed_fields(payload, self.new)
+            del payload        # a heavy payload is not held while the envelope is rewritten
+            return env.rewritten(fields)
         return env_mod.rewrap(env, dek, self.new)
 
     def census(self, value: object) -> str:

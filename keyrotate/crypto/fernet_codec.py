@@ -29,11 +29,14 @@ class FernetKey:
     def __init__(self, secret: str):
         raw = fernet_key_bytes(secret)
         self.kid = key_id(raw)
+        self._raw = raw
         self._secret = secret
         self.fernet = Fernet(secret.encode("ascii"))
 
     def same_as(self, other: "FernetKey") -> bool:
-        return hmac.compare_digest(self._secret.encode(), other._secret.encode())
+        """By the key's bytes: one key spelled two ways (padding, the standard alphabet,
+        a trailing newline) is one key."""
+        return hmac.compare_digest(self._raw, other._raw)
 
     def __reduce__(self):  # picklable for worker processes (sent over a pipe, never argv)
         return (FernetKey, (self._secret,))

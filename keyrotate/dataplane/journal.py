@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from keyrotate.db.base import RowStore, Statement, Target, Value, read_many
+from keyrotate.db.base import RowStore, Statement, Target, Value, display_key
 from keyrotate.db.own_schema import ensure_journal_schema, journal_exists
-from keyrotate.errors import ConfigError
+from keyrotate.errors import ConfigError, StoreError
 from keyrotate.timeutil import new_id, now_iso
 
 COUNTERS = ("rows_scanned", "rows_rewritten", "rows_already_current", "rows_null",
@@ -44,6 +44,20 @@ class RunIdentity:
     mode: str
     old_kid: str
     new_kid: str
+    also_old: tuple[str, ...] = ()   # more old keys the run opens (not part of the identity)
+
+    def opens(self) -> set[str]:
+        """The key ids whose rows this run can open."""
+        return {self.old_kid, self.new_kid, *self.also_old} - {"-"}
+
+
+# A run ended in one of these went over the whole table: completed and
+# completed_with_failures were proven by their census; rewritten passed every row and
+# left the proof to its caller (a rotation's verify step, taken right after). superseded:
+# retired by a later run that took over its rows. Any other status (running: killed or
+# interrupted; incomplete: exit 3) is unfinished: rows may sit under either of its keys.
+FINISHED = ("completed", "completed_with_failures", "rewritten")
+SETTLED = (*FINISHED, "superseded")
 
 
 @dataclass
@@ -69,6 +83,8 @@ class _Unfinished:
     new_kid: str
     started_at: str
 
+    status: str = "running"
+
     def same_command(self, ident: RunIdentity) -> bool:
         return (self.key_column, self.fmt, self.mode, self.old_kid, self.new_kid) == (
             ident.target.key_column, ident.fmt, ident.mode, ident.old_kid, ident.new_kid)
@@ -84,46 +100,50 @@ class Journal:
     def __init__(self, store: RowStore):
         self.store = store
 
-    def plan_run(self, ident: RunIdentity) -> "RunPlan":
+    def plan_run(self, ident: RunIdentity, create: bool = True) -> "RunPlan":
         """Which run this command continues, and which unfinished runs it retires. Reads
-        only, so a refusal changes nothing."""
-        ensure_journal_schema(self.store)
-        return self.plan_from(ident, *read_many(self.store, self.plan_reads(ident)))
+        only (`create`: keyrotate's own tables are made first), so a refusal changes
+        nothing.
 
-    @staticmethod
-    def plan_reads(ident: RunIdentity) -> list[Statement]:
-        """What plan_from needs: the target's unfinished runs, and its latest run."""
-        t = ident.target
-        return [Statement("SELECT run_id, key_column, format, mode, old_kid, new_kid, started_at "
-                          "FROM keyrotate_runs WHERE kind = 'reencrypt' AND target = ? AND "
-                          "status = 'running' ORDER BY started_at DESC, run_id DESC", (t.name,)),
-                Statement("SELECT run_id FROM keyrotate_runs WHERE kind = 'reencrypt' AND "
-                          "target = ? ORDER BY started_at DESC, run_id DESC LIMIT 1", (t.name,))]
-
-    @staticmethod
-    def plan_from(ident: RunIdentity, unfinished_rows: Sequence[Sequence[Any]],
-                  latest_rows: Sequence[Sequence[Any]]) -> "RunPlan":
-        """The plan, from plan_reads' answers.
-
-        Another unfinished run on the target is taken over only if this run's keys open
-        everything it wrote (its new key is this run's old or new key); otherwise the
-        target would end split between keys, so this refuses. A run that a later run
-        overtook is never resumed: rows behind its cursor may have moved since.
+        An unfinished run (any run that did not end finished, see FINISHED, and started
+        after the last run that did) may have left rows under its old key and under its
+        new key. This run takes it over only if it opens both; otherwise the target would
+        end split between keys, so this refuses. Only a `running` run of the same command
+        is resumed (an incomplete one is started over: rows behind its cursor changed),
+        and never one a later run overtook.
         """
+        if create:
+            ensure_journal_schema(self.store)
         t = ident.target
-        unfinished = [_Unfinished(*map(str, r)) for r in unfinished_rows]
-        same = next((u for u in unfinished if u.same_command(ident)), None)
+        settled = ", ".join(f"'{s}'" for s in SETTLED)
+        finished = ", ".join(f"'{s}'" for s in FINISHED)
+        unfinished = [_Unfinished(*map(str, r)) for r in self.store.query(
+            "SELECT run_id, key_column, format, mode, old_kid, new_kid, started_at, status FROM "
+            "keyrotate_runs u WHERE kind = 'reencrypt' AND target = ? "
+            f"AND status NOT IN ({settled}) AND NOT EXISTS (SELECT 1 FROM keyrotate_runs f WHERE f.kind = 'reencrypt' AND "
+            f"f.target = u.target AND f.status IN ({finished}) AND (f.started_at > u.started_at "
+            "OR (f.started_at = u.started_at AND f.run_id > u.run_id))) "
+            "ORDER BY started_at DESC, run_id DESC", (t.name,))]
+        same = next((u for u in unfinished if u.status == "running" and u.same_command(ident)),
+                    None)
         others = [u for u in unfinished if u is not same]
         for u in others:
-            if u.new_kid not in (ident.old_kid, ident.new_kid):
+            stranded = {u.old_kid, u.new_kid} - {"-"} - ident.opens()
+            if stranded:
                 raise ConfigError(
-                    f"run {u.run_id} on {t.name} is unfinished: it was moving rows from key "
-                    f"{u.old_kid} to key {u.new_kid}, which this run (key {ident.old_kid} -> "
-                    f"{ident.new_kid}) cannot open. Finish it first (the same command with the "
-                    f"new key of kid {u.new_kid}), then rotate on. Nothing was changed.")
+                    f"run {u.run_id} on {t.name} is unfinished ({u.status}): it was moving rows "
+                    f"from key {u.old_kid} to key {u.new_kid}, and this run (key "
+                    f"{ident.old_kid} -> {ident.new_kid}) cannot open rows under key "
+                    f"{', '.join(sorted(stranded))}: the table would end split between keys. "
+                    f"Finish it first (the same command, old key of kid {u.old_kid}, new key "
+                    f"of kid {u.new_kid}), then rotate on. Nothing was changed.")
         if same is not None:
-            if latest_rows and str(latest_rows[0][0]) == same.run_id:
-                return RunPlan(same.run_id, others)   # every other unfinished run is older
+            later = self.store.query(
+                "SELECT 1 FROM keyrotate_runs WHERE kind = 'reencrypt' AND target = ? AND "
+                "(started_at > ? OR (started_at = ? AND run_id > ?)) LIMIT 1",
+                (t.name, same.started_at, same.started_at, same.run_id))
+            if not later:  # every other unfinished run is older: resume, retiring those
+                return RunPlan(same.run_id, others)
             others.append(same)  # overtaken: rows behind its cursor may have moved since
         return RunPlan(None, others)
 
@@ -135,22 +155,26 @@ class Journal:
             if plan.supersede:
                 self.store.apply([], None, _superseded(plan.supersede, ts))
             return self._resume(plan.resume, ident, retired)
-        run = RunState(new_id("r"), ident, False, superseded=retired)
-        self.store.apply([], None, [*_superseded(plan.supersede, ts), *Journal.begin(run)])
-        return run
-
-    @staticmethod
-    def begin(run: RunState) -> list[Statement]:
-        """A new run's rows (commit them with its first batch: a run that finds nothing to
-        write need not write itself down)."""
-        t, ident, ts = run.identity.target, run.identity, now_iso()
-        return [Statement("INSERT INTO keyrotate_runs (run_id, kind, target, key_column, format, "
+        t = ident.target
+        run_id = new_id("r")
+        try:
+            self.store.apply([], None, [
+                *_superseded(plan.supersede, ts),
+                Statement("INSERT INTO keyrotate_runs (run_id, kind, target, key_column, format, "
                           "mode, old_kid, new_kid, status, started_at) "
                           "VALUES (?, 'reencrypt', ?, ?, ?, ?, ?, ?, 'running', ?)",
-                          (run.run_id, t.name, t.key_column, ident.fmt, ident.mode,
+                          (run_id, t.name, t.key_column, ident.fmt, ident.mode,
                            ident.old_kid, ident.new_kid, ts)),
                 Statement("INSERT INTO keyrotate_checkpoints (run_id, updated_at) VALUES (?, ?)",
-                          (run.run_id, ts))]
+                          (run_id, ts)),
+            ])
+        except StoreError:
+            # a D1 answer lost after the commit: the client sent it again, and the replay
+            # met the run it had already made (its id is new: nobody else has it)
+            if not self.store.query("SELECT 1 FROM keyrotate_checkpoints WHERE run_id = ?",
+                                    (run_id,)):
+                raise
+        return RunState(run_id, ident, False, superseded=retired)
 
     def open_run(self, ident: RunIdentity) -> RunState:
         return self.start_run(ident, self.plan_run(ident))
@@ -180,7 +204,7 @@ class Journal:
         for key, reason in failures:
             stmts.append(Statement(
                 "INSERT OR REPLACE INTO keyrotate_row_failures (run_id, row_key, key_value, reason) "
-                "VALUES (?, ?, ?, ?)", (run.run_id, str(key), key, reason)))
+                "VALUES (?, ?, ?, ?)", (run.run_id, display_key(key), key, reason)))
         return stmts
 
     @staticmethod
@@ -190,8 +214,10 @@ class Journal:
 
 
 def _superseded(runs: list[_Unfinished], ts: str) -> list[Statement]:
-    return [Statement("UPDATE keyrotate_runs SET status = 'superseded', finished_at = ? "
-                      "WHERE run_id = ? AND status = 'running'", (ts, u.run_id)) for u in runs]
+    settled = ", ".join(f"'{s}'" for s in SETTLED)
+    return [Statement("UPDATE keyrotate_runs SET status = 'superseded', finished_at = "
+                      f"coalesce(finished_at, ?) WHERE run_id = ? AND status NOT IN ({settled})",
+                      (ts, u.run_id)) for u in runs]
 
 
 # --- reading the journal (the `runs` command) -------------------------------------------

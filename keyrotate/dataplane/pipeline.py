@@ -1,6 +1,15 @@
 """Keyset pages in, page results out, with a few pages in flight so reads, crypto and
 writes overlap. Shared by reencrypt and verify.
 
+Memory is bounded by bytes as well as by rows: a page holds at most `batch_size` rows and
+stops at about PAGE_BYTES of stored values (or one row, when a single row is larger), and
+all pages between their read and the end of their life (their commit, or the census
+counting them) hold at most BYTES_IN_FLIGHT of stored values together, across the reader,
+the crypto workers and the writer (or one page alone, when it is larger). With ordinary
+rows the budget never binds (five pages in flight hold a few MB); with heavy rows it keeps
+one page in flight, and each process then holds a few copies of one page at most (the
+value read, its new value, and their passage through a pipe).
+
 On a store where every request costs (D1: the API budget), the pass reads its next page
 in the request that commits the page before: the read waits in a Carrier until the
 writer thread's next request takes it along (or sends it alone, when the page had
@@ -19,15 +28,46 @@ from keyrotate.db.base import (
     PAGE_BYTES,
     CasWrite,
     RowStore,
+    Salt,
     Statement,
     Target,
     Value,
     bounded_scan_params,
     bounded_scan_sql,
+    page_weight,
     read_many,
 )
 
 Rows = list[tuple[Value, Value]]
+
+BYTES_IN_FLIGHT = 8 << 20
+
+
+class InFlight:
+    """A byte budget shared by the reader (takes) and whoever ends a page's life (gives)."""
+
+    def __init__(self, limit: int = BYTES_IN_FLIGHT):
+        self.limit, self.used = limit, 0
+        self._cond = threading.Condition()
+
+    def room(self, n: int, wait: bool) -> bool:
+        """Whether n more bytes fit now (anything fits when nothing is in flight); with
+        `wait`, block until they do."""
+        with self._cond:
+            while self.used and self.used + n > self.limit:
+                if not wait:
+                    return False
+                self._cond.wait(0.5)
+            return True
+
+    def take(self, n: int) -> None:
+        with self._cond:
+            self.used += n
+
+    def give(self, n: int) -> None:
+        with self._cond:
+            self.used -= n
+            self._cond.notify_all()
 
 
 def page_size(store: RowStore, requested: int | None) -> int:
@@ -130,7 +170,8 @@ def ends_table(rows: Rows, limit: int, max_bytes: int) -> bool:
     if len(rows) >= limit:
         return False
     size = 0
-    for _, value in rows:
+    for row in rows:
+        value = row[1]
         if isinstance(value, (str, bytes)):
             size += len(value)
         elif value is not None:
@@ -140,56 +181,84 @@ def ends_table(rows: Rows, limit: int, max_bytes: int) -> bool:
 
 def page_results(store: RowStore, target: Target, runner: CryptoRunner, op: str,
                  batch_size: int, after: Value = None, first: bool = True,
-                 page_bytes: int = PAGE_BYTES, first_rows: Rows | None = None,
+                 page_bytes: int = PAGE_BYTES, salt: Salt | None = None,
+                 budget: InFlight | None = None,
                  carrier: Carrier | None = None) -> Iterator[PageResult]:
     """Yield one PageResult per keyset page, in key order. A page holds at most
-    `batch_size` rows and about `page_bytes` of values (at least one row), so memory
-    stays flat whatever the rows weigh. `first_rows`: the first page, already read.
-    `carrier`: one that rides (D1): each next page is read by the write of the page
-    before, so the caller must hand every page to a writer that ends it with page_done."""
-    if carrier is not None and carrier.riding:
-        yield from _carried(target, runner, op, batch_size, after, first, page_bytes,
-                            first_rows, carrier, store)
+    `batch_size` rows and about `page_bytes` of values (at least one row). With a
+    budget, each page's stored bytes (`page.bytes`) are taken from it before the page goes
+    to the workers: the consumer gives them back when it is done with the page.
+    `salt`: the census's witness (rows carry rowids). `carrier`: one that rides (D1):
+    each next page is read by the write of the page before, so the caller must hand every
+    page to a writer that ends it with page_done."""
+    if carrier is not None and carrier.riding and salt is None:
+        yield from _carried(store, target, runner, op, batch_size, after, first, page_bytes,
+                            budget, carrier)
         return
-    inflight: deque[Any] = deque()
+    inflight: deque[tuple[Any, int, Any]] = deque()
     exhausted = False
+    stops_at_end = bool(getattr(store, "carries_reads", False))
+    largest = 0          # the heaviest page so far: what the next one may weigh
     while True:
         while not exhausted and len(inflight) < runner.depth:
-            if first_rows is not None:
-                rows, first_rows = first_rows, None
-            else:
-                rows = store.scan_page(target, after, first, batch_size, page_bytes)
+            # room for another page like the heaviest so far, before reading it (with
+            # pages in flight, yield them rather than wait; with none, wait for the consumer
+            # to give bytes back), so the reader never holds a page the budget cannot take
+            if budget is not None and not budget.room(largest, wait=not inflight):
+                break
+            rows = store.scan_page(target, after, first, batch_size, page_bytes)
             if not rows:
                 exhausted = True
                 break
-            inflight.append((runner.submit(rows, op), after, first))
             first, after = False, rows[-1][0]
+            # a page that shows the end of the table ends the scan without another read
+            # where each read is a request (D1); a census's witness still checks it
+            exhausted = stops_at_end and ends_table(rows, batch_size, page_bytes)
+            n = page_weight(rows)
+            largest = max(largest, n)
+            if budget is not None:
+                budget.take(n)
+            inflight.append((runner.submit(rows, op, salt), n, rows))
+            del rows
         if not inflight:
             return
-        fut, page_after, page_first = inflight.popleft()
-        yield _placed(fut.result(), page_after, page_first)
-
-
-def _carried(target: Target, runner: CryptoRunner, op: str, batch_size: int, after: Value,
-             first: bool, page_bytes: int, first_rows: Rows | None, carrier: Carrier,
-             store: RowStore) -> Iterator[PageResult]:
-    """One page at a time: its crypto, then its write carrying the next page's read. A
-    page read that shows the end of the table is marked `last`: nothing rides on its
-    write but what the caller adds (the census's first reads)."""
-    rows = first_rows if first_rows is not None else store.scan_page(
-        target, after, first, batch_size, page_bytes)
-    while rows:
-        page_after, page_first = after, first
-        first, after = False, rows[-1][0]
-        last = ends_table(rows, batch_size, page_bytes)
-        ahead = None if last else carrier.read(
-            scan_statement(target, after, False, batch_size, page_bytes))
-        page = _placed(runner.submit(rows, op).result(), page_after, page_first)
-        page.last = last
+        future, n, rows = inflight.popleft()
+        page = future.result().rejoined(rows)
+        del future, rows
+        page.bytes = n
         yield page
-        rows = ahead.result() if ahead is not None else []
 
 
-def _placed(page: PageResult, after: Value, first: bool) -> PageResult:
-    page.after, page.first = after, first
-    return page
+def _carried(store: RowStore, target: Target, runner: CryptoRunner, op: str, batch_size: int,
+             after: Value, first: bool, page_bytes: int, budget: InFlight | None,
+             carrier: Carrier) -> Iterator[PageResult]:
+    """One page at a time: its crypto, then its write carrying the next page's read. A
+    page read that shows the end of the table is marked `last`, and nothing reads past
+    it. The byte budget holds: the next page rides on this one's write only when another
+    page like the heaviest so far fits beside the pages the writer holds; otherwise it
+    is read on its own once they are given back."""
+    rows = store.scan_page(target, after, first, batch_size, page_bytes)
+    largest = 0
+    while rows:
+        first, after = False, rows[-1][0]
+        n = page_weight(rows)
+        largest = max(largest, n)
+        if budget is not None:
+            budget.take(n)
+        last = ends_table(rows, batch_size, page_bytes)
+        ahead = None
+        if not last and (budget is None or budget.room(largest, wait=False)):
+            ahead = carrier.read(scan_statement(target, after, False, batch_size, page_bytes))
+        page = runner.submit(rows, op).result().rejoined(rows)
+        page.bytes, page.last = n, last
+        del rows
+        yield page
+        del page
+        if last:
+            return
+        if ahead is not None:
+            rows = ahead.result()
+        else:
+            if budget is not None:
+                budget.room(largest, wait=True)
+            rows = store.scan_page(target, after, first, batch_size, page_bytes)

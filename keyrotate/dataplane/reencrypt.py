@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,17 +29,10 @@ from keyrotate.dataplane.journal import (
     rewrap_runs_to,
     run_failures,
 )
-from keyrotate.dataplane.lease import RENEW_EVERY, Lease
+from keyrotate.dataplane.lease import Lease
 from keyrotate.dataplane.outcome import ROWS, Outcome
-from keyrotate.dataplane.pipeline import Carrier, page_results, page_size, scan_statement
-from keyrotate.dataplane.proof import (
-    PassProof,
-    census_read_bytes,
-    census_reads,
-    page_proof,
-    proven_census,
-)
-from keyrotate.dataplane.verify import Census
+from keyrotate.dataplane.pipeline import Carrier, InFlight, page_results, page_size
+from keyrotate.dataplane.verify import Census, take_census
 from keyrotate.dataplane.workers import CryptoRunner, PageResult, default_workers, process_page
 from keyrotate.dataplane.writer import OrderedWriter
 from keyrotate.db.base import (
@@ -50,16 +42,22 @@ from keyrotate.db.base import (
     Statement,
     Target,
     Value,
+    bounded_scan_params,
+    bounded_scan_sql,
     count_after,
-    count_statement,
-    read_many,
+    display_key,
     read_rows,
 )
-from keyrotate.db.own_schema import ensure_journal_schema, schema_known, schema_reads
-from keyrotate.errors import EXIT_FAILURES, EXIT_INCOMPLETE, ConfigError, Interrupted, StoreError
+from keyrotate.db.own_schema import ensure_journal_schema, journal_exists
+from keyrotate.errors import (
+    EXIT_FAILURES,
+    EXIT_INCOMPLETE,
+    ConfigError,
+    Interrupted,
+    StoreError,
+)
 from keyrotate.progress import NoProgress, Progress
 from keyrotate.results import failure_lines
-from keyrotate.timeutil import new_id
 
 log = logging.getLogger("keyrotate.reencrypt")
 CONFLICT_ROUNDS = 3
@@ -76,8 +74,7 @@ class ReencryptOptions:
     workers: int | None = None  # None: decide by table size
     page_bytes: int = PAGE_BYTES
     census: bool = True         # False: the caller takes the census that proves the run
-                                # (rotate's verify step, right after: with the result's
-                                # proof, dataplane.proof.recheck), not taken twice
+                                # (rotate's verify step, right after): not taken twice
 
 
 @dataclass
@@ -95,8 +92,6 @@ class ReencryptResult:
     census: Census | None = None          # the final census (not for a dry run)
     problems: list[str] = field(default_factory=list)   # why the run is incomplete
     extra: dict[str, Any] = field(default_factory=dict)
-    # what the pass proves, for a census the caller takes (dataplane.proof.recheck)
-    proof: PassProof | None = field(default=None, repr=False)
 
     @property
     def exit_code(self) -> int:
@@ -150,13 +145,13 @@ def _delta(page: PageResult) -> Counts:
                   rows_failed=len(page.failures))
 
 
-def probe(store: RowStore, target: Target, codec: Codec, page_bytes: int = PAGE_BYTES,
-          first_page: list[tuple[Value, Value]] | None = None) -> None:
-    """Refuse before writing anything when no sampled row opens under either key: a wrong
-    --old-key would otherwise fail every row and record each failure. `first_page`: the
-    table's first page, already read (the sample is its first rows)."""
-    rows = (first_page[:PROBE_ROWS] if first_page is not None
-            else store.scan_page(target, None, True, PROBE_ROWS, page_bytes))
+def probe(store: RowStore, target: Target, codec: Codec, page_bytes: int = PAGE_BYTES) -> None:
+    """Refuse before writing anything when none of the first non-NULL rows opens under
+    either key: a wrong --old-key would otherwise fail every row and record each failure.
+    NULL rows prove nothing either way, so they are skipped (by the query, however many)."""
+    rows = [(r[0], r[1]) for r in store.query(bounded_scan_sql(target, True, non_null=True),
+                                              bounded_scan_params(None, True, PROBE_ROWS,
+                                                                  page_bytes))]
     page = process_page(codec, "rotate", rows)
     if page.rows - page.null and not (page.writes or page.current):
         reason, _ = Counter(r for _, r in page.failures).most_common(1)[0]
@@ -174,7 +169,11 @@ def reconcile(census: Census, counts: Counts, unsettled: int) -> list[str]:
     problems = []
     if census.old:
         problems.append(f"{census.old} rows still open under the old key (written meanwhile?)")
-    if census.unreached:
+    if census.witness == "differs":
+        problems.append(f"the rows the census visited are not the rows {census.target} holds "
+                        f"at the end ({census.unreached} or more not visited): paging missed "
+                        "rows, or the application inserted or deleted rows during the census")
+    elif census.unreached:
         problems.append(f"{census.unreached} rows of the table were not reached by paging "
                         f"on {census.target}'s key")
     problems += reconcile_unsettled(unsettled)
@@ -196,66 +195,49 @@ class Reencryptor:
         self.store, self.target, self.codec, self.opt = store, target, codec, options
         self.progress = progress or NoProgress()
         self.ident = RunIdentity(target, options.fmt, options.mode, codec.old_kid or "-",
-                                 codec.new_kid)
+                                 codec.new_kid, tuple(codec.old_kids))
         self.journal = None if options.dry_run else Journal(store)
         self.lease = None if options.dry_run else Lease(store, target.name)
         self.listed: list[dict[str, str]] = []  # dry run only: failures seen
         self.unsettled = 0
+        # on D1 the pass reads its next page in the request that writes the page before
         self.carrier = Carrier(store)
-        self.proof: PassProof | None = None
-        # A new run is written down with its first batch, lease claim included: a run
-        # that finds nothing to write writes nothing. Counters and the cursor of pages
-        # that changed nothing wait for the next checkpoint (`unsaved`).
-        self.begun = False
-        self.holds_lease = False
+        # counters and the cursor of pages that changed nothing wait for the next
+        # checkpoint: a page with no write and no failure commits nothing
         self.unsaved = Counts()
         self.unsaved_key: Value | None = None
 
     # -- writing -------------------------------------------------------------------------
     def _commit(self, run: RunState, writes: list[CasWrite], delta: Counts,
                 fails: list[tuple[Value, str]], last_key: Value | None, seconds: float) -> list[bool]:
-        """Row writes and their checkpoint in one transaction; which writes landed. A page
-        that changed nothing writes no checkpoint (unless the lease wants renewing)."""
+        """Row writes and their checkpoint in one transaction, behind the lease's guard;
+        which writes landed. A page that changed nothing writes nothing: its counters and
+        cursor go with the next checkpoint (a run killed meanwhile reads it again)."""
         run.counts.add(delta)
         if self.journal is None or self.lease is None:
             for key, reason in fails[:LISTED_FAILURES - len(self.listed)]:
-                self.listed.append({"id": str(key), "reason": reason})
+                self.listed.append({"id": display_key(key), "reason": reason})
             return [True] * len(writes)
+        self.lease.check()
         self.unsaved.add(delta)
         if last_key is not None:
             self.unsaved_key = last_key
-        if not writes and not fails and not (
-                self.begun and time.monotonic() - self.lease.renewed > RENEW_EVERY):
+        if not writes and not fails:
             return []
-        return self._save(run, writes, fails, seconds, [self.lease.renewal()])
+        return self._save(run, writes, fails, seconds, [])
 
     def _save(self, run: RunState, writes: list[CasWrite], fails: list[tuple[Value, str]],
               seconds: float, then: list[Statement]) -> list[bool]:
-        """Writes, the checkpoint of everything unsaved, and `then`, in one transaction;
-        the run's own rows (and its lease claim) first if it has none yet."""
+        """Writes, the checkpoint of everything unsaved, and `then`, in one transaction
+        that the lease's guard fails unless this run still holds the lease."""
         assert self.lease is not None
-        seq = run.seq
-        begin = [] if self.begun else [
-            *([] if self.holds_lease else [self.lease.claim()]), *Journal.begin(run)]
-        stmts = [*begin, *Journal.checkpoint(run, self.unsaved, seconds, self.unsaved_key, fails),
-                 *then]
+        stmts: list[Statement] = [self.lease.guard(),
+                                  *Journal.checkpoint(run, self.unsaved, seconds,
+                                                      self.unsaved_key, fails), *then]
         try:
             hits = self.carrier.apply(writes, self.target, stmts)
         except StoreError as e:
-            if self.begun or self.holds_lease or not Lease.lost_claim(e):
-                run.seq = seq
-                raise
-            if self.lease.ours():
-                # the batch landed the first time (the claim is part of it) and a retry
-                # after a lost answer met our own claim: its writes look missed, and the
-                # conflict check finds them in place
-                hits = [False] * len(writes)
-            else:
-                run.seq = seq
-                self.lease.acquire()   # held: refuses, naming the holder; stale: taken over
-                self.holds_lease = True
-                return self._save(run, writes, fails, seconds, then)
-        self.begun = self.holds_lease = True
+            raise self.lease.explain(e) from None
         self.unsaved, self.unsaved_key = Counts(), None
         return hits
 
@@ -296,63 +278,38 @@ class Reencryptor:
                 "key with --mode fresh-dek."]
 
     def run(self) -> ReencryptResult:
-        """Which run (a refusal writes nothing), the probe, then the work. The common case,
-        a new run with nothing to retire, reads its plan, the table's size and its first
-        page in one go (one request on D1) and takes its lease with its first write; a
-        run that resumes or retires others takes the lease before anything else."""
+        """Lease, then which run (a refusal writes nothing), then the probe, then the work."""
         if self.journal is None or self.lease is None:
+            if journal_exists(self.store):   # a dry run is refused as the real run would be
+                Journal(self.store).plan_run(self.ident, create=False)
             probe(self.store, self.target, self.codec, self.opt.page_bytes)
             return self._run(RunState("dry-run", self.ident, False))
-        self.proof = PassProof(self.store)   # before the pass reads a row
-        *plan_rows, total, first_rows = self._first_reads()
-        plan = Journal.plan_from(self.ident, *plan_rows)
+        ensure_journal_schema(self.store)
+        self.lease.acquire()
+        log.debug("lease on %s taken by %s", self.target.name, self.lease.holder)
         try:
-            if plan.resume is None and not plan.supersede:
-                probe(self.store, self.target, self.codec, self.opt.page_bytes,
-                      [(r[0], r[1]) for r in first_rows])
-                return self._run(RunState(new_id("r"), self.ident, False), int(total[0][0]),
-                                 [(r[0], r[1]) for r in first_rows])
-            self.lease.acquire()
-            self.holds_lease = True
-            log.debug("lease on %s taken by %s", self.target.name, self.lease.holder)
-            plan = self.journal.plan_run(self.ident)   # again, under the lease
+            plan = self.journal.plan_run(self.ident)
             log.debug("run plan for %s: %s; retiring %s", self.target.name,
                       f"resume {plan.resume}" if plan.resume else "a new run",
                       [u.run_id for u in plan.supersede] or "nothing")
             probe(self.store, self.target, self.codec, self.opt.page_bytes)
-            run = self.journal.start_run(self.ident, plan)
-            self.begun = True
-            return self._run(run)
+            return self._run(self.journal.start_run(self.ident, plan))
         finally:
-            if self.holds_lease:
-                self.lease.release()
+            self.lease.release()
 
-    def _run(self, run: RunState, total: int | None = None,
-             first_rows: list[tuple[Value, Value]] | None = None) -> ReencryptResult:
+    def _run(self, run: RunState) -> ReencryptResult:
         started = time.monotonic()
         warnings = self.warnings()
         first, after = not run.has_cursor, run.last_key
-        if total is None:
-            total = count_after(self.store, self.target, after, first)
+        total = count_after(self.store, self.target, after, first)
         workers = self.opt.workers if self.opt.workers is not None else default_workers(total)
         runner = CryptoRunner(self.codec, workers)
         self.progress.start(total)
         base = run.seconds
-        proof = self.proof
-        if proof is not None:
-            proof.starts(after, first)
-        size = page_size(self.store, self.opt.batch_size)
-        read_bytes = census_read_bytes(self.store, self.opt.page_bytes)
-        census_ahead: list[Future[Any]] = []
 
         def commit_pages(pages: list[PageResult]) -> None:
             """Pages the writer has in hand, in order: one transaction, one checkpoint."""
             try:
-                if pages[-1].last and proof is not None and self.opt.census:
-                    # the census's first reads ride on this last write, after it
-                    census_ahead.append(self.carrier.read_all(census_reads(
-                        self.target, proof, size, self.opt.page_bytes, read_bytes,
-                        [*proof.pages, *map(page_proof, pages)])))
                 secs = base + (time.monotonic() - started)
                 delta = Counts()
                 for page in pages:
@@ -360,14 +317,10 @@ class Reencryptor:
                 hits = self._commit(run, [w for p in pages for w in p.writes], delta,
                                     [f for p in pages for f in p.failures], pages[-1].last_key,
                                     secs)
-                for page in pages:
-                    mine, hits = hits[:len(page.writes)], hits[len(page.writes):]
-                    landed = all(mine)
-                    if not landed:
-                        missed = [w for w, hit in zip(page.writes, mine, strict=True) if not hit]
-                        self._settle_conflicts(run, missed, secs)
-                    if proof is not None:
-                        proof.add(page, landed)
+                missed = [w for w, hit in zip([w for p in pages for w in p.writes], hits,
+                                              strict=True) if not hit]
+                if missed:
+                    self._settle_conflicts(run, missed, secs)
                 self.carrier.page_done()
             except BaseException as e:
                 self.carrier.fail(e)
@@ -375,22 +328,29 @@ class Reencryptor:
             for page in pages:
                 self.progress.advance(page.rows)
 
+        budget = InFlight()
         # with worker processes the timing is theirs anyway: a writer that falls behind
-        # commits the pages waiting together (inline, every page is its own commit)
+        # commits the pages waiting together (inline, every page is its own commit), unless
+        # an application writes to the file too: then every page gets its own commit, and
+        # the application its turn at the write lock between them
+        gather = 3 if runner.pool is not None else 1
         writer: OrderedWriter[PageResult] = OrderedWriter(
-            commit_pages, depth=2, gather=3 if runner.pool is not None else 1)
+            commit_pages, depth=2, release=lambda page: budget.give(page.bytes),
+            gather=lambda: 1 if getattr(self.store, "contended", False) else gather)
         census = None
         try:
-            for page in page_results(self.store, self.target, runner, "rotate", size, after,
-                                     first, self.opt.page_bytes, first_rows, self.carrier):
+            for page in page_results(self.store, self.target, runner, "rotate",
+                                     page_size(self.store, self.opt.batch_size), after, first,
+                                     self.opt.page_bytes, budget=budget,
+                                     carrier=self.carrier):
                 writer.put(page)
+                del page
             writer.finish()
             self.progress.close()
-            if proof is not None and self.lease is not None and self.opt.census:
-                census = proven_census(
-                    self.store, self.target, self.codec, runner, proof, size,
-                    self.opt.page_bytes, read_bytes, self.progress, self._keep_lease,
-                    census_ahead[-1].result() if census_ahead else None)
+            if self.journal is not None and self.lease is not None and self.opt.census:
+                census = take_census(self.store, self.target, self.codec, runner,
+                                     self.opt.batch_size, self.progress, self.lease.check,
+                                     rows_hint=run.counts.rows_scanned)
         except KeyboardInterrupt:
             writer.abandon()
             runner.close(cancel=True)
@@ -407,14 +367,13 @@ class Reencryptor:
         extra = {"format": self.opt.fmt, "mode": self.opt.mode, "old_kid": self.ident.old_kid,
                  "new_kid": self.ident.new_kid, "workers": workers, "warnings": warnings,
                  "superseded": run.superseded}
-        if self.journal is None or self.lease is None:
+        if self.journal is None:
             return ReencryptResult(None, "dry-run", self.target.name, c, seconds, False, True,
                                    self.unsettled, self.listed, extra=extra)
         if census is None:   # the caller's census is the proof
             problems = reconcile_unsettled(self.unsettled)
             status = "incomplete" if problems else "rewritten"
-            failures = (run_failures(self.store, run.run_id, LISTED_FAILURES)
-                        if self.begun and c.rows_failed else [])
+            failures = run_failures(self.store, run.run_id, LISTED_FAILURES)
         else:
             problems = reconcile(census, c, self.unsettled)
             log.debug("census of %s: %d rows, %d ok, %d old, %d null, %d failed, %d unreached",
@@ -423,38 +382,20 @@ class Reencryptor:
             status = ("incomplete" if problems else
                       "completed_with_failures" if census.failed else "completed")
             failures = census.failures
-        if self.begun:   # the last checkpoint, the verdict and the lease, together
-            self._save(run, [], [], seconds, [Journal.finish(run, status), self.lease.releasing()])
-            self.holds_lease = False
-        run_id = run.run_id if self.begun else None   # nothing written: no run to record
-        return ReencryptResult(run_id, status, self.target.name, c, seconds, run.resumed,
-                               False, self.unsettled, failures, census, problems, extra,
-                               proof)
-
-    def _first_reads(self) -> list[list[tuple[Value, ...]]]:
-        """The plan's reads, the table's size and its first page; with keyrotate's schema
-        check when this connection has not made it: one request on D1."""
-        size = page_size(self.store, self.opt.batch_size)
-        reads = [*Journal.plan_reads(self.ident), count_statement(self.target),
-                 scan_statement(self.target, None, True, size, self.opt.page_bytes)]
-        if schema_known(self.store) is not None:
-            return read_many(self.store, reads)
+        assert self.lease is not None
+        # the last checkpoint, the verdict and the lease given back: one transaction
+        self.lease.stop_heartbeat()
         try:
-            answers = read_many(self.store, [*schema_reads(), *reads])
+            self.store.apply([], None, [self.lease.guard(),
+                                        *Journal.checkpoint(run, self.unsaved, seconds,
+                                                            self.unsaved_key, []),
+                                        Journal.finish(run, status), self.lease.releasing()])
         except StoreError as e:
-            if "no such table" not in str(e):
-                raise
-            ensure_journal_schema(self.store)   # a database new to keyrotate
-            return read_many(self.store, reads)
-        ensure_journal_schema(self.store, answers[:2])
-        known = schema_known(self.store)
-        if known is not None and known.migrated:   # the journal changed under those reads
-            return read_many(self.store, reads)
-        return answers[2:]
-
-    def _keep_lease(self) -> None:
-        if self.holds_lease and self.lease is not None:
-            self.lease.renew_if_due()
+            raise self.lease.explain(e) from None
+        self.lease.released = True
+        self.unsaved, self.unsaved_key = Counts(), None
+        return ReencryptResult(run.run_id, status, self.target.name, c, seconds, run.resumed,
+                               False, self.unsettled, failures, census, problems, extra)
 
 
 def reencrypt(store: RowStore, target: Target, codec: Codec, options: ReencryptOptions,

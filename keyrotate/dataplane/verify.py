@@ -1,9 +1,14 @@
 """The census: how many rows open under the key, under an old key, are NULL, or fail.
 
 Reads only. Opens the payload too, not just the DEK: a row is only 'ok' if a Worker
-holding the key could actually read it. It also counts the table's rows before and after
-and reports any that paging did not reach: a census that did not see every row proves
-nothing.
+holding the key could actually read it. A census that did not see every row proves
+nothing, and counts cannot show it did (a skipped row and a row deleted meanwhile cancel
+out): it sums a keyed hash of every rowid it visits and compares the sum with the same
+sum over the whole table at the end, taken by one SQL aggregate that pages nothing (the
+witness, db/base.py). Any difference makes the census unclean ("unreached"): rows paging
+missed, or rows inserted or deleted while it ran; exit 3, run it again. A WITHOUT ROWID
+table has no rowid to witness: it is paged by its primary key, which is unique and NOT
+NULL under its own collation by construction, and only its count is compared.
 
 Failed rows are listed by id, the first LISTED of them; `--failed-ids FILE` streams every
 failed id to a file (ids are not secret), written atomically when the census ends.
@@ -18,10 +23,10 @@ from typing import Any, Callable, TextIO
 
 from keyrotate.crypto.codecs import Codec
 from keyrotate.dataplane.outcome import ROWS, Outcome
-from keyrotate.dataplane.pipeline import page_results, page_size
+from keyrotate.dataplane.pipeline import InFlight, page_results, page_size
 from keyrotate.dataplane.workers import CryptoRunner, PageResult, default_workers
-from keyrotate.db.base import RowStore, Target, count_rows
-from keyrotate.errors import EXIT_FAILURES, Interrupted
+from keyrotate.db.base import RowStore, Target, count_rows, display_key, new_salt, witness_sql
+from keyrotate.errors import EXIT_FAILURES, EXIT_INCOMPLETE, Interrupted
 from keyrotate.files import atomic_file
 from keyrotate.progress import NoProgress, Progress
 from keyrotate.results import failure_lines
@@ -40,10 +45,12 @@ class Census:
     null: int = 0
     failed: int = 0
     unreached: int = 0          # rows in the table that paging did not visit
+    witness: str = "counted"    # matched | differs (by rowid witness) | counted (no rowid)
     by_kid: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     failures: list[dict[str, str]] = field(default_factory=list)   # the first LISTED
     failed_ids_file: str | None = None   # where every failed id went (--failed-ids)
+    visited_witness: int = field(default=0, repr=False)   # sum of h(rowid) visited
 
     @property
     def clean(self) -> bool:
@@ -52,12 +59,17 @@ class Census:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.clean else EXIT_FAILURES
+        """1 for rows a key does not open (or the old key does); 3 when the only doubt is
+        rows it could not account for: run it again."""
+        if self.clean:
+            return 0
+        return EXIT_FAILURES if self.failed or self.old else EXIT_INCOMPLETE
 
     def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "rows": self.rows, "ok": self.ok, "old": self.old,
                 "null": self.null, "failed": self.failed, "unreached": self.unreached,
-                "clean": self.clean, "seconds": round(self.seconds, 3), "kid": self.key_kid,
+                "witness": self.witness, "clean": self.clean,
+                "seconds": round(self.seconds, 3), "kid": self.key_kid,
                 "old_kid": self.old_kid, "by_kid": self.by_kid, "failures": self.failures,
                 "failures_total": self.failed,
                 "failures_truncated": len(self.failures) < self.failed,
@@ -65,6 +77,7 @@ class Census:
 
     def tally(self, page: PageResult) -> None:
         self.rows += page.rows
+        self.visited_witness += page.witness
         self.null += page.null
         self.failed += len(page.failures)
         for kid, n in page.by_kid.items():
@@ -74,12 +87,16 @@ class Census:
             else:
                 self.old += n
         for key, reason in page.failures[:LISTED - len(self.failures)]:
-            self.failures.append({"id": str(key), "reason": reason})
+            self.failures.append({"id": display_key(key), "reason": reason})
 
     def text(self) -> str:
         verdict = "clean" if self.clean else "NOT clean"
         lines = [f"{self.target}: {verdict}: {self.rows:,} rows, {self.ok:,} ok (kid {self.key_kid}), "
                  f"{self.old:,} old, {self.null:,} null, {self.failed:,} failed"]
+        if self.unreached:
+            lines.append(f"  the rows visited are not the rows the table holds at the end "
+                         f"({self.unreached:,} or more not visited, or rows inserted or deleted "
+                         "meanwhile): run it again")
         if self.failed_ids_file:
             more = f"every failed id is in {self.failed_ids_file}"
         else:
@@ -95,27 +112,44 @@ class Census:
 def take_census(store: RowStore, target: Target, codec: Codec, runner: CryptoRunner,
                 batch_size: int | None, progress: Progress,
                 between_pages: Callable[[], None] = lambda: None,
-                failed_ids: TextIO | None = None) -> Census:
+                failed_ids: TextIO | None = None, rows_hint: int | None = None) -> Census:
     """A census with a runner the caller owns (reencrypt reuses its worker processes);
-    every failed id also goes to `failed_ids`, one per line, if given."""
+    every failed id also goes to `failed_ids`, one per line, if given. `rows_hint`: about
+    how many rows to expect (for the progress bar), so a census with a rowid witness
+    need not count them first (the witness compares the whole table at the end)."""
     started = time.monotonic()
     census = Census(target.name, key_kid=codec.new_kid, old_kid=codec.old_kid)
-    before = count_rows(store, target)
+    witnessed = target.with_witness()
+    proven_by_witness = witnessed.witnessed and witnessed.rowid is not None
+    before = (rows_hint if rows_hint is not None and proven_by_witness
+              else count_rows(store, target))
     progress.start(before)
-    for page in page_results(store, target, runner, "census", page_size(store, batch_size)):
+    salt = new_salt() if witnessed.witnessed else None
+    budget = InFlight()
+    for page in page_results(store, witnessed, runner, "census", page_size(store, batch_size),
+                             salt=salt, budget=budget):
         census.tally(page)
+        budget.give(page.bytes)
         if failed_ids is not None:
             failed_ids.writelines(_id_line(key) for key, _ in page.failures)
         progress.advance(page.rows)
         between_pages()
-    census.unreached = max(0, min(before, count_rows(store, target)) - census.rows)
+    if salt is not None and witnessed.rowid is not None:
+        n, total = (int(v) for v in store.query(witness_sql(target.table, witnessed.rowid,
+                                                             salt))[0])
+        if (n, total) == (census.rows, census.visited_witness):
+            census.witness = "matched"
+        else:
+            census.witness, census.unreached = "differs", max(1, n - census.rows)
+    else:
+        census.unreached = max(0, min(before, count_rows(store, target)) - census.rows)
     census.seconds = time.monotonic() - started
     return census
 
 
 def _id_line(key: Any) -> str:
-    """One id per line; an id holding a line break is written as a JSON string."""
-    text = str(key)
+    """One id per line, printable; an id holding a line break is written as a JSON string."""
+    text = display_key(key)
     return (json.dumps(text) if "\n" in text or "\r" in text else text) + "\n"
 
 

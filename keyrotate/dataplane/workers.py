@@ -9,6 +9,7 @@ initializer, over a pipe, never through argv or the environment.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import signal
@@ -17,12 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from keyrotate.crypto.codecs import Codec
-from keyrotate.dataplane.digest import PageDigest
-from keyrotate.db.base import CasWrite, Value
+from keyrotate.db.base import CasWrite, Salt, Value, witness_sum
 from keyrotate.errors import InvalidEnvelope
 from keyrotate.orphans import exit_now, on_parent_death
 
-Rows = Sequence[tuple[Value, Value]]
+Rows = Sequence[tuple[Value, ...]]   # (key, value[, rowid])
 
 
 @dataclass
@@ -37,12 +37,21 @@ class PageResult:
     failures: list[tuple[Value, str]] = field(default_factory=list)
     last_key: Value = None
     bytes: int = 0
-    # rotate: SHA-256 of the page as it stands once every write lands (dataplane.digest),
-    # which lets the census prove it without opening it again (dataplane.proof)
-    digest: bytes | None = None
-    after: Value = None          # the key range the page covers: (after, last_key], or
-    first: bool = True           # from the start of the table when `first`
-    last: bool = False           # the read showed the end of the table (riding stores)
+    witness: int = 0      # census: sum of the witness hash of the rows' rowids
+    last: bool = False    # the read showed the end of the table (riding stores)
+    # writes sent back from a worker process without their old value: (index in writes,
+    # index in the page's rows); the reader, which still has the rows, puts it back
+    # (rejoin), so a value crosses the pipe once, not twice (half the bytes back)
+    rejoin: list[tuple[int, int]] = field(default_factory=list)
+
+    def rejoined(self, rows: Rows) -> "PageResult":
+        for w, r in self.rejoin:
+            new, key, _ = self.writes[w]
+            self.writes[w] = (new, key, rows[r][1])
+        self.rejoin = []
+        return self
+
+
 
 
 def _judge(fn: Any, value: Value) -> Any:
@@ -56,34 +65,60 @@ def _judge(fn: Any, value: Value) -> Any:
         return (f"unreadable value ({type(e).__name__})",)
 
 
-def process_page(codec: Codec, op: str, rows: Rows) -> PageResult:
-    """Apply one codec operation ("rotate" or "census") to every row of a page."""
+def process_page(codec: Codec, op: str, rows: Rows, salt: Salt | None = None,
+                 piped: bool = False) -> PageResult:
+    """Apply one codec operation ("rotate" or "census") to every row of a page. With a
+    salt, rows carry their rowid third, and the page sums its witness hash. `piped`: the
+    result goes back through a pipe, old values left for the reader to rejoin."""
     res = PageResult(rows=len(rows), last_key=rows[-1][0] if rows else None)
     census = op == "census"
     fn = codec.census if census else codec.rotate
     by_kid = res.by_kid
-    proof = None if census else PageDigest()
-    size = 0   # at least what SQLite's length() adds up to over the page (census reads)
-    for key, value in rows:
+    if salt is not None:
+        res.witness = witness_sum((row[2] for row in rows), salt)
+    for i, row in enumerate(rows):
+        key, value = row[0], row[1]
         if value is None:
             res.null += 1
+            continue
+        out = _judge(fn, value)
+        if out is None:
+            res.current += 1
+        elif out.__class__ is not str:
+            res.failures.append((key, out[0]))
+        elif census:
+            by_kid[out] = by_kid.get(out, 0) + 1
+        elif piped:   # the reader still has the old value: it need not come back
+            res.rejoin.append((len(res.writes), i))
+            res.writes.append((out, key, None))
         else:
-            out = _judge(fn, value)
-            if out is None:
-                res.current += 1
-            elif out.__class__ is not str:
-                res.failures.append((key, out[0]))
-            elif census:
-                by_kid[out] = by_kid.get(out, 0) + 1
-            else:
-                res.writes.append((out, key, value))
-                value = out
-        if proof is not None:
-            proof.add(key, value)
-            size += len(value) if isinstance(value, (str, bytes)) else 0 if value is None else 32
-    if proof is not None:
-        res.digest, res.bytes = proof.digest(), size
+            res.writes.append((out, key, value))
     return res
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # glibc's mallopt parameters
+MMAP_FROM = 1 << 20     # blocks this large get their own mapping, returned when freed
+TRIM_FROM = 4 << 20     # free memory at the top of the heap kept for reuse, at most
+
+
+def return_large_blocks_to_the_os() -> None:
+    """glibc raises its mmap threshold each time it frees a large mmapped block (up to 32
+    MB): from then on, blocks of that size come from the heap, which keeps them resident
+    after they are freed, so every heavy page grew the process. A fixed threshold keeps
+    blocks of 1 MB and more mmapped, each going back to the OS when freed. Fixing it also
+    fixes the heap's trim threshold, at 128 KB: trimming that eagerly costs a system call
+    and fresh page faults for every page of ordinary rows, so it is set to 4 MB. (glibc
+    only; elsewhere nothing changes.)"""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_FROM)
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_FROM)
+    except (OSError, AttributeError):
+        pass
+
+
+def _ready() -> None:
+    """A no-op: submitted once so the pool forks its workers while this process is small."""
 
 
 _codec: Codec | None = None
@@ -92,37 +127,15 @@ _codec: Codec | None = None
 def _init_worker(codec: Codec, parent_pid: int) -> None:
     global _codec
     _codec = codec
+    return_large_blocks_to_the_os()   # inherited across fork; not across spawn
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     # forked workers hold both ends of the task pipe: they would never see EOF
     on_parent_death(parent_pid, signal.SIGKILL, exit_now)
 
 
-def _work(op: str, rows: Rows) -> PageResult:
-    """In a worker: the page's result, its writes as (new value, row index): the value a
-    write expects is the row the parent sent, and sending it back would double what
-    crosses the pipe (and what the parent holds)."""
+def _work(op: str, rows: Rows, salt: Salt | None) -> PageResult:
     assert _codec is not None
-    res = process_page(_codec, op, rows)
-    if res.writes:
-        at, writes = 0, res.writes
-        compact: list[Any] = []
-        for i, (key, _) in enumerate(rows):
-            if at < len(writes) and writes[at][1] is key:
-                compact.append((writes[at][0], i))
-                at += 1
-        res.writes = compact
-    return res
-
-
-def _expanded(rows: Rows, done: "Future[PageResult]", out: "Future[PageResult]") -> None:
-    """In the parent: _work's writes back to (new, key, expected), from the rows sent."""
-    try:
-        res = done.result()
-    except BaseException as e:
-        out.set_exception(e)
-        return
-    res.writes = [(new, rows[i][0], rows[i][1]) for new, i in res.writes]
-    out.set_result(res)
+    return process_page(_codec, op, rows, salt, piped=True)
 
 
 class CryptoRunner:
@@ -131,26 +144,25 @@ class CryptoRunner:
     def __init__(self, codec: Codec, workers: int):
         self.codec, self.workers = codec, workers
         self.pool: ProcessPoolExecutor | None = None
+        return_large_blocks_to_the_os()
         if workers > 0:
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
             self.pool = ProcessPoolExecutor(max_workers=workers,
                                             mp_context=multiprocessing.get_context(method),
                                             initializer=_init_worker,
                                             initargs=(codec, os.getpid()))
+            self.pool.submit(_ready).result()   # fork now, before any page is read
 
     @property
     def depth(self) -> int:
         """How many pages to keep in flight."""
         return 1 if self.pool is None else 2 * self.workers + 1
 
-    def submit(self, rows: Rows, op: str) -> "Future[PageResult]":
+    def submit(self, rows: Rows, op: str, salt: Salt | None = None) -> "Future[PageResult]":
         if self.pool is not None:
-            out: Future[PageResult] = Future()
-            self.pool.submit(_work, op, rows).add_done_callback(
-                lambda done: _expanded(rows, done, out))
-            return out
+            return self.pool.submit(_work, op, rows, salt)
         fut: Future[PageResult] = Future()
-        fut.set_result(process_page(self.codec, op, rows))
+        fut.set_result(process_page(self.codec, op, rows, salt))
         return fut
 
     def close(self, cancel: bool = False) -> None:

@@ -2,12 +2,14 @@
 scanning and dispatching while SQLite writes and fsyncs (sqlite3 releases the GIL there).
 
 Pages are handled strictly in the order they were put, so checkpoints only move forward.
-With `gather` > 1, pages that are already waiting when the thread takes one are handed
+While `gather()` > 1, pages that are already waiting when the thread takes one are handed
 over with it (up to `gather`), to be committed in one transaction: on a file every commit
 waits for the disk, so a writer that falls behind catches up with fewer, larger commits.
+Every page put is released once (`release`), handled or dropped, so a byte budget the
+reader waits on is always given back.
 An error in the thread stops it and is re-raised in the caller at the next put or at
-finish; the pages being committed when the caller stops are always finished or rolled
-back by SQLite, never torn.
+finish; the page being committed when the caller stops is always finished or rolled back
+by SQLite, never torn.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ _STOP = object()
 
 
 class OrderedWriter(Generic[T]):
-    def __init__(self, handle: Callable[[list[T]], None], depth: int = 2, gather: int = 1):
-        self._handle, self._gather = handle, gather
+    def __init__(self, handle: Callable[[list[T]], None], depth: int = 2,
+                 release: Callable[[T], None] = lambda item: None,
+                 gather: Callable[[], int] = lambda: 1):
+        self._handle, self._release, self._gather = handle, release, gather
         self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="keyrotate-writer", daemon=True)
@@ -34,7 +38,8 @@ class OrderedWriter(Generic[T]):
             if item is _STOP:
                 return
             items, stopping = [item], False
-            while len(items) < self._gather and not stopping:
+            gather = self._gather()
+            while len(items) < gather and not stopping:
                 try:
                     more = self._queue.get_nowait()
                 except queue.Empty:
@@ -42,11 +47,16 @@ class OrderedWriter(Generic[T]):
                 stopping = more is _STOP
                 if not stopping:
                     items.append(more)
-            if self._error is None:
-                try:
+            try:
+                if self._error is None:
                     self._handle(items)  # type: ignore[arg-type]
-                except BaseException as e:  # surfaced in the caller's thread
-                    self._error = e
+            except BaseException as e:  # surfaced in the caller's thread
+                self._error = e
+            finally:
+                for it in items:
+                    self._release(it)  # type: ignore[arg-type]
+                items = []
+                item = None   # drop the pages now, not at the next get
             if stopping:
                 return
 
@@ -69,9 +79,11 @@ class OrderedWriter(Generic[T]):
         """Stop after the page in hand (used when interrupted): queued pages are dropped."""
         while True:
             try:
-                self._queue.get_nowait()
+                item = self._queue.get_nowait()
             except queue.Empty:
                 break
+            if item is not _STOP:
+                self._release(item)  # type: ignore[arg-type]
         self._stop()
 
     def _stop(self) -> None:

@@ -8,8 +8,9 @@ with journal statements in one transaction, learning which writes hit.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from dataclasses import dataclass, replace
+from operator import itemgetter
+from typing import Any, Iterable, Protocol, Sequence
 
 from keyrotate.errors import StoreError
 
@@ -41,15 +42,29 @@ CasWrite = tuple[str, Value, Value]
 
 @dataclass(frozen=True)
 class Target:
-    """One encrypted column and the unique column that addresses its rows."""
+    """One encrypted column and the unique column that addresses its rows.
+
+    `collation`: the collating sequence under which the key column is unique (its unique
+    index's): every comparison and ORDER BY of keys uses it, so paging can neither skip
+    nor repeat a row, and that index serves it. None for the rowid (integers).
+    `rowid`: how to name the table's rowid (None for WITHOUT ROWID tables): the census's
+    witness that it reached every row. `witnessed`: scans add the rowid as a third column.
+    """
 
     table: str
     column: str
     key_column: str
+    collation: str | None = None
+    rowid: str | None = None
+    witnessed: bool = False
 
     @property
     def name(self) -> str:
         return f"{self.table}.{self.column}"
+
+    def with_witness(self) -> "Target":
+        """The same target, its scans carrying each row's rowid (when it has one)."""
+        return replace(self, witnessed=self.rowid is not None)
 
 
 def quote_ident(name: str) -> str:
@@ -98,54 +113,55 @@ class RowStore(Protocol):
 
 # --- helpers shared by every backend ----------------------------------------------------
 
+def collate(target: Target) -> str:
+    """The COLLATE clause every key comparison and ORDER BY carries ('' for none)."""
+    return f" COLLATE {target.collation}" if target.collation else ""
+
+
+def _names(target: Target) -> tuple[str, str, str, str]:
+    """Quoted table, column and key, and the key as compared (with its collation)."""
+    t, c, k = quote_ident(target.table), quote_ident(target.column), quote_ident(target.key_column)
+    return t, c, k, k + collate(target)
+
+
+def _witness(target: Target) -> str:
+    return f", {quote_ident(target.rowid)} AS keyrotate_witness" if (
+        target.witnessed and target.rowid) else ""
+
+
 @functools.lru_cache(maxsize=64)
 def cas_sql(target: Target) -> str:
     """UPDATE ... SET col = new WHERE key = ? AND col IS expected: the compare-and-swap."""
-    t, c, k = quote_ident(target.table), quote_ident(target.column), quote_ident(target.key_column)
-    return f"UPDATE {t} SET {c} = ? WHERE {k} = ? AND {c} IS ?"
+    t, c, _, kc = _names(target)
+    return f"UPDATE {t} SET {c} = ? WHERE {kc} = ? AND {c} IS ?"
 
 
 def scan_sql(target: Target, first: bool) -> str:
-    t, c, k = quote_ident(target.table), quote_ident(target.column), quote_ident(target.key_column)
-    where = "" if first else f" WHERE {k} > ?"
-    return f"SELECT {k}, {c} FROM {t}{where} ORDER BY {k} LIMIT ?"
+    t, c, k, kc = _names(target)
+    where = "" if first else f" WHERE {kc} > ?"
+    return f"SELECT {k}, {c}{_witness(target)} FROM {t}{where} ORDER BY {kc} LIMIT ?"
 
 
-def range_sql(target: Target, first: bool) -> str:
-    """scan_sql within an upper bound. Parameters: [after,] upto, limit."""
-    t, c, k = quote_ident(target.table), quote_ident(target.column), quote_ident(target.key_column)
-    lower = "" if first else f"{k} > ? AND "
-    return f"SELECT {k}, {c} FROM {t} WHERE {lower}{k} <= ? ORDER BY {k} LIMIT ?"
-
-
-def bounded_scan_sql(target: Target, first: bool, bounded_above: bool = False) -> str:
+def bounded_scan_sql(target: Target, first: bool, non_null: bool = False) -> str:
     """One statement that stops a page at a byte budget (for stores that answer whole
     results): the key range of the first rows whose values fit, then those rows.
-    `bounded_above`: only rows with key <= an upper bound (a census reading back exactly
-    the range one page of the pass covered). Parameters: bounded_scan_params."""
-    t, c, k = quote_ident(target.table), quote_ident(target.column), quote_ident(target.key_column)
-    conds = ([] if first else [f"{k} > ?"]) + ([f"{k} <= ?"] if bounded_above else [])
+    Parameters: [after,] limit, max_bytes[, after]. `non_null`: only rows whose value is
+    not NULL (the probe)."""
+    t, c, k, kc = _names(target)
+    co = collate(target)
+    conds = ([] if first else [f"{kc} > ?"]) + ([f"{c} IS NOT NULL"] if non_null else [])
     where = f" WHERE {' AND '.join(conds)}" if conds else ""
+    last = ([f"{kc} <= (SELECT max(k{co}) FROM cut)"] + ([] if first else [f"{kc} > ?"])
+            + ([f"{c} IS NOT NULL"] if non_null else []))
     return (f"WITH page AS (SELECT {k} AS k, coalesce(length({c}), 0) AS n FROM {t}{where} "
-            f"ORDER BY {k} LIMIT ?), cut AS (SELECT k FROM (SELECT k, sum(n) OVER (ORDER BY k "
-            f"ROWS UNBOUNDED PRECEDING) - n AS before FROM page) WHERE before < ?) "
-            f"SELECT {k}, {c} FROM {t} WHERE {k} <= (SELECT max(k) FROM cut)"
-            f"{'' if first else f' AND {k} > ?'} ORDER BY {k}")
+            f"ORDER BY {kc} LIMIT ?), cut AS (SELECT k FROM (SELECT k, sum(n) OVER (ORDER BY "
+            f"k{co} ROWS UNBOUNDED PRECEDING) - n AS before FROM page) WHERE before < ?) "
+            f"SELECT {k}, {c}{_witness(target)} FROM {t} WHERE {' AND '.join(last)} "
+            f"ORDER BY {kc}")
 
 
-def bounded_scan_params(after: Value, first: bool, limit: int, max_bytes: int,
-                        upto: tuple[Value] | tuple[()] = ()) -> tuple[Value, ...]:
-    """`upto`: (the upper bound,) for a statement made with bounded_above."""
-    lower: tuple[Value, ...] = () if first else (after,)
-    return (*lower, *upto, limit, max_bytes, *lower)
-
-
-def range_statement(target: Target, after: Value, first: bool, upto: Value, limit: int,
-                    max_bytes: int) -> Statement:
-    """Rows with after < key <= upto (from the start when `first`), at most `limit` rows
-    and about `max_bytes` of values, in key order."""
-    return Statement(bounded_scan_sql(target, first, bounded_above=True),
-                     bounded_scan_params(after, first, limit, max_bytes, (upto,)))
+def bounded_scan_params(after: Value, first: bool, limit: int, max_bytes: int) -> tuple[Value, ...]:
+    return (limit, max_bytes) if first else (after, limit, max_bytes, after)
 
 
 def read_many(store: RowStore, statements: Sequence[Statement]) -> list[list[tuple[Value, ...]]]:
@@ -157,11 +173,10 @@ def read_many(store: RowStore, statements: Sequence[Statement]) -> list[list[tup
 
 
 def bounded_scan_page(store: RowStore, target: Target, after: Value, first: bool, limit: int,
-                      max_bytes: int) -> list[tuple[Value, Value]]:
+                      max_bytes: int) -> list[tuple[Value, ...]]:
     """`scan_page` for stores that answer whole results: the statement cuts the page."""
-    rows = store.query(bounded_scan_sql(target, first),
-                       bounded_scan_params(after, first, limit, max_bytes))
-    return [(r[0], r[1]) for r in rows]
+    return [tuple(r) for r in store.query(bounded_scan_sql(target, first),
+                                          bounded_scan_params(after, first, limit, max_bytes))]
 
 
 def cas_statements(target: Target | None, writes: Sequence[CasWrite]) -> list[Statement]:
@@ -174,8 +189,26 @@ def cas_statements(target: Target | None, writes: Sequence[CasWrite]) -> list[St
     return [Statement(sql, tuple(w)) for w in writes]
 
 
+def display_key(key: Value) -> str:
+    """A row's key as printable text, for failure lists and output: a TEXT key that is not
+    UTF-8 (read back holding lone surrogates) shows its bad bytes as \\xNN escapes."""
+    text = str(key)
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def value_size(value: Value) -> int:
     return len(value) if isinstance(value, (str, bytes)) else 8
+
+
+def page_weight(rows: Sequence[tuple[Value, ...]]) -> int:
+    """The stored bytes of a page's values (the common all-text page without a Python
+    call per row)."""
+    try:
+        return sum(map(len, map(itemgetter(1), rows)))
+    except TypeError:   # a NULL or a number among them
+        return sum(value_size(r[1]) for r in rows)
 
 
 def read_rows(store: RowStore, target: Target, keys: Sequence[Value]) -> list[tuple[Value, Value]]:
@@ -188,15 +221,54 @@ def read_rows(store: RowStore, target: Target, keys: Sequence[Value]) -> list[tu
 
 
 def rows_by_key_sql(target: Target, n: int) -> str:
-    t, c, k = quote_ident(target.table), quote_ident(target.column), quote_ident(target.key_column)
-    return f"SELECT {k}, {c} FROM {t} WHERE {k} IN ({','.join('?' * n)}) ORDER BY {k}"
+    t, c, k, kc = _names(target)
+    return f"SELECT {k}, {c} FROM {t} WHERE {kc} IN ({','.join('?' * n)}) ORDER BY {kc}"
 
 
 def count_after(store: RowStore, target: Target, after: Value, first: bool) -> int:
-    t, k = quote_ident(target.table), quote_ident(target.key_column)
+    t, _, _, kc = _names(target)
     if first:
         return count_rows(store, target)
-    return int(store.query(f"SELECT count(*) FROM {t} WHERE {k} > ?", (after,))[0][0])
+    return int(store.query(f"SELECT count(*) FROM {t} WHERE {kc} > ?", (after,))[0][0])
+
+
+# --- the census's witness: did paging reach every row? ---------------------------------
+#
+# Counts cannot prove it: a row paging skipped and a row the application deleted meanwhile
+# cancel out. So the census sums a keyed hash of each row's rowid as it visits the rows,
+# and compares that sum with the same sum over the whole table at the end, computed in
+# SQL by one aggregate that never compares keys (no collation, no ORDER BY, no paging).
+# h(r) = u^3 mod P with u = (a*r + b) mod P, for a salt (a, b) drawn per census: cubing
+# is one-to-one mod P (P = 2 mod 3), so one skipped row is never balanced by one other
+# row; for more, the sums agree by chance with odds of about 1 in P. SQLite's 64-bit
+# integers hold every product (P < 2^31) and the sum of up to 2^32 terms.
+
+WITNESS_PRIME = 2_147_483_579   # prime, = 2 (mod 3)
+Salt = tuple[int, int]
+
+
+def new_salt() -> Salt:
+    import secrets
+
+    return 1 + secrets.randbelow(WITNESS_PRIME - 1), secrets.randbelow(WITNESS_PRIME)
+
+
+def witness_sum(rowids: Iterable[int], salt: Salt) -> int:
+    """Python's side of witness_sql: the sum of h(rowid) over these rows."""
+    a, b, p = salt[0], salt[1], WITNESS_PRIME
+    total = 0
+    for r in rowids:
+        u = (a * r + b) % p
+        total += u * u % p * u % p
+    return total
+
+
+def witness_sql(table: str, rowid: str, salt: Salt, where: str = "") -> str:
+    """count(*) and the sum of h(rowid) over the table (and `where`), in one aggregate."""
+    a, b, p, r = salt[0], salt[1], WITNESS_PRIME, quote_ident(rowid)
+    u = f"(({a} * ((({r} % {p}) + {p}) % {p}) + {b}) % {p})"
+    return (f"SELECT count(*), coalesce(sum({u} * {u} % {p} * {u} % {p}), 0) "
+            f"FROM {quote_ident(table)}{where}")
 
 
 def count_rows(store: RowStore, target: Target) -> int:

@@ -1,7 +1,4 @@
-"""Open the database a URL names: an SQLite file, a libSQL server or Cloudflare D1.
-
-The libSQL client is imported only for a libSQL URL: it brings aiohttp, a fifth of a
-second of start-up that every command on a file or D1 would otherwise pay."""
+"""Open the database a URL names: an SQLite file, a libSQL server or Cloudflare D1."""
 
 from __future__ import annotations
 
@@ -24,6 +21,8 @@ def open_database(url: str) -> RowStore:
     if url.startswith(FILE_SCHEME):
         return SqliteFileStore(url)
     if url.startswith(LIBSQL_SCHEMES):
+        # imported when used: libsql-client brings aiohttp, which costs every process
+        # (and every forked crypto worker) tens of MB and a second of start-up
         from keyrotate.db.libsql_remote import LibsqlRemoteStore
 
         return LibsqlRemoteStore(url)

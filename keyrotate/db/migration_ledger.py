@@ -81,13 +81,13 @@ def pending(store: RowStore, migrations: list[Migration], table: str = D1_LEDGER
     return [m for m in migrations if m.name not in done]
 
 
-def apply_one(store: RowStore, migration: Migration, table: str = D1_LEDGER) -> None:
-    """The migration's statements and its ledger row, in one transaction."""
-    store.apply([], None, [Statement(ledger_ddl(table)), *migration_statements(migration, table)])
-
-
 def migration_statements(migration: Migration, table: str = D1_LEDGER) -> list[Statement]:
-    """The migration's statements, then its ledger row."""
+    """The migration's statements and its ledger row, to run in one transaction."""
     statements = [Statement(s) for s in split_sql(migration.sql())]
     statements.append(Statement(f"INSERT INTO {quote_ident(table)} (name) VALUES (?)", (migration.name,)))
-    return statements
+    return [Statement(ledger_ddl(table)), *statements]
+
+
+def apply_one(store: RowStore, migration: Migration, table: str = D1_LEDGER) -> None:
+    """The migration's statements and its ledger row, in one transaction."""
+    store.apply([], None, migration_statements(migration, table))

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keyrotate.db.base import RowStore, Statement, read_many
-from keyrotate.db.migration_ledger import discover, ledger_ddl, migration_statements
-from keyrotate.errors import StoreError
+from keyrotate.db.migration_ledger import applied, discover, ledger_ddl, migration_statements
+from keyrotate.errors import StoreError, StoreUnavailable
 
 LEDGER = "keyrotate_migrations"
 
@@ -47,7 +47,12 @@ def ensure_journal_schema(store: RowStore,
     database, so the ledger and keyrotate's table names come in one read (one request;
     on a database without the ledger that read fails, every migration is pending, and
     they follow in one more), and what it learnt is kept for `own_table`. `answers`:
-    schema_reads() already made (with other reads, in the same request)."""
+    schema_reads() already made (with other reads, in the same request).
+
+    Migrations that fail because they are already there (a D1 answer lost and the request
+    replayed by the client after it committed; two first runs at once) are fine: the
+    ledger then lists them. A failure the ledger does not explain but that looks like that
+    race is resumable (exit 3), never a usage error."""
     if store in _KNOWN:
         return
     if answers is None:
@@ -66,7 +71,16 @@ def ensure_journal_schema(store: RowStore,
         statements = [Statement(ledger_ddl(LEDGER))]
         for migration in todo:
             statements += migration_statements(migration, LEDGER)
-        after = frozenset(str(r[0]) for r in _apply_then_read(store, statements, OWN_TABLES))
+        try:
+            after = frozenset(str(r[0]) for r in _apply_then_read(store, statements, OWN_TABLES))
+        except StoreError as e:
+            if all(m.name in set(applied(store, LEDGER)) for m in todo):
+                after = frozenset(str(r[0]) for r in store.query(OWN_TABLES.sql))
+            elif any(sign in str(e).lower() for sign in _ALREADY_THERE):
+                raise StoreUnavailable("keyrotate's own tables changed under it while it "
+                                       "created them") from None
+            else:
+                raise
     _KNOWN[store] = OwnSchema(after, after - before, bool(todo))
 
 
@@ -102,7 +116,23 @@ def own_table(store: RowStore, name: str) -> str | None:
     return "created" if name in known.created else "present"
 
 
+# what a migration applied twice fails with
+_ALREADY_THERE = ("unique constraint", "duplicate column", "already exists")
+
+
 def journal_exists(store: RowStore) -> bool:
     rows = store.query("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?",
                        ("keyrotate_runs",))
     return bool(rows)
+
+
+# a rotation in one of these states may still change what the Workers hold
+OPEN_STATES = ("in-progress", "awaiting-finish", "aborting")
+
+
+def open_rotations(store: RowStore, env: str) -> list[tuple[str, str, str]]:
+    """(secret, rotation id, state) of every open rotation of the environment."""
+    marks = ", ".join("?" * len(OPEN_STATES))
+    return [(str(r[0]), str(r[1]), str(r[2])) for r in store.query(
+        f"SELECT secret, rotation_id, state FROM keyrotate_rotations WHERE environment = ? "
+        f"AND state IN ({marks})", (env, *OPEN_STATES))]

@@ -10,11 +10,12 @@ application is never starved for long.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 import time
 from typing import Callable, Sequence, TypeVar
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 from keyrotate.db.base import (
     DEFAULT_BATCH_SIZE,
@@ -23,7 +24,6 @@ from keyrotate.db.base import (
     Target,
     Value,
     cas_sql,
-    range_sql,
     rows_by_key_sql,
     scan_sql,
     value_size,
@@ -43,16 +43,42 @@ WRITE_CACHE_KIB = 16 * 1024
 
 
 def file_url_path(url: str) -> str:
-    """The filesystem path of `file:PATH` or `file:///abs/path`."""
+    """The one filesystem path a `file:` URL names.
+
+    - `file:PATH` (no `//`): PATH exactly as written, every character its own: `%41` is
+      three characters, `#` and `?` are part of the name. This is how the manifest and
+      wrangler's local D1 paths are written.
+    - `file://[localhost]/PATH` (RFC 8089): PATH percent-decoded (`%23` for `#`, `%3F` for
+      `?`). A query (`?mode=ro`) or fragment would mean something keyrotate does not do, so
+      either is refused rather than dropped.
+    """
     if url.startswith("file://"):
         parsed = urlparse(url)
         if parsed.netloc not in ("", "localhost"):
             raise ConfigError(f"a file: URL cannot name a host: {url}")
-        return unquote(parsed.path)
-    path = url[len("file:"):]
+        if "?" in url or "#" in url:
+            raise ConfigError(
+                f"{url}: keyrotate honours no query string or fragment in a file:// URL "
+                "(SQLite options such as mode=ro or immutable=1 are not applied, and the "
+                "database is written). Give the path alone; spell a '?' or '#' in the file "
+                "name as %3F or %23, or write file:PATH, which takes PATH literally.")
+        try:
+            path = unquote(parsed.path, errors="strict")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{url}: its percent-escapes are not UTF-8") from None
+    else:
+        path = url[len("file:"):]
     if not path:
         raise ConfigError("file: URL without a path")
+    if "\0" in path:
+        raise ConfigError("a file: URL cannot name a path with a NUL byte")
     return path
+
+
+def sqlite_uri(path: str) -> str:
+    """An SQLite URI that opens exactly `path`, read-write, never creating it: every
+    character SQLite's URI parser would read as syntax (%, ?, #) is percent-encoded."""
+    return f"file:{quote(os.path.abspath(path), safe='/')}?mode=rw"
 
 
 # SQLite errors that pass: a lock held past the busy timeout, a full or failing disk
@@ -72,6 +98,60 @@ def _lenient_text(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
+# --- text that is not UTF-8 ---------------------------------------------------------------
+#
+# SQLite stores TEXT without checking it is UTF-8. Such a cell comes back (read leniently,
+# above) as a str holding lone surrogates, which sqlite3 cannot bind again: a key like that
+# used to end every run in a UnicodeEncodeError at the same row. Bound here as its own bytes
+# through CAST(? AS TEXT), it is the very TEXT value it was read from, so its row is paged,
+# compared and written like any other.
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _raw_text(value: Value) -> bool:
+    return value.__class__ is str and not value.isascii() and _SURROGATE.search(value) is not None
+
+
+def _placeholders(sql: str) -> list[int]:
+    """Where the `?` parameters are (outside quotes, identifiers and comments)."""
+    found, i, n = [], 0, len(sql)
+    closing = {"'": "'", '"': '"', "`": "`", "[": "]"}
+    while i < n:
+        ch = sql[i]
+        if ch in closing:
+            i = sql.find(closing[ch], i + 1)
+            i = n if i < 0 else i + 1
+        elif sql.startswith("--", i):
+            i = sql.find("\n", i)
+            i = n if i < 0 else i
+        elif sql.startswith("/*", i):
+            i = sql.find("*/", i + 2)
+            i = n if i < 0 else i + 2
+        else:
+            if ch == "?":
+                found.append(i)
+            i += 1
+    return found
+
+
+def bindable(sql: str, params: Sequence[Value]) -> tuple[str, tuple[Value, ...]]:
+    """The statement and parameters sqlite3 can bind: a str that holds non-UTF-8 text (lone
+    surrogates) goes as its own bytes, cast back to TEXT where it stands."""
+    if not any(_raw_text(p) for p in params):
+        return sql, tuple(params)
+    out, last, bound = [], 0, []
+    for pos, p in zip(_placeholders(sql), params):
+        if _raw_text(p):
+            out += [sql[last:pos], "CAST(? AS TEXT)"]
+            last = pos + 1
+            bound.append(p.encode("utf-8", "surrogateescape"))
+        else:
+            bound.append(p)
+    out.append(sql[last:])
+    return "".join(out), tuple(bound)
+
+
 class SqliteFileStore:
     """A row store over one SQLite file. Never creates a database that does not exist."""
 
@@ -87,17 +167,20 @@ class SqliteFileStore:
         # Two connections: reads (keyset scans) and writes (CAS batches), so a writer thread
         # can commit while the main thread scans; sqlite3 releases the GIL inside SQLite.
         self._read_lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self.conn = self._connect(path)
         self.wconn = self._connect(path)
         self.wconn.execute(f"PRAGMA cache_size = -{WRITE_CACHE_KIB}")
         self._data_version = self._read_data_version()
-        self._foreign = 0   # commits to the file seen from other connections (change_mark)
+        # another connection has committed to the file since we opened it: an application
+        # writes too, and every page gets a commit of its own (its turn at the write lock)
+        self.contended = False
 
     @staticmethod
     def _connect(path: str) -> sqlite3.Connection:
         try:
             # mode=rw: fail rather than create; isolation_level=None: we say BEGIN ourselves
-            conn = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=rw", uri=True,
+            conn = sqlite3.connect(sqlite_uri(path), uri=True,
                                    isolation_level=None, check_same_thread=False,
                                    timeout=BUSY_TIMEOUT_MS / 1000)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -112,9 +195,11 @@ class SqliteFileStore:
             return self._query(sql, params)
 
     def _query(self, sql: str, params: Sequence[Value]) -> list[tuple[Value, ...]]:
-        return self._lenient(lambda: self.conn.execute(sql, tuple(params)).fetchall())
+        sql, bound = bindable(sql, params)
+        return self._lenient(lambda: self.conn.execute(sql, bound).fetchall())
 
-    def _lenient(self, read: Callable[[], T]) -> T:
+    def _lenient(self, read: Callable[[], T], conn: sqlite3.Connection | None = None) -> T:
+        conn = conn or self.conn
         try:
             try:
                 return read()
@@ -122,11 +207,11 @@ class SqliteFileStore:
                 if "decode" not in str(e):
                     raise
                 # a cell holds invalid UTF-8: read this page again, leniently (rare, slower)
-                self.conn.text_factory = _lenient_text
+                conn.text_factory = _lenient_text
                 try:
                     return read()
                 finally:
-                    self.conn.text_factory = str
+                    conn.text_factory = str
         except sqlite3.Error as e:
             raise store_error(f"query failed on {self.display_url}", e) from None
 
@@ -134,17 +219,9 @@ class SqliteFileStore:
                   max_bytes: int) -> list[tuple[Value, Value]]:
         """Rows come off the cursor one by one until the page is full or heavy enough:
         SQLite never hands over more than the page holds."""
-        params: tuple[Value, ...] = (limit,) if first else (after, limit)
+        sql, params = bindable(scan_sql(target, first), (limit,) if first else (after, limit))
         with self._read_lock:
-            return self._lenient(lambda: self._fill(scan_sql(target, first), params, max_bytes))
-
-    def scan_range(self, target: Target, after: Value, first: bool, upto: Value, limit: int,
-                   max_bytes: int) -> list[tuple[Value, Value]]:
-        """scan_page within after < key <= upto (a census reads back exactly the range a
-        page of the pass covered)."""
-        params: tuple[Value, ...] = (upto, limit) if first else (after, upto, limit)
-        with self._read_lock:
-            return self._lenient(lambda: self._fill(range_sql(target, first), params, max_bytes))
+            return self._lenient(lambda: self._fill(sql, params, max_bytes))
 
     def _fill(self, sql: str, params: tuple[Value, ...], max_bytes: int) -> list[tuple[Value, Value]]:
         cur = self.conn.execute(sql, params)
@@ -163,10 +240,14 @@ class SqliteFileStore:
     def apply(self, writes: Sequence[CasWrite], target: Target | None,
               statements: Sequence[Statement]) -> list[bool]:
         """CAS writes, then journal statements, in one immediate transaction."""
+        with self._write_lock:   # the writer thread and the lease's heartbeat both write
+            return self._apply(writes, target, statements)
+
+    def _apply(self, writes: Sequence[CasWrite], target: Target | None,
+               statements: Sequence[Statement]) -> list[bool]:
         conn = self.wconn
-        before = self._read_data_version()
-        contended = before != self._data_version
-        self._foreign += contended
+        contended = self._read_data_version() != self._data_version
+        self.contended = self.contended or contended
         try:
             conn.execute("BEGIN IMMEDIATE")
             locked_at = time.monotonic()
@@ -174,17 +255,18 @@ class SqliteFileStore:
                 hits = [True] * len(writes)
                 if writes:
                     assert target is not None
-                    changed = conn.executemany(cas_sql(target), writes).rowcount
+                    plain = [w for w in writes if not _raw_text(w[1])]
+                    changed = conn.executemany(cas_sql(target), plain).rowcount
+                    for w in writes if len(plain) != len(writes) else ():
+                        if _raw_text(w[1]):   # a key that is not UTF-8: one by one, as bytes
+                            changed += conn.execute(*bindable(cas_sql(target), w)).rowcount
                     if changed != len(writes):
                         hits = self._landed(target, writes)
                 for st in statements:
-                    conn.execute(st.sql, st.params)
+                    conn.execute(*bindable(st.sql, st.params))
                 conn.execute("COMMIT")
                 held = time.monotonic() - locked_at
                 self._data_version = self._read_data_version()
-                # our own commit leaves data_version as it was: a change means another
-                # connection committed between our check and our BEGIN (or just after)
-                self._foreign += self._data_version != before
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -201,32 +283,13 @@ class SqliteFileStore:
         """Changes whenever another connection commits to the file (never for our own)."""
         return int(self.wconn.execute("PRAGMA data_version").fetchone()[0])
 
-    def change_mark(self) -> int:
-        """A mark for unchanged_since. Call it when the writer thread is idle."""
-        self._observe()
-        return self._foreign
-
-    def unchanged_since(self, mark: int) -> bool:
-        """True when nobody but this store committed to the file since `mark`: SQLite's
-        data_version changes with every commit of another connection, whatever the
-        process, and never with our own; every write of ours goes through `apply`, which
-        checks it before BEGIN and after COMMIT. So the file holds what our reads saw
-        plus what our writes wrote. Call it when the writer thread is idle."""
-        self._observe()
-        return self._foreign == mark
-
-    def _observe(self) -> None:
-        now = self._read_data_version()
-        if now != self._data_version:
-            self._foreign += 1
-            self._data_version = now
-
     def _landed(self, target: Target, writes: Sequence[CasWrite]) -> list[bool]:
         """Which CAS writes hit. Exact: we still hold the write lock, nobody else wrote since."""
         now: dict[Value, Value] = {}
         for i in range(0, len(writes), 500):
-            chunk = [w[1] for w in writes[i:i + 500]]
-            now.update(self.wconn.execute(rows_by_key_sql(target, len(chunk)), chunk).fetchall())
+            sql, chunk = bindable(rows_by_key_sql(target, min(500, len(writes) - i)),
+                                  [w[1] for w in writes[i:i + 500]])
+            now.update(self._lenient(lambda: self.wconn.execute(sql, chunk).fetchall(), self.wconn))
         return [now.get(key) == new for new, key, _ in writes]
 
     def restore_point(self) -> None:

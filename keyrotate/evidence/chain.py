@@ -1,19 +1,29 @@
-"""The audit trail's hash chain: each event carries the SHA-256 of the one before, so an
-event altered, removed or moved is found by walking the chain.
+"""The audit trail's chain: each event carries a MAC under the environment's audit key,
+over the MAC of the one before and its own canonical record (README, "Audit trail"):
 
-Nothing here is keyed: someone who can write the table could rebuild the whole chain
-after an edit. That is caught elsewhere: every operator's local copy (the JSON-lines
-file) holds the hashes it wrote, and `audit verify` checks them against the table.
+    mac = HMAC-SHA256(audit_key, prev_mac || canonical(record))
+
+so an event forged, altered, removed, moved or rebuilt by someone without the audit key is
+found by walking the chain. A keyed record names the key (`chain_key`, a one-way id).
+
+Trails written by keyrotate 0.1 chained events with a plain SHA-256 of each record, which
+anyone who can write the table can recompute. Those events still verify as a prefix: the
+first keyed event follows the last of them (its `prev` is their head), so its MAC seals
+them all. A plain event after a keyed one was written without the key: it is a finding.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from dataclasses import dataclass
 from typing import Any
 
+from keyrotate.secrets.audit_key import AuditKey
+
 GENESIS = "0" * 64
+KEYED = "chain_key"
 
 
 def canonical(record: dict[str, Any]) -> bytes:
@@ -22,7 +32,20 @@ def canonical(record: dict[str, Any]) -> bytes:
 
 
 def digest(record: dict[str, Any]) -> str:
+    """keyrotate 0.1's unkeyed link (still checked for the events it wrote)."""
     return hashlib.sha256(canonical(record)).hexdigest()
+
+
+def authentic(record: dict[str, Any], mac: str, key: AuditKey) -> bool:
+    """The record is as it was written under `key`, after the event whose MAC is its `prev`."""
+    prev = record.get("prev")
+    if not isinstance(prev, str) or record.get(KEYED) != key.id:
+        return False
+    try:
+        expected = key.mac(prev, canonical(record))
+    except (UnicodeEncodeError, ValueError):
+        return False
+    return hmac.compare_digest(expected, mac)
 
 
 @dataclass(frozen=True)
@@ -31,6 +54,10 @@ class Link:
     record: dict[str, Any]
     prev_hash: str
     hash: str
+
+    @property
+    def keyed(self) -> bool:
+        return KEYED in self.record
 
     def label(self) -> str:
         r = self.record
@@ -41,16 +68,25 @@ class Link:
 @dataclass(frozen=True)
 class Break:
     seq: int
-    problem: str      # altered | broken-before | reordered
+    problem: str      # altered | foreign-key | unkeyed | broken-before | reordered | missing | ...
     message: str
 
 
-def first_break(links: list[Link]) -> Break | None:
+def first_break(links: list[Link], key: AuditKey | None) -> Break | None:
     """The first event, in the order they were stored, where the chain does not hold."""
     by_hash = {link.hash: i for i, link in enumerate(links)}
-    expected = GENESIS
+    expected, keyed_seen = GENESIS, False
     for i, link in enumerate(links):
-        if digest(link.record) != link.hash or link.record.get("prev") != link.prev_hash:
+        if link.keyed:
+            keyed_seen = True
+            problem = _keyed_problem(link, key)
+            if problem:
+                return problem
+        elif keyed_seen:
+            return Break(link.seq, "unkeyed", f"{link.label()} carries no MAC, though the trail "
+                         "was authenticated before it: it was written without the audit key "
+                         "(forged)")
+        elif digest(link.record) != link.hash or link.record.get("prev") != link.prev_hash:
             return Break(link.seq, "altered", f"{link.label()} was altered: its content no "
                          "longer matches its hash")
         if link.prev_hash != expected:
@@ -59,6 +95,23 @@ def first_break(links: list[Link]) -> Break | None:
                 return Break(link.seq, "reordered", f"{link.label()} is out of order: it follows "
                              f"{links[j].label()} in the chain")
             return Break(link.seq, "broken-before", f"the event before {link.label()} was removed "
-                         "or rewritten: the hash it follows is not in the trail")
+                         "or rewritten: the MAC it follows is not in the trail")
         expected = link.hash
     return None
+
+
+def _keyed_problem(link: Link, key: AuditKey | None) -> Break | None:
+    named = link.record.get(KEYED)
+    if key is None or named != key.id:
+        return Break(link.seq, "foreign-key", f"{link.label()} names audit key {named}, not the "
+                     f"one in the environment's store ({key.id if key else 'none'}): forged, or the "
+                     "store's audit key was replaced")
+    if link.record.get("prev") != link.prev_hash or not authentic(link.record, link.hash, key):
+        return Break(link.seq, "altered", f"{link.label()} is not authentic: its MAC does not "
+                     "verify under the audit key (forged or altered)")
+    return None
+
+
+def unkeyed_prefix(links: list[Link]) -> int:
+    """How many events at the start of the trail predate the audit key."""
+    return next((i for i, link in enumerate(links) if link.keyed), len(links))

@@ -2,9 +2,11 @@
 
 The notification body is a fixed shape receivers are written against (README,
 "Notifications"): {"v": 1, "event", "env", "secret", "rotation_id", "step", "at",
-"old_fingerprint", "new_fingerprint", "summary"}. The audit trail keeps the same fields
-plus `detail` (counts, bookmarks), `operator` and the hash chain. Fingerprints only: no
-field ever holds a value.
+"old_fingerprint", "new_fingerprint", "summary", "chain"}, where `chain` is the event's
+place in the audit trail ({"seq", "mac"}: its sequence number and the first 16 hex of its
+MAC), so every sink is a witness of the trail too. The audit trail keeps the same fields
+(but `chain`) plus `detail` (counts, bookmarks), `operator` and the chain's links.
+Fingerprints only: no field ever holds a value.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ NOTIFY_EVENTS = ("rotation.started", "rotation.step", "rotation.paused", "rotati
 # what only the audit trail records
 AUDIT_EVENTS = ("rotation.aborted", "rotation.superseded", "time-travel.bookmark",
                 "notify.failed", "worker.secrets", "worker.deploy", "worker.rollback",
-                "worker.canary", "rollover.run")
+                "worker.canary", "key.state", "secret.created", "schema.migration",
+                "schema.compensation", "objects.rewrap", "rollover.run")
 BODY_VERSION = 1
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://\S+")
 
@@ -66,13 +69,28 @@ class Event:
     def notifies(self) -> bool:
         return self.event in NOTIFY_EVENTS
 
-    def body(self) -> dict[str, Any]:
-        """The notification body (no detail: receivers get a fixed shape)."""
+    def fields(self) -> dict[str, Any]:
         return {"v": BODY_VERSION, "event": self.event, "env": self.env, "secret": self.secret,
                 "rotation_id": self.rotation_id, "step": self.step, "at": self.at,
                 "old_fingerprint": self.old_fingerprint, "new_fingerprint": self.new_fingerprint,
                 "summary": self.summary}
 
+    def body(self, head: "ChainHead | None" = None) -> dict[str, Any]:
+        """The notification body (no detail: receivers get a fixed shape), with the
+        event's place in the audit trail (null when the trail could not record it)."""
+        return {**self.fields(), "chain": head.as_dict() if head else None}
+
     def record(self, prev: str, who: str) -> dict[str, Any]:
-        """What the audit trail hashes and keeps."""
-        return {**self.body(), "detail": self.detail, "operator": who, "prev": prev}
+        """What the audit trail authenticates and keeps."""
+        return {**self.fields(), "detail": self.detail, "operator": who, "prev": prev}
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    """An event's place in the audit trail, as sinks are told it."""
+
+    seq: int
+    mac: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "mac": self.mac[:16]}

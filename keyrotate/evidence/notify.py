@@ -1,8 +1,9 @@
 """Notifications: each event to every sink that wants it, as a signed JSON body or a
 Slack message.
 
-Delivery never changes a command's outcome: each try has a timeout (a few seconds), a
-sink gets up to three tries with backoff, and a sink that failed them all is not tried
+Delivery never changes a command's outcome: each try has a whole deadline (`timeout`
+seconds from the first byte sent to the last byte of the answer: a receiver trickling its
+answer cannot hold a command), a sink gets up to three tries with backoff, and a sink that failed them all is not tried
 again in the same command (a rotation must not wait on a dead receiver at every step).
 Every failure is logged and returned, for the audit trail. Sink URLs are credentials:
 they are resolved from their references only to be used, and never appear in a message,
@@ -14,6 +15,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -23,7 +26,7 @@ import httpx
 
 from keyrotate.config.manifest import NotifyConfig, NotifySink
 from keyrotate.errors import ConfigError, KeyrotateError
-from keyrotate.evidence.event import Event
+from keyrotate.evidence.event import ChainHead, Event
 from keyrotate.evidence.signing import HEADER, check_signing_secret, sign
 
 log = logging.getLogger("keyrotate.notify")
@@ -44,14 +47,21 @@ class Delivery:
         return dict(self.__dict__)
 
 
-def slack_text(event: Event) -> str:
-    """One short sentence; Slack's three control characters escaped, no links."""
+class DeadlinePassed(Exception):
+    """A try did not get its whole answer within the deadline."""
+
+
+def slack_text(event: Event, head: ChainHead | None = None) -> str:
+    """One short sentence; Slack's three control characters escaped, no links; the
+    event's place in the audit trail at the end."""
     text = f"keyrotate [{event.env}] {event.summary}"
+    if head is not None:
+        text += f" (audit #{head.seq} {head.mac[:16]})"
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def json_body(event: Event) -> bytes:
-    return json.dumps(event.body(), sort_keys=True, separators=(",", ":")).encode()
+def json_body(event: Event, head: ChainHead | None = None) -> bytes:
+    return json.dumps(event.body(head), sort_keys=True, separators=(",", ":")).encode()
 
 
 def _check_url(url: str, ref: str) -> None:
@@ -86,20 +96,64 @@ class Notifier:
     def failures(self) -> list[Delivery]:
         return [d for d in self.deliveries if not d.ok]
 
-    def send(self, event: Event) -> list[Delivery]:
+    def wants(self, event: Event) -> bool:
+        return event.notifies and any(event.event in s.events for s in self.config.sinks)
+
+    def send(self, event: Event, head: ChainHead | None = None) -> list[Delivery]:
         """Deliver to every sink that wants this event; never raises."""
         if not event.notifies:
             return []
-        out = [self._deliver(s, event) for s in self.config.sinks if event.event in s.events]
+        out = [self._deliver(s, event, head) for s in self.config.sinks if event.event in s.events]
         self.deliveries += out
         return out
 
     def _client(self) -> httpx.Client:
         if self._http is None:
-            self._http = httpx.Client(follow_redirects=False, headers={"User-Agent": USER_AGENT})
+            # a new connection per try: the deadline cuts the socket the try opened
+            self._http = httpx.Client(follow_redirects=False, headers={"User-Agent": USER_AGENT},
+                                      limits=httpx.Limits(max_keepalive_connections=0))
         return self._http
 
-    def _deliver(self, sink: NotifySink, event: Event) -> Delivery:
+    def _post(self, url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        """One try, within the whole deadline: when it passes, the try's socket is shut
+        down, which ends whatever read or write the try is blocked in."""
+        sockets: list[socket.socket] = []
+        expired = threading.Event()
+
+        def cut(sock: socket.socket) -> None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass   # already closed
+
+        def trace(name: str, info: dict[str, Any]) -> None:
+            if name in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+                stream = info.get("return_value")
+                sock = stream.get_extra_info("socket") if stream is not None else None
+                if sock is not None:
+                    sockets.append(sock)
+                    if expired.is_set():
+                        cut(sock)
+
+        def expire() -> None:
+            expired.set()
+            for sock in sockets:
+                cut(sock)
+
+        timer = threading.Timer(self.config.timeout, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            return self._client().post(url, content=body, headers=headers,
+                                       timeout=self.config.timeout, extensions={"trace": trace})
+        except httpx.TransportError:
+            if expired.is_set():
+                raise DeadlinePassed from None
+            raise
+        finally:
+            timer.cancel()
+
+    def _deliver(self, sink: NotifySink, event: Event, head: ChainHead | None) -> Delivery:
         if sink.label in self._down:
             return self._failed(sink, event, 0, f"not tried: {self._down[sink.label]} "
                                                 "earlier in this command")
@@ -108,23 +162,22 @@ class Notifier:
         except KeyrotateError as e:
             self._down[sink.label] = str(e)
             return self._failed(sink, event, 0, str(e))
-        body = json_body(event) if sink.format == "json" else \
-            json.dumps({"text": slack_text(event)}).encode()
+        body = json_body(event, head) if sink.format == "json" else \
+            json.dumps({"text": slack_text(event, head)}).encode()
         reason, delay = "", FIRST_BACKOFF
         for attempt in range(1, TRIES + 1):
             headers = {"Content-Type": "application/json", "X-Keyrotate-Event": event.event}
             if secret is not None:
                 headers[HEADER] = sign(secret, body)
             try:
-                resp = self._client().post(url, content=body, headers=headers,
-                                           timeout=self.config.timeout)
+                resp = self._post(url, body, headers)
                 if 200 <= resp.status_code < 300:
                     return Delivery(sink.label, event.event, True, attempt)
                 reason = f"HTTP {resp.status_code}"
                 if 400 <= resp.status_code < 500 and resp.status_code not in (408, 429):
                     return self._failed(sink, event, attempt, reason)  # trying again won't help
-            except httpx.TimeoutException:
-                reason = f"no answer within {self.config.timeout:g} s"
+            except (httpx.TimeoutException, DeadlinePassed):
+                reason = f"no whole answer within {self.config.timeout:g} s"
             except httpx.TransportError as e:
                 reason = f"unreachable ({type(e).__name__})"
             except Exception as e:  # e.g. httpx.InvalidURL: its message holds the URL

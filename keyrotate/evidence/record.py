@@ -1,8 +1,9 @@
 """What a command tells the security team, in one place: every event goes to the audit
-trail (in the environment's database, hash chained, with the local copy), and the ones
-sinks want go to the sinks. A delivery that failed is recorded in the trail too; nothing
-here changes a command's outcome except a trail that cannot be written, which is the
-database failing (and fails the command like any other write would)."""
+trail (in the environment's database, authenticated by the audit key, with the local
+copy), and the ones sinks want go to the sinks, with the event's place in the trail. A
+delivery that failed is recorded in the trail too; nothing here changes a command's
+outcome except a trail that cannot be written, which is the database failing (and fails
+the command like any other write would)."""
 
 from __future__ import annotations
 
@@ -13,18 +14,65 @@ from typing import Any, Sequence
 from keyrotate.config.context import Context
 from keyrotate.db.base import Statement
 from keyrotate.errors import EXIT_FAILURES, ConfigError, KeyrotateError
-from keyrotate.evidence.event import Event
+from keyrotate.evidence.event import ChainHead, Event
+from keyrotate.evidence.keying import load_audit_key
+from keyrotate.evidence.lifecycle import KeyIdentity, key_state_event
 from keyrotate.evidence.notify import Delivery, Notifier
-from keyrotate.evidence.trail import AuditTrail
+from keyrotate.evidence.trail import AuditTrail, StoreHead
+from keyrotate.secrets.audit_key import AUDIT_KEY, AuditKey
+from keyrotate.secrets.base import fingerprint
+from keyrotate.secrets.keygen import KeygenResult, generate, write_new_secret
 from keyrotate.secrets.refs import resolve
 
 log = logging.getLogger("keyrotate.audit")
 
 
+def audit_key(ctx: Context) -> AuditKey:
+    """The environment's audit key, read once per command; made on first need, and its
+    making recorded in the trail (an `active` key.state event, which also seals any
+    events keyrotate 0.1 wrote before it)."""
+    box: dict[str, AuditKey] = ctx.shared("audit-key", dict)
+    if "key" not in box:
+        key = load_audit_key(ctx, True, audit_trail(ctx).head_key)
+        assert key is not None
+        box["key"] = key
+        if key.created:   # recorded with the command's first event, in its transaction
+            audit_trail(ctx).queue(key_state_event(
+                ctx.env.name, KeyIdentity(AUDIT_KEY, key.fingerprint(key.raw.decode()), key.id),
+                "active", why=f"made in {ctx.secrets.ref(AUDIT_KEY)} to authenticate the audit "
+                "trail and key fingerprints", created=True))
+    return box["key"]
+
+
+def existing_audit_key(ctx: Context) -> AuditKey | None:
+    """The audit key if the store holds one; never makes one (for reading the trail)."""
+    box: dict[str, AuditKey] = ctx.shared("audit-key", dict)
+    if "key" not in box:
+        key = load_audit_key(ctx, create=False)
+        if key is None:
+            return None
+        box["key"] = key
+    return box["key"]
+
+
 def audit_trail(ctx: Context) -> AuditTrail:
     """The environment's trail, one per command: every appender shares its head."""
     return ctx.shared("audit-trail", lambda: AuditTrail(
-        ctx.db, ctx.env.name, ctx.state_dir / f"audit-{ctx.env.name}.jsonl"))
+        ctx.db, ctx.env.name, ctx.state_dir / f"audit-{ctx.env.name}.jsonl",
+        lambda create: audit_key(ctx) if create else existing_audit_key(ctx),
+        StoreHead(ctx.secrets, ctx.env.name)))
+
+
+def keygen_recorded(ctx: Context, fmt: str, nbytes: int, to: str) -> KeygenResult:
+    """`keygen --to REF --env ENV`: a new secret written at REF, and its creation in the
+    environment's trail (the reference and the fingerprint, never the value)."""
+    value = generate(fmt, nbytes)
+    written = write_new_secret(to, value)
+    audit_trail(ctx).append(Event(
+        "secret.created", ctx.env.name, f"a new {nbytes}-byte {fmt} secret was written to {written}",
+        new_fingerprint=fingerprint(value, audit_key(ctx)),
+        detail={"ref": written, "format": fmt, "bytes": nbytes}))
+    return KeygenResult(fmt, nbytes, written_to=written)
 
 
 def notifier(ctx: Context) -> Notifier:
@@ -36,7 +84,6 @@ class Evidence:
         self.ctx = ctx
         self._trail: AuditTrail | None = None
         self.notifier = notifier(ctx)
-        self._unsent: list[Event] = []    # queued with `later`: sent once in the trail
 
     @property
     def trail(self) -> AuditTrail:
@@ -45,24 +92,25 @@ class Evidence:
         return self._trail
 
     def record(self, event: Event, with_statements: Sequence[Statement] = (),
-               best_effort: bool = False, later: bool = False) -> list[Delivery]:
-        """The trail first (with `with_statements`, in one transaction), then the sinks.
+               best_effort: bool = False, before: Sequence[Event] = ()) -> list[Delivery]:
+        """The trail first (`before`, then `event`, with `with_statements`, in one
+        transaction), then the sinks (which hear of `event`).
         `best_effort`: the command is failing already (perhaps the database is what
-        failed): a trail that cannot be written is logged, and the sinks still hear.
-        `later`: the record waits for the trail's next append (AuditTrail.later says
-        which may), and the sinks hear of it after that."""
-        if later:
-            self.trail.later(event, with_statements)
-            self._unsent.append(event)
-            return []
+        failed): a trail that cannot be written is logged, and the sinks still hear."""
+        head: ChainHead | None = None
         try:
-            self.trail.append(event, with_statements)
+            self.trail.append(event, with_statements, before)
+            if self.notifier.wants(event):
+                head = self.trail.last_head()
         except KeyrotateError as e:
             if not best_effort:
                 raise
             log.warning("the audit trail could not record %s: %s", event.event, e)
-        self._send_unsent()
-        return self._send(event)
+        deliveries = self.notifier.send(event, head)
+        for d in deliveries:
+            if not d.ok:
+                self._record_failed_delivery(event, d)
+        return deliveries
 
     def _record_failed_delivery(self, event: Event, d: Delivery) -> None:
         try:
@@ -72,29 +120,8 @@ class Evidence:
         except KeyrotateError as e:
             log.warning("the audit trail could not record a failed delivery: %s", e)
 
-    def _send_unsent(self) -> None:
-        unsent, self._unsent = self._unsent, []
-        for event in unsent:
-            self._send(event)
-
-    def _send(self, event: Event) -> list[Delivery]:
-        deliveries = self.notifier.send(event)
-        for d in deliveries:
-            if not d.ok:
-                self._record_failed_delivery(event, d)
-        return deliveries
-
     def close(self) -> None:
-        """Whatever still waits goes to the trail (best effort: a command that is ending
-        on an error keeps its error), then to the sinks."""
-        try:
-            if self._trail is not None:
-                self._trail.flush()
-            self._send_unsent()
-        except KeyrotateError as e:
-            log.warning("the audit trail could not record what was left: %s", e)
-        finally:
-            self.notifier.close()
+        self.notifier.close()
 
 
 @dataclass(frozen=True)

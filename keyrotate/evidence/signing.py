@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 
 from keyrotate.errors import ConfigError
@@ -19,6 +20,8 @@ from keyrotate.errors import ConfigError
 HEADER = "X-Keyrotate-Signature"
 TOLERANCE = 300
 MIN_SECRET_CHARS = 16
+_T = re.compile(r"[0-9]{1,12}")          # unix seconds: 12 digits reach year 33658
+_V1 = re.compile(r"[0-9a-f]{64}")
 
 
 def check_signing_secret(secret: str, ref: str) -> None:
@@ -37,14 +40,28 @@ def sign(secret: str, body: bytes, t: int | None = None) -> str:
 def verify(secret: str, header: str, body: bytes, now: float | None = None,
            tolerance: int = TOLERANCE) -> bool:
     """A receiver's check (Python receivers may import it): the signature matches and `t`
-    is within tolerance. Refusing a replay within tolerance is the receiver's own memory."""
-    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
+    is within tolerance. Refusing a replay within tolerance is the receiver's own memory.
+
+    Any malformed input (a missing or garbled header, a non-ASCII or wrong-length `v1`, a
+    huge `t`, a body that is not bytes) is simply not a valid signature: False, never an
+    exception."""
+    if not isinstance(secret, str) or not secret or not isinstance(header, str) \
+            or not isinstance(body, (bytes, bytearray)):
+        return False
+    parts: dict[str, str] = {}
+    for part in header.split(","):
+        name, eq, value = part.strip().partition("=")
+        if not eq or name in parts:
+            return False
+        parts[name] = value
+    t, v1 = parts.get("t", ""), parts.get("v1", "")
+    if not _T.fullmatch(t) or not _V1.fullmatch(v1):
+        return False
     try:
-        t = int(parts["t"])
-    except (KeyError, ValueError):
+        now = time.time() if now is None else float(now)
+        if abs(now - int(t)) > tolerance:
+            return False
+        expected = sign(secret, bytes(body), int(t)).split("v1=", 1)[1]
+    except (ValueError, OverflowError, UnicodeEncodeError):
         return False
-    now = time.time() if now is None else now
-    if abs(now - t) > tolerance:
-        return False
-    expected = sign(secret, body, t).split("v1=", 1)[1]
-    return hmac.compare_digest(expected, parts.get("v1", ""))
+    return hmac.compare_digest(expected.encode("ascii"), v1.encode("ascii"))

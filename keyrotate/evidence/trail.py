@@ -1,103 +1,169 @@
-"""The audit trail: append-only, in the environment's database (keyrotate_audit), hash
-chained, with a copy in the local JSON-lines file beside the manifest.
+"""The audit trail: append-only, in the environment's database (keyrotate_audit), each
+event authenticated by the environment's audit key (a MAC chain, evidence/chain.py), with
+a copy in this machine's witness file beside the manifest.
 
 Living in the database, it is one history for every operator and machine that works on
 the environment: two appends that race for the same place in the chain cannot both land
-(UNIQUE (environment, prev_hash)); the loser reads the new head and appends after it.
-The local file is this machine's witness: `verify` checks that every event it wrote is
-still in the table, unchanged, which catches a chain rebuilt after an edit.
+(UNIQUE (environment, prev_hash), and a trigger refusing INSERT OR REPLACE); the loser
+reads the new head and appends after it. At the end of a command that appended, the
+head's MAC is saved in the environment's store too: a trail cut short at its end, which
+no MAC can show, then no longer holds the head the store remembers.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from keyrotate.db.base import RowStore, Statement
-from keyrotate.errors import EXIT_FAILURES, StoreError, StoreUnavailable
-from keyrotate.evidence.chain import GENESIS, Break, Link, digest, first_break
-from keyrotate.evidence.event import Event, operator
+from keyrotate.errors import ConfigError, KeyrotateError, StoreError, StoreUnavailable
+from keyrotate.evidence.chain import GENESIS, KEYED, Link, canonical
+from keyrotate.evidence.event import ChainHead, Event, operator
+from keyrotate.evidence.witness import WitnessFile, witness_id
+from keyrotate.secrets.audit_key import AuditKey, head_name
+from keyrotate.secrets.base import SecretStore
 
+log = logging.getLogger("keyrotate.audit")
 CONFLICT_TRIES = 20
 PAGE = 500
 _INSERT = ("INSERT INTO keyrotate_audit (environment, at, event, rotation_id, secret, record, "
            "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+# the audit key: to write (made on first need), or to read (None if the store has none)
+KeySource = Callable[[bool], "AuditKey | None"]
 
 
 def _lost_race(e: StoreError) -> bool:
-    """SQLite's words for a UNIQUE violation, the same from a file, libSQL and D1."""
-    return "UNIQUE constraint failed" in str(e)
+    """SQLite's words for a taken place in the chain, the same from a file, libSQL and D1:
+    the UNIQUE constraint, or the trigger that refuses a replace (migration 0007)."""
+    return "UNIQUE constraint failed" in str(e) or "place in the chain is taken" in str(e)
+
+
+class StoreHead:
+    """The MAC of the trail's head as the environment's store last saw it. Someone who can
+    write the database but not the store cannot make the trail end before it unseen."""
+
+    def __init__(self, store: SecretStore, env: str):
+        self.store, self.name = store, head_name(env)
+
+    @property
+    def ref(self) -> str:
+        return self.store.ref(self.name)
+
+    def read(self) -> str | None:
+        raw = self.store.read(self.name)
+        return raw if raw is not None and len(raw) == 64 else None
+
+    def advance(self, mac: str) -> None:
+        if self.read() != mac:
+            self.store.write_state(self.name, mac)
 
 
 class AuditTrail:
-    def __init__(self, db: RowStore, env: str, local_file: Path):
+    def __init__(self, db: RowStore, env: str, local_file: Path,
+                 key: AuditKey | KeySource, store_head: StoreHead | None = None):
         self.db, self.env, self.local_file = db, env, local_file
         self.who = operator()
+        self.witness_id = witness_id(self.who, local_file)
+        self._key: KeySource = (lambda create: key) if isinstance(key, AuditKey) else key
+        self.store_head = store_head
         self._head: str | None = None
-        self._later: list[tuple[Event | None, tuple[Statement, ...]]] = []
+        self._head_key: str | None = None               # the audit key id the head names
+        self._last: tuple[str, str] | None = None     # (prev, mac) of this command's last append
+        self._queued: list[Event] = []                # recorded with the next append
 
-    def append(self, event: Event, with_statements: Sequence[Statement] = ()) -> str:
-        """Append one event (and commit `with_statements` in the same transaction, so a
-        rotation's state and its audit event land together), after whatever `later`
-        queued, all in one transaction. Returns its hash."""
-        return self._append_all([*self._later, (event, tuple(with_statements))])
+    def witness(self) -> WitnessFile:
+        return WitnessFile(self.local_file, self.db.display_url, self.env)
 
-    def later(self, event: Event | None, with_statements: Sequence[Statement] = ()) -> None:
-        """Queue an event (and statements) to commit with the next append, or flush():
-        one request fewer on D1 for a record that may wait. Only for records whose loss
-        in a crash is harmless: a step of a rotation (every step is idempotent: it runs
-        again), a push's confirmation (an unconfirmed push counts as a change)."""
-        self._later.append((event, tuple(with_statements)))
+    def queue(self, event: Event) -> None:
+        """Record `event` with the next append (in its transaction), or when the command ends."""
+        self._queued.append(event)
 
-    def flush(self) -> None:
-        """Commit what `later` queued."""
-        if self._later:
-            self._append_all(list(self._later))
-
-    def _append_all(self, items: list[tuple[Event | None, tuple[Statement, ...]]]) -> str:
-        """The events of `items` chained in order, each after its statements; one apply."""
-        chained = any(event is not None for event, _ in items)
+    def append(self, event: Event, with_statements: Sequence[Statement] = (),
+               before: Sequence[Event] = ()) -> str:
+        """Append one event, after `before` (and any queued), and commit `with_statements`
+        in the same transaction, so a rotation's state and its audit events land together.
+        Returns the MAC of `event`."""
+        key = self._key(True)
+        assert key is not None
+        events = [*self._queued, *before, event]
         for _ in range(CONFLICT_TRIES):
-            prev = (self._head if self._head is not None else self.head()) if chained else ""
-            statements: list[Statement] = []
-            records: list[tuple[dict[str, Any], str]] = []
-            for event, with_statements in items:
-                statements += with_statements
-                if event is None:
-                    continue
-                record = event.record(prev, self.who)
-                prev = digest(record)
-                records.append((record, prev))
-                statements.append(Statement(_INSERT, (
-                    self.env, event.at, event.event, event.rotation_id, event.secret,
-                    json.dumps(record, sort_keys=True), record["prev"], prev)))
+            prev = self._head if self._head is not None else self._read_head()
+            self._check_key(key)
+            links, inserts, link = [], [], prev
+            for e in events:
+                record = {**e.record(link, self.who), KEYED: key.id, "witness": self.witness_id}
+                mac = key.mac(link, canonical(record))
+                inserts.append(Statement(_INSERT, (self.env, e.at, e.event, e.rotation_id, e.secret,
+                                                   json.dumps(record, sort_keys=True), link, mac)))
+                links.append((record, link, mac))
+                link = mac
             try:
-                self.db.apply([], None, statements)
+                self.db.apply([], None, [*with_statements, *inserts])
             except StoreError as e:
-                if not _lost_race(e) or not records:
+                if not _lost_race(e):
                     raise
                 self._head = None
-                if self.head() == prev:   # it landed; only the answer was lost
+                if self.head(key) == link:   # it landed; only the answer was lost
                     break
                 continue
             break
         else:
             raise StoreUnavailable(f"audit trail on {self.db.display_url}: other appends kept "
                                    "taking its head")
-        self._later.clear()
-        if records:
-            self._head = prev
-        for record, h in records:
-            self._witness(record, h)
-        return prev
+        self._head, self._head_key = link, key.id
+        self._last, self._queued = (links[-1][1], link), []
+        witness = self.witness()
+        for record, _, mac in links:
+            witness.write(record, mac)
+        return link
 
-    def head(self) -> str:
-        rows = self.db.query("SELECT hash FROM keyrotate_audit WHERE environment = ? "
+    def _read_head(self) -> str:
+        """The MAC of the environment's last event, and the audit key it names (kept for
+        the next append, which then needs no query of its own)."""
+        rows = self.db.query("SELECT hash, record FROM keyrotate_audit WHERE environment = ? "
                              "ORDER BY seq DESC LIMIT 1", (self.env,))
-        return str(rows[0][0]) if rows else GENESIS
+        if not rows:
+            self._head, self._head_key = GENESIS, None
+            return GENESIS
+        try:
+            named = json.loads(rows[0][1]).get(KEYED)
+        except (TypeError, ValueError, AttributeError):
+            named = None
+        self._head, self._head_key = str(rows[0][0]), named if isinstance(named, str) else None
+        return self._head
+
+    def _check_key(self, key: AuditKey) -> None:
+        """Never append after an event authenticated with another audit key: the chain
+        would verify for no one."""
+        if self._head_key is not None and self._head_key != key.id:
+            raise ConfigError(f"the audit trail of {self.env} is authenticated with audit key "
+                              f"{self._head_key}, but the environment's store holds audit key "
+                              f"{key.id}: every operator of an environment must use its one audit "
+                              "key (KEYROTATE_AUDIT_KEY); nothing was recorded")
+
+    def head(self, key: AuditKey | None = None) -> str:
+        """The MAC of the environment's last event (with `key`: checked to be its key)."""
+        mac = self._read_head()
+        if key is not None:
+            self._check_key(key)
+        return mac
+
+    def head_key(self) -> str | None:
+        """The audit key id the trail's last event names (None: no event, or unkeyed)."""
+        if self._head is None:
+            self._read_head()
+        return self._head_key
+
+    def last_head(self) -> ChainHead | None:
+        """The place of this command's last append (None if it made none)."""
+        if self._last is None:
+            return None
+        rows = self.db.query("SELECT seq FROM keyrotate_audit WHERE environment = ? AND "
+                             "prev_hash = ?", (self.env, self._last[0]))
+        return ChainHead(int(rows[0][0]), self._last[1]) if rows else None
 
     def records(self, event: str) -> list[dict[str, Any]]:
         """The records of one kind of event, in the order they were stored."""
@@ -136,80 +202,19 @@ class AuditTrail:
                 return out
             after = int(rows[-1][0])
 
-    def _witness(self, record: dict[str, Any], h: str) -> None:
-        """This machine's copy: append-only JSON lines, 0600."""
-        self.local_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        line = json.dumps({**record, "hash": h, "database": self.db.display_url}, sort_keys=True)
-        fd = os.open(self.local_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    def close(self) -> None:
+        """Record what is queued, then save the head in the store, once per command that
+        appended. A store this operator cannot write is only warned about: the trail
+        itself is written."""
         try:
-            os.write(fd, (line + "\n").encode())
-        finally:
-            os.close(fd)
-
-    def witnessed(self) -> list[tuple[dict[str, Any], str]]:
-        """(record, hash) of the events this machine appended to this database."""
-        if not self.local_file.exists():
-            return []
-        out = []
-        for line in self.local_file.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(entry, dict) and entry.get("database") == self.db.display_url \
-                    and entry.get("env") == self.env and "hash" in entry:
-                h = entry.pop("hash")
-                entry.pop("database")
-                out.append((entry, str(h)))
-        return out
-
-    def verify(self) -> "AuditVerifyResult":
-        links = self.links()
-        problem = first_break(links)
-        witnessed = self.witnessed()
-        if problem is None:
-            problem = _witness_break(links, witnessed)
-        return AuditVerifyResult(self.env, len(links), links[-1].hash if links else GENESIS,
-                                 len(witnessed), problem)
-
-
-def _witness_break(links: list[Link], witnessed: list[tuple[dict[str, Any], str]]) -> Break | None:
-    """The first event this machine wrote that the table no longer holds as written."""
-    stored = {link.hash for link in links}
-    for record, h in witnessed:
-        if h not in stored or digest(record) != h:
-            at = f"{record.get('event')} at {record.get('at')}"
-            return Break(-1, "missing", f"the event {at}, which this machine appended (its "
-                         "local copy holds it), is not in the trail as written: the trail "
-                         "was cut or rebuilt")
-    return None
-
-
-@dataclass(frozen=True)
-class AuditVerifyResult:
-    env: str
-    events: int
-    head: str
-    witnessed: int
-    problem: Break | None = None
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_FAILURES if self.problem else 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"env": self.env, "events": self.events, "head": self.head,
-                "witnessed_locally": self.witnessed, "ok": self.problem is None,
-                "problem": None if self.problem is None else {
-                    "seq": self.problem.seq if self.problem.seq >= 0 else None,
-                    "kind": self.problem.problem, "message": self.problem.message}}
-
-    def text(self) -> str:
-        if self.problem is None:
-            return (f"audit trail of {self.env}: {self.events} events, chain intact (head "
-                    f"{self.head[:16]}); {self.witnessed} written from this machine, all present "
-                    "as written")
-        return f"audit trail of {self.env}: TAMPERED: {self.problem.message}"
+            if self._queued:
+                self.append(self._queued.pop())
+            if self.store_head is not None and self._last is not None:
+                self.store_head.advance(self._last[1])
+        except KeyrotateError as e:
+            log.warning("could not record the end of the audit trail in %s: %s",
+                        self.store_head.ref if self.store_head else self.db.display_url, e)
+        self._last = None
 
 
 @dataclass(frozen=True)

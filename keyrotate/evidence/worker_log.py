@@ -14,15 +14,13 @@ is dropped.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from keyrotate.config.context import Context
 from keyrotate.db.base import Statement
-from keyrotate.db.own_schema import own_table
 from keyrotate.evidence.event import Event
 from keyrotate.evidence.record import audit_trail
-from keyrotate.timeutil import now_iso, parse_utc
+from keyrotate.timeutil import now_iso
 
 ROTATION_KINDS = ("master-key", "jwt-hs256")
 SECRETS_EVENT = "worker.secrets"
@@ -40,26 +38,29 @@ class SecretChange:
         return {"secret": self.secret, "kind": self.secret_kind, "fingerprint": self.fingerprint}
 
 
-def intend(ctx: Context, worker: str, changes: list[SecretChange]) -> str:
-    """Record a push about to be made; returns its id (the time it was recorded)."""
+def intend(ctx: Context, worker: str, changes: list[SecretChange], base_number: int = 0) -> str:
+    """Record a push about to be made onto a Worker whose latest version is number
+    `base_number`; returns its id (the time it was recorded). Until it is confirmed, any
+    version numbered above `base_number` may hold the change."""
     _import_legacy(ctx)
     at = now_iso()
     names = ", ".join(sorted(c.secret for c in changes))
     audit_trail(ctx).append(Event(
         SECRETS_EVENT, ctx.env.name, f"about to change {names} on {worker}", at=at,
-        detail={"worker": worker, "state": "intent", "intent": at,
+        detail={"worker": worker, "state": "intent", "intent": at, "base_number": base_number,
                 "changes": [c.as_dict() for c in changes]}))
     return at
 
 
-def confirm(ctx: Context, worker: str, intent: str, state: str, version_id: str | None = None) -> None:
-    """The push recorded as `intent` took effect (done) or was refused (failed). Recorded
-    with the trail's next append: lost in a crash, the push counts as unconfirmed, which
-    the rollback guard treats as a change."""
-    audit_trail(ctx).later(Event(
+def confirm(ctx: Context, worker: str, intent: str, state: str, version_id: str | None = None,
+            number: int | None = None) -> None:
+    """The push recorded as `intent` took effect (done: in version `version_id`, number
+    `number`, as Cloudflare listed it) or was refused (failed)."""
+    audit_trail(ctx).append(Event(
         SECRETS_EVENT, ctx.env.name, f"secret change on {worker} {state}"
         + (f" (version {version_id})" if version_id else ""),
-        detail={"worker": worker, "state": state, "intent": intent, "version_id": version_id}))
+        detail={"worker": worker, "state": state, "intent": intent, "version_id": version_id,
+                "number": number}))
 
 
 def record_version(ctx: Context, worker: str, kind: str, version_id: str | None = None) -> None:
@@ -70,46 +71,65 @@ def record_version(ctx: Context, worker: str, kind: str, version_id: str | None 
         detail={"worker": worker, "version_id": version_id}))
 
 
+def canary_versions(ctx: Context, worker: str) -> set[str]:
+    """The canary versions keyrotate made for `worker`."""
+    return {str(r["detail"].get("version_id")) for r in audit_trail(ctx).records("worker.canary")
+            if isinstance(r.get("detail"), dict) and r["detail"].get("worker") == worker}
+
+
+@dataclass(frozen=True)
+class Push:
+    """One secret of one push to a Worker, and what became of it."""
+
+    secret: str
+    fingerprint: str | None      # None: removed
+    state: str                   # intent (never confirmed) | done | failed
+    base_number: int | None      # the Worker's latest version number when it began
+    number: int | None           # the version it made (done), as Cloudflare numbered it
+
+
 @dataclass(frozen=True)
 class SecretHistory:
-    """The secret values keyrotate put on one Worker, as fingerprints, over time."""
+    """The secret values keyrotate put on one Worker, as fingerprints, by version number:
+    the values a version holds are those of the confirmed pushes that made it or a version
+    before it. Versions are compared by Cloudflare's numbers, never by a clock."""
 
-    events: list[tuple[str, str | None, str, str]]   # (secret, fingerprint, at, state)
+    pushes: list[Push]
 
-    def state_before(self, moment: datetime | None) -> dict[str, str | None]:
-        """name -> fingerprint (None: removed) as confirmed pushes left it just before
-        `moment` (None: now). A version made at `moment` holds these."""
+    def state_at(self, number: int | None) -> dict[str, str | None]:
+        """name -> fingerprint (None: removed) in version `number` (None: the latest)."""
         state: dict[str, str | None] = {}
-        for secret, fp, at, status in self.events:
-            when = parse_utc(at)
-            if status != "done" or (moment is not None and when is not None and when >= moment):
-                continue
-            state[secret] = fp
+        for p in self.pushes:
+            if p.state == "done" and (number is None or (p.number or 0) <= number):
+                state[p.secret] = p.fingerprint
         return state
 
-    def unconfirmed_after(self, moment: datetime | None) -> list[str]:
-        """Secrets of pushes begun after `moment` that were never confirmed."""
-        return sorted({secret for secret, _, at, status in self.events if status == "intent"
-                       and (moment is None or (parse_utc(at) or moment) >= moment)})
+    def unsettled_since(self, number: int) -> list[str]:
+        """Secrets of pushes that may have reached a version after `number` but were never
+        confirmed (or whose version Cloudflare did not number): they count as applied."""
+        return sorted({p.secret for p in self.pushes
+                       if (p.state == "intent" and (p.base_number or 0) >= number)
+                       or (p.state == "done" and p.number is None)})
 
 
 def secret_history(ctx: Context, worker: str, kinds: tuple[str, ...] = ROTATION_KINDS) -> SecretHistory:
     """Every push to `worker` of a secret of one of `kinds`, in the order they were made,
-    each with the state its confirmation gave it (intent when none came)."""
+    each with its confirmation (intent when none came)."""
     _import_legacy(ctx)
     records = [r["detail"] for r in audit_trail(ctx).records(SECRETS_EVENT)
                if isinstance(r.get("detail"), dict) and r["detail"].get("worker") == worker]
-    outcome = {d.get("intent"): d.get("state") for d in records if d.get("state") != "intent"}
-    events = []
+    outcome = {d.get("intent"): d for d in records if d.get("state") != "intent"}
+    pushes = []
     for d in records:
         if d.get("state") != "intent":
             continue
-        state = outcome.get(d.get("intent"), "intent")
+        done = outcome.get(d.get("intent"), {})
         for change in d.get("changes", []):
             if change.get("kind") in kinds:
-                events.append((str(change["secret"]), change.get("fingerprint"),
-                               str(d.get("intent")), str(state)))
-    return SecretHistory(events)
+                pushes.append(Push(str(change["secret"]), change.get("fingerprint"),
+                                   str(done.get("state", "intent")), d.get("base_number"),
+                                   done.get("number")))
+    return SecretHistory(pushes)
 
 
 def _import_legacy(ctx: Context) -> None:
@@ -119,9 +139,9 @@ def _import_legacy(ctx: Context) -> None:
     if once:
         return
     once["checked"] = True
-    known = own_table(ctx.db, "keyrotate_events")   # checked with the schema: no request
-    if known == "absent" or (known is None and not ctx.db.query(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", ("keyrotate_events",))):
+    exists = ctx.db.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                          ("keyrotate_events",))
+    if not exists:
         return
     rows = ctx.db.query("SELECT worker, kind, secret, secret_kind, fingerprint, at, state, "
                         "version_id FROM keyrotate_events WHERE environment = ? ORDER BY at, id",
@@ -143,7 +163,4 @@ def _import_legacy(ctx: Context) -> None:
             trail.append(Event(f"worker.{kind}", ctx.env.name, f"(imported) {kind} of {worker}",
                                at=str(at), detail={"worker": worker, "version_id": version,
                                                    "imported": True}))
-    trail.later(None, [Statement("DROP TABLE keyrotate_events")])   # with the next append
-    if not rows:
-        return
-    trail.flush()
+    ctx.db.apply([], None, [Statement("DROP TABLE keyrotate_events")])

@@ -4,13 +4,22 @@ not applied is refused unless forced (the runbook: staging before production).""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from keyrotate.config.context import Context
-from keyrotate.db.migration_ledger import applied, apply_one, discover, pending
+from keyrotate.db.migration_ledger import (
+    Migration,
+    applied,
+    discover,
+    migration_statements,
+    pending,
+)
 from keyrotate.errors import ConfigError
+from keyrotate.evidence.event import Event
+from keyrotate.evidence.record import audit_trail
 from keyrotate.progress import Say
 
 STAGING = "staging"
@@ -78,5 +87,14 @@ def migrations_apply(ctx: Context, dry_run: bool, force: bool, say: Say) -> Migr
     if not dry_run:
         for m in todo:
             say(f"applying {m.name} to {ctx.env.name}")
-            apply_one(ctx.db, m)
+            apply_recorded(ctx, m)
     return MigrationsApplyResult(ctx.env.name, dry_run, [m.name for m in todo])
+
+
+def apply_recorded(ctx: Context, m: Migration) -> None:
+    """The migration, its d1_migrations row and its audit event, in one transaction: the
+    schema never changes without the trail saying so (and which file, by its SHA-256)."""
+    audit_trail(ctx).append(Event(
+        "schema.migration", ctx.env.name, f"applied migration {m.name} to {ctx.env.name}",
+        detail={"migration": m.name, "sha256": hashlib.sha256(m.path.read_bytes()).hexdigest()}),
+        migration_statements(m))

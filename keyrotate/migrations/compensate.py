@@ -14,15 +14,19 @@ and flagged with a WARNING in the file and on stderr.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from keyrotate.config.context import Context
 from keyrotate.db.base import quote_ident
 from keyrotate.db.migration_ledger import Migration, discover, split_sql
 from keyrotate.errors import ConfigError
+from keyrotate.evidence.event import Event
+from keyrotate.evidence.record import audit_trail
 
 DROP_COLUMN_MIN = (3, 35, 0)
 
@@ -348,10 +352,17 @@ class CompensateResult:
         return f"wrote {self.written}"
 
 
-def write_compensation(file: Path) -> CompensateResult:
+def write_compensation(file: Path, ctx: Context | None = None) -> CompensateResult:
+    """The compensating migration, written beside FILE; with an environment, recorded in
+    its trail (the file's name and SHA-256: `migrations apply` records running it)."""
     comp = compensate(file)
     out = file.resolve().parent / comp.name
     if out.exists():
         raise ConfigError(f"{out} exists already")
     out.write_text(comp.sql)
+    if ctx is not None:
+        audit_trail(ctx).append(Event(
+            "schema.compensation", ctx.env.name, f"wrote {out.name}, which undoes {file.name}",
+            detail={"undoes": file.name, "written": out.name, "warnings": comp.warnings,
+                    "sha256": hashlib.sha256(comp.sql.encode()).hexdigest()}))
     return CompensateResult(out, comp.warnings)

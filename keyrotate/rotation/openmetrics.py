@@ -11,16 +11,25 @@ What status could not read is never given a value: a secret of unknown age has n
 `keyrotate_secret_age_seconds` (nor `keyrotate_secret_due`), a target that could not be
 counted no `keyrotate_rows`; `keyrotate_status_errors` counts, per secret, the checks
 that could not be made. Alert on it above 0.
+
+Each key id's lifecycle state is a StateSet, `keyrotate_key_state{secret,key,
+keyrotate_key_state="active"} 1` (one series per state, 1 for the key's own).
 """
 
 from __future__ import annotations
 
 from typing import Iterator
 
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+    StateSetMetricFamily,
+)
 from prometheus_client.openmetrics.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from keyrotate.evidence.lifecycle import STATES
 from keyrotate.files import atomic_write_public
 from keyrotate.rotation.status import SecretStatus, StatusResult
 from keyrotate.timeutil import parse_utc
@@ -58,6 +67,8 @@ class _StatusCollector(Collector):
                                    labels=["env", "secret"])
         missing = GaugeMetricFamily("keyrotate_objects_missing", "Objects listed in D1 that the "
                                     "Worker could not find.", labels=["env", "secret", "target"])
+        key_state = StateSetMetricFamily("keyrotate_key_state", "Lifecycle state of each key id "
+                                         "(NIST SP 800-57).", labels=["env", "secret", "key"])
         for s in self.r.secrets:
             if s.age_seconds is not None:
                 age.add_metric([env, s.secret, s.kind], s.age_seconds)
@@ -71,13 +82,17 @@ class _StatusCollector(Collector):
                 steps = s.rotation.get("steps_done") or []
                 step.add_metric([env, s.secret, s.rotation["rotation_id"], s.rotation["state"],
                                  steps[-1] if steps else "none"], {})
+            for k in s.keys:
+                if k["state"] in STATES:
+                    key_state.add_metric([env, s.secret, k["key"]],
+                                         {state: state == k["state"] for state in STATES})
             for target, counts in (s.rows or {}).items():
                 for key, n in _by_key(s, counts).items():
                     rows.add_metric([env, s.secret, target, key], n)
                 if "missing" in counts:
                     missing.add_metric([env, s.secret, target], counts["missing"])
         stamp = parse_utc(self.r.at)
-        yield from (age, due, errors, last, running, step, rows, missing)
+        yield from (age, due, errors, last, running, step, rows, missing, key_state)
         if stamp is not None:
             at = GaugeMetricFamily("keyrotate_status_timestamp_seconds", "When this status was "
                                    "taken.", labels=["env"], unit="seconds")

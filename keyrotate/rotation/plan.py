@@ -1,17 +1,31 @@
 """Which steps a rotation takes, by the kind of secret and whether the Workers can read a
-previous value (overlap, zero downtime) or not (cutover)."""
+previous value (overlap, zero downtime) or not (cutover); and the steps of an abort.
+
+With a previous, a value reaches the Workers in two phases (rotation/pushing.py): it is
+introduced as PREVIOUS everywhere first, then switched to, so every serving version reads
+what every other one seals at every moment. Rows are rewrapped only once the switch is in
+effect on every holder, and PREVIOUS leaves the Workers only after a census shows no row
+needs it, with the switch confirmed again from Cloudflare just before.
+"""
 
 from __future__ import annotations
 
 from keyrotate.config.manifest import SecretSpec
+from keyrotate.rotation.pushing import (
+    ABORT_REMOVE,
+    ABORT_RESTORE,
+    CUTOVER_PUSH,
+    INTRODUCE,
+    REMOVE_PREVIOUS,
+    SWITCH,
+    require,
+)
 from keyrotate.rotation.steps import (
-    CATCH_UP,
-    RE_VERIFY,
     Checklist,
+    Discard,
+    Job,
     Promote,
-    PushNew,
     Reencrypt,
-    RemovePrevious,
     Report,
     Stage,
     Step,
@@ -28,29 +42,68 @@ def plan_of(spec: SecretSpec, compromised: bool) -> str:
         else "cutover"
 
 
+def _switched(job: Job) -> None:
+    require(job, [SWITCH, REMOVE_PREVIOUS], "rewrapping rows", reopen=["switch", "validate"])
+
+
+def _confirmed(job: Job) -> None:
+    require(job, [SWITCH, REMOVE_PREVIOUS], "the finish", reopen=["confirm-switch", "re-verify"])
+
+
+def _restored(job: Job) -> None:
+    require(job, [ABORT_RESTORE, ABORT_REMOVE], "moving rows back", reopen=["abort-restore"])
+
+
+CONFIRM_SWITCH = SWITCH.renamed(
+    "confirm-switch", "check from Cloudflare that every Worker still serves NAME=new and "
+    "PREVIOUS=old (pushing it again where not)")
+RE_VERIFY = Verify("re-verify", "verify again that no row depends on the old key (sweeping any "
+                                "that came back)", requires=_confirmed)
+CATCH_UP = Reencrypt("catch-up", "sweep again for rows the Workers wrote with the old key meanwhile")
+
+
 def steps_for(spec: SecretSpec, plan: str, compromised: bool,
               has_objects: bool = False) -> tuple[list[Step], list[Step]]:
     """(steps up to the pause or the end, steps of --finish)."""
-    compromise_tail: list[Step] = [RemovePrevious(), Report()] if compromised else []
     if spec.kind == "master-key":
         if plan == "overlap":
-            # the pause may last days: verify again (and sweep) before the Workers lose PREVIOUS
-            return ([Stage(), PushNew(overlap=True), Validate(), Reencrypt(), Verify()],
-                    [RE_VERIFY, RemovePrevious(), Promote()])
+            return ([Stage(), INTRODUCE, SWITCH, Validate(), Reencrypt(requires=_switched),
+                     Verify(requires=_switched)],
+                    [CONFIRM_SWITCH, RE_VERIFY, REMOVE_PREVIOUS.requiring(_confirmed), Promote()])
+        compromise_tail: list[Step] = [REMOVE_PREVIOUS, Report()] if compromised else []
         if has_objects:
-            # objects are rewrapped by the Worker, which needs both keys: push them first,
-            # then everything runs to the end without a pause
-            return [Stage(), PushNew(overlap=True), Validate(), Reencrypt(), Verify(),
-                    Promote(), RemovePrevious(), *compromise_tail[1:]], []
-        return [Stage(), Reencrypt(), PushNew(overlap=False), Validate(), CATCH_UP, Verify(),
-                Promote(), *compromise_tail], []
+            # objects are rewrapped by the Worker, which needs both keys: both phases
+            # first, then everything runs to the end without a pause
+            return [Stage(), INTRODUCE, SWITCH, Validate(), Reencrypt(requires=_switched),
+                    Verify(requires=_switched), REMOVE_PREVIOUS, Promote(),
+                    *compromise_tail[1:]], []
+        return [Stage(), Reencrypt(), CUTOVER_PUSH, Validate(), CATCH_UP, Verify(),
+                *compromise_tail[:1], Promote(), *compromise_tail[1:]], []
     if spec.kind == "jwt-hs256":
         if plan == "overlap":
-            return [Stage(), PushNew(overlap=True), Validate()], [RemovePrevious(), Promote()]
-        return [Stage(), PushNew(overlap=False), Validate(), Promote(), *compromise_tail], []
+            return ([Stage(), INTRODUCE, SWITCH, Validate()],
+                    [CONFIRM_SWITCH, REMOVE_PREVIOUS.requiring(_confirmed), Promote()])
+        return [Stage(), CUTOVER_PUSH, Validate(),
+                *([REMOVE_PREVIOUS] if compromised else []), Promote(),
+                *([Report()] if compromised else [])], []
     if spec.kind == "external":
-        return [Stage(), PushNew(overlap=False), Validate(), Promote(), Checklist()], []
-    return [Stage(), PushNew(overlap=False), Validate(), Promote()], []
+        return [Stage(), CUTOVER_PUSH, Validate(), Promote(), Checklist()], []
+    return [Stage(), CUTOVER_PUSH, Validate(), Promote()], []
+
+
+def abort_steps(spec: SecretSpec) -> list[Step]:
+    """An overlap rotation run backwards: the Workers that may seal under the new value
+    go back to the old one (reading both); rows and objects move back to the old key,
+    proven by a census; then the new value leaves the Workers and the store."""
+    steps: list[Step] = [ABORT_RESTORE, Validate("abort-validate")]
+    if spec.kind == "master-key":
+        steps += [Reencrypt("abort-unwrap", "move every row and object under the new value back "
+                            "to the old one", requires=_restored),
+                  Verify("abort-verify", "verify no row or object depends on the new value",
+                         requires=_restored)]
+    return [*steps, ABORT_REMOVE, Discard()]
+
+
 
 
 def cutover_warning(spec: SecretSpec, plan: str, compromised: bool) -> str | None:

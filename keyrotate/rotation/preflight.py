@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from keyrotate.config.context import Context
 from keyrotate.config.manifest import ObjectTarget, SecretSpec
-from keyrotate.db.table_shape import table_shape
+from keyrotate.db.table_shape import resolve_id_column, table_shape
 from keyrotate.errors import ConfigError, KeyrotateError
-from keyrotate.rotation.objects import endpoint_for
+from keyrotate.targets.objects import endpoint_for
+from keyrotate.targets.secret_targets import store_probe_problems
 
 LEDGER_COLUMNS = ("rotation_id", "account_id", "status", "error_message", "started_at",
                   "completed_at")
@@ -28,6 +29,8 @@ def preflight(ctx: Context, spec: SecretSpec) -> None:
             problems.append(f"{t.name}: {e}")
     for obj in ctx.manifest.objects_of(spec.name):
         problems += _object_problems(ctx, obj)
+    if spec.kind == "master-key":
+        problems += store_probe_problems(ctx, spec.name)
     pending = ctx.secrets.read(spec.name, "pending")
     problem = spec.format.problem(pending) if spec.format and pending is not None else None
     if problem:
@@ -40,10 +43,10 @@ def preflight(ctx: Context, spec: SecretSpec) -> None:
 
 def _object_problems(ctx: Context, obj: ObjectTarget) -> list[str]:
     problems = []
-    ids = table_shape(ctx.db, obj.ids_table)
-    if ids is None or ids.column(obj.ids_column) is None:
-        problems.append(f"{obj.name}: the ids column {obj.ids} does not exist in "
-                        f"{ctx.db.display_url}")
+    try:
+        resolve_id_column(ctx.db, obj.ids_table, obj.ids_column)
+    except ConfigError as e:
+        problems.append(f"{obj.name}: {e}")
     ledger = table_shape(ctx.db, obj.ledger)
     if ledger is None:
         problems.append(f"{obj.name}: the ledger table {obj.ledger} does not exist in "

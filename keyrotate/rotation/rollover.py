@@ -25,11 +25,11 @@ from typing import Any
 
 from keyrotate.config.context import Context
 from keyrotate.config.manifest import SecretSpec
+from keyrotate.controlplane.held_lease import HeldLease
 from keyrotate.errors import EXIT_FAILURES, EXIT_INCOMPLETE, EXIT_USAGE, ConfigError, KeyrotateError
 from keyrotate.evidence.event import Event
 from keyrotate.evidence.record import Evidence, audit_trail
 from keyrotate.progress import Say
-from keyrotate.rotation.held_lease import HeldLease
 from keyrotate.rotation.rotate import RotateOptions, RotatePlan, rotate
 from keyrotate.rotation.state import Recorder, Rotation
 from keyrotate.timeutil import now, parse_utc

@@ -10,24 +10,29 @@ row depends on it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from keyrotate.config.context import Context
 from keyrotate.config.manifest import SecretSpec
 from keyrotate.controlplane.canary import DEFAULT_STEPS, Canary
+from keyrotate.controlplane.held_lease import rotation_lease
 from keyrotate.controlplane.pushes import Pusher
+from keyrotate.controlplane.serving import check_serving
 from keyrotate.dataplane.objects.driver import ObjectsOptions
-from keyrotate.errors import ConfigError
+from keyrotate.errors import ConfigError, DeployError, StoreUnavailable
+from keyrotate.evidence.record import audit_key, existing_audit_key
+from keyrotate.evidence.worker_log import secret_history
 from keyrotate.progress import Say
-from keyrotate.rotation.plan import cutover_warning, plan_of, steps_for
+from keyrotate.rotation.plan import abort_steps, cutover_warning, plan_of, steps_for
 from keyrotate.rotation.preflight import preflight
-from keyrotate.rotation.state import Recorder, Rotation
+from keyrotate.rotation.state import Recorder, Rotation, done_steps
 from keyrotate.rotation.steps import Job, Step
-from keyrotate.secrets.base import fingerprint
+from keyrotate.secrets.base import fingerprint, same_secret
 from keyrotate.timeutil import new_id, now, now_iso, parse_utc
 
-PUSH_STEPS = ("push", "push-overlap", "remove-previous")
+PUSH_STEPS = ("push", "introduce", "switch", "remove-previous", "confirm-switch")
 
 
 @dataclass(frozen=True)
@@ -47,12 +52,13 @@ class RotatePlan:
     compromised: bool
     warning: str | None
     steps: list[PlannedStep] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)   # what the dry run could and could not check
     exit_code: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"env": self.env, "secret": self.secret, "dry_run": True, "plan": self.plan,
                 "compromised": self.compromised, "warning": self.warning,
-                "steps": [s.__dict__ for s in self.steps]}
+                "steps": [s.__dict__ for s in self.steps], "checks": self.checks}
 
     def text(self) -> str:
         lines = [f"plan for {self.secret} on {self.env} ({self.plan}"
@@ -60,6 +66,7 @@ class RotatePlan:
         if self.warning:
             lines.append(f"  NOTE: {self.warning}")
         lines += [f"  {'done' if s.done else '    '} {s.step:<16} {s.what}" for s in self.steps]
+        lines += [f"  {c}" for c in self.checks]
         return "\n".join(lines)
 
 
@@ -103,8 +110,14 @@ def rotate(ctx: Context, secret: str, options: RotateOptions = RotateOptions(), 
     """One rotation of SECRET on the context's environment, started, resumed, finished or
     aborted as `options` say. `read_external` gives an external secret's new value."""
     recorder = Recorder(ctx)
+    ctx.manifest.secret(secret)   # a typo is refused before anything else
     try:
-        return _rotate(ctx, recorder, secret, options, say, read_external)
+        if options.dry_run:
+            return _rotate(ctx, recorder, secret, options, say, read_external)
+        # one command at a time per secret and environment (a person and a schedule, two
+        # terminals): the second refuses, naming the holder
+        with rotation_lease(ctx, secret):
+            return _rotate(ctx, recorder, secret, options, say, read_external)
     finally:
         recorder.evidence.close()
 
@@ -113,10 +126,18 @@ def _rotate(ctx: Context, recorder: Recorder, secret: str, options: RotateOption
             read_external: Callable[[], str] | None) -> RotatePlan | RotateResult:
     finish, abort = options.finish, options.abort
     spec = ctx.manifest.secret(secret)
+    if options.dry_run:
+        existing_audit_key(ctx)   # a dry run makes nothing, the audit key included
+    else:
+        audit_key(ctx)   # the trail can record this rotation: checked before anything changes
     rot = recorder.load_open(secret)
     if rot is None and (finish or abort):
         raise ConfigError(f"no {secret} rotation in progress on {ctx.env.name}")
     _check_unattended(options, rot)
+    if rot is not None and rot.state == "aborting" and not abort:
+        raise ConfigError(f"the {secret} rotation {rot.rotation_id} is being aborted: run "
+                          f"keyrotate rotate {secret} --env {ctx.env.name} --abort again to "
+                          "finish the abort first")
     taken_over = None
     if rot is not None and options.compromised and not rot.compromised and not (finish or abort):
         taken_over, rot = rot, None  # a compromise never continues a routine rotation
@@ -126,33 +147,35 @@ def _rotate(ctx: Context, recorder: Recorder, secret: str, options: RotateOption
     warning = cutover_warning(spec, plan, compromised)
     if taken_over is not None:
         warning = (f"{_takeover_text(taken_over)} {warning or ''}").strip()
-
-    steps = finishing if finish else first
-    done_steps = rot.steps_done if rot else []
+    steps = abort_steps(spec) if abort else finishing if finish else first
+    done = done_steps(rot.steps_done) if rot else set()
     pusher = Pusher(ctx, say, options.from_deployed)
-    if not abort:
-        preflight(ctx, spec)
-        if any(s.name in PUSH_STEPS and s.name not in done_steps for s in steps):
-            pusher.check(ctx.manifest.workers_holding(secret))   # before anything changes
     if options.dry_run:
-        done = rot.steps_done if rot else []
-        job = Job(ctx, spec, rot or _new_rotation(ctx, spec, plan, compromised), say)
+        job = Job(ctx, spec, rot or _new_rotation(ctx, spec, plan, compromised, dry_run=True),
+                  say)
+        checks = _dry_run_checks(ctx, spec, pusher, [s for s in steps if s.name not in done])
         return RotatePlan(ctx.env.name, secret, plan, compromised, warning,
                           [PlannedStep(s.name, job.text(s.description), s.name in done)
-                           for s in (finishing if finish else first)])
-    if abort:
-        assert rot is not None
-        return _abort(ctx, recorder, rot, say)
+                           for s in steps], checks)
+    if not abort:
+        preflight(ctx, spec)
+        if any(s.name in PUSH_STEPS and s.name not in done for s in steps):
+            pusher.check(ctx.manifest.workers_holding(secret))   # before anything changes
     if warning and not options.yes and rot is None:
         raise ConfigError(f"{warning} Nothing was changed: re-run with --yes to go ahead.")
+    if abort:
+        assert rot is not None
+        if not _begin_abort(ctx, recorder, rot, say):
+            return RotateResult(rot, f"aborted the {secret} rotation: its new value reached no "
+                                     "Worker and no row, and was discarded")
     if rot is None:
         rot = _new_rotation(ctx, spec, plan, compromised)
         rot.detail["started_by"] = options.started_by
         if taken_over is not None:
-            rot.detail.update(took_over=taken_over.rotation_id,
-                              also_old=_take_over(ctx, recorder, taken_over, rot, say))
-        recorder.started(rot)
-    if rot.state == "awaiting-finish" and not finish:
+            _take_over(ctx, recorder, taken_over, rot, say)
+        else:
+            recorder.started(rot)
+    if rot.state == "awaiting-finish" and not finish and not abort:
         return RotateResult(rot, f"{secret} on {ctx.env.name} is waiting for --finish "
                                  f"(run: keyrotate rotate {secret} --env {ctx.env.name} --finish)")
     if finish:
@@ -167,18 +190,52 @@ def _rotate(ctx: Context, recorder: Recorder, secret: str, options: RotateOption
         _run_steps(job, recorder, steps)
     finally:
         pusher.close()
-    done = finish or not finishing
-    recorder.ended(rot, "finished" if done else "awaiting-finish")
-    note = (f"{secret} rotated on {ctx.env.name}." if done else
+    if spec.kind == "master-key":
+        check_serving(ctx, ctx.manifest.workers_holding(secret))   # what exit 0 proves
+    if abort:
+        recorder.ended(rot, "aborted")
+        return RotateResult(rot, f"the {secret} rotation was aborted: every Worker serves the old "
+                                 "value again, no row or object needs the new one, and it is gone "
+                                 "from the Workers and the store.")
+    ended = finish or not finishing
+    recorder.ended(rot, "finished" if ended else "awaiting-finish")
+    note = (f"{secret} rotated on {ctx.env.name}." if ended else
             f"{secret} rotated and verified; the Workers still accept the previous value. When ready: "
             f"keyrotate rotate {secret} --env {ctx.env.name} --finish")
     return RotateResult(rot, note)
 
 
-def _new_rotation(ctx: Context, spec: SecretSpec, plan: str, compromised: bool) -> Rotation:
+def _dry_run_checks(ctx: Context, spec: SecretSpec, pusher: Pusher, todo: list[Step]) -> list[str]:
+    """What a dry run could check without changing anything, and what it could not (and
+    why): a check it could not make is said, never failed on. A check that ran and found a
+    problem stops the plan (exit 2), as it would stop the rotation."""
+    checks = []
+    try:
+        preflight(ctx, spec)
+        checks.append("checked: every target exists and its endpoint answers")
+    except StoreUnavailable as e:
+        checks.append(f"not checked: the targets ({e})")
+    if any(s.name in PUSH_STEPS for s in todo):
+        holders = ctx.manifest.workers_holding(spec.name)
+        if not os.environ.get("CLOUDFLARE_API_TOKEN"):
+            checks.append("not checked: which versions the Workers serve (no CLOUDFLARE_API_TOKEN; "
+                          "a dry run never asks for one)")
+        else:
+            try:
+                pusher.check(holders)
+                checks.append(f"checked: {', '.join(ctx.worker_name(w) for w in holders)} can take "
+                              "a push")
+            except DeployError as e:
+                checks.append(f"not checked: which versions the Workers serve ({e})")
+    return checks
+
+
+def _new_rotation(ctx: Context, spec: SecretSpec, plan: str, compromised: bool,
+                  dry_run: bool = False) -> Rotation:
     current = ctx.secrets.read(spec.name)   # known from the start: the started event says it
+    key = existing_audit_key(ctx) if dry_run else audit_key(ctx)   # a dry run makes none
     return Rotation(new_id("rot-"), ctx.env.name, spec.name, spec.kind, plan, compromised,
-                    "in-progress", old_fp=fingerprint(current) if current else None,
+                    "in-progress", old_fp=fingerprint(current, key) if current and key else None,
                     started_at=now_iso())
 
 
@@ -198,7 +255,7 @@ def _check_unattended(options: RotateOptions, rot: Rotation | None) -> None:
 
 def _run_steps(job: Job, recorder: Recorder, steps: list[Step]) -> None:
     for step in steps:
-        if step.name in job.rot.steps_done:
+        if step.name in done_steps(job.rot.steps_done):
             continue
         job.say(f"[{job.spec.name}] {step.name}: {job.text(step.description)}")
         try:
@@ -230,30 +287,67 @@ def _takeover_text(open_rot: Rotation) -> str:
             "both leave the Workers.")
 
 
+def _reached_workers(ctx: Context, rot: Rotation) -> bool:
+    """Whether the rotation's new value may be on a Worker: a push of it that did not fail
+    (confirmed, or never answered), whatever the steps recorded say."""
+    pending = ctx.secrets.read(rot.secret, "pending")
+    if pending is None:
+        return False
+    key = audit_key(ctx)
+    for worker in ctx.manifest.workers_holding(rot.secret):
+        history = secret_history(ctx, ctx.worker_name(worker), (rot.kind,))
+        if any(same_secret(pending, p.fingerprint, key) and p.state != "failed"
+               for p in history.pushes):
+            return True
+    return False
+
+
 def _take_over(ctx: Context, recorder: Recorder, open_rot: Rotation, new_rot: Rotation,
-               say: Say) -> list[str]:
-    """End an open routine rotation for a compromise, audited. If it changed nothing
-    outside the store, its pending value is discarded; otherwise it is promoted (the
-    Workers and some rows may use it) and becomes one more old key: the store's
-    previous slot keeps the value before it. Returns the extra old slots."""
+               say: Say) -> None:
+    """End an open routine rotation for a compromise, in the same transaction as the new
+    one starts. If its new value reached nothing outside the store, it is discarded;
+    otherwise it is promoted (Workers and rows may use it) and becomes one more old key the
+    compromise response rewraps from: the store's previous slot keeps the value before it,
+    and the new rotation inherits every old key the superseded one needed."""
     store, name = ctx.secrets, open_rot.secret
-    moved = any(s != "stage" for s in open_rot.steps_done)
+    inherited = list(open_rot.detail.get("also_old", []))
+    moved = (any(s != "stage" for s in open_rot.steps_done) or _reached_workers(ctx, open_rot))
+    if moved and "previous" in inherited:
+        raise ConfigError(f"the open {name} rotation {open_rot.rotation_id} already took over "
+                          "another one: its keys fill every store slot, and a third takeover would "
+                          "drop one a row may be under. Finish it first (run the same command "
+                          "without --compromised), then respond to the compromise. Nothing was "
+                          "changed.")
     if store.read(name, "pending") is not None:
         if moved:
             store.promote(name)
         else:
             store.discard_pending(name)
-    recorder.ended(open_rot, "superseded", by=new_rot.rotation_id, reason="compromise response")
+    new_rot.detail.update(took_over=open_rot.rotation_id,
+                          also_old=sorted(set(inherited) | ({"previous"} if moved else set())))
+    recorder.took_over(open_rot, new_rot, "compromise response")
     say(f"took over the open {name} rotation {open_rot.rotation_id} for the compromise response")
-    return ["previous"] if moved else []
 
 
-def _abort(ctx: Context, recorder: Recorder, rot: Rotation, say: Say) -> RotateResult:
-    """Only safe while nothing outside the store has changed."""
-    if any(s != "stage" for s in rot.steps_done):
-        raise ConfigError(f"the {rot.secret} rotation has gone past staging ({', '.join(rot.steps_done)}); "
-                          "aborting now could strand rows or Workers: finish it instead")
-    ctx.secrets.discard_pending(rot.secret)
-    recorder.ended(rot, "aborted")
-    say(f"aborted the {rot.secret} rotation; the pending value was discarded")
-    return RotateResult(rot, "aborted")
+def _begin_abort(ctx: Context, recorder: Recorder, rot: Rotation, say: Say) -> bool:
+    """An abort works from what reached the Workers, not from the steps recorded: while
+    the new value reached no Worker and no row, it is simply discarded (False: done); an
+    overlap rotation then runs backwards (True: run abort_steps); a cutover that pushed is
+    refused: finish it."""
+    if rot.state == "aborting":
+        return True
+    rows_moved = any(s not in ("stage", "introduce", "switch", "push-overlap", "validate", "push")
+                     for s in rot.steps_done)
+    if not rows_moved and not _reached_workers(ctx, rot):
+        ctx.secrets.discard_pending(rot.secret)
+        recorder.ended(rot, "aborted")
+        say(f"the new {rot.secret} reached no Worker and no row: discarded")
+        return False
+    if rot.plan != "overlap":
+        raise ConfigError(f"the {rot.secret} rotation is a cutover that has gone past staging "
+                          f"({', '.join(rot.steps_done)}): the Workers cannot read both values, "
+                          "so going back would strand rows. Finish it instead: run the same "
+                          "command without --abort.")
+    recorder.aborting(rot)
+    say(f"aborting the {rot.secret} rotation: the Workers and rows go back to the old value")
+    return True

@@ -11,12 +11,21 @@ from typing import Any
 
 from keyrotate.config.context import Context
 from keyrotate.db.base import Statement
+from keyrotate.db.own_schema import OPEN_STATES
 from keyrotate.errors import EXIT_INCOMPLETE
 from keyrotate.evidence.event import Event
 from keyrotate.evidence.record import Evidence
+from keyrotate.rotation.key_log import KeyLog
 from keyrotate.timeutil import now_iso
 
-OPEN_STATES = ("in-progress", "awaiting-finish")
+_OPEN = ", ".join("?" * len(OPEN_STATES))
+# steps an earlier keyrotate recorded under other names: done means these are done
+RENAMED = {"push-overlap": ("introduce", "switch")}
+
+
+def done_steps(steps_done: list[str]) -> set[str]:
+    """The steps done, under today's names."""
+    return {n for s in steps_done for n in RENAMED.get(s, (s,))}
 _COLS = ("rotation_id", "environment", "secret", "kind", "plan", "compromised", "state",
          "steps_done", "old_fp", "new_fp", "detail", "started_at")
 
@@ -29,7 +38,8 @@ class Rotation:
     kind: str
     plan: str                      # overlap | cutover
     compromised: bool
-    state: str                     # in-progress | awaiting-finish | finished | aborted
+    state: str                     # in-progress | awaiting-finish | aborting | finished |
+                                   # aborted | superseded
     steps_done: list[str] = field(default_factory=list)
     old_fp: str | None = None
     new_fp: str | None = None
@@ -50,11 +60,12 @@ class Recorder:
     def __init__(self, ctx: Context, evidence: Evidence | None = None):
         self.ctx = ctx
         self.evidence = evidence or Evidence(ctx)
+        self.keys = KeyLog(ctx)   # key.state events, as the rotation moves
 
     def load_open(self, secret: str) -> Rotation | None:
         rows = self.ctx.db.query(
             f"SELECT {', '.join(_COLS)} FROM keyrotate_rotations WHERE environment = ? "
-            "AND secret = ? AND state IN (?, ?) ORDER BY started_at DESC LIMIT 1",
+            f"AND secret = ? AND state IN ({_OPEN}) ORDER BY started_at DESC LIMIT 1",
             (self.ctx.env.name, secret, *OPEN_STATES))
         if not rows:
             return None
@@ -66,7 +77,7 @@ class Recorder:
     def open_rotations(self) -> list[dict[str, Any]]:
         rows = self.ctx.db.query(
             "SELECT secret, state, rotation_id, started_at, steps_done FROM keyrotate_rotations "
-            "WHERE environment = ? AND state IN (?, ?)", (self.ctx.env.name, *OPEN_STATES))
+            f"WHERE environment = ? AND state IN ({_OPEN})", (self.ctx.env.name, *OPEN_STATES))
         return [{"secret": r[0], "state": r[1], "rotation_id": r[2], "started_at": r[3],
                  "steps_done": json.loads(r[4])} for r in rows]
 
@@ -100,22 +111,49 @@ class Recorder:
         return f"{rot.secret} rotation {rot.rotation_id} on {rot.environment}"
 
     def started(self, rot: Rotation) -> None:
-        """Saved with the next record, as a step is: a rotation killed before it changed
-        anything but the store's pending slot is started again, with that same value."""
         how = f"{rot.plan}{', compromise response' if rot.compromised else ''}"
+        keys = self.keys.started(rot)
         self.evidence.record(self._event(rot, "rotation.started", f"{self._what(rot)} started ({how}).",
                                          plan=rot.plan, compromised=rot.compromised,
                                          took_over=rot.detail.get("took_over"),
                                          started_by=rot.detail.get("started_by", "person")),
-                             [self._save(rot)], later=True)
+                             [self._save(rot)], before=keys)
 
     def step_done(self, rot: Rotation, step: str) -> None:
-        """Saved with the next record (a push's intent, a restore point, the end): every
-        step is idempotent, so one lost in a crash only runs again."""
         rot.steps_done.append(step)
+        keys = self.keys.step(rot, step)
         self.evidence.record(self._event(rot, "rotation.step", f"{self._what(rot)}: step {step} done.",
                                          step, **_step_detail(rot, step)),
-                             [self._save(rot)], later=True)
+                             [self._save(rot)], before=keys)
+
+    def reopen(self, rot: Rotation, steps: list[str], reason: str) -> None:
+        """Steps whose effect no longer holds (observed from Cloudflare) are done again by
+        the next run."""
+        rot.steps_done = [s for s in rot.steps_done
+                          if s not in steps and not set(RENAMED.get(s, ())) & set(steps)]
+        self.evidence.record(self._event(rot, "rotation.step", f"{self._what(rot)}: "
+                                         f"{', '.join(steps)} to be done again: {reason}.",
+                                         "reopen", reopened=steps), [self._save(rot)])
+
+    def took_over(self, old: Rotation, new: Rotation, reason: str) -> None:
+        """A compromise response takes over an open rotation: the old one is superseded and
+        the new one started in one transaction, so a kill between them cannot leave rows
+        under a key no open rotation still tries."""
+        old.state = "superseded"
+        self.evidence.record(self._event(
+            new, "rotation.started", f"{self._what(new)} started ({new.plan}, compromise "
+            f"response), taking over {old.rotation_id}.", plan=new.plan,
+            compromised=new.compromised, took_over=old.rotation_id, reason=reason),
+            [self._save(old, finished=True), self._save(new)])
+        self.evidence.record(self._event(old, "rotation.superseded", f"{self._what(old)} "
+                                         f"superseded by {new.rotation_id} ({reason}).",
+                                         by=new.rotation_id, reason=reason))
+
+    def aborting(self, rot: Rotation) -> None:
+        rot.state = "aborting"
+        self.evidence.record(self._event(rot, "rotation.step", f"{self._what(rot)}: aborting; "
+                                         "the Workers and rows go back to the old value.",
+                                         "abort"), [self._save(rot)])
 
     def saved(self, rot: Rotation, event: Event) -> None:
         """Save the rotation's state together with an event about it."""
@@ -140,6 +178,7 @@ class Recorder:
 
     def ended(self, rot: Rotation, state: str, **detail: Any) -> None:
         rot.state = state
+        keys = self.keys.ended(rot, state)
         finished = state in ("finished", "aborted", "superseded")
         if state == "finished":
             event = self._event(rot, "rotation.finished", f"{self._what(rot)} finished: "
@@ -150,11 +189,12 @@ class Recorder:
                                 "awaiting-finish", **detail)
         else:
             event = self._event(rot, f"rotation.{state}", f"{self._what(rot)} {state}.", **detail)
-        self.evidence.record(event, [self._save(rot, finished=finished)])
+        self.evidence.record(event, [self._save(rot, finished=finished)], before=keys)
 
 
 def _step_detail(rot: Rotation, step: str) -> dict[str, Any]:
     """What a step left in the rotation's detail that is worth keeping in the trail."""
     keys = {"reencrypt": ("reencrypt",), "verify": ("verify", "sweep"), "catch-up": ("catch-up",),
-            "report": ("report",), "push": ("pushed_at",), "push-overlap": ("pushed_at",)}
+            "report": ("report",), "push": ("pushed_at",), "push-overlap": ("pushed_at",),
+            "switch": ("pushed_at",)}
     return {k: rot.detail[k] for k in keys.get(step, ()) if k in rot.detail}

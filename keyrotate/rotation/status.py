@@ -11,16 +11,17 @@ each such secret."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timezone
+from datetime import datetime, timezone
 from typing import Any
 
 from keyrotate.config.context import Context
-from keyrotate.dataplane.outcome import ROWS
 from keyrotate.errors import EXIT_FAILURES, KeyrotateError
 from keyrotate.evidence.event import Event
+from keyrotate.evidence.record import audit_key, existing_audit_key
+from keyrotate.rotation.key_inventory import inventory
 from keyrotate.rotation.state import Recorder
-from keyrotate.rotation.targets import KeyRefs, SecretTargets
 from keyrotate.secrets.base import SecretStore, fingerprint
+from keyrotate.targets.secret_targets import rows_per_slot
 from keyrotate.timeutil import now as clock_now
 
 
@@ -36,6 +37,7 @@ class SecretStatus:
     age_seconds: float | None = None
     last_rotated_at: str | None = None
     pending: bool = False          # a new value waits in the store: rows move to it
+    keys: list[dict[str, Any]] = field(default_factory=list)   # each key id and its state
     errors: list[str] = field(default_factory=list)   # checks that could not be made
 
     def as_dict(self) -> dict[str, Any]:
@@ -80,6 +82,8 @@ class StatusResult:
             rot = f"  rotation {s.rotation['state']}" if s.rotation else ""
             last = f"  last rotated {s.last_rotated_at}" if s.last_rotated_at else ""
             lines.append(f"  {s.secret:<24} {s.kind:<11} {age}{flag}{rot}{last}")
+            if s.keys:
+                lines.append("      keys: " + ", ".join(f"{k['key']} {k['state']}" for k in s.keys))
             for target, c in (s.rows or {}).items():
                 extra = ", ".join(f"{c[k]} {k}" for k in ("null", "missing") if k in c)
                 lines.append(f"      {target}: {c['current']} current, {c['pending']} pending, "
@@ -91,38 +95,6 @@ class StatusResult:
             lines.append(f"notified {n['sink']} of {n['event']} ({n['secret']}): "
                          + ("delivered" if n["ok"] else f"FAILED: {n['reason']}"))
         return "\n".join(lines)
-
-
-def rows_per_slot(ctx: Context, name: str, errors: list[str]) -> dict[str, dict[str, int]]:
-    """Rows (and objects) of every target by the store slot whose key opens them: current,
-    pending (a rotation in progress) and previous; 'other' opens under none of them (or,
-    for objects, did not answer). A target that cannot be counted, or whose rows paging
-    did not all reach, is left out of the counts and named in `errors`."""
-    store = ctx.secrets
-    slots = ["current", *(s for s in ("pending", "previous") if store.read(name, s) is not None)]
-    refs = [store.ref(name, s) for s in slots]
-    keys = KeyRefs(refs[0], refs[1] if len(refs) > 1 else None, tuple(refs[2:]))
-    rows: dict[str, dict[str, int]] = {}
-    for target in SecretTargets(ctx, name, keys):
-        try:
-            c = target.census()
-            slot_of = dict(zip(target.key_ids(), slots))
-        except KeyrotateError as e:
-            errors.append(f"{target.name} not counted: {e}")
-            continue
-        if c.unreached:
-            errors.append(f"{target.name}: {c.unreached} {c.unit} could not be counted "
-                          f"({'paging did not reach them' if c.unit == ROWS else 'no answer'})")
-        counts = {"current": 0, "pending": 0, "previous": 0}
-        other = c.failed + c.unreached
-        for kid, n in c.by_kid.items():
-            if kid in slot_of:
-                counts[slot_of[kid]] += n
-            else:
-                other += n
-        empty = {"null": c.null} if c.unit == ROWS else {"missing": c.missing}
-        rows[target.name] = {**counts, **empty, "other": other}
-    return rows
 
 
 def _store_is_empty(store: SecretStore) -> bool:
@@ -146,16 +118,32 @@ def _check_secret(ctx: Context, entry: SecretStatus, set_at: datetime | None,
                             f"its age cannot be checked (a rotation by keyrotate starts its clock)")
 
 
+def key_states(ctx: Context) -> dict[str, list[dict[str, Any]]]:
+    """Per secret, each key id it has and its lifecycle state (keys --env ENV says more).
+    Nothing before the environment has an audit key: key ids are keyed by it, and status, a
+    check a schedule runs with read-only credentials, never makes one."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    if existing_audit_key(ctx) is None:
+        return out
+    for k in inventory(ctx):
+        since = k.life.last.at if k.life and k.life.last else None
+        out.setdefault(k.key.secret, []).append({"key": k.key.id, "state": k.state, "since": since})
+    return out
+
+
 def status(ctx: Context, due_seconds: int | None, notify: bool = False) -> StatusResult:
+    """`due_seconds` (--due) is the cryptoperiod of every secret; without it, each secret's
+    own `max_age`."""
     store = ctx.secrets
     recorder = Recorder(ctx)
+    states = key_states(ctx)
     in_progress = {r["secret"]: r for r in recorder.open_rotations()}
     last = recorder.last_finished()
     now = clock_now().astimezone(timezone.utc).replace(microsecond=0)
     out = []
     for name, spec in ctx.manifest.secrets.items():
         entry = SecretStatus(name, spec.kind, None, None, False, in_progress.get(name),
-                             last_rotated_at=last.get(name))
+                             last_rotated_at=last.get(name), keys=states.get(name, []))
         out.append(entry)
         try:
             value = store.read(name)
@@ -169,12 +157,18 @@ def status(ctx: Context, due_seconds: int | None, notify: bool = False) -> Statu
             entry.set_at = set_at.isoformat()
             entry.age_seconds = (now - set_at).total_seconds()
             entry.age_days = round(entry.age_seconds / 86400, 1)
-            entry.due = bool(due_seconds and entry.age_seconds > due_seconds)
+            limit = due_seconds or spec.max_age
+            entry.due = bool(limit and entry.age_seconds > limit)
         if ctx.manifest.targets_of(name) and value is not None:
             try:
                 entry.rows = rows_per_slot(ctx, name, entry.errors)
             except KeyrotateError as e:
                 entry.errors.append(f"rows not counted: {e}")
+            for target, counts in (entry.rows or {}).items():
+                if counts.get("other"):   # what no key of the store opens: nobody reads it
+                    entry.errors.append(f"{counts['other']} rows or objects of {target} open "
+                                        f"under no value of {name} in {store.base} (keyrotate "
+                                        "verify lists them)")
     notified = _notify(ctx, recorder, out) if notify else []
     return StatusResult(ctx.env.name, out, now.isoformat(), due_seconds, notified)
 
@@ -196,7 +190,7 @@ def _notify(ctx: Context, recorder: Recorder, secrets: list[SecretStatus]) -> li
 def _events_for(ctx: Context, s: SecretStatus) -> list[Event]:
     env, out = ctx.env.name, []
     if s.due:
-        fp = fingerprint(v) if (v := ctx.secrets.read(s.secret)) else None
+        fp = fingerprint(v, audit_key(ctx)) if (v := ctx.secrets.read(s.secret)) else None
         out.append(Event("secret.overdue", env, f"{s.secret} on {env} is {s.age_days} days old, "
                          f"past the rotation due age; rotate it: keyrotate rotate {s.secret} "
                          f"--env {env}", s.secret, old_fingerprint=fp,

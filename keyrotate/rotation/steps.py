@@ -6,26 +6,29 @@ took effect. A step that cannot pass yet raises Incomplete (exit 3, run again).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from keyrotate.cloudflare.wrangler import wrangler_for
 from keyrotate.config.context import Context
 from keyrotate.config.manifest import SecretSpec
-from keyrotate.controlplane.canary import Canary, canary_push
+from keyrotate.controlplane.canary import Canary
 from keyrotate.controlplane.health import validate
 from keyrotate.controlplane.pushes import Pusher
 from keyrotate.dataplane.objects.driver import ObjectsOptions
 from keyrotate.dataplane.outcome import OBJECTS, Outcome
 from keyrotate.errors import ConfigError, Failures, Incomplete, KeyrotateError
 from keyrotate.evidence.event import Event
+from keyrotate.evidence.record import audit_key
 from keyrotate.progress import Say
 from keyrotate.rotation.restore_point import record_restore_point
 from keyrotate.rotation.state import Recorder, Rotation
-from keyrotate.rotation.targets import KeyRefs, SecretTargets
 from keyrotate.secrets.base import fingerprint
 from keyrotate.secrets.keygen import generate
-from keyrotate.timeutil import now_iso
+from keyrotate.secrets.strength import weakness
+from keyrotate.targets.secret_targets import KeyRefs, SecretTargets
+
+log = logging.getLogger("keyrotate.rotate")
 
 
 @dataclass
@@ -59,6 +62,11 @@ class Job:
     def holders(self) -> list[str]:
         return self.ctx.manifest.workers_holding(self.spec.name)
 
+    @property
+    def aborting(self) -> bool:
+        """An abort runs the rotation backwards: rows go from the new value to the old."""
+        return self.rot.state == "aborting"
+
     def text(self, template: str) -> str:
         return template.replace("NAME", self.spec.name).replace(
             "PREVIOUS", self.spec.previous or "PREVIOUS")
@@ -82,6 +90,7 @@ class Stage:
                 if job.read_external is None:
                     raise ConfigError(f"{spec.name} is external: give the new value on stdin")
                 value = job.read_external()
+                check_strength(spec, value)
             else:
                 fmt, _, n = (spec.generate or "base64:32").partition(":")
                 value = generate(fmt, int(n))
@@ -89,8 +98,19 @@ class Stage:
             store.write_pending(spec.name, value)
         old, new = job.values()
         check_format(spec, new, f"the pending value at {store.ref(spec.name, 'pending')}")
-        job.rot.old_fp = fingerprint(old) if old else None
-        job.rot.new_fp = fingerprint(new)
+        job.rot.old_fp = fingerprint(old, audit_key(job.ctx)) if old else None
+        job.rot.new_fp = fingerprint(new, audit_key(job.ctx))
+
+
+def check_strength(spec: SecretSpec, value: str) -> None:
+    """An external secret typed in (a provider's client secret) that is obviously weak is
+    refused before it is stored or pushed; a doubtful one is warned about."""
+    found = weakness(value)
+    if found and found[0] == "refuse":
+        raise ConfigError(f"the new value for {spec.name} {found[1]}. Nothing was changed: "
+                          "generate a new secret in the provider's console.")
+    if found:
+        log.warning("the new value for %s %s", spec.name, found[1])
 
 
 def check_format(spec: SecretSpec, value: str, what: str) -> None:
@@ -101,37 +121,11 @@ def check_format(spec: SecretSpec, value: str, what: str) -> None:
                           f"{str(spec.format)!r}. Nothing was changed.")
 
 
-class PushNew:
-    """NAME=new to every Worker holding it, one Worker at a time; with `overlap`, also
-    PREVIOUS=old in the same version, so the Workers read both keys."""
-
-    def __init__(self, overlap: bool):
-        self.overlap = overlap
-        self.name = "push-overlap" if overlap else "push"
-        self.description = ("push NAME=new and PREVIOUS=old to every Worker holding it, one bulk "
-                            "update each" if overlap else
-                            "push NAME=new to every Worker holding it, one at a time")
-
-    def run(self, job: Job) -> None:
-        old, new = job.values()
-        values: dict[str, str | None] = {job.spec.name: new}
-        if self.overlap and old and job.spec.previous:
-            values[job.spec.previous] = old
-        pusher = job.pushes()
-        pusher.check(job.holders())   # every Worker can take it, before the first push
-        pushed_at = None
-        for worker in job.holders():
-            if job.canary is not None:
-                at = canary_push(job.ctx, pusher, worker, values, job.canary, job.say)
-            else:
-                at = pusher.push(worker, values)
-            pushed_at = pushed_at or at
-        job.rot.detail["pushed_at"] = pushed_at or now_iso()
-
-
 class Validate:
-    name = "validate"
     description = "check every Worker's health"
+
+    def __init__(self, name: str = "validate"):
+        self.name = name
 
     def run(self, job: Job) -> None:
         health = validate(job.ctx)
@@ -143,9 +137,13 @@ class Validate:
 
 def targets(job: Job) -> SecretTargets:
     """Every [[encrypted]] target of this rotation: from the current key (and any more old
-    keys it inherited) to the pending one; objects carry the rotation id to their ledger."""
+    keys it inherited) to the pending one; objects carry the rotation id to their ledger.
+    An abort goes the other way, under a ledger id of its own."""
     store, name = job.ctx.secrets, job.spec.name
     also = tuple(store.ref(name, slot) for slot in job.rot.detail.get("also_old", []))
+    if job.aborting:
+        keys = KeyRefs(store.ref(name), store.ref(name, "pending"), also)
+        return SecretTargets(job.ctx, name, keys, job.objects, f"{job.rot.rotation_id}-abort")
     keys = KeyRefs(store.ref(name, "pending"), store.ref(name), also)
     return SecretTargets(job.ctx, name, keys, job.objects, job.rot.rotation_id)
 
@@ -176,13 +174,19 @@ def reencrypt_targets(job: Job, key: str, only_objects: dict[str, list[str]] | N
                          "command again in a few minutes.")
 
 
+Requirement = Callable[[Job], None]
+
+
 class Reencrypt:
     def __init__(self, name: str = "reencrypt",
                  description: str = "reencrypt every [[encrypted]] target from the old key to "
-                                    "the new key (objects through the Worker)"):
-        self.name, self.description = name, description
+                                    "the new key (objects through the Worker)",
+                 requires: Requirement | None = None):
+        self.name, self.description, self.requires = name, description, requires
 
     def run(self, job: Job) -> None:
+        if self.requires is not None:
+            self.requires(job)
         reencrypt_targets(job, self.name)
 
 
@@ -198,10 +202,13 @@ class Verify:
     can always make progress; failed rows and objects must be fixed first (exit 1)."""
 
     def __init__(self, name: str = "verify",
-                 description: str = "verify no row or object depends on the old key and none fails"):
-        self.name, self.description = name, description
+                 description: str = "verify no row or object depends on the old key and none fails",
+                 requires: Requirement | None = None):
+        self.name, self.description, self.requires = name, description, requires
 
     def run(self, job: Job) -> None:
+        if self.requires is not None:
+            self.requires(job)
         outcomes = census(job)
         if any(o.still_old for o in outcomes.values()):
             job.say("rows or objects still under the old key: sweeping them")
@@ -231,20 +238,12 @@ class Promote:
             job.ctx.secrets.promote(job.spec.name)
 
 
-class RemovePrevious:
-    name = "remove-previous"
-    description = "remove PREVIOUS from the Workers"
+class Discard:
+    name = "abort-discard"
+    description = "discard the aborted value from the store (no row, object or Worker needs it now)"
 
     def run(self, job: Job) -> None:
-        prev = job.spec.previous
-        if not prev:
-            return
-        holding = [w for w in job.holders()
-                   if prev in wrangler_for(job.ctx).secret_names(job.ctx.worker_name(w))]
-        pusher = job.pushes()
-        pusher.check(holding)
-        for worker in holding:
-            pusher.push(worker, {prev: None})
+        job.ctx.secrets.discard_pending(job.spec.name)
 
 
 class Report:
@@ -279,8 +278,3 @@ class Checklist:
             "use the new one.",
             "Sign in once through the app to check the OAuth flow end to end.",
         ]
-
-
-CATCH_UP = Reencrypt("catch-up", "sweep again for rows the Workers wrote with the old key meanwhile")
-RE_VERIFY = Verify("re-verify", "verify again that no row depends on the old key (sweeping any "
-                                "that came back)")

@@ -14,7 +14,18 @@ from datetime import datetime
 from pathlib import Path
 
 from keyrotate.errors import SecretStoreError
-from keyrotate.secrets.base import Slot, now_utc, pending_name, previous_name, slot_name
+from keyrotate.secrets.base import (
+    PENDING_SUFFIX,
+    PREVIOUS_SUFFIX,
+    SLOTS,
+    Slot,
+    StoredCopy,
+    now_utc,
+    pending_name,
+    previous_name,
+    same_value,
+    slot_name,
+)
 from keyrotate.secrets.refs import required
 from keyrotate.secrets.schemes import Scheme
 
@@ -146,10 +157,40 @@ class DotenvStore:
             raise SecretStoreError(f"{self.ref(name)} is already set; refusing to overwrite a key")
         self._rewrite(lines, {name: value}, after=name, stamp=name)
 
+    def write_state(self, name: str, value: str) -> None:
+        """NAME=value replaced in place (added at the end if missing); no age stamp."""
+        self._rewrite(self._lines(), {name: value}, after=name)
+
+    def copies(self, name: str) -> list[StoredCopy]:
+        """Every line holding a value of NAME, NAME_PENDING or NAME_PREVIOUS: a line
+        shadowed by a later one of the same name is a copy too."""
+        slots = {slot_name(name, slot): slot for slot in SLOTS}
+        lines = [ln for ln in self._lines() if ln.name in slots and ln.value is not None]
+        last = {ln.name: i for i, ln in enumerate(lines)}
+        return [StoredCopy(f"dotenv:{self.path}#{ln.name}", slots[str(ln.name)]
+                           + ("" if last[ln.name] == i else " (a line shadowed by a later one)"),
+                           str(ln.value))
+                for i, ln in enumerate(lines)]
+
+    def destroy(self, name: str, value: str) -> list[str]:
+        """Remove every NAME_PREVIOUS (or shadowed) line holding `value`; every other
+        byte of the file stays. Refuses if it is the current or pending value."""
+        for slot in ("current", "pending"):
+            held = self.read(name, slot)
+            if held is not None and same_value(held, value):
+                raise SecretStoreError(f"{self.ref(name, slot)} holds that value: it is in use")
+        names = {slot_name(name, slot) for slot in SLOTS}
+        lines = self._lines()
+        gone = {i for i, ln in enumerate(lines) if ln.name in names and ln.value is not None
+                and same_value(ln.value, value)}
+        if gone:
+            self._write([ln.raw for i, ln in enumerate(lines) if i not in gone])
+        return [f"dotenv:{self.path}#{lines[i].name}" for i in sorted(gone)]
+
     def names(self) -> list[str]:
         seen = [ln.name for ln in self._lines() if ln.name]
         return [n for n in dict.fromkeys(seen)
-                if not n.endswith(("_PENDING", "_PREVIOUS"))]
+                if not n.endswith((PENDING_SUFFIX, PREVIOUS_SUFFIX))]
 
     def set_at(self, name: str) -> datetime | None:
         stamp = _STAMP.format(name=name)
@@ -165,8 +206,6 @@ class DotenvStore:
                  stamp: str | None = None) -> None:
         """Replace lines in place, delete them (None), and insert names the file lacks right
         after the line of `after` (else at the end). Every other line is kept byte-identical."""
-        from keyrotate.files import atomic_write_secret
-
         stamp_prefix = _STAMP.format(name=stamp) if stamp else None
 
         def emit(name: str, value: str) -> list[str]:
@@ -190,6 +229,12 @@ class DotenvStore:
                 out += inserts
                 inserts = []
         out += inserts
+        self._write(out)
+
+    def _write(self, out: list[str]) -> None:
+        """The file as these lines, its newline style and final newline kept."""
+        from keyrotate.files import atomic_write_secret
+
         original = Path(self.path).read_bytes() if Path(self.path).exists() else b""
         newline = "\r\n" if b"\r\n" in original else "\n"
         final = newline if out and (not original or original.endswith(b"\n")) else ""

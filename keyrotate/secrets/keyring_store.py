@@ -13,7 +13,17 @@ from datetime import datetime
 from typing import Callable, TypeVar
 
 from keyrotate.errors import SecretStoreError
-from keyrotate.secrets.base import Slot, now_utc, pending_name, previous_name, slot_name
+from keyrotate.secrets.base import (
+    SLOTS,
+    Slot,
+    StoredCopy,
+    now_utc,
+    pending_name,
+    previous_name,
+    same_value,
+    set_at_name,
+    slot_name,
+)
 from keyrotate.secrets.refs import required
 from keyrotate.secrets.schemes import Scheme
 
@@ -96,7 +106,7 @@ class KeyringStore:
         if current is not None:
             self._set(previous_name(name), current)
         self._set(name, pending)
-        self._set(name + "_SET_AT", now_utc().isoformat())
+        self._set(set_at_name(name), now_utc().isoformat())
         self._delete(pending_name(name))
         self._index_add(name)
 
@@ -108,14 +118,34 @@ class KeyringStore:
         if self.read(name) is not None:
             raise SecretStoreError(f"{self.ref(name)} is already set; refusing to overwrite a key")
         self._set(name, value)
-        self._set(name + "_SET_AT", now_utc().isoformat())
+        self._set(set_at_name(name), now_utc().isoformat())
         self._index_add(name)
+
+    def write_state(self, name: str, value: str) -> None:
+        self._set(name, value)
+
+    def copies(self, name: str) -> list[StoredCopy]:
+        found = [(slot, self.read(name, slot)) for slot in SLOTS]
+        return [StoredCopy(self.ref(name, slot), slot, v) for slot, v in found if v is not None]
+
+    def destroy(self, name: str, value: str) -> list[str]:
+        """Delete NAME_PREVIOUS if it holds `value`; refuses if it is current or pending."""
+        held = {slot: self.read(name, slot) for slot in SLOTS}
+        for slot in ("current", "pending"):
+            if held[slot] is not None and same_value(str(held[slot]), value):
+                raise SecretStoreError(f"{self.ref(name, slot)} holds that value: it is in use")
+        if held["previous"] is None or not same_value(held["previous"], value):
+            return []
+        self._delete(previous_name(name))
+        if self.read(name, "previous") is not None:
+            raise SecretStoreError(f"{self.ref(name, 'previous')}: the keyring kept the entry")
+        return [self.ref(name, "previous")]
 
     def names(self) -> list[str]:
         return [n for n in self._index() if self.read(n) is not None]
 
     def set_at(self, name: str) -> datetime | None:
-        raw = self._get(name + "_SET_AT")
+        raw = self._get(set_at_name(name))
         try:
             return datetime.fromisoformat(raw) if raw else None
         except ValueError:

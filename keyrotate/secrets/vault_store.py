@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any, Callable, TypeVar
 
 from keyrotate.errors import ConfigError, SecretStoreError, SecretStoreUnavailable
-from keyrotate.secrets.base import Slot
+from keyrotate.secrets.base import Slot, StoredCopy, same_value
 from keyrotate.secrets.names import check_name
 from keyrotate.secrets.schemes import Scheme
 from keyrotate.timeutil import parse_utc
@@ -140,9 +140,27 @@ class VaultSecret:
         return int(resp["data"]["version"])
 
     def created_time(self, version: int) -> datetime | None:
-        meta = vault_call(self.where, lambda: self.client.secrets.kv.v2.read_secret_metadata(
-            path=self.path, mount_point=self.mount))
-        return parse_utc(meta["data"]["versions"].get(str(version), {}).get("created_time"))
+        return parse_utc(self.versions().get(version, {}).get("created_time"))
+
+    def versions(self) -> dict[int, dict[str, Any]]:
+        """Every version Vault still lists, with its metadata (created_time,
+        deletion_time, destroyed); {} if the secret does not exist."""
+        import hvac.exceptions as hx
+
+        def call() -> dict[str, Any]:
+            try:
+                meta = self.client.secrets.kv.v2.read_secret_metadata(path=self.path,
+                                                                      mount_point=self.mount)
+            except hx.InvalidPath:
+                return {}
+            return dict(meta["data"]["versions"])
+
+        return {int(v): dict(m) for v, m in vault_call(self.where, call).items()}
+
+    def destroy_versions(self, versions: list[int]) -> None:
+        """Vault's `destroy`: the data of these versions is gone for good."""
+        vault_call(self.where, lambda: self.client.secrets.kv.v2.destroy_secret_versions(
+            path=self.path, versions=versions, mount_point=self.mount))
 
 
 class VaultStore:
@@ -187,7 +205,10 @@ class VaultStore:
             return None
         current, version = latest[0].get("value"), latest[1]
         for v in range(version - 1, max(0, version - MAX_VERSIONS_BACK), -1):
-            got = secret.read_version(v)
+            try:
+                got = secret.read_version(v)
+            except SecretStoreError:
+                continue   # destroyed (keys destroy) or deleted: holds nothing to read
             if got and got[0].get("value") is not None and got[0].get("value") != current:
                 return got[0]["value"], v
         return None
@@ -225,6 +246,50 @@ class VaultStore:
         if self._secret(name).read_version() is not None:
             raise SecretStoreError(f"{self.ref(name)} already exists; refusing to overwrite a key")
         self._secret(name).write({"value": value}, cas=0)
+
+    def write_state(self, name: str, value: str) -> None:
+        secret = self._secret(name)
+        latest = secret.read_version()
+        secret.write({"value": value}, cas=latest[1] if latest else 0)
+
+    def copies(self, name: str) -> list[StoredCopy]:
+        """Each field of each version Vault keeps. A soft-deleted version cannot be read
+        without undeleting it: listed with an unknown value (it may hold anything)."""
+        secret = self._secret(name)
+        versions = secret.versions()
+        latest = max(versions, default=0)
+        base, out = f"vault:{self.mount}/{secret.path}", []
+        for v, meta in sorted(versions.items()):
+            if meta.get("destroyed"):
+                continue
+            if meta.get("deletion_time"):
+                out.append(StoredCopy(f"{base}@{v}", "deleted version", None))
+                continue
+            got = secret.read_version(v)
+            for fld, value in (got[0] if got else {}).items():
+                if isinstance(value, str) and fld in ("value", PENDING_FIELD):
+                    role = ({"value": "current", PENDING_FIELD: "pending"}[fld] if v == latest
+                            else "earlier version")
+                    out.append(StoredCopy(base + ("" if fld == "value" else f"#{fld}") + f"@{v}",
+                                          role, value))
+        return out
+
+    def destroy(self, name: str, value: str) -> list[str]:
+        """Vault `destroy` of every earlier version holding `value` in a field; refuses if
+        the latest version holds it (current or pending)."""
+        secret = self._secret(name)
+        copies = [c for c in self.copies(name) if c.value is not None and same_value(c.value, value)]
+        in_use = [c.ref for c in copies if c.slot in ("current", "pending")]
+        if in_use:
+            raise SecretStoreError(f"{in_use[0]} holds that value: it is in use")
+        versions = sorted({int(c.ref.rpartition("@")[2]) for c in copies})
+        if versions:
+            secret.destroy_versions(versions)
+            left = secret.versions()
+            kept = [v for v in versions if not left.get(v, {}).get("destroyed")]
+            if kept:
+                raise SecretStoreError(f"{secret.where}: Vault did not destroy versions {kept}")
+        return [f"vault:{self.mount}/{secret.path}@{v}" for v in versions]
 
     def names(self) -> list[str]:
         import hvac.exceptions as hx

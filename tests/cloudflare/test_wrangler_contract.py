@@ -130,8 +130,8 @@ def _normal(value: Any, names: dict[str, str], root: Path) -> Any:
         return _TIME.sub("<time>", value)
     if isinstance(value, (list, tuple)):
         return [_normal(v, names, root) for v in value]
-    if isinstance(value, dict):
-        return {k: _normal(v, names, root) for k, v in value.items()}
+    if isinstance(value, dict):   # keys may be ids too (version id -> number)
+        return {_normal(k, names, root): _normal(v, names, root) for k, v in value.items()}
     return value
 
 
@@ -312,7 +312,8 @@ def test_deploy_deployments_list_and_versions_list(tmp_path, monkeypatch):
     assert len(uploads) == 2                                # wrangler's own retry, not keyrotate's
     assert real.step("deploy through a 500 on the upload")[2] == []
     _, outcome, sleeps = real.step("state through a 500")
-    assert outcome == ["ok", {"worker": W, "latest": f"<{W} v5>", "traffic": [[f"<{W} v5>", 100.0]]}]
+    assert outcome == ["ok", {"worker": W, "latest": f"<{W} v5>", "traffic": [[f"<{W} v5>", 100.0]],
+                              "numbers": {f"<{W} v{n}>": n for n in range(5, 0, -1)}}]
     assert sleeps == [2.0]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.cloudflare_project import GOOGLE, JWT, WORKERS, _active
+from tests.support.cloudflare_project import GOOGLE, JWT, WORKERS, _active, rotate_by_hand
 from tests.support.helpers import NEW_SECRET, OLD_SECRET, last_json, run_cli
 from tests.support.hygiene import CmdlineSampler, assert_clean
 
@@ -121,13 +121,12 @@ def test_rollback_refuses_to_cross_a_master_key_rotation(project):
     assert run_cli("deploy", "--env", "staging").exit_code == 0
     assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
     # a MASTER_KEY rotation: new key pushed (the data would now be under it)
-    store.write_pending("MASTER_KEY", NEW_SECRET)
-    store.promote("MASTER_KEY")
+    rotate_by_hand(root, store, NEW_SECRET)
     assert run_cli("secrets", "push", "--env", "staging", "--only", "MASTER_KEY").exit_code == 0
     active_before = {w: cf.script(f"tminus-{w}-staging").active.id for w in WORKERS}
 
     refused = run_cli("rollback", "--env", "staging", "--only", "api", "--yes")
-    assert refused.exit_code == 1 and "refusing to roll back across a secret rotation" in refused.output
+    assert refused.exit_code == 2 and "refusing to roll back across a secret rotation" in refused.output
     assert {w: cf.script(f"tminus-{w}-staging").active.id for w in WORKERS} == active_before
 
     forced = run_cli("rollback", "--env", "staging", "--only", "api", "--yes", "--force", "--json")

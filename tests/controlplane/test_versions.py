@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 
-from tests.support.cloudflare_project import JWT, WORKERS, _active, with_overlap
+from tests.support.cloudflare_project import JWT, WORKERS, _active, rotate_by_hand, with_overlap
 from tests.support.helpers import NEW_SECRET, OLD_SECRET, ROOT, last_json, run_cli
 
 pytestmark = pytest.mark.slow
@@ -72,8 +72,7 @@ def test_the_stand_in_reproduces_the_hazards_with_real_wrangler(project):
     assert cf.script(api).latest.modules == release_2 != deployed.modules
     # a rollback across a secret change: Cloudflare's 10220, which `wrangler rollback --yes`
     # forces without asking: the old value serves again
-    store.write_pending("MASTER_KEY", NEW_SECRET)
-    store.promote("MASTER_KEY")
+    rotate_by_hand(root, store, NEW_SECRET)
     assert run_cli("secrets", "push", "--env", "staging", "--only", "MASTER_KEY",
                    "--from-deployed").exit_code == 0
     before_push = cf.script(api).deployments[1]["versions"][0]["version_id"]
@@ -128,7 +127,7 @@ def test_after_finish_a_plain_rollback_would_bring_the_retired_key_back(project)
     new = store.read("MASTER_KEY")
     # one version back: the one that still held MASTER_KEY_PREVIOUS, the retired key
     refused = run_cli("rollback", "--env", "staging", "--only", "api", "--yes")
-    assert refused.exit_code == 1 and "MASTER_KEY_PREVIOUS changed" in refused.output
+    assert refused.exit_code == 2 and "MASTER_KEY_PREVIOUS changed" in refused.output
     assert "MASTER_KEY_PREVIOUS" not in _active(cf, "api")
 
     forced = run_cli("rollback", "--env", "staging", "--only", "api", "--yes", "--force", "--json")
@@ -155,8 +154,7 @@ def test_deploys_rollback_after_a_failed_health_check_keeps_a_push_made_meanwhil
     def validate_then_someone_rotates(ctx, workers=None):
         result = real_validate(ctx, workers)
         if workers == ["api"] and not pushed:  # meanwhile: a MASTER_KEY push to api
-            store.write_pending("MASTER_KEY", NEW_SECRET)
-            store.promote("MASTER_KEY")
+            rotate_by_hand(root, store, NEW_SECRET)
             pushed.append(run_cli("secrets", "push", "--env", "staging", "--only", "MASTER_KEY"))
         return result
 
@@ -173,8 +171,7 @@ def test_a_push_killed_midway_leaves_no_child_and_counts_as_a_change(project):
     root, cf, _, store = project
     assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
     assert run_cli("deploy", "--env", "staging", "--only", "api").exit_code == 0
-    store.write_pending("MASTER_KEY", NEW_SECRET)
-    store.promote("MASTER_KEY")
+    rotate_by_hand(root, store, NEW_SECRET)
     cf.worker_delay = 6.0  # Cloudflare is slow to answer the push
     argv = [sys.executable, "-m", "keyrotate.cli", "secrets", "push", "--env", "staging", "--only",
             "MASTER_KEY"]

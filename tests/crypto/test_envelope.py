@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -99,6 +100,58 @@ def test_unknown_fields_are_kept_and_escaped():
     assert _fields(rotated)["note"] == obj["note"]
 
 
+# Extra fields as other writers may store them, each exactly as its text must come back.
+ODD_EXTRAS = ['"exp":1e400', '"neg":-1E+400', '"tiny":1e-400', '"z":-0', '"f":1.50',
+              '"big":' + "9" * 5000, '"n":{"a":[1e999,{"b":-0.0e0}],"c":null}',
+              '"s":"\\u00e9 \\ud83d\\ude00 \\"q\\""', '"\\u0069d":true', '"e" :  [ ]']
+OWNED = re.compile(r'("(?:encryptedDek|dekIv|kid|iv|ciphertext)"\s*:\s*)"[^"]*"')
+
+
+def _masked(value: str) -> str:
+    return OWNED.sub(r'\1"*"', value)
+
+
+def _with_extras(value: str, spaced: bool = False) -> str:
+    body = value[:-1]
+    if spaced:
+        body = body.replace('","', '" ,\n "').replace('":"', '" : "')
+    return body + "," + ",".join(ODD_EXTRAS) + " }\n"
+
+
+@pytest.mark.parametrize("mode", ["rewrap", "fresh-dek"])
+@pytest.mark.parametrize("spaced", [False, True])
+def test_a_rewrite_keeps_every_other_byte(mode: str, spaced: bool):
+    """Issue 20 item 1: `"exp":1e400` came back as the bare token Infinity (JSON.parse
+    refuses it). Only the fields keyrotate owns may change; every other byte stays."""
+    value = _with_extras(E.seal(b'{"t":1}', OLD, with_kid=False), spaced)
+    rotated = EnvelopeCodec(new=NEW, old=OLD, mode=mode).rotate(value)
+    assert rotated is not None
+    assert _masked(rotated) == _masked(value).replace(' }\n', ' ,"kid":"*"}\n')
+    before, after = E.parse(value), E.parse(rotated)
+    assert after.kid == NEW.kid
+    if mode == "rewrap":
+        assert (after.iv, after.ciphertext) == (before.iv, before.ciphertext)
+    codec = EnvelopeCodec(new=NEW, old=OLD)
+    assert codec.census(rotated) == NEW.kid
+    assert codec.rotate(rotated) is None
+
+
+def test_duplicate_owned_fields_are_all_replaced():
+    """JSON.parse keeps the last of duplicate names; no stale copy of the old wrapping stays."""
+    good = _good()
+    value = json.dumps(good)[:-1] + ', "encryptedDek": "' + good["encryptedDek"] + '"}'
+    rotated = EnvelopeCodec(new=NEW, old=OLD).rotate(value)
+    assert good["encryptedDek"] not in rotated and rotated.count('"encryptedDek"') == 2
+
+
+def test_a_kid_that_is_not_a_string_is_no_hint_and_is_replaced():
+    """Readers ignore kid (the Workers) or choose by it only when it is a string."""
+    value = json.dumps(dict(_good(), kid=5))
+    codec = EnvelopeCodec(new=NEW, old=OLD)
+    assert codec.census(value) == OLD.kid
+    assert json.loads(codec.rotate(value))["kid"] == NEW.kid
+
+
 def test_a_lying_kid_does_not_fool_classification():
     obj = _fields(E.seal(b"x", OLD, with_kid=False))
     obj["kid"] = NEW.kid  # claims the new key, is under the old one
@@ -128,7 +181,12 @@ HOSTILE = {
     "truncated tag": (json.dumps(dict(_good(), ciphertext=_b64(10))), "shorter than the GCM tag"),
     "number field": (json.dumps(dict(_good(), iv=12)), "iv is not a string"),
     "third key": (E.seal(b"x", MasterKey.from_secret("third"), with_kid=False), "neither"),
-    "kid not string": (json.dumps(dict(_good(), kid=5)), "kid is not a string"),
+    "NaN": (json.dumps(_good())[:-1] + ',"exp":NaN}', "not valid JSON"),
+    "Infinity": (json.dumps(_good())[:-1] + ',"exp":Infinity}', "not valid JSON"),
+    "-Infinity nested": (json.dumps(_good())[:-1] + ',"x":{"y":[1,-Infinity]}}', "not valid JSON"),
+    "NaN as a field": (json.dumps(_good()).replace('"iv":', '"n":NaN,"iv":'), "not valid JSON"),
+    "BOM": ("\ufeff" + json.dumps(_good()), "not valid JSON"),
+    "trailing data": (json.dumps(_good()) + "x", "not valid JSON"),
     "blob": (b"\x00\x01", "BLOB"),
     "integer": (42, "int"),
     "deep nesting": ("[" * 100000 + "]" * 100000, "JSON"),
@@ -178,3 +236,37 @@ def test_any_single_bit_flip_is_detected(pos: int, bit: int):
     codec = EnvelopeCodec(new=NEW, old=OLD)
     with pytest.raises(InvalidEnvelope):
         codec.census(json.dumps(obj))
+
+
+@pytest.mark.parametrize("mode", ["rewrap", "fresh-dek"])
+@pytest.mark.parametrize("with_kid", [False, True])
+def test_heavy_envelopes_are_authenticated_in_chunks(mode: str, with_kid: bool):
+    """A ciphertext past STREAM_FROM is checked a chunk at a time (issue 20 item 7): the
+    same verdicts as the one-shot path, every bit of it covered."""
+    payload = bytes(range(256)) * 4096 * 3          # 3 MiB: three chunks and a bit
+    sealed = E.seal(payload, OLD, with_kid=with_kid)
+    assert E.parse(sealed).ct_span is not None      # the streaming path
+    codec = EnvelopeCodec(new=NEW, old=OLD, mode=mode)
+    rotated = codec.rotate(sealed)
+    assert E.open_payload(E.parse(rotated), E.unwrap_dek(E.parse(rotated), NEW)) == payload
+    assert codec.census(rotated) == NEW.kid and codec.census(sealed) == OLD.kid
+    if mode == "rewrap":
+        assert _masked(rotated) == _masked(sealed if with_kid else sealed[:-1] + ',"kid":"*"}')
+    obj = _fields(sealed)
+    raw = base64.b64decode(obj["ciphertext"])
+    for pos in (0, len(raw) // 2, (1 << 20) * 3 // 4, len(raw) - 17, len(raw) - 1):   # body, chunk edge, tag
+        bad = bytearray(raw)
+        bad[pos] ^= 1
+        with pytest.raises(InvalidEnvelope, match="authenticate"):
+            codec.census(json.dumps(dict(obj, ciphertext=base64.b64encode(bytes(bad)).decode()),
+                                    separators=(",", ":")))
+    b64 = obj["ciphertext"]
+    # padding that ends a chunk but not the string: each chunk alone is valid base64,
+    # the whole is not (atob refuses it)
+    padded_chunk = base64.b64encode(bytes(E.CHUNK // 4 * 3 - 2)).decode() + b64[E.CHUNK:]
+    assert len(padded_chunk) == len(b64) and padded_chunk[E.CHUNK - 1] == "="
+    for broken in (b64[:len(b64) // 2] + "=" + b64[len(b64) // 2 + 1:], b64[:-4] + "!!!!", b64[:-1],
+                   padded_chunk):
+        value = json.dumps(dict(obj, ciphertext=broken), separators=(",", ":"))
+        with pytest.raises(InvalidEnvelope, match="base64"):
+            codec.census(value)

@@ -49,3 +49,20 @@ def test_rotation_keeps_the_token_timestamp():
         Fernet(new).decrypt(rotated.encode(), ttl=86400)
     fresh = make_codec("fernet", new, old, "fresh-dek").rotate(token)
     assert Fernet(new).extract_timestamp(fresh.encode()) == issued
+
+
+@pytest.mark.parametrize("spelling", [lambda k: k + "=", lambda k: k + "\n",
+                                      lambda k: k.replace("-", "+").replace("_", "/")],
+                         ids=["extra padding", "newline", "standard alphabet"])
+def test_one_key_spelled_two_ways_is_the_same_key(spelling):
+    """Issue 20 item 9: Fernet accepts a key with extra padding, a newline or the standard
+    base64 alphabet as the same 32 bytes: an "old" and "new" key that are one key is refused."""
+    from keyrotate.crypto.codecs import SameKey
+
+    key = Fernet.generate_key().decode()
+    while "-" not in key and "_" not in key:   # so the alphabet variant differs in text
+        key = Fernet.generate_key().decode()
+    other = spelling(key)
+    assert other != key and Fernet(other.encode()).decrypt(Fernet(key.encode()).encrypt(b"x")) == b"x"
+    with pytest.raises(SameKey):
+        make_codec("fernet", other, key)

@@ -20,19 +20,19 @@ from keyrotate.dataplane.codec_refs import codec_from_refs
 from keyrotate.dataplane.reencrypt import ReencryptOptions, reencrypt
 from keyrotate.db.connect import open_database
 from keyrotate.db.table_shape import resolve_target
-from keyrotate.errors import Interrupted
 from tests.support.helpers import (
     NEW_SECRET,
     OLD_SECRET,
+    THIRD_SECRET,
     StopAfter,
     big_reference_db,
+    interrupted_rotation,
     last_json,
     open_value,
     rows_of,
     run_cli,
 )
 
-THIRD_SECRET = "7d3c1e8d7b6a5f4e3d2c1b0a99887766554433221100ffeeddccbbaa00112299"
 TARGET = "accounts.encrypted_tokens"
 
 
@@ -41,34 +41,15 @@ def _cli(db, old: str, new: str, *extra: str):
                    "--new-key", new, "--json", *extra)
 
 
-def _interrupt(db, old_ref: str, new_ref: str, batches: int, batch_size: int = 100) -> None:
-    store = open_database(f"file:{db}")
-    try:
-        codec = codec_from_refs("tminus-envelope", new_ref, old_ref)
-        with pytest.raises(Interrupted):
-            reencrypt(store, resolve_target(store, TARGET, None), codec,
-                      ReencryptOptions(batch_size=batch_size, workers=0), StopAfter(batches))
-    finally:
-        store.close()
-
-
 def _under(db, secret: str, key: str = "account_id") -> int:
     return sum(1 for v in rows_of(db, key=key).values()
                if v and open_value(v.decode(), secret) is not None)
 
 
-@pytest.fixture
-def three_keys(monkeypatch):
-    monkeypatch.setenv("KR_A", OLD_SECRET)
-    monkeypatch.setenv("KR_B", NEW_SECRET)
-    monkeypatch.setenv("KR_C", THIRD_SECRET)
-    return "env:KR_A", "env:KR_B", "env:KR_C"
-
-
 def test_undo_then_redo_never_resumes_the_overtaken_run(ref_db, three_keys):
     a, b, _ = three_keys
     db = ref_db(2_000)
-    _interrupt(db, a, b, 5)                       # A -> B stops at row 500
+    interrupted_rotation(db, a, b, 5)                       # A -> B stops at row 500
     undo = _cli(db, b, a)                          # B -> A: every row back under A
     assert undo.exit_code == 0, undo.output
     assert _under(db, OLD_SECRET) == 2_000
@@ -84,7 +65,7 @@ def test_undo_then_redo_never_resumes_the_overtaken_run(ref_db, three_keys):
 def test_a_different_new_key_is_refused_while_a_run_is_unfinished(ref_db, three_keys):
     a, b, c = three_keys
     db = ref_db(1_000)
-    _interrupt(db, a, b, 3)
+    interrupted_rotation(db, a, b, 3)
     before = rows_of(db)
     other = _cli(db, a, c)
     assert other.exit_code == 2
@@ -151,7 +132,7 @@ def test_a_key_given_null_during_the_run_is_caught_by_the_census(ref_db, keys_en
                        ReencryptOptions(batch_size=100, workers=0), NullKeyMidway(10**9))
     store.close()
     assert result.status == "incomplete" and result.exit_code == 3
-    assert any("not reached" in p or "old key" in p for p in result.problems)
+    assert any("not reached" in p or "old key" in p or "not the rows" in p for p in result.problems)
     again = _cli(db, keys_env["old"], keys_env["new"])  # NULL keys now: paged by rowid
     assert again.exit_code == 0, again.output
 
@@ -258,32 +239,127 @@ def _stop_outside_a_transaction(db, proc) -> None:
         time.sleep(0.01)   # let it reach the end of its transaction (any speed will do)
 
 
-def test_a_second_concurrent_run_refuses_and_names_the_holder(tmp_path):
-    db, originals, env = big_reference_db(tmp_path, 60_000, "lease.db")
+def _no_such_pid() -> int:
+    """A pid no process has here: what a holder in another PID namespace looks like."""
+    pid = int(Path("/proc/sys/kernel/pid_max").read_text()) - 1
+    while Path(f"/proc/{pid}").exists():
+        pid -= 1
+    return pid
+
+
+@pytest.fixture
+def live_holder(tmp_path):
+    """A reencrypt lease on TARGET held by a live holder (this process, heartbeat beating)."""
+    from keyrotate.dataplane.lease import Lease
+    from keyrotate.db.own_schema import ensure_journal_schema
+
+    db, _, env = big_reference_db(tmp_path, 500, "lease.db")
+    store = open_database(f"file:{db}")
+    ensure_journal_schema(store)
+    holder = Lease(store, TARGET)
+    holder.acquire()
+    yield db, env, holder
+    holder.release()
+    store.close()
+
+
+def _refused_by(db, env, holder, argv: list[str]) -> None:
+    before = rows_of(db)
+    second = subprocess.run(argv, env=env, capture_output=True, timeout=300)
+    assert second.returncode == 2, second.stderr.decode()[-2000:]
+    message = last_json(second.stdout.decode())["error"]["message"]
+    assert holder.holder in message and "holds accounts.encrypted_tokens" in message
+    assert rows_of(db) == before
+
+
+def test_a_live_holder_is_judged_by_its_heartbeat_not_its_pid(live_holder):
+    """Issue 20 item 6: a run in another PID namespace saw the live holder's pid as gone
+    (kill(pid, 0): no such process), took the lease, and both ran at once. A holder whose
+    pid means nothing here is still alive while its heartbeat moves."""
+    db, env, holder = live_holder
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE keyrotate_leases SET pid = ?", (_no_such_pid(),))
+    conn.commit()
+    conn.close()
+    _refused_by(db, env, holder, _argv(db))
+
+
+def test_a_run_in_another_pid_namespace_refuses_a_live_holder(live_holder):
+    """The same, for real: the second run in a PID namespace of its own (unshare)."""
+    import shutil
+
+    db, env, holder = live_holder
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "--pid", "--fork", "--mount-proc", "true"],
+                                         capture_output=True).returncode != 0:
+        pytest.skip("cannot make a PID namespace here (unshare needs root)")
+    _refused_by(db, env, holder, [unshare, "--pid", "--fork", "--mount-proc", *_argv(db)])
+
+
+def test_a_killed_holder_is_taken_over_and_its_run_resumed(tmp_path):
+    db, originals, env = big_reference_db(tmp_path, 20_000, "lease.db")
     first = subprocess.Popen(_argv(db), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_for_checkpoint(db, first)
-        _stop_outside_a_transaction(db, first)      # holding the lease, going nowhere
-        second = subprocess.run(_argv(db), env=env, capture_output=True, timeout=120)
-        assert second.returncode == 2, second.stderr.decode()
-        message = last_json(second.stdout.decode())["error"]["message"]
-        assert f"pid {first.pid}" in message and "holds accounts.encrypted_tokens" in message
+        _stop_outside_a_transaction(db, first)
         first.kill()                                # kill -9: the lease stays behind
         first.wait()
     finally:
         if first.poll() is None:
             first.kill()
     third = subprocess.run(_argv(db), env=env, capture_output=True, timeout=600)
-    assert third.returncode == 0, third.stderr.decode()[-2000:]   # a dead local holder is taken over
+    assert third.returncode == 0, third.stderr.decode()[-2000:]   # no heartbeat: taken over
     out = last_json(third.stdout.decode())
     assert out["resumed"] and out["status"] == "completed"
     conn = sqlite3.connect(db)
     scanned, rewritten = conn.execute(
         "SELECT rows_scanned, rows_rewritten FROM keyrotate_checkpoints").fetchone()
-    assert (scanned, rewritten) == (60_000, 60_000)  # one journal run, counted once
+    assert (scanned, rewritten) == (20_000, 20_000)  # one journal run, counted once
     assert not conn.execute("SELECT count(*) FROM keyrotate_leases").fetchone()[0]
 
 
+def test_a_stalled_holder_that_lost_its_lease_writes_nothing_more(tmp_path, keys_env):
+    """A holder frozen (SIGSTOP) past a few heartbeats loses its lease to the next run.
+    When it wakes, its next batch must not apply: it stops with exit 3, and the journal
+    counts every row once."""
+    db, originals, env = big_reference_db(tmp_path, 20_000, "stall.db")
+    first = subprocess.Popen(_argv(db), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    class WakeTheStalledOne(StopAfter):
+        """After the taker's first committed batch, let the stalled holder go on, and wait
+        (by observation) until it has stopped."""
+
+        def advance(self, rows: int) -> None:
+            if first.poll() is None:
+                first.send_signal(signal.SIGCONT)
+                first.wait(timeout=300)
+
+    try:
+        _wait_for_checkpoint(db, first)
+        _stop_outside_a_transaction(db, first)
+        store = open_database(f"file:{db}")
+        try:
+            codec = codec_from_refs("tminus-envelope", keys_env["new"], keys_env["old"])
+            result = reencrypt(store, resolve_target(store, TARGET, None), codec,
+                               ReencryptOptions(batch_size=100, workers=0),
+                               WakeTheStalledOne(10**9))
+        finally:
+            store.close()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    out, err = first.communicate()
+    assert first.returncode == 3, err.decode()[-2000:]
+    assert "took over" in last_json(out.decode())["error"]["message"]
+    assert result.status == "completed" and result.resumed
+    conn = sqlite3.connect(db)
+    scanned, rewritten = conn.execute(
+        "SELECT rows_scanned, rows_rewritten FROM keyrotate_checkpoints").fetchone()
+    assert (scanned, rewritten) == (20_000, 20_000)  # the stalled one's last batch never applied
+    assert all(open_value(v.decode(), NEW_SECRET) == originals[k] for k, v in rows_of(db).items())
+
+
+@pytest.mark.slow  # a 150 MB table, rotated twice
 def test_memory_is_bounded_by_bytes_as_well_as_rows(tmp_path):
     """150 rows of 1 MB each, pages of up to 1,000 rows: pages must stop at a byte budget."""
     db, _, env = big_reference_db(tmp_path, 150, "heavy.db", payload_bytes=1_000_000)

@@ -1,10 +1,13 @@
-"""The audit trail: in the environment's database, hash chained, one history for every
-operator; hand edits (altered, removed, reordered, rebuilt, cut) are named by
-`audit verify`."""
+"""The audit trail: in the environment's database, each event authenticated by the
+environment's audit key (an HMAC chain), one history for every operator. Every forgery
+someone with write access to the database can make is named by `audit verify`: a forged
+insert, an INSERT OR REPLACE, a rebuilt chain, another machine's tail deleted, a witness
+deleted or cut; trails keyrotate 0.1 wrote (SHA-256 only) still verify, as a sealed prefix."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import threading
 import uuid
@@ -16,6 +19,8 @@ from keyrotate.db.own_schema import ensure_journal_schema
 from keyrotate.evidence.chain import digest
 from keyrotate.evidence.event import Event
 from keyrotate.evidence.trail import AuditTrail
+from keyrotate.evidence.verify import verify_trail
+from keyrotate.secrets.audit_key import AUDIT_KEY, AuditKey
 from tests.support.cloudflare_project import with_overlap
 from tests.support.helpers import last_json, run_cli
 
@@ -37,44 +42,81 @@ def _verify(*flags):
     return res.exit_code, last_json(res.output)
 
 
-def test_a_rotation_leaves_a_timeline_in_the_database(project):
-    root = project[0]
+def _independent_mac(audit_key: str, prev: str, record: dict) -> str:
+    """The README's chain, computed the way an auditor would, with OpenSSL's HMAC (cryptography), not
+    keyrotate's: HMAC-SHA256(audit_key, prev_mac || canonical event)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.hmac import HMAC
+
+    mac = HMAC(audit_key.encode(), hashes.SHA256())
+    mac.update(prev.encode() + json.dumps(record, sort_keys=True, separators=(",", ":"),
+                                          ensure_ascii=False).encode())
+    return mac.finalize().hex()
+
+
+def _key(store) -> AuditKey:
+    return AuditKey.from_value(store.read(AUDIT_KEY), "test")
+
+
+def _rows(root):
+    return _db(root).execute("SELECT seq, record, prev_hash, hash FROM keyrotate_audit "
+                             "ORDER BY seq").fetchall()
+
+
+def test_a_rotation_leaves_an_authenticated_timeline(project):
+    root, _, _, store = project
     _rotate(root)
     shown = last_json(run_cli("audit", "show", "--env", "staging", "--json").output)["events"]
-    assert [e["event"] for e in shown][0] == "rotation.started"
+    # the first command that needs the audit key makes it, and the trail says so
+    assert shown[0]["event"] == "key.state" and shown[0]["secret"] == AUDIT_KEY
+    assert [e["event"] for e in shown if e["event"].startswith("rotation.")][0] == "rotation.started"
     assert [e["step"] for e in shown if e["event"] == "rotation.step"][-1] == "awaiting-finish"
     assert all(e["operator"] and "@" in e["operator"] for e in shown)
-    rows = _db(root).execute("SELECT record, prev_hash, hash FROM keyrotate_audit ORDER BY seq").fetchall()
-    assert len(rows) == len(shown) and rows[0][1] == "0" * 64
-    for (record, prev, h), (_, _, before) in zip(rows[1:], rows[:-1]):
-        assert prev == before and digest(json.loads(record)) == h   # each follows the one before
+    key = _key(store)
+    rows = _rows(root)
+    assert len(rows) == len(shown) and rows[0][2] == "0" * 64
+    for i, (_, record, prev, mac) in enumerate(rows):
+        assert prev == (rows[i - 1][3] if i else "0" * 64)          # each follows the one before
+        assert _independent_mac(store.read(AUDIT_KEY), prev, json.loads(record)) == mac
+    assert store.read(AUDIT_KEY).encode() not in (root / "staging.db").read_bytes()   # never there
     code, out = _verify()
     assert code == 0 and out["ok"] and out["events"] == len(rows) == out["witnessed_locally"]
+    assert out["authenticated"] == len(rows) and out["audit_key"] == key.id
+    assert out["store_head"] == rows[-1][0]       # the store keeps the head the command left
     text = run_cli("audit", "show", "--env", "staging", "--last", "2").output
     assert "awaiting-finish" in text and "#" in text
 
 
-def test_the_table_refuses_updates_and_deletes(project):
+def test_the_table_refuses_updates_deletes_and_replaces(project):
     root = project[0]
     _rotate(root)
     conn = _db(root)
-    for sql in ("UPDATE keyrotate_audit SET event = 'x'", "DELETE FROM keyrotate_audit"):
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            conn.execute(sql)
+    seq, record, prev, mac = _rows(root)[3]
+    for sql, params in (("UPDATE keyrotate_audit SET event = 'x'", ()),
+                        ("DELETE FROM keyrotate_audit", ()),
+                        # REPLACE deletes the row in the way without firing the delete trigger
+                        ("INSERT OR REPLACE INTO keyrotate_audit (seq, environment, at, event, "
+                         "record, prev_hash, hash) VALUES (?, 'staging', 'now', 'x', ?, ?, ?)",
+                         (seq, record, prev, mac)),
+                        ("REPLACE INTO keyrotate_audit (environment, at, event, record, prev_hash, "
+                         "hash) VALUES ('staging', 'now', 'x', ?, ?, ?)", (record, prev, mac))):
+        with pytest.raises(sqlite3.IntegrityError, match="append-only|place in the chain is taken"):
+            conn.execute(sql, params)
+    assert _rows(root)[3] == (seq, record, prev, mac)
 
 
 def _tamper(root, *statements):
     """What someone with write access to the database could do: drop the triggers first."""
     conn = _db(root)
-    conn.execute("DROP TRIGGER IF EXISTS keyrotate_audit_no_update")
-    conn.execute("DROP TRIGGER IF EXISTS keyrotate_audit_no_delete")
+    for trigger in ("no_update", "no_delete", "no_replace"):
+        conn.execute(f"DROP TRIGGER IF EXISTS keyrotate_audit_{trigger}")
     for sql, params in statements:
         conn.execute(sql, params)
     conn.close()
 
 
 def _seqs(root):
-    return [r[0] for r in _db(root).execute("SELECT seq FROM keyrotate_audit ORDER BY seq")]
+    return [r[0] for r in _rows(root)]
 
 
 def test_an_altered_event_is_named(project):
@@ -88,7 +130,7 @@ def test_an_altered_event_is_named(project):
     code, out = _verify()
     assert code == 1 and out["problem"]["seq"] == seq and out["problem"]["kind"] == "altered"
     text = run_cli("audit", "verify", "--env", "staging")
-    assert text.exit_code == 1 and f"event #{seq}" in text.output and "altered" in text.output
+    assert text.exit_code == 1 and f"event #{seq}" in text.output and "not authentic" in text.output
 
 
 def test_a_removed_event_is_named(project):
@@ -111,48 +153,208 @@ def test_reordered_events_are_named(project):
     assert code == 1 and out["problem"]["seq"] == a and out["problem"]["kind"] == "reordered"
 
 
-def test_a_rebuilt_or_cut_chain_is_caught_by_the_local_copy(project):
+def _forged_finish(root, prev, mac_of):
+    """A rotation.finished naming someone else, appended after `prev`."""
+    record = json.loads(_rows(root)[-1][1])
+    record.update(event="rotation.finished", operator="mallory@elsewhere", prev=prev,
+                  summary="MASTER_KEY rotation finished.")
+    return record, mac_of(record)
+
+
+def test_a_forged_insert_is_named(project):
+    """Appended at the end with a valid SHA-256 link (what keyrotate 0.1 checked), or with
+    a made-up MAC: neither verifies without the audit key."""
     root = project[0]
     _rotate(root)
-    conn = _db(root)
-    rows = conn.execute("SELECT seq, record FROM keyrotate_audit ORDER BY seq").fetchall()
-    conn.close()
-    # edit one event and recompute every hash after it: the chain itself holds again
+    head = _rows(root)[-1][3]
+    record, h = _forged_finish(root, head, digest)
+    record.pop("chain_key")
+    _tamper(root, ("INSERT INTO keyrotate_audit (environment, at, event, record, prev_hash, hash) "
+                   "VALUES ('staging', ?, 'rotation.finished', ?, ?, ?)",
+                   (record["at"], json.dumps(record), head, h)))
+    code, out = _verify()
+    assert code == 1 and out["problem"]["kind"] == "unkeyed", out
+    assert out["problem"]["seq"] == _seqs(root)[-1]
+
+    _tamper(root, ("DELETE FROM keyrotate_audit WHERE seq = ?", (_seqs(root)[-1],)))
+    record, h = _forged_finish(root, head, digest)     # keeps chain_key: looks keyed
+    _tamper(root, ("INSERT INTO keyrotate_audit (environment, at, event, record, prev_hash, hash) "
+                   "VALUES ('staging', ?, 'rotation.finished', ?, ?, ?)",
+                   (record["at"], json.dumps(record), head, h)))
+    code, out = _verify()
+    assert code == 1 and out["problem"]["kind"] == "altered" and "not authentic" in out["problem"]["message"]
+
+
+def test_an_event_replaced_in_place_is_named(project):
+    """INSERT OR REPLACE at an event's place (the trigger dropped first), its successors
+    re-linked as keyrotate 0.1 would have accepted."""
+    root = project[0]
+    _rotate(root)
+    rows = _rows(root)
+    seq, text, prev, _ = rows[4]
+    record = json.loads(text)
+    record["operator"] = "mallory@elsewhere"
+    statements, link = [], prev
+    for i, (s, t, _, _) in enumerate(rows[4:]):
+        r = record if i == 0 else json.loads(t)
+        r["prev"] = link
+        link = digest(r)
+        statements.append(("INSERT OR REPLACE INTO keyrotate_audit (seq, environment, at, event, "
+                           "record, prev_hash, hash) VALUES (?, 'staging', ?, ?, ?, ?, ?)",
+                           (s, r["at"], r["event"], json.dumps(r), r["prev"], link)))
+    _tamper(root, *statements)
+    (root / ".keyrotate" / "audit-staging.jsonl").unlink()   # and the witness out of the way
+    code, out = _verify()
+    assert code == 1 and out["problem"]["seq"] == seq and out["problem"]["kind"] == "altered"
+
+
+def test_a_rebuilt_chain_is_named_even_without_a_witness(project):
+    """Every event after an edit re-linked (SHA-256, as 0.1 did), and the witness deleted:
+    the MAC of the first edited event gives it away."""
+    root = project[0]
+    _rotate(root)
+    rows = _rows(root)
     statements, prev = [], "0" * 64
-    for i, (seq, text) in enumerate(rows):
+    for i, (seq, text, _, _) in enumerate(rows):
         record = json.loads(text)
         if i == 1:
             record["operator"] = "someone-else@elsewhere"
         record["prev"] = prev
-        h = digest(record)
+        prev = digest(record) if i else rows[0][3]
         statements.append(("UPDATE keyrotate_audit SET record = ?, prev_hash = ?, hash = ? "
-                           "WHERE seq = ?", (json.dumps(record), prev, h, seq)))
-        prev = h
-    _tamper(root, *statements)
-    code, out = _verify()
-    assert code == 1 and out["problem"]["kind"] == "missing"
-    assert "this machine appended" in out["problem"]["message"]
-
-    # and the trail cut short (the last events deleted) is caught the same way
+                           "WHERE seq = ?", (json.dumps(record), record["prev"], prev, seq)))
+    _tamper(root, *statements[1:])
     (root / ".keyrotate" / "audit-staging.jsonl").unlink()
-    assert _verify()[0] == 0     # without a witness the rebuilt chain passes: hence the copies
-    finish = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish")
-    assert finish.exit_code == 0, finish.output
-    last = _seqs(root)[-1]
+    code, out = _verify()
+    assert code == 1 and out["problem"]["seq"] == rows[1][0] and out["problem"]["kind"] == "altered"
+
+
+def test_another_machines_tail_deleted_is_named(project, tmp_path_factory):
+    """A second checkout (its own witness) appends to the same database and store; its
+    last event is then deleted. Only the head the store recorded can tell."""
+    root, _, _, store = project
+    _rotate(root)
+    other = tmp_path_factory.mktemp("other-machine")
+    manifest = (root / "keyrotate.toml").read_text()
+    (other / "keyrotate.toml").write_text(
+        manifest.replace('database = "file:staging.db"', f'database = "file:{root}/staging.db"')
+        .replace('secrets = "dotenv:.env.staging"', f'secrets = "dotenv:{root}/.env.staging"'))
+    for w in ("api", "oauth", "webhook"):
+        shutil.copytree(root / "workers" / w, other / "workers" / w)
+    pushed = run_cli("secrets", "push", "--env", "staging", "--only", "JWT_SECRET",
+                     "--manifest", str(other / "keyrotate.toml"))
+    assert pushed.exit_code == 0, pushed.output
+    assert _verify()[0] == 0
+    last, mac = _rows(root)[-1][0], _rows(root)[-1][3]
+    assert store.read("KEYROTATE_AUDIT_HEAD_STAGING") == mac     # the other machine's head
     _tamper(root, ("DELETE FROM keyrotate_audit WHERE seq = ?", (last,)))
     code, out = _verify()
-    assert code == 1 and out["problem"]["kind"] == "missing"
+    assert code == 1 and out["problem"]["kind"] == "cut" and mac[:16] in out["problem"]["message"]
+
+
+def test_a_missing_or_cut_witness_is_a_finding(project):
+    root = project[0]
+    _rotate(root)
+    witness = root / ".keyrotate" / "audit-staging.jsonl"
+    kept = witness.read_bytes()
+    code, out = _verify()
+    assert code == 0 and out["witnessed_locally"] == out["events"]
+
+    witness.write_bytes(kept[:-2] + b"\n")          # one line cut short by a byte
+    code, out = _verify()
+    assert code == 1 and out["problem"]["kind"] == "witness-malformed"
+
+    lines = kept.splitlines(keepends=True)
+    witness.write_bytes(b"".join(lines[:-1]))       # one whole line gone
+    code, out = _verify()
+    assert code == 1 and out["problem"]["kind"] == "witness-incomplete"
+
+    witness.unlink()
+    code, out = _verify()
+    assert code == 1 and out["problem"]["kind"] == "witness-missing"
+    assert str(len(lines)) in out["problem"]["message"]
+    text = run_cli("audit", "verify", "--env", "staging").output
+    assert "is missing" in text
+
+    witness.write_bytes(kept)
+    assert _verify()[0] == 0
+
+
+def test_a_trail_written_before_the_audit_key_still_verifies_as_a_sealed_prefix(project):
+    """keyrotate 0.1 chained events with SHA-256 only. They verify, reported as unkeyed,
+    and the first keyed event after them seals them: an edit to one is still found."""
+    root, _, _, store = project
+    conn = _db(root)
+    ensure = run_cli("audit", "show", "--env", "staging")       # keyrotate's tables
+    assert ensure.exit_code == 0
+    prev = "0" * 64
+    for i in range(3):
+        record = {"v": 1, "event": "rotation.step", "env": "staging", "secret": "MASTER_KEY",
+                  "rotation_id": "rot-old", "step": f"s{i}", "at": f"2026-01-0{i + 1}T00:00:00+00:00",
+                  "old_fingerprint": None, "new_fingerprint": None, "summary": f"old step {i}",
+                  "detail": {}, "operator": "ops@old", "prev": prev}
+        h = digest(record)
+        conn.execute("INSERT INTO keyrotate_audit (environment, at, event, rotation_id, secret, "
+                     "record, prev_hash, hash) VALUES ('staging', ?, 'rotation.step', 'rot-old', "
+                     "'MASTER_KEY', ?, ?, ?)", (record["at"], json.dumps(record), prev, h))
+        prev = h
+    conn.close()
+    code, out = _verify()
+    assert code == 0 and out["unkeyed"] == 3 and out["authenticated"] == 0
+    assert store.read(AUDIT_KEY) is None          # reading the trail makes no key
+
+    _rotate(root)                                  # the first keyed event follows them
+    code, out = _verify()
+    first = _seqs(root)[3]
+    assert code == 0 and out["unkeyed"] == 3 and out["unkeyed_before"] == first, out
+    text = run_cli("audit", "verify", "--env", "staging").output
+    assert f"unkeyed before #{first}" in text
+
+    rows = _rows(root)
+    statements, link = [], "0" * 64
+    for i, (seq, text, _, _) in enumerate(rows[:3]):   # edit an old one, re-link the old ones
+        record = json.loads(text)
+        if i == 1:
+            record["operator"] = "mallory@elsewhere"
+        record["prev"] = link
+        link = digest(record)
+        statements.append(("UPDATE keyrotate_audit SET record = ?, prev_hash = ?, hash = ? "
+                           "WHERE seq = ?", (json.dumps(record), record["prev"], link, seq)))
+    _tamper(root, *statements)
+    code, out = _verify()
+    assert code == 1 and out["problem"]["seq"] == first and out["problem"]["kind"] == "broken-before"
+
+
+def test_one_environment_one_audit_key(project):
+    """A store whose audit key is not the one the trail is authenticated with: verify says
+    so, and nothing is appended with it; a store that lost its key never makes a new one
+    over a keyed trail."""
+    root, _, _, store = project
+    _rotate(root)
+    env = root / ".env.staging"
+    original, value = env.read_text(), store.read(AUDIT_KEY)
+    env.write_text("\n".join(line for line in original.splitlines()
+                             if not line.startswith(AUDIT_KEY)) + "\n")
+    refused = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish")
+    assert refused.exit_code == 2 and "copy KEYROTATE_AUDIT_KEY" in refused.output
+    assert run_cli("audit", "verify", "--env", "staging").exit_code == 2
+    env.write_text(original.replace(value, "0123456789abcdef" * 4))
+    code, out = _verify()
+    assert code == 1 and out["problem"]["kind"] == "foreign-key"
+    refused = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish")
+    assert refused.exit_code == 2 and "one audit key" in refused.output
 
 
 def test_two_operators_on_one_database_append_one_chain(sqld_server, tmp_path):
     """Two machines (two connections, two local copies) appending at once to a real
     libSQL server: every event lands, in one chain, and both copies check out."""
     env = "audit-" + uuid.uuid4().hex[:8]
+    key = AuditKey.from_value(uuid.uuid4().hex + uuid.uuid4().hex, "test")
     trails = []
     for who in ("alice", "bob"):
         db = open_database(sqld_server[0])
         ensure_journal_schema(db)
-        trails.append(AuditTrail(db, env, tmp_path / who / f"audit-{env}.jsonl"))
+        trails.append(AuditTrail(db, env, tmp_path / who / f"audit-{env}.jsonl", key))
     start = threading.Barrier(2)
 
     def work(trail: AuditTrail, who: str) -> None:
@@ -169,7 +371,7 @@ def test_two_operators_on_one_database_append_one_chain(sqld_server, tmp_path):
     assert len(links) == 50
     assert [link.prev_hash for link in links[1:]] == [link.hash for link in links[:-1]]
     for trail in trails:
-        result = trail.verify()
+        result = verify_trail(trail)
         assert result.problem is None and result.witnessed == 25
         trail.db.close()
 
@@ -189,7 +391,7 @@ def test_pushes_recorded_by_0_1_move_into_the_trail_and_their_table_goes(project
                          "'tminus-api-staging', 'secret-push', 'MASTER_KEY', 'master-key', "
                          "'fp:0123456789ab', '2026-11-01T00:00:00+00:00', 'done')")
         history = secret_history(ctx, "tminus-api-staging")
-        assert history.state_before(None) == {"MASTER_KEY": "fp:0123456789ab"}
+        assert history.state_at(None) == {"MASTER_KEY": "fp:0123456789ab"}
     finally:
         ctx.close()
     tables = {r[0] for r in _db(root).execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

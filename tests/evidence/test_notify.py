@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 import httpx
 import pytest
 
+from keyrotate.secrets.audit_key import AUDIT_KEY, AuditKey
 from keyrotate.secrets.base import fingerprint
 from tests.support.cloudflare_project import edit_manifest, with_overlap
 from tests.support.helpers import OLD_SECRET, last_json, run_cli
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 SIGNING = "whsec-test-signing-secret-0123456789"
 BODY_KEYS = {"v", "event", "env", "secret", "rotation_id", "step", "at", "old_fingerprint",
-             "new_fingerprint", "summary"}
+             "new_fingerprint", "summary", "chain"}
 
 
 @pytest.fixture
@@ -63,13 +64,23 @@ def test_a_rotation_tells_the_sinks_and_every_body_is_signed(project, sinks):
     events = [b["event"] for b in hook.accepted]
     assert events[0] == "rotation.started" and events[-1] == "rotation.finished", events
     steps = [b["step"] for b in hook.accepted if b["event"] == "rotation.step"]
-    assert steps[:2] == ["stage", "push-overlap"] and "verify" in steps and "awaiting-finish" in steps
+    assert steps[:3] == ["stage", "introduce", "switch"] and "verify" in steps and "awaiting-finish" in steps
     assert not hook.refused
+    key = AuditKey.from_value(store.read(AUDIT_KEY), "test")
+    trail = {e["seq"]: e for e in last_json(run_cli("audit", "show", "--env", "staging",
+                                                    "--json").output)["events"]}
     for body in hook.accepted:
         assert set(body) == BODY_KEYS and body["v"] == 1 and body["env"] == "staging"
         assert body["secret"] == "MASTER_KEY" and body["rotation_id"] == hook.accepted[0]["rotation_id"]
-        assert body["old_fingerprint"] == fingerprint(OLD_SECRET)
-    assert hook.accepted[-1]["new_fingerprint"] == fingerprint(new)
+        # fingerprints are keyed by the environment's audit key: no guessing oracle
+        assert body["old_fingerprint"] == fingerprint(OLD_SECRET, key) == key.fingerprint(OLD_SECRET)
+        # every body says where the event sits in the trail: the sink is a witness too
+        event = trail[body["chain"]["seq"]]
+        assert event["hash"].startswith(body["chain"]["mac"]) and len(body["chain"]["mac"]) == 16
+        assert (event["event"], event["at"]) == (body["event"], body["at"])
+    assert hook.accepted[-1]["new_fingerprint"] == fingerprint(new, key)
+    assert all(f"(audit #{b['chain']['seq']} " in t["text"]
+               for b, t in zip(hook.accepted, slack.accepted))
 
     headers, body = hook.raw[0]
     replay = httpx.post(hook.url, content=body, headers={
@@ -119,6 +130,23 @@ def test_a_sink_down_hanging_or_failing_never_changes_the_outcome(project, monke
     assert hook.url.encode() not in (root / ".keyrotate" / "audit-staging.jsonl").read_bytes()
     assert run_cli("audit", "verify", "--env", "staging").exit_code == 0
     hook.stop()
+
+
+def test_a_receiver_that_trickles_its_answer_cannot_hold_a_command(project, monkeypatch):
+    """Each try has a whole deadline: a receiver sending its answer one byte at a time
+    (each read gets a byte, so no per-read timeout fires) is cut off at `timeout`."""
+    root = project[0]
+    hook = Receiver(SIGNING, mode="trickle", gap=0.25)   # a whole answer takes 17 s
+    monkeypatch.setenv("ROTATION_WEBHOOK_URL", hook.url)
+    monkeypatch.setenv("ROTATION_WEBHOOK_SECRET", SIGNING)
+    (root / ".env.notify").write_text("SLACK_WEBHOOK_URL=http://127.0.0.1:9/never\n")
+    _add_notify(root, timeout=1)
+    res = run_cli("notify", "test", "--env", "staging", "--json")
+    delivery = last_json(res.output)["deliveries"][0]
+    assert res.exit_code == 1 and delivery["ok"] is False and delivery["tries"] == 3, res.output
+    assert delivery["reason"] == "no whole answer within 1 s"
+    hook.stop()
+    assert hook.trickles_done == 0 and hook.requests == 3
 
 
 def test_a_paused_rotation_says_why(project, sinks):

@@ -2,6 +2,9 @@
 // Reads one JSON request on stdin (keys travel on stdin, never argv):
 //   {"op": "seal", "key": SECRET, "payloads": [STRING, ...]}        -> {"envelopes": [...]}
 //   {"op": "open", "key": SECRET, "envelopes": [STRING|null, ...]}  -> {"payloads": [STRING|{"error":...}]}
+//   {"op": "extras", "envelopes": [STRING, ...]} -> {"extras": [STRING|{"error":...}]}: what JSON.parse
+//       reads in every field but the ones keyrotate owns, spelled so that Infinity, -Infinity
+//       and -0 stay distinguishable
 // Key derivation as in the Workers: exactly 64 hex chars = raw key, else SHA-256(UTF-8).
 const subtle = globalThis.crypto.subtle;
 const enc = new TextEncoder();
@@ -41,9 +44,23 @@ async function open(masterKey, envelope) {
 const chunks = [];
 for await (const c of process.stdin) chunks.push(c);
 const req = JSON.parse(Buffer.concat(chunks).toString("utf8"));
-const key = await importMasterKey(req.key);
+const OWNED = new Set(["iv", "ciphertext", "encryptedDek", "dekIv", "kid"]);
+const spell = (_, v) =>
+  typeof v === "number" && (!Number.isFinite(v) || Object.is(v, -0)) ? `number:${Object.is(v, -0) ? "-0" : v}` : v;
+function extras(envelope) {
+  try {
+    const e = JSON.parse(envelope);
+    return JSON.stringify(Object.entries(e).filter(([k]) => !OWNED.has(k)), spell);
+  } catch (err) {
+    return { error: String(err.name) };
+  }
+}
+
+const key = req.key === undefined ? null : await importMasterKey(req.key);
 let out;
-if (req.op === "seal") {
+if (req.op === "extras") {
+  out = { extras: req.envelopes.map(extras) };
+} else if (req.op === "seal") {
   out = { envelopes: await Promise.all(req.payloads.map((p) => seal(key, p))) };
 } else if (req.op === "open") {
   out = {

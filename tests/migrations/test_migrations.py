@@ -179,6 +179,7 @@ def local_d1_file(project: Path) -> Path:
     return files[0]
 
 
+@pytest.mark.slow  # three starts of the real wrangler each
 @pytest.mark.parametrize("name", FILES)
 def test_forward_then_compensate_on_local_d1(d1_project, tmp_path, name):
     folder = d1_project / "migrations"
@@ -202,6 +203,7 @@ def test_forward_then_compensate_on_local_d1(d1_project, tmp_path, name):
     assert data_of(conn, schema) == data
 
 
+@pytest.mark.slow  # three starts of the real wrangler
 def test_d1_migrations_table_is_shared_with_wrangler(d1_project):
     wrangler(d1_project, "d1", "execute", "DB", "--local", "--command", "SELECT 1")
     db = local_d1_file(d1_project)
@@ -289,3 +291,55 @@ def test_data_changes_are_found_behind_quotes_and_ctes(tmp_path, second, needle)
                           second)
     assert res.exit_code == 0, res.output
     assert any(needle in w for w in last_json(res.output)["warnings"]), res.output
+
+
+def test_every_schema_change_and_new_secret_is_in_the_trail(tmp_path):
+    """`migrations apply` commits each migration, its d1_migrations row and its audit event
+    in one transaction; `compensate --env` and `keygen --to --env` are recorded too (the
+    file's SHA-256, the new secret's fingerprint: never its value)."""
+    import hashlib
+
+    from keyrotate.secrets.dotenv import DotenvStore
+
+    shutil.copytree(CORPUS, tmp_path / "migrations")
+    sqlite3.connect(tmp_path / "staging.db").close()
+    manifest = tmp_path / "keyrotate.toml"
+    manifest.write_text('[project]\nname = "t"\ndeploy_order = ["api"]\nmigrations_dir = "migrations"\n'
+                        '[environments.staging]\ndatabase = "file:staging.db"\nsecrets = "dotenv:.env"\n')
+    args = ["--env", "staging", "--manifest", str(manifest)]
+    broken = tmp_path / "migrations" / f"{len(FILES) + 1:04d}_broken.sql"
+    broken.write_text("CREATE TABLE fine (id INTEGER);\nALTER TABLE nowhere ADD COLUMN x TEXT;\n")
+    failed = run_cli("migrations", "apply", *args)
+    assert failed.exit_code != 0
+    broken.unlink()
+
+    def trail(kind):
+        shown = last_json(run_cli("audit", "show", "--json", *args).output)["events"]
+        return [e["detail"] for e in shown if e["event"] == kind]
+
+    conn = sqlite3.connect(tmp_path / "staging.db")
+    applied = [r[0] for r in conn.execute("SELECT name FROM d1_migrations ORDER BY id")]
+    recorded = [d["migration"] for d in trail("schema.migration")]
+    assert applied == recorded == FILES            # the failed one left neither
+    assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'fine'").fetchall()
+    for d in trail("schema.migration"):
+        sql = (tmp_path / "migrations" / d["migration"]).read_bytes()
+        assert d["sha256"] == hashlib.sha256(sql).hexdigest()
+
+    assert run_cli("migrations", "compensate", str(tmp_path / "migrations" / FILES[1])).exit_code == 0
+    assert trail("schema.compensation") == []      # no environment: no trail to write
+    res = run_cli("migrations", "compensate", str(tmp_path / "migrations" / FILES[2]), "--json", *args)
+    assert res.exit_code == 0, res.output
+    [comp] = trail("schema.compensation")
+    written = Path(last_json(res.output)["written"])
+    assert (comp["undoes"], comp["written"]) == (FILES[2], written.name)
+    assert comp["sha256"] == hashlib.sha256(written.read_bytes()).hexdigest()
+
+    made = run_cli("keygen", "--format", "hex", "--to", f"dotenv:{tmp_path}/.env#NEW_TOKEN", *args)
+    assert made.exit_code == 0, made.output
+    [created] = trail("secret.created")
+    assert created["ref"] == f"dotenv:{tmp_path}/.env#NEW_TOKEN"
+    value = DotenvStore(str(tmp_path / ".env")).read("NEW_TOKEN")
+    assert value.encode() not in (tmp_path / "staging.db").read_bytes()
+    assert value.encode() not in (tmp_path / ".keyrotate" / "audit-staging.jsonl").read_bytes()
+    assert run_cli("audit", "verify", *args).exit_code == 0

@@ -33,7 +33,7 @@ def test_metrics_follow_a_rotation(project):
     with_overlap(root)
     before = run_cli("status", "--env", "staging", "--format", "openmetrics")
     assert before.exit_code == 0, before.output
-    m = _samples(before.output)
+    m = _samples(before.stdout)   # logs (a new audit key) go to stderr
     assert m[("keyrotate_secret_age_seconds", (("kind", "master-key"), ("secret", "MASTER_KEY")))] < 3600
     assert m[("keyrotate_secret_due", (("secret", "MASTER_KEY"),))] == 0
     assert m[("keyrotate_rotation_in_progress", (("secret", "MASTER_KEY"),))] == 0
@@ -77,4 +77,27 @@ def test_metrics_are_printed_even_when_a_secret_is_due(project):
     env.write_text(env.read_text().replace("JWT_SECRET set 20", "JWT_SECRET set 19", 1))
     res = run_cli("status", "--env", "staging", "--due", "90d", "--format", "openmetrics")
     assert res.exit_code == 1
-    assert _samples(res.output)[("keyrotate_secret_due", (("secret", "JWT_SECRET"),))] == 1
+    assert _samples(res.stdout)[("keyrotate_secret_due", (("secret", "JWT_SECRET"),))] == 1
+
+
+def test_the_metrics_file_is_replaced_not_followed_and_always_0644(tmp_path):
+    """A symlink planted at the metrics path must not make keyrotate overwrite the file it
+    points to; an existing 0600 file becomes 0644 (node_exporter reads it as another user)."""
+    from keyrotate.rotation.openmetrics import write_metrics_file
+    from keyrotate.rotation.status import StatusResult
+
+    result = StatusResult("staging", [], "2026-11-29T00:00:00+00:00")
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    victim.chmod(0o600)
+    link = tmp_path / "keyrotate.prom"
+    link.symlink_to(victim)
+    write_metrics_file(result, str(link))
+    assert victim.read_text() == "precious\n" and victim.stat().st_mode & 0o777 == 0o600
+    assert not link.is_symlink() and link.read_text().endswith("# EOF\n")
+    assert link.stat().st_mode & 0o777 == 0o644
+
+    link.chmod(0o600)
+    write_metrics_file(result, str(link))
+    assert link.stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keyrotate.prom", "victim"]

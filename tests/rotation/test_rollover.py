@@ -113,7 +113,7 @@ def test_the_window_is_respected(project, clock):
     res, out = rollover()
     mk = entry(out, "MASTER_KEY")
     assert res.exit_code == 3 and mk["outcome"] == "paused" and "resumes in the window" in mk["note"]
-    assert "done: stage, push-overlap" in mk["note"] and mk["next_at"] == "2027-04-06T09:00:00+00:00"
+    assert "done: stage, introduce, switch" in mk["note"] and mk["next_at"] == "2027-04-06T09:00:00+00:00"
     assert pushes(cf) == before
     clock.at(utc("2027-04-06 09:00"))
     res, out = rollover()
@@ -151,7 +151,7 @@ def test_finish_after_is_respected(project, clock):
     plan = rollover("--dry-run")[1]
     assert entry(plan, "MASTER_KEY")["outcome"] == "would finish"
     assert [s.split(":")[0] for s in entry(plan, "MASTER_KEY")["steps"]] == \
-        ["re-verify", "remove-previous", "promote"]
+        ["confirm-switch", "re-verify", "remove-previous", "promote"]
     assert "MASTER_KEY_PREVIOUS" in _active(cf, "api")      # the dry run changed nothing
     res, out = rollover()
     mk = entry(out, "MASTER_KEY")
@@ -342,12 +342,15 @@ def test_a_manifest_without_any_policy_is_a_configuration_error(project):
 CLOCKED_CLI = ROOT / "tests" / "support" / "clocked_cli.py"
 
 
-def clocked_rollover(root, at, stop_at=None):
+def clocked_rollover(root, at, stop_at=None, pause_file=None):
     """`keyrotate rollover` in a process of its own, its clock at `at`; with `stop_at`, it
-    stops itself right after that point of the rotation's record (clocked_cli.py)."""
+    stops itself right after that point of the rotation's record (clocked_cli.py), or with
+    `pause_file` waits there, alive, until SIGUSR1."""
     env = dict(os.environ, KR_TEST_NOW=at.isoformat(), PYTHONPATH=str(ROOT))
     if stop_at:
         env["KR_TEST_STOP_AT"] = stop_at
+    if pause_file:
+        env["KR_TEST_PAUSE_FILE"] = str(pause_file)
     out = open(root / f"rollover-{at:%Y%m%d%H%M}-{stop_at or 'end'}.log".replace(":", "_"), "wb")
     proc = psutil.Popen([sys.executable, str(CLOCKED_CLI), "rollover", "--env", "staging", "--json"],
                         env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT)
@@ -386,16 +389,21 @@ def test_two_concurrent_rollover_runs_one_refuses(project, clock):
     root, cf, _, store = project
     with_overlap(root, extra=MASTER_POLICY)
     clock.at(utc("2027-04-05 10:00"))
-    first = clocked_rollover(root, clock.t, stop_at="step:push-overlap")
+    paused = root / "paused"
+    first = clocked_rollover(root, clock.t, stop_at="step:switch", pause_file=paused)
     try:
-        wait_stopped(first, root)                 # mid-rotation, holding the lease
+        deadline = time.monotonic() + 300
+        while not paused.exists():                # mid-rotation, holding the lease, alive
+            assert first.poll() is None, "rollover ended before its pause point"
+            assert time.monotonic() < deadline, "rollover never reached its pause point"
+            time.sleep(0.02)
         assert lease_holder(root) == [(first.pid,)]
         second, out = rollover()
         assert second.exit_code == 2
         message = out["error"]["message"]
         assert "another keyrotate run holds rollover:staging" in message and f"pid {first.pid}" in message
         staged = store.read("MASTER_KEY", "pending")
-        first.send_signal(signal.SIGCONT)
+        first.send_signal(signal.SIGUSR1)
         assert first.wait(timeout=300) == 0
     finally:
         if first.poll() is None:
@@ -407,9 +415,10 @@ def test_two_concurrent_rollover_runs_one_refuses(project, clock):
     assert len(rotations(root)) == 1
 
 
-START_POINTS = ["started", "step:stage", "step:push-overlap", "step:validate", "step:reencrypt",
-                "step:verify", "ended:awaiting-finish"]
-FINISH_POINTS = ["step:re-verify", "step:remove-previous", "step:promote", "ended:finished"]
+START_POINTS = ["started", "step:stage", "step:introduce", "step:switch", "step:validate",
+                "step:reencrypt", "step:verify", "ended:awaiting-finish"]
+FINISH_POINTS = ["step:confirm-switch", "step:re-verify", "step:remove-previous", "step:promote",
+                 "ended:finished"]
 
 
 @pytest.mark.slow
@@ -444,8 +453,8 @@ def test_kill_9_between_any_two_steps_leaves_the_next_rollover_to_resume(project
             now_in = "current" if "promote" in steps else "pending"
             assert store.read("MASTER_KEY", now_in) == staged, point
     assert state == "finished"
-    assert steps == ["stage", "push-overlap", "validate", "reencrypt", "verify", "re-verify",
-                     "remove-previous", "promote"]
+    assert steps == ["stage", "introduce", "switch", "validate", "reencrypt", "verify",
+                     "confirm-switch", "re-verify", "remove-previous", "promote"]
     clock.at(finish + timedelta(hours=1))
     res, out = rollover()                         # takes over the dead run's lease at once
     assert res.exit_code == 0 and entry(out, "MASTER_KEY")["outcome"] == "ok"
@@ -455,7 +464,7 @@ def test_kill_9_between_any_two_steps_leaves_the_next_rollover_to_resume(project
         assert _active(cf, w)["MASTER_KEY"] == staged and "MASTER_KEY_PREVIOUS" not in _active(cf, w)
     assert rows_open_under(root, staged)
     pushed = [e for e in trail(root) if e["event"] == "worker.secrets" and e["detail"]["state"] == "intent"]
-    assert len(pushed) == 4, [e["summary"] for e in pushed]   # two Workers, two pushes each, once
+    assert len(pushed) == 6, [e["summary"] for e in pushed]   # two Workers, three pushes each, once
     assert run_cli("audit", "verify", "--env", "staging").exit_code == 0
 
 
@@ -536,7 +545,7 @@ def test_the_lease_lives_on_while_a_long_step_runs_and_is_released_after(project
     """A reencrypt of millions of rows outlasts the lease's 2 minutes: the heartbeat renews
     it meanwhile, with no call from the step."""
     from keyrotate.config.context import Context
-    from keyrotate.rotation.held_lease import HeldLease
+    from keyrotate.controlplane.held_lease import HeldLease
 
     root = project[0]
 
@@ -545,7 +554,7 @@ def test_the_lease_lives_on_while_a_long_step_runs_and_is_released_after(project
 
     ctx = Context.load("staging")
     try:
-        with HeldLease(ctx, "rollover:staging", renew_every=0.01):
+        with HeldLease(ctx, "rollover:staging"):
             first = expiry()
             assert len(first) == 1
             deadline = time.monotonic() + 60

@@ -14,17 +14,19 @@ import pytest
 from keyrotate.crypto.envelope import seal
 from keyrotate.crypto.keys import MasterKey
 from keyrotate.dataplane.codec_refs import codec_from_refs
+from keyrotate.dataplane.objects.wire import Endpoint
 from keyrotate.dataplane.reencrypt import ReencryptOptions, reencrypt
 from keyrotate.db.connect import open_database
 from keyrotate.db.table_shape import resolve_target
 from keyrotate.demo.build import REFERENCE_SCHEMA, account_id, token_payload
-from keyrotate.errors import Interrupted
+from keyrotate.errors import EndpointError, Interrupted
 from keyrotate.secrets.dotenv import DotenvStore
 from tests.support.cf_api import CloudflareStandIn
 from tests.support.helpers import OLD_SECRET, ROOT, StopAfter, run_cli
 from tests.support.services import free_port
 from tests.support.workerd import WRANGLER, DevWorker, dev_vars
 
+TOKEN = "route-token-for-the-dev-worker-0123456789"
 ROWS = 400
 
 
@@ -104,9 +106,23 @@ column = "encrypted_tokens"
     assert cf.script("tminus-api-staging").active.secrets == {"MASTER_KEY": new,
                                                               "MASTER_KEY_PREVIOUS": OLD_SECRET}
     # what the push gave Cloudflare, the dev Worker gets in .dev.vars
-    dev_vars(api, MASTER_KEY=new, MASTER_KEY_PREVIOUS=OLD_SECRET)
+    dev_vars(api, MASTER_KEY=new, MASTER_KEY_PREVIOUS=OLD_SECRET, KEYROTATE_OBJECTS_TOKEN=TOKEN)
     worker = DevWorker(api, port)
     try:
+        # keyrotate's route answers the kids of the keys the Worker holds, computed by the
+        # Workers' own WebCrypto code: the same kids keyrotate computes (and a wrong token
+        # is refused)
+        route = Endpoint(f"{worker.url}/internal/keyrotate", TOKEN)
+        try:
+            ping = route.ping(("tminus-api-staging", "any"))
+        finally:
+            route.close()
+        assert (ping.kid, ping.previous_kid) == (MasterKey.from_secret(new).kid,
+                                                 MasterKey.from_secret(OLD_SECRET).kid)
+        wrong = Endpoint(f"{worker.url}/internal/keyrotate", "not-the-token")
+        with pytest.raises(EndpointError, match="refused the token"):
+            wrong.ping()
+        wrong.close()
         # half the rows move to the new key, then the run is interrupted: rows are mixed
         codec = codec_from_refs("tminus-envelope", store.ref("MASTER_KEY", "pending"),
                                 store.ref("MASTER_KEY"))

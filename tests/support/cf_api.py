@@ -42,7 +42,8 @@ class CloudflareStandIn:
         self.d1_names: dict[str, str] = {}    # database id -> name (default: the id)
         self.workers = Workers()
         self.log: list[tuple[str, str, bytes]] = []   # method, path, body
-        self.faults: deque[str] = deque()     # for D1 requests: "429", "500", "slow", "drop"
+        self.faults: deque[str] = deque()     # for D1 requests: "429" (or "429:<Retry-After>"),
+                                              # "500", "slow", "drop"
         # (fault, needle) for the next D1 request whose body holds needle: "commit-drop"
         # commits it, then drops the connection unanswered (a lost answer, to the client)
         self.matching_faults: deque[tuple[str, bytes]] = deque()
@@ -55,7 +56,7 @@ class CloudflareStandIn:
         self.d1_times: deque[float] = deque()
         self.d1_requests = 0
         self.d1_bookmarks = 0
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()   # reentrant: test hooks run inside a request and read state
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/client/v4"
@@ -78,6 +79,10 @@ class CloudflareStandIn:
     def health_url(self, worker: str) -> str:
         """A health endpoint answered by whichever version of `worker` serves the request."""
         return self.base_url.replace("/client/v4", f"/health/{worker}")
+
+    def key_route_url(self, worker: str) -> str:
+        """keyrotate's route (ping) on `worker`, answered by the version serving the request."""
+        return self.base_url.replace("/client/v4", f"/keyrotate/{worker}")
 
     def inject(self, *faults: str) -> None:
         self.faults.extend(faults)
@@ -115,7 +120,8 @@ class CloudflareStandIn:
                 try:
                     status, payload, headers = standin.route(
                         self.command, path, query, body, self.headers.get("content-type", ""),
-                        self.headers.get("Cloudflare-Workers-Version-Overrides"))
+                        self.headers.get("Cloudflare-Workers-Version-Overrides"),
+                        self.headers.get("Authorization"))
                 except _Drop:
                     self.close_connection = True
                     self.connection.shutdown(2)
@@ -134,11 +140,15 @@ class CloudflareStandIn:
         return Handler
 
     def route(self, method: str, path: str, query: str, body: bytes, ctype: str,
-              override: str | None = None):
+              override: str | None = None, authorization: str | None = None):
         health = re.match(r"^/health/([^/]+)$", path)
         if health:
             with self.lock:
                 return self.workers.health(health.group(1), override)
+        route = re.match(r"^/keyrotate/([^/]+)$", path)
+        if route and method == "POST":
+            with self.lock:
+                return self.workers.key_route(route.group(1), override, body, authorization)
         m = re.match(r"^/client/v4/accounts/([^/]+)/(.*)$", path)
         if not m:
             return 404, _err(10000, "not found"), None
@@ -194,8 +204,8 @@ class CloudflareStandIn:
             fault = self.faults.popleft() if self.faults else None
             if fault is None and self.matching_faults and self.matching_faults[0][1] in body:
                 fault = self.matching_faults.popleft()[0]
-        if fault == "429":
-            return 429, _err(971, "rate limited"), {"retry-after": "1"}
+        if fault is not None and fault.startswith("429"):   # "429", or "429:<Retry-After>"
+            return 429, _err(971, "rate limited"), {"retry-after": fault.partition(":")[2] or "1"}
         if fault == "500":
             return 500, _err(7500, "internal error"), None
         if fault == "drop":

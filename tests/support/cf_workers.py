@@ -19,7 +19,30 @@ versions/secrets/index.ts; workers-sdk#12392, PR #15283 and #10585):
 - secret values are never returned (list and version views show names only);
 - GET .../content/v2?version=ID returns the version's modules as multipart form data
   with a `cf-entrypoint` header.
-Health endpoints (`/health/<worker>`, outside the API) answer for the version that
+Settings (docs/cloudflare.md; workers-sdk's workers-utils create-worker-upload-form.ts
+and versions/secrets/index.ts; cloudflare-typescript's versions.ts and settings.ts;
+cloudflare-docs multipart-upload-metadata.mdx):
+- per version: compatibility date and flags, limits (`cpu_ms`), usage model, placement
+  and cache options come from the upload's metadata (`placement: {"mode": "smart"}`,
+  only `usage_model: "standard"` is accepted); what the metadata leaves out is not
+  inherited from any other version. GET .../versions/ID shows them where the API does:
+  `resources.script_runtime` {compatibility_date, compatibility_flags, limits,
+  usage_model}, `resources.script.placement_mode`, top-level `annotations`
+  {workers/message, workers/tag, workers/triggered_by} and `cache_options`;
+- assets: `assets: {"jwt": ...}` sets a version's asset set (the jwt stands for a
+  completed asset upload); `keep_assets: true` keeps "assets which exist for a previously
+  uploaded Worker version", read here as the latest version's (which one is not
+  documented: the reading under which wrangler's copy of the latest version is right);
+  neither: no assets. Versions do not show their assets (the tests read `Version.assets`);
+- secret put / bulk / delete make a version from the latest with its settings;
+- script-level, non-versioned settings (`logpush`, `tail_consumers`, `observability`,
+  `tags`): GET .../script-settings, PATCH .../script-settings (JSON, merged). Wrangler's
+  copy also sends the first three in the version upload; an upload that carries one sets
+  it, one that does not leaves it (the docs call them script-upload-only; nothing says an
+  upload can reset them).
+Health endpoints (`/health/<worker>`, outside the API) and the application's keyrotate
+route (`/keyrotate/<worker>`, ping only: the kids of that version's MASTER_KEY and
+MASTER_KEY_PREVIOUS, behind its KEYROTATE_OBJECTS_TOKEN) answer for the version that
 serves the request: the `Cloudflare-Workers-Version-Overrides: <worker>="<id>"` header
 picks one, otherwise the deployment's percentages (a fixed cycle, so tests are
 deterministic); `health_rule(version)` says whether that version is healthy.
@@ -27,11 +50,13 @@ deterministic); `health_rule(version)` says whether that version is healthy.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any, Callable
@@ -47,8 +72,9 @@ MSG_10214 = ("Script edit failed. You attempted to deploy the latest version wit
              "(/workers/scripts/{script}/script-settings) to edit non-versioned settings.")
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _now(skew: timedelta = timedelta(0)) -> str:
+    """Cloudflare's clock, `skew` ahead of this machine's."""
+    return (datetime.now(timezone.utc) + skew).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass
@@ -57,6 +83,14 @@ class Raw:
 
     body: bytes
     content_type: str
+
+
+# what a version carries besides its code, bindings and annotations (see the docstring)
+VERSION_SETTINGS = ("compatibility_date", "compatibility_flags", "limits", "usage_model",
+                    "placement_mode", "cache_options", "assets")
+# script-level settings, and their values before anything sets them
+SCRIPT_SETTINGS = {"logpush": False, "tail_consumers": None, "observability": None, "tags": None}
+UPLOADED_SCRIPT_SETTINGS = ("logpush", "tail_consumers", "observability")
 
 
 @dataclass
@@ -69,24 +103,40 @@ class Version:
     created_on: str
     message: str = ""
     compatibility_date: str = "2024-12-01"
+    compatibility_flags: list[str] = field(default_factory=list)
+    limits: dict[str, Any] = field(default_factory=dict)       # {"cpu_ms": N}
+    usage_model: str = "standard"
+    placement_mode: str | None = None                          # "smart"
+    cache_options: dict[str, Any] | None = None
+    assets: str | None = None                                  # the asset set (upload jwt)
+    tag: str | None = None                                     # annotations workers/tag
+    triggered_by: str = "upload"
 
     @property
     def secrets(self) -> dict[str, str]:
         return {n: b["text"] for n, b in self.bindings.items() if b["type"] == "secret_text"}
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in VERSION_SETTINGS}
+
     def as_json(self) -> dict[str, Any]:
         bindings = [{k: v for k, v in b.items() if k != "text"} | {"name": n}
                     for n, b in sorted(self.bindings.items())]
-        return {"id": self.id, "number": self.number,
-                "annotations": {"workers/message": self.message},
-                "metadata": {"created_on": self.created_on, "modified_on": self.created_on,
-                             "source": "wrangler", "author_email": "ci@example"},
-                "resources": {"bindings": bindings,
-                              "script": {"etag": "etag-" + self.id, "handlers": ["fetch"],
-                                         "last_deployed_from": "wrangler"},
-                              "script_runtime": {"compatibility_date": self.compatibility_date,
-                                                 "compatibility_flags": [],
-                                                 "usage_model": "standard", "limits": {}}}}
+        annotations = {"workers/message": self.message, "workers/triggered_by": self.triggered_by}
+        script = {"etag": "etag-" + self.id, "handlers": ["fetch"], "last_deployed_from": "wrangler"}
+        out = {"id": self.id, "number": self.number,
+               "annotations": annotations | ({"workers/tag": self.tag} if self.tag else {}),
+               "metadata": {"created_on": self.created_on, "modified_on": self.created_on,
+                            "source": "wrangler", "author_email": "ci@example"},
+               "resources": {"bindings": bindings,
+                             "script": script | ({"placement_mode": self.placement_mode}
+                                                 if self.placement_mode else {}),
+                             "script_runtime": {"compatibility_date": self.compatibility_date,
+                                                "compatibility_flags": list(self.compatibility_flags),
+                                                "usage_model": self.usage_model,
+                                                "limits": dict(self.limits)}}}
+        return out | ({"cache_options": self.cache_options} if self.cache_options else {})
 
 
 @dataclass
@@ -95,6 +145,8 @@ class Script:
     versions: list[Version] = field(default_factory=list)
     deployments: list[dict[str, Any]] = field(default_factory=list)
     served: int = 0   # requests served, for the fixed traffic cycle
+    skew: Callable[[], timedelta] = lambda: timedelta(0)   # Cloudflare's clock, ahead of ours
+    settings: dict[str, Any] = field(default_factory=lambda: dict(SCRIPT_SETTINGS))
 
     @property
     def latest(self) -> Version:
@@ -126,20 +178,24 @@ class Script:
 
     def add_version(self, bindings: dict[str, dict[str, Any]], message: str,
                     modules: dict[str, tuple[str, bytes]] | None = None,
-                    main_module: str | None = None) -> Version:
+                    main_module: str | None = None, settings: dict[str, Any] | None = None,
+                    **annotations: Any) -> Version:
+        """A new version: code and, unless `settings` are given, settings of the latest."""
         base = self.versions[-1] if self.versions else None
         v = Version(uuid.uuid4().hex, len(self.versions) + 1, bindings,
                     modules if modules is not None else (base.modules if base else {
                         "index.js": ("application/javascript+module",
                                      b"export default { fetch() { return new Response('ok') } }")}),
-                    main_module or (base.main_module if base else "index.js"), _now(), message)
+                    main_module or (base.main_module if base else "index.js"), _now(self.skew()), message,
+                    **(settings if settings is not None else base.settings if base else {}),
+                    **annotations)
         self.versions.append(v)
         return v
 
     def deploy(self, traffic: list[tuple[str, float]], message: str = "") -> dict[str, Any]:
         """A deployment is stamped when it happens (a rollback's is new, its version old)."""
         d = {"id": uuid.uuid4().hex, "source": "api", "strategy": "percentage",
-             "created_on": _now(), "author_email": "ci@example",
+             "created_on": _now(self.skew()), "author_email": "ci@example",
              "versions": [{"version_id": vid, "percentage": p} for vid, p in traffic],
              "annotations": {"workers/message": message} if message else {}}
         self.deployments.insert(0, d)
@@ -153,16 +209,18 @@ class Script:
                 bindings.pop(name, None)
             else:
                 bindings[name] = {"type": "secret_text", "text": text}
-        v = self.add_version(bindings, message)
+        v = self.add_version(bindings, message, triggered_by="secret")
         self.deploy([(v.id, 100.0)], message)
         return v
 
     def serve(self, override: str | None) -> Version:
-        """The version that serves one request."""
+        """The version that serves one request. An override reaches only a version of the
+        current deployment (at any share, 0% too); otherwise it is ignored without an error
+        and the shares decide (Cloudflare's gradual deployments docs)."""
         if override:
             m = re.search(rf'{re.escape(self.name)}="([^"]+)"', override)
             chosen = self.version(m.group(1)) if m else None
-            if chosen is not None:
+            if chosen is not None and any(v is chosen for v, _ in self.traffic):
                 return chosen
         self.served += 1
         slot, edge = self.served % 100, 0.0
@@ -179,10 +237,19 @@ class Workers:
     def __init__(self) -> None:
         self.scripts: dict[str, Script] = {}
         self.health_rule: Callable[[Version], bool] = lambda v: True
+        self.pings = 0
+        # for the tests: scripts whose changes Cloudflare refuses (403, code 10000), hooks
+        # called after each new version and each deployment, and one-shot 500s for
+        # requests a predicate picks (method, path below the script, body)
+        self.refusing: set[str] = set()
+        self.on_version: list[Callable[[Script, Version], None]] = []
+        self.on_deploy: list[Callable[[Script], None]] = []
+        self.fail_once: list[Callable[[str, str, bytes], bool]] = []
+        self.clock_skew = timedelta(0)   # how far Cloudflare's clock runs ahead of ours
 
     def script(self, name: str) -> Script:
         if name not in self.scripts:
-            s = Script(name)
+            s = Script(name, skew=lambda: self.clock_skew)
             v = s.add_version({}, "created")
             s.deploy([(v.id, 100.0)], "created")
             self.scripts[name] = s
@@ -197,8 +264,50 @@ class Workers:
                             "application/json"), None
         return 500, Raw(json.dumps({"ok": False, "error": "unhealthy"}).encode(), "application/json"), None
 
+    def key_route(self, name: str, override: str | None, body: bytes,
+                  authorization: str | None) -> tuple[int, Any, None]:
+        """The application's keyrotate route, `ping` only (the wire protocol of
+        examples/durable-objects/keyrotate-objects.js): the version serving the request
+        answers the kids of its own MASTER_KEY and MASTER_KEY_PREVIOUS, after checking the
+        bearer token against its own KEYROTATE_OBJECTS_TOKEN."""
+        v = self.script(name).serve(override)
+        self.pings += 1
+        token = v.secrets.get("KEYROTATE_OBJECTS_TOKEN")
+        given = (authorization or "").removeprefix("Bearer ")
+        if not token or not hmac.compare_digest(given.encode(), token.encode()):
+            return 401, Raw(json.dumps({"v": 1, "error": "unauthorized"}).encode(), "application/json"), None
+        try:
+            request = json.loads(body)
+        except ValueError:
+            request = {}
+        if request.get("v") != 1 or request.get("op") != "ping" or "MASTER_KEY" not in v.secrets:
+            return 400, Raw(json.dumps({"v": 1, "error": "bad-request"}).encode(), "application/json"), None
+        previous = v.secrets.get("MASTER_KEY_PREVIOUS")
+        answer = {"v": 1, "ok": True, "kid": kid(v.secrets["MASTER_KEY"]),
+                  "previous_kid": kid(previous) if previous else None}
+        return 200, Raw(json.dumps(answer).encode(), "application/json"), None
+
     def route(self, method: str, s: Script, sub: str, query: str, body: bytes,
               ctype: str) -> tuple[int, Any, dict[str, str] | None]:
+        for i, picks in enumerate(self.fail_once):
+            if picks(method, sub, body):
+                del self.fail_once[i]
+                return 500, _err(10013, "An unknown error has occurred"), None
+        if method != "GET" and s.name in self.refusing:
+            return 403, _err(10000, "Authentication error"), None
+        versions, deployments = len(s.versions), len(s.deployments)
+        try:
+            return self._route(method, s, sub, query, body, ctype)
+        finally:
+            for v in s.versions[versions:]:
+                for hook in list(self.on_version):
+                    hook(s, v)
+            if len(s.deployments) != deployments:
+                for deployed in list(self.on_deploy):
+                    deployed(s)
+
+    def _route(self, method: str, s: Script, sub: str, query: str, body: bytes,
+               ctype: str) -> tuple[int, Any, dict[str, str] | None]:
         if sub == "secrets" and method == "PUT":
             if not s.latest_fully_deployed:
                 return 400, _err(10215, MSG_10215), None
@@ -240,8 +349,11 @@ class Workers:
             if v is None:
                 return 404, _err(10007, "version not found"), None
             return 200, _form(v.modules), {"cf-entrypoint": v.main_module}
-        if sub == "script-settings":
-            return 200, _ok({"logpush": False, "tail_consumers": None, "observability": None}), None
+        if sub == "script-settings" and method == "GET":
+            return 200, _ok(dict(s.settings)), None
+        if sub == "script-settings" and method == "PATCH":
+            s.settings.update({k: v for k, v in json.loads(body).items() if k in SCRIPT_SETTINGS})
+            return 200, _ok(dict(s.settings)), None
         return 200, _ok({}), None  # schedules, subdomain, ...
 
     def _deploy(self, s: Script, data: dict[str, Any], force: bool):
@@ -284,10 +396,31 @@ class Workers:
             if name not in bindings and b["type"] in keep:
                 bindings[name] = dict(b)
         modules = {name: (ct, content) for name, (ct, content) in parts.items()}
-        message = (meta.get("annotations") or {}).get("workers/message") or "upload"
-        v = s.add_version(bindings, message, modules or None, meta.get("main_module"))
-        v.compatibility_date = meta.get("compatibility_date") or v.compatibility_date
+        if meta.get("usage_model", "standard") != "standard":
+            return 400, _err(10021, "usage_model: only standard can be set"), None
+        assets = meta.get("assets") or {}
+        settings = {"compatibility_date": meta.get("compatibility_date") or "2024-12-01",
+                    "compatibility_flags": list(meta.get("compatibility_flags") or []),
+                    "limits": dict(meta.get("limits") or {}), "usage_model": "standard",
+                    "placement_mode": (meta.get("placement") or {}).get("mode"),
+                    "cache_options": meta.get("cache_options"),
+                    "assets": assets.get("jwt") if assets else
+                    latest.assets if meta.get("keep_assets") else None}
+        annotations = meta.get("annotations") or {}
+        v = s.add_version(bindings, annotations.get("workers/message") or "upload", modules or None,
+                          meta.get("main_module"), settings, tag=annotations.get("workers/tag"))
+        s.settings.update({k: meta[k] for k in UPLOADED_SCRIPT_SETTINGS if k in meta})
         return 200, _ok({**v.as_json(), "deployment_id": None}), None
+
+
+def kid(secret: str) -> str:
+    """The key id a Worker computes for a MASTER_KEY value, by its definition (the raw 32
+    bytes of a 64-hex secret, else SHA-256 of the string; then the first 12 hex characters
+    of HMAC-SHA256(key, "keyrotate key id v1")). Written here from that definition, not
+    taken from keyrotate: the workerd tests prove the JavaScript side agrees."""
+    raw = bytes.fromhex(secret) if re.fullmatch(r"[0-9a-fA-F]{64}", secret) else \
+        hashlib.sha256(secret.encode()).digest()
+    return hmac.new(raw, b"keyrotate key id v1", hashlib.sha256).hexdigest()[:12]
 
 
 def _ok(result: Any) -> dict[str, Any]:

@@ -5,6 +5,10 @@
   right after that point is committed (with its audit event), the process stops itself
   (SIGSTOP). The test sees it stopped, checks the record, and kills it with SIGKILL there:
   between two steps, by observed progress, whatever the machine's speed.
+- KR_TEST_PAUSE_FILE: instead of stopping, the main thread waits there, with every other
+  thread (the lease's heartbeat) going on, and writes this file to say so; SIGUSR1 lets it
+  go on. A stopped process's heartbeat stands still, and the next run takes its lease
+  over; a paused one is a live holder.
 
     python tests/support/clocked_cli.py rollover --env staging
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -24,13 +29,25 @@ from keyrotate import timeutil  # noqa: E402
 from keyrotate.rotation.state import Recorder  # noqa: E402
 
 
+def _pause(marker: str) -> None:
+    go_on = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda *_: go_on.set())
+    Path(marker).write_text(str(os.getpid()))
+    while not go_on.wait(0.05):   # the handler runs on this thread, between waits
+        pass
+
+
 def _stop_after(method: str, point: Callable[..., str], stop_at: str) -> None:
     real = getattr(Recorder, method)
+    marker = os.environ.get("KR_TEST_PAUSE_FILE")
 
     def recorded_then_stop(self: Recorder, *args: Any, **kwargs: Any) -> None:
         real(self, *args, **kwargs)
         if point(*args) == stop_at:
-            os.kill(os.getpid(), signal.SIGSTOP)
+            if marker:
+                _pause(marker)
+            else:
+                os.kill(os.getpid(), signal.SIGSTOP)
 
     setattr(Recorder, method, recorded_then_stop)
 

@@ -22,6 +22,7 @@ WEBCRYPTO = ROOT / "tests" / "interop" / "webcrypto.mjs"
 # Two keys, one of each derivation: base64 (SHA-256 derived) and 64 hex (raw).
 OLD_SECRET = "q3Jt1vQ0o5mYgJt4l8cQk1m4mR9W1yq8b9N2q2y3H0U="
 NEW_SECRET = "9f2c1e8d7b6a5f4e3d2c1b0a99887766554433221100ffeeddccbbaa00112233"
+THIRD_SECRET = "7d3c1e8d7b6a5f4e3d2c1b0a99887766554433221100ffeeddccbbaa00112299"
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> Result:
@@ -109,6 +110,25 @@ class StopAfter:
         pass
 
 
+def interrupted_rotation(db: Path, old_ref: str, new_ref: str, batches: int,
+                         batch_size: int = 100, target: str = "accounts.encrypted_tokens") -> None:
+    """A reencrypt run stopped (as by Ctrl-C) after `batches` committed batches."""
+    import pytest
+
+    from keyrotate.dataplane.codec_refs import codec_from_refs
+    from keyrotate.dataplane.reencrypt import ReencryptOptions, reencrypt
+    from keyrotate.db.connect import open_database
+    from keyrotate.db.table_shape import resolve_target
+    from keyrotate.errors import Interrupted
+
+    store = open_database(f"file:{db}")
+    try:
+        codec = codec_from_refs("tminus-envelope", new_ref, old_ref)
+        with pytest.raises(Interrupted):
+            reencrypt(store, resolve_target(store, target, None), codec,
+                      ReencryptOptions(batch_size=batch_size, workers=0), StopAfter(batches))
+    finally:
+        store.close()
 def cli_commands() -> dict[str, Any]:
     """Every command keyrotate runs, by its path ("secrets push"), from click's own tree."""
     import click

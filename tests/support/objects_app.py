@@ -5,9 +5,10 @@ a keyrotate.toml, and the Cloudflare API stand-in for secret pushes."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
-import subprocess
+import time
 from pathlib import Path
 
 from keyrotate.secrets.dotenv import DotenvStore
@@ -31,24 +32,76 @@ CREATE TABLE IF NOT EXISTS org_delegations (
 """
 
 
-class ObjectsApp:
-    def __init__(self, tmp: Path, accounts: int, stale_wait: int = 120):
-        self.tmp = tmp
+class ObjectsWorker:
+    """One `wrangler dev` of the test Worker, shared by the tests of a module. New secrets
+    are a new version: wrangler dev restarts workerd with them, as a deploy replaces every
+    isolate, in under a second where starting wrangler takes several. Durable Objects and
+    D1 outlive the restart; tests keep apart by account ids of their own and a fresh D1
+    schema each (`reset_d1`)."""
+
+    def __init__(self, tmp: Path):
         shutil.copytree(ROOT / "examples", tmp / "examples")
         shutil.copytree(ROOT / "tests" / "workers" / "objects", tmp / "tests" / "workers" / "objects")
+        self.root = tmp
         self.worker_dir = tmp / "tests" / "workers" / "objects"
-        self.persist = tmp / "state"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.ids = [f"acc_{i:05d}" for i in range(accounts)]
+        self.generation = 0
+        self.apps = 0
+        dev_vars(self.worker_dir, DEV_VARS_GENERATION="0")
+        persist = tmp / "state"
+        self.dev = DevWorker(self.worker_dir, free_port(), persist=persist)
+        self.url = self.dev.url
+        self.dev.get("/test/d1")  # the Worker's D1 binding makes its local SQLite file
+        self.d1 = next(p for p in (persist / "v3" / "d1").rglob("*.sqlite") if p.name != "metadata.sqlite")
+
+    def serve(self, **secrets: str) -> DevWorker:
+        """The Worker with these secrets (what a deployed version holds) from the moment
+        this returns. wrangler dev reloads its config, and .dev.vars with it, when
+        wrangler.toml changes; once /test/generation answers the new generation, every
+        answer comes from a workerd started with these secrets."""
+        self.generation += 1
+        dev_vars(self.worker_dir, **secrets, DEV_VARS_GENERATION=str(self.generation))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            os.utime(self.worker_dir / "wrangler.toml")  # touched again if a reload missed it
+            look_until = min(deadline, time.monotonic() + 10)
+            while time.monotonic() < look_until:
+                if self.dev.proc.poll() is not None:
+                    raise RuntimeError("wrangler dev exited: " + self.dev.log_tail())
+                if self.dev.get("/test/generation").get("generation") == str(self.generation):
+                    return self.dev
+                time.sleep(0.05)
+        raise RuntimeError("wrangler dev did not load the new .dev.vars: " + self.dev.log_tail())
+
+    def reset_d1(self) -> None:
+        """Every table of the D1 database dropped (the migrations ledger, keyrotate's own
+        tables, whatever a test altered) and the application's schema made again."""
+        conn = sqlite3.connect(self.d1)
+        made = conn.execute("SELECT type, name FROM sqlite_master WHERE type IN ('table', 'view') "
+                            "AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_cf_%'").fetchall()
+        for kind, name in made:
+            conn.execute(f'DROP {kind.upper()} IF EXISTS "{name}"')
+        conn.executescript(SCHEMA)
+        conn.commit()
+        conn.close()
+
+    def stop(self) -> None:
+        self.dev.stop()
+
+
+class ObjectsApp:
+    """One test's application on the shared Worker: accounts of its own (ids no other test
+    uses, so its Durable Objects are new), a fresh D1, its own store and manifest."""
+
+    def __init__(self, worker: ObjectsWorker, tmp: Path, accounts: int):
+        worker.apps += 1
+        self.worker, self.tmp = worker, tmp
+        self.d1, self.url = worker.d1, worker.url
+        self.ids = [f"acc_t{worker.apps}_{i:05d}" for i in range(accounts)]
         self.cf = CloudflareStandIn()
         self.dev: DevWorker | None = None
-        subprocess.run([str(WRANGLER), "d1", "execute", "DB", "--local", "--persist-to",
-                        str(self.persist), "--command", "SELECT 1"], cwd=self.worker_dir,
-                       check=True, capture_output=True, timeout=180)
-        self.d1 = next(p for p in self.persist.rglob("*.sqlite") if p.name != "metadata.sqlite")
+        self.closed = False
+        worker.reset_d1()
         conn = sqlite3.connect(self.d1)
-        conn.executescript(SCHEMA)
         conn.executemany("INSERT INTO accounts (account_id, user_id, email) VALUES (?, ?, ?)",
                          [(i, f"usr_{i}", f"{i}@example.com") for i in self.ids])
         conn.commit()
@@ -62,7 +115,7 @@ class ObjectsApp:
 name = "tminus"
 deploy_order = ["api"]
 wrangler = ["{WRANGLER}"]
-migrations_dir = "examples/durable-objects/migrations"
+migrations_dir = "{worker.root}/examples/durable-objects/migrations"
 
 [environments.staging]
 database = "file:{self.d1}"
@@ -98,20 +151,13 @@ token = "KEYROTATE_OBJECTS_TOKEN"
         return {"CLOUDFLARE_API_BASE_URL": self.cf.base_url, "CLOUDFLARE_API_TOKEN": "test-token",
                 "CLOUDFLARE_ACCOUNT_ID": "acct", "WRANGLER_SEND_METRICS": "false", "CI": "true"}
 
-    def start(self, **secrets: str) -> DevWorker:
+    def serve(self, **secrets: str) -> DevWorker:
         """The Worker with these secrets (what a deployed version holds)."""
-        self.stop()
-        dev_vars(self.worker_dir, **secrets)
-        self.dev = DevWorker(self.worker_dir, self.port, persist=self.persist)
+        self.dev = self.worker.serve(**secrets)
         return self.dev
 
-    def stop(self) -> None:
-        if self.dev is not None:
-            self.dev.stop()
-            self.dev = None
-
     def close(self) -> None:
-        self.stop()
+        self.closed = True
         self.cf.stop()
 
     def each(self, path: str, ids: list[str], size: int = 250, **extra: object) -> dict:

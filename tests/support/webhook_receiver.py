@@ -5,7 +5,8 @@ HMAC is `cryptography`'s (OpenSSL), not Python's `hmac` that keyrotate signs wit
 It accepts a `json` body only with a valid `X-Keyrotate-Signature` over "<t>.<raw body>",
 a `t` within five minutes, and a (t, signature) pair it has not seen: a replay is
 refused (409). Modes for the failure tests: "ok", "500" (answers 500), "hang" (accepts
-the connection and never answers until stopped)."""
+the connection and never answers until stopped), "trickle" (a whole 200 answer, sent one
+byte every `gap` seconds: every read gets something, so no per-read timeout ever fires)."""
 
 from __future__ import annotations
 
@@ -28,9 +29,12 @@ def independent_signature(secret: str, t: str, body: bytes) -> str:
 
 
 class Receiver:
-    def __init__(self, secret: str | None = None, mode: str = "ok"):
+    def __init__(self, secret: str | None = None, mode: str = "ok", gap: float = 0.25):
         self.secret = secret
         self.mode = mode
+        self.gap = gap
+        self.trickles_cut = 0        # trickled answers the client hung up on before the end
+        self.trickles_done = 0       # trickled answers sent to their last byte
         self.accepted: list[dict[str, Any]] = []     # parsed bodies, in order
         self.raw: list[tuple[dict[str, str], bytes]] = []   # (headers, body) accepted
         self.refused: list[str] = []
@@ -83,6 +87,8 @@ class Receiver:
                     return
                 if receiver.mode == "500":
                     return self._answer(500, b"oops")
+                if receiver.mode == "trickle":
+                    return self._trickle(b"HTTP/1.1 200 OK\r\ncontent-length: 32\r\n\r\n" + b"k" * 32)
                 with receiver.lock:
                     why = receiver.check(headers, body)
                     if why:
@@ -92,6 +98,19 @@ class Receiver:
                         receiver.raw.append((headers, body))
                 self._answer(409 if why == "replay" else 401 if why else 200,
                              (why or "ok").encode())
+
+            def _trickle(self, answer: bytes) -> None:
+                try:
+                    for i in range(len(answer)):
+                        self.wfile.write(answer[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(receiver.gap)
+                except OSError:
+                    with receiver.lock:
+                        receiver.trickles_cut += 1
+                    return
+                with receiver.lock:
+                    receiver.trickles_done += 1
 
             def _answer(self, status: int, data: bytes) -> None:
                 self.send_response(status)

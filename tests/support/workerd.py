@@ -16,6 +16,29 @@ from typing import Any
 from tests.support.helpers import ROOT
 
 WRANGLER = ROOT / "node_modules" / ".bin" / "wrangler"
+RESTARTING = (502, 503)  # what wrangler dev answers while workerd restarts
+PATIENCE = 60.0  # seconds a control call waits out a restart
+
+
+def control_call(request: urllib.request.Request, timeout: float, patience: float = PATIENCE) -> bytes:
+    """The body of one of the test harness's own calls to wrangler dev (seeding, reading
+    tokens, flags), sent again while wrangler dev answers 502/503 because workerd is
+    restarting: a restart is not what those calls test. Any other status raises at once.
+    Only the harness comes here: keyrotate's own requests never do, so they still meet
+    every restart and every fault the Worker injects (its keyrotate route, which this
+    harness never calls, answers 503 and 429 on purpose)."""
+    deadline = time.monotonic() + patience
+    pause = 0.05
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as r:
+                return r.read()
+        except urllib.error.HTTPError as e:
+            if e.code not in RESTARTING or time.monotonic() + pause > deadline:
+                raise
+            e.close()
+        time.sleep(pause)
+        pause = min(pause * 2, 1.0)
 
 
 class DevWorker:
@@ -43,20 +66,22 @@ class DevWorker:
                     break
                 time.sleep(0.2)
         self.stop()
-        raise RuntimeError("wrangler dev did not start: " + (folder / "wrangler-dev.log").read_text()[-2000:])
+        raise RuntimeError("wrangler dev did not start: " + self.log_tail())
+
+    def log_tail(self) -> str:
+        return (self.folder / "wrangler-dev.log").read_text(errors="replace")[-2000:]
 
     def get(self, path: str) -> Any:
+        """The JSON body of a GET, whatever the status (the Worker's errors are JSON)."""
         try:
-            with urllib.request.urlopen(f"{self.url}{path}", timeout=30) as r:
-                return json.loads(r.read())
+            return json.loads(control_call(urllib.request.Request(f"{self.url}{path}"), timeout=30))
         except urllib.error.HTTPError as e:
             return json.loads(e.read() or b"{}")
 
     def post(self, path: str, body: dict, timeout: float = 120) -> Any:
         req = urllib.request.Request(f"{self.url}{path}", data=json.dumps(body).encode(),
                                      headers={"content-type": "application/json"}, method="POST")
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return json.loads(r.read())
+        return json.loads(control_call(req, timeout=timeout))
 
     def stop(self) -> None:
         try:

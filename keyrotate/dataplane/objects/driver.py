@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import AbstractSet, Any, Iterable, Iterator, Sequence
 
@@ -20,7 +21,8 @@ from keyrotate.dataplane.objects.fanout import fan_out
 from keyrotate.dataplane.objects.ledger import Ledger
 from keyrotate.dataplane.objects.wire import Endpoint, ObjectResult, Ping
 from keyrotate.dataplane.outcome import OBJECTS, Outcome
-from keyrotate.db.base import RowStore, quote_ident
+from keyrotate.db.base import RowStore, Salt, new_salt, quote_ident, witness_sql, witness_sum
+from keyrotate.db.table_shape import PagedColumn, resolve_id_column
 from keyrotate.errors import (
     EXIT_FAILURES,
     EXIT_INCOMPLETE,
@@ -53,28 +55,75 @@ class Keys:
     old: str | None
 
 
+_RESOLVED: "weakref.WeakKeyDictionary[RowStore, dict[IdSource, PagedColumn]]" = (
+    weakref.WeakKeyDictionary())
+
+
+@dataclass
+class IdWalk:
+    """What one pass over the ids visited: how many, and the witness sum of their rowids."""
+
+    salt: Salt | None = None
+    count: int = 0
+    witness: int = 0
+
+
 @dataclass(frozen=True)
 class IdSource:
-    """The D1 column listing the objects (keyset paged, never all in memory)."""
+    """The D1 column listing the objects (keyset paged, never all in memory). It must be
+    unique by a constraint, and is compared under that constraint's collation, or paging
+    could skip ids (db/table_shape.py); NULL is no id."""
 
     table: str
     column: str
 
-    def pages(self, db: RowStore, size: int = ID_PAGE) -> Iterator[list[str]]:
+    def paged(self, db: RowStore) -> PagedColumn:
+        """The column's paging facts, checked once per connection (each check costs D1
+        requests)."""
+        known = _RESOLVED.setdefault(db, {})
+        if self not in known:
+            known[self] = resolve_id_column(db, self.table, self.column)
+        return known[self]
+
+    def pages(self, db: RowStore, size: int | None = None,
+              walk: IdWalk | None = None) -> Iterator[list[str]]:
+        col = self.paged(db)
+        size = size or ID_PAGE
         t, c = quote_ident(self.table), quote_ident(self.column)
+        cc = c + (f" COLLATE {col.collation}" if col.collation else "")
+        salt = walk.salt if walk is not None and col.rowid else None
+        wit = f", {quote_ident(col.rowid)}" if salt is not None and col.rowid else ""   # witness
         after: Any = None
         while True:
-            rows = db.query(f"SELECT {c} FROM {t} WHERE {c} IS NOT NULL"
-                            + ("" if after is None else f" AND {c} > ?") + f" ORDER BY {c} LIMIT ?",
+            rows = db.query(f"SELECT {c}{wit} FROM {t} WHERE {c} IS NOT NULL"
+                            + ("" if after is None else f" AND {cc} > ?")
+                            + f" ORDER BY {cc} LIMIT ?",
                             (size,) if after is None else (after, size))
             if not rows:
                 return
             after = rows[-1][0]
+            if walk is not None:
+                walk.count += len(rows)
+                if salt is not None:
+                    walk.witness += witness_sum((r[1] for r in rows), salt)
             yield [str(r[0]) for r in rows]
 
     def count(self, db: RowStore) -> int:
         t, c = quote_ident(self.table), quote_ident(self.column)
         return int(db.query(f"SELECT count(*) FROM {t} WHERE {c} IS NOT NULL")[0][0])
+
+    def unlisted(self, db: RowStore, walk: IdWalk) -> int:
+        """Ids the table holds now that the walk cannot account for (0: it listed every
+        one): by the rowid witness, which counts cannot fool (an id paging skipped and an
+        id deleted meanwhile cancel out in counts); by count for a WITHOUT ROWID table."""
+        col = self.paged(db)
+        where = f" WHERE {quote_ident(self.column)} IS NOT NULL"
+        if walk.salt is not None and col.rowid:
+            n, total = db.query(witness_sql(self.table, col.rowid, walk.salt, where))[0]
+            if (int(n), int(total)) == (walk.count, walk.witness):
+                return 0
+            return max(1, int(n) - walk.count)
+        return max(0, self.count(db) - walk.count)
 
 
 def _backoff(n: int, cap: float = 10.0) -> float:
@@ -93,6 +142,8 @@ class ObjectsCensus:
     stale: dict[str, str | None] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     unanswered: set[str] = field(default_factory=set)   # kept answering retry / conflict
+    unlisted: int = 0     # ids the table holds that paging did not list (or that came and
+                          # went while it ran): the census cannot vouch for them
     by_kid: dict[str, int] = field(default_factory=dict)
     requests: int = 0
     seconds: float = 0.0
@@ -104,17 +155,21 @@ class ObjectsCensus:
 
     @property
     def clean(self) -> bool:
-        return not (self.behind or self.failed)
+        return not (self.behind or self.failed or self.unlisted)
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.clean else EXIT_FAILURES
+        """1 for objects behind or failing; 3 when the only doubt is ids it could not list."""
+        if self.clean:
+            return 0
+        return EXIT_FAILURES if self.behind or self.failed else EXIT_INCOMPLETE
 
     def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "kid": self.new_kid, "objects": self.objects,
                 "current": self.current, "old": len(self.old), "stale": len(self.stale),
                 "missing": self.missing, "failed": len(self.failed),
-                "unanswered": len(self.unanswered), "clean": self.clean,
+                "unanswered": len(self.unanswered), "unlisted": self.unlisted,
+                "clean": self.clean,
                 "by_kid": self.by_kid, "requests": self.requests,
                 "seconds": round(self.seconds, 3),
                 "failures": [{"id": i, "reason": r} for i, r in sorted(self.failed.items())[:LISTED]],
@@ -126,13 +181,16 @@ class ObjectsCensus:
         lines = [f"{self.target}: {'clean' if self.clean else 'NOT clean'}: {self.objects:,} objects, "
                  f"{self.current:,} current (kid {self.new_kid}), {d['old']:,} old, "
                  f"{d['stale']:,} stale, {self.missing:,} missing, {d['failed']:,} failed"]
+        if self.unlisted:
+            lines.append(f"  {self.unlisted:,} or more ids in {self.target}'s ids column were not "
+                         "listed (or ids were added or removed meanwhile): run it again")
         lines += [f"  object {f['id']}: {f['reason']}" for f in d["failures"][:20]]
         return "\n".join(lines)
 
     def outcome(self) -> Outcome:
         return Outcome(self.target, OBJECTS, total=self.objects, current=self.current,
                        old=len(self.old), missing=self.missing, failed=len(self.failed),
-                       stale=len(self.stale), unreached=len(self.unanswered),
+                       stale=len(self.stale), unreached=len(self.unanswered) + self.unlisted,
                        requests=self.requests, by_kid=dict(self.by_kid),
                        failures=[{"id": i, "reason": r} for i, r in sorted(self.failed.items())],
                        behind=self.behind)
@@ -165,7 +223,8 @@ class ObjectsRewrap:
     def status(self) -> str:
         if self.dry_run:
             return "dry-run"
-        if self.stale or self.unfinished or (self.census is not None and self.census.behind):
+        if self.stale or self.unfinished or (self.census is not None and (
+                self.census.behind or self.census.unlisted)):
             return "incomplete"
         return "completed_with_failures" if self._failures() else "completed"
 
@@ -285,11 +344,15 @@ def census(db: RowStore, endpoint: Endpoint, ids: IdSource, target: str, new_kid
                 result.stale[r.id] = r.kid
         return again
 
+    walk = IdWalk(new_salt())
     asked = unconfirmed(list(only)) if only is not None else None
     source = ([asked[i:i + options.batch] for i in range(0, len(asked), options.batch)]
-              if asked is not None else _batches(map(unconfirmed, ids.pages(db)), options.batch))
+              if asked is not None
+              else _batches(map(unconfirmed, ids.pages(db, walk=walk)), options.batch))
     try:
         fan_out(source, lambda b: endpoint.census(b), handle, options.concurrency, options.batch)
+        if only is None:
+            result.unlisted = ids.unlisted(db, walk)
     except KeyboardInterrupt:
         raise Interrupted("census interrupted; nothing was written") from None
     finally:

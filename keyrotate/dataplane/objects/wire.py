@@ -21,13 +21,14 @@ from typing import Any, Sequence
 
 import httpx
 
-from keyrotate.cloudflare_api import retry_after
+from keyrotate.cloudflare_api import retry_after, wait_too_long
 from keyrotate.errors import EndpointError, EndpointUnavailable
 
 log = logging.getLogger("keyrotate.objects")
 VERSION = 1
 STATUSES = ("current", "old", "rewrapped", "conflict", "retry", "missing", "failed")
 ATTEMPTS = 8
+VERSION_OVERRIDES = "Cloudflare-Workers-Version-Overrides"
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,13 @@ class Endpoint:
         self._lock = threading.Lock()
         self.requests = 0
 
-    def ping(self) -> Ping:
-        body = self._post({"v": VERSION, "op": "ping"})
+    def ping(self, version: tuple[str, str] | None = None) -> Ping:
+        """The kids of the route's MASTER_KEY and MASTER_KEY_PREVIOUS; `version` (worker,
+        version id) asks that version of the Worker, through Cloudflare's
+        `Cloudflare-Workers-Version-Overrides` header (any version of the current
+        deployment, even at 0%)."""
+        headers = None if version is None else {VERSION_OVERRIDES: f'{version[0]}="{version[1]}"'}
+        body = self._post({"v": VERSION, "op": "ping"}, headers)
         kid, prev = body.get("kid"), body.get("previous_kid")
         if body.get("ok") is not True or not isinstance(kid, str) or not (
                 prev is None or isinstance(prev, str)):
@@ -86,13 +92,13 @@ class Endpoint:
             raise EndpointError(f"{self.url}: {op} answered for other ids than it was sent")
         return results
 
-    def _post(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _post(self, request: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
         delay = 0.25
         for attempt in range(1, self.attempts + 1):
             with self._lock:
                 self.requests += 1
             try:
-                resp = self.http.post(self.url, json=request)
+                resp = self.http.post(self.url, json=request, headers=headers)
             except (httpx.TransportError, httpx.TimeoutException) as e:
                 log.debug("%s: attempt %d: %s", self.url, attempt, type(e).__name__)
                 failure = type(e).__name__
@@ -103,6 +109,9 @@ class Endpoint:
                 self._refuse(resp)
                 failure, wait = f"HTTP {resp.status_code}", retry_after(resp)
                 log.debug("%s: attempt %d: %s", self.url, attempt, failure)
+                too_long = wait_too_long(self.url, wait) if wait is not None else None
+                if too_long:
+                    raise EndpointUnavailable(too_long)
             if attempt == self.attempts:
                 raise EndpointUnavailable(f"{self.url} kept failing ({failure}) after "
                                           f"{self.attempts} attempts")

@@ -1,7 +1,10 @@
 """Durable Object targets in the real Workers runtime (wrangler dev: workerd, local
 Durable Objects, local D1): the reference endpoint and AccountDO of examples/, tokens
 sealed by the Workers' own WebCrypto code, a full `rotate MASTER_KEY` over D1 and object
-targets with kill -9, faults, concurrent token refreshes, stale objects and failures."""
+targets with kill -9, faults, concurrent token refreshes, stale objects and failures.
+
+The tests share one wrangler dev (none of them is about restarting it); each new set of
+secrets restarts its workerd, as a deploy would, and each test has accounts of its own."""
 
 from __future__ import annotations
 
@@ -21,16 +24,23 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from keyrotate.crypto.keys import MasterKey
 from tests.support.helpers import ROOT, last_json, run_cli
 from tests.support.hygiene import CmdlineSampler, assert_clean
-from tests.support.objects_app import OLD_HEX, TOKEN, ObjectsApp
+from tests.support.objects_app import OLD_HEX, TOKEN, ObjectsApp, ObjectsWorker
 
 pytestmark = pytest.mark.slow
 OLD_KID = MasterKey.from_secret(OLD_HEX).kid
 
 
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    shared = ObjectsWorker(tmp_path_factory.mktemp("objects-worker"))
+    yield shared
+    shared.stop()
+
+
 @pytest.fixture
-def app(tmp_path, monkeypatch):
+def app(worker, tmp_path, monkeypatch):
     def make(accounts: int) -> ObjectsApp:
-        made = ObjectsApp(tmp_path, accounts)
+        made = ObjectsApp(worker, tmp_path, accounts)
         apps.append(made)
         monkeypatch.chdir(tmp_path)
         for k, v in made.env().items():
@@ -46,7 +56,7 @@ def app(tmp_path, monkeypatch):
 def _prepare(app: ObjectsApp, delegations: int = 20) -> dict[str, str]:
     """Objects seeded and D1 rows sealed under the old key by the Worker; the ledger
     table from the shipped migration. Returns the D1 payloads."""
-    dev = app.start(MASTER_KEY=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN)
+    dev = app.serve(MASTER_KEY=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN)
     app.each("/test/seed", app.ids)
     payloads = {f"del_{i:03d}": json.dumps({"private_key": f"pk-{i}"}) for i in range(delegations)}
     sealed = dev.post("/test/seal", {"payloads": list(payloads.values())})
@@ -96,12 +106,12 @@ class Refresher(threading.Thread):
 
     def run(self) -> None:
         rng = random.Random(7)
-        while not self.halt.is_set():
+        while not self.halt.is_set() and not self.app.closed:
             ids = rng.sample(self.app.ids, 5)
             self.n += 1
             try:
                 done = self.app.dev.post("/test/refresh", {"ids": ids, "n": self.n}, timeout=30)
-            except (OSError, AttributeError):  # the Worker is restarting or stopped
+            except OSError:  # the Worker is restarting
                 continue
             for i, token in done.items():
                 if isinstance(token, str):
@@ -129,8 +139,8 @@ def test_a_full_rotation_over_d1_and_objects_survives_kill_faults_and_refreshes(
     assert len(new) == 64 and a.cf.script("tminus-api-staging").active.secrets == {
         "MASTER_KEY": new, "MASTER_KEY_PREVIOUS": OLD_HEX}
 
-    a.start(MASTER_KEY=new, MASTER_KEY_PREVIOUS=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN,
-            FAULT_RATE="0.05")                                               # 500 / 429 at random
+    a.serve(MASTER_KEY=new, MASTER_KEY_PREVIOUS=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN,
+            FAULT_RATE="0.05")                                               # 503 / 429 at random
     refresher = Refresher(a)
     refresher.start()
     argv = [sys.executable, "-m", "keyrotate.cli", "rotate", "MASTER_KEY", "--env", "staging", "--json"]
@@ -170,7 +180,7 @@ def test_a_full_rotation_over_d1_and_objects_survives_kill_faults_and_refreshes(
     assert last_json(done.output)["state"] == "finished"
     assert a.cf.script("tminus-api-staging").active.secrets["MASTER_KEY"] == new
     assert "MASTER_KEY_PREVIOUS" not in a.cf.script("tminus-api-staging").active.secrets
-    a.start(MASTER_KEY=new, KEYROTATE_OBJECTS_TOKEN=TOKEN)                   # the previous key is gone
+    a.serve(MASTER_KEY=new, KEYROTATE_OBJECTS_TOKEN=TOKEN)                   # the previous key is gone
     assert _all_open(a, a.ids, refresher.expect) == {"MASTER_KEY": 2_000}
     _d1_open(a, payloads)
     status = last_json(run_cli("status", "--env", "staging", "--json").output)
@@ -188,7 +198,7 @@ def test_stale_and_failed_objects_are_never_completed_and_finish_refuses(app):
     stale, broken = a.ids[10:15], a.ids[40:43]
     assert run_cli("rotate", "MASTER_KEY", "--env", "staging", "--stale-wait", "1").exit_code == 3
     new = a.store.read("MASTER_KEY", "pending")
-    a.start(MASTER_KEY=new, MASTER_KEY_PREVIOUS=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN,
+    a.serve(MASTER_KEY=new, MASTER_KEY_PREVIOUS=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN,
             FAULT_RATE="0.2")
     a.each("/test/flag", stale, name="stale", value=1)   # still on the pre-push version
     a.each("/test/corrupt", broken)
@@ -228,15 +238,22 @@ def test_endpoint_refusals_and_preflight(app):
     assert rewrap.exit_code == 2 and "nothing to rewrap" in rewrap.output
     # a pending key, but a Worker with no MASTER_KEY_PREVIOUS: 409, exit 2
     a.store.write_pending("MASTER_KEY", "ab" * 32)
-    a.start(MASTER_KEY="ab" * 32, KEYROTATE_OBJECTS_TOKEN=TOKEN)
+    a.serve(MASTER_KEY="ab" * 32, KEYROTATE_OBJECTS_TOKEN=TOKEN)
     no_prev = run_cli("objects", "rewrap", "--env", "staging", "--target", "AccountDO", "--json")
     assert no_prev.exit_code == 2 and "no MASTER_KEY_PREVIOUS" in no_prev.output
     a.store.discard_pending("MASTER_KEY")
     # the wrong token: exit 2 naming the endpoint, never the token
-    a.start(MASTER_KEY=OLD_HEX, KEYROTATE_OBJECTS_TOKEN="ff" * 32)
+    a.serve(MASTER_KEY=OLD_HEX, KEYROTATE_OBJECTS_TOKEN="ff" * 32)
     refused = run_cli("objects", "census", "--env", "staging", "--target", "AccountDO")
     assert refused.exit_code == 2 and "refused the token (HTTP 401)" in refused.output
     assert a.url in refused.output and TOKEN not in refused.output
+    # issue 20 item 9: a day's Retry-After is not slept through: exit 3, saying when
+    a.serve(MASTER_KEY=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN, RETRY_AFTER="86400")
+    limited = run_cli("objects", "census", "--env", "staging", "--target", "AccountDO", "--json")
+    assert limited.exit_code == 3, limited.output
+    message = last_json(limited.output)["error"]["message"]
+    assert "86,400 s" in message and "run the same command again after" in message
+    a.serve(MASTER_KEY=OLD_HEX, KEYROTATE_OBJECTS_TOKEN="ff" * 32)
     # preflight: every problem at once, nothing changed
     conn = sqlite3.connect(a.d1)
     conn.execute("DROP TABLE key_rotation_log")
@@ -259,7 +276,7 @@ def test_a_standalone_rewrap_ends_with_a_census_not_the_ledger(app):
     _prepare(a, delegations=1)
     new = "cd" * 32
     a.store.write_pending("MASTER_KEY", new)
-    a.start(MASTER_KEY=new, MASTER_KEY_PREVIOUS=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN)
+    a.serve(MASTER_KEY=new, MASTER_KEY_PREVIOUS=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN)
     argv = ("objects", "rewrap", "--env", "staging", "--target", "AccountDO", "--stale-wait", "1",
             "--json")
     first = run_cli(*argv)
@@ -269,6 +286,12 @@ def test_a_standalone_rewrap_ends_with_a_census_not_the_ledger(app):
     # a ping and two batches of 50: every object answered its rewrap with the new key's
     # id, so the closing census has nobody left to ask
     assert out["requests"] == 3
+    # the objects' change is in the environment's trail: that it started, and what the census said
+    shown = last_json(run_cli("audit", "show", "--env", "staging", "--json").output)["events"]
+    rewraps = [e["detail"] for e in shown if e["event"] == "objects.rewrap"]
+    assert [d["state"] for d in rewraps] == ["started", "done"]
+    assert rewraps[1]["status"] == out["status"] and rewraps[1]["census"]["current"] == 60
+    assert rewraps[1]["counts"]["rewritten"] == 60
 
     def relinked_on_an_older_version(ids: list[str], stays_old: bool) -> None:
         """Accounts linked again by an instance still on the version from before the push:
@@ -303,3 +326,37 @@ def test_a_standalone_rewrap_ends_with_a_census_not_the_ledger(app):
     out = last_json(done.output)       # the sweep re-opened them in the ledger: sent again
     assert (out["objects_rewrapped"], out["objects_swept"], out["census"]["current"]) == (3, 0, 60)
     assert _all_open(a, a.ids) == {"MASTER_KEY": 60}
+
+
+def test_a_nocase_ids_column_behind_a_binary_index_lists_every_id(app):
+    """Issue 20 item 3: the ids column was paged by `c > ?` under its own NOCASE collation
+    while only a BINARY index made it unique: `acc_00009` and `ACC_00009` tie, and one of
+    each pair at a page boundary was never sent. `objects rewrap` and `objects census` both
+    exited 0 with those objects still under the old key. Now ids are compared under the
+    collation they are unique under, and the census checks it listed every id."""
+    a = app(20)
+    _prepare(a, delegations=1)
+    twins = ["ACC_00004"]     # ties with acc_00004 at ids 1,000 and 1,001: a page boundary
+    a.each("/test/seed", twins)
+    fillers = [f"aaa_{i:04d}" for i in range(995)]   # ids listed first, no object behind them
+    conn = sqlite3.connect(a.d1)
+    conn.executescript("CREATE TABLE linked (n INTEGER PRIMARY KEY, account_id TEXT COLLATE NOCASE "
+                       "NOT NULL); CREATE UNIQUE INDEX linked_id ON linked (account_id COLLATE BINARY);")
+    conn.executemany("INSERT INTO linked (account_id) VALUES (?)",
+                     [(i,) for i in fillers + a.ids + twins])
+    conn.commit()
+    conn.close()
+    toml = a.tmp / "keyrotate.toml"
+    toml.write_text(toml.read_text().replace('ids = "accounts.account_id"', 'ids = "linked.account_id"'))
+    new = "ef" * 32
+    a.store.write_pending("MASTER_KEY", new)
+    a.serve(MASTER_KEY=new, MASTER_KEY_PREVIOUS=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN)
+    res = run_cli("objects", "rewrap", "--env", "staging", "--target", "AccountDO", "--json")
+    assert res.exit_code == 0, res.output
+    out = last_json(res.output)
+    assert out["census"]["current"] == len(a.ids) + len(twins)
+    assert out["census"]["missing"] == len(fillers)
+    assert _all_open(a, a.ids + twins) == {"MASTER_KEY": len(a.ids) + len(twins)}
+    census = run_cli("objects", "census", "--env", "staging", "--target", "AccountDO", "--json")
+    assert census.exit_code == 0, census.output
+    assert last_json(census.output)["objects"] == len(fillers) + len(a.ids) + len(twins)

@@ -1,8 +1,10 @@
 // The test Worker: the reference endpoint and AccountDO from examples/durable-objects,
 // plus hooks the tests drive. Nothing here is keyrotate's: tokens are sealed and opened
 // by the Workers' own WebCrypto code (examples/worker/envelope.js).
-//   /test/seed, /test/tokens, /test/refresh, /test/flag, /test/corrupt, /test/stats, /test/seal
-// FAULT_RATE (a .dev.vars value) makes the keyrotate route answer 500 or 429 at random.
+//   /test/seed, /test/tokens, /test/refresh, /test/flag, /test/corrupt, /test/stats, /test/seal,
+//   /test/generation (which .dev.vars this workerd loaded), /test/d1 (creates the local D1)
+// FAULT_RATE (a .dev.vars value) makes the keyrotate route answer 503 or 429 at random;
+// RETRY_AFTER makes it answer every request 429 with that Retry-After.
 import { keyrotateRoute } from "../../../examples/durable-objects/keyrotate-objects.js";
 import { AccountDO as Reference, ROW } from "../../../examples/durable-objects/account-do.js";
 import { loadKeys, openEnvelope, sealEnvelope } from "../../../examples/worker/envelope.js";
@@ -82,6 +84,9 @@ export default {
     const url = new URL(request.url);
     if (url.pathname === "/health") return Response.json({ ok: true, data: { status: "healthy" } });
     if (url.pathname === "/internal/keyrotate/objects") {
+      if (env.RETRY_AFTER) {  // a .dev.vars value: every request is rate-limited this long
+        return Response.json({ v: 1, error: "rate-limited" }, { status: 429, headers: { "Retry-After": env.RETRY_AFTER } });
+      }
       const rate = Number(env.FAULT_RATE || 0);
       if (rate && Math.random() < rate) {
         return Math.random() < 0.5
@@ -90,6 +95,8 @@ export default {
       }
       return keyrotateRoute(request, env, env.ACCOUNT);
     }
+    if (url.pathname === "/test/generation") return Response.json({ generation: env.DEV_VARS_GENERATION ?? null });
+    if (url.pathname === "/test/d1") return Response.json(await env.DB.prepare("SELECT 1 AS ok").first());
     const body = request.method === "POST" ? await request.json() : {};
     const ids = body.ids || [];
     switch (url.pathname) {

@@ -32,6 +32,8 @@ from keyrotate.dataplane.objects.driver import (
 )
 from keyrotate.dataplane.objects.wire import Endpoint
 from keyrotate.errors import ConfigError
+from keyrotate.evidence.event import Event
+from keyrotate.evidence.record import audit_trail
 from keyrotate.progress import Progress
 from keyrotate.secrets.refs import required
 
@@ -74,8 +76,10 @@ def objects_census(ctx: Context, target: ObjectTarget, options: ObjectsOptions,
 
 def objects_rewrap(ctx: Context, target: ObjectTarget, options: ObjectsOptions,
                    progress: Progress | None = None, rotation_id: str | None = None,
-                   only: Sequence[str] | None = None) -> ObjectsRewrap:
-    keys = store_keys(ctx, target.secret)
+                   only: Sequence[str] | None = None, keys: Keys | None = None) -> ObjectsRewrap:
+    """`keys`: the kids to trust (default: from the store's slots, as a rotation in
+    progress or a finished one has them)."""
+    keys = keys or store_keys(ctx, target.secret)
     if keys.old is None:
         raise ConfigError(f"nothing to rewrap: {target.secret} has neither a pending value "
                           "(a rotation in progress) nor a previous one in the store")
@@ -89,14 +93,39 @@ def objects_rewrap(ctx: Context, target: ObjectTarget, options: ObjectsOptions,
 
 def objects_rewrap_proven(ctx: Context, target: ObjectTarget, options: ObjectsOptions,
                           progress: Progress | None = None) -> ObjectsRewrap:
-    """`objects rewrap`: the ledger pass, then a census of every object; one sweep of the
-    ids it finds behind, and a census again. The status and exit code follow the census.
+    """`objects rewrap`, recorded in the environment's trail: that it started (which keys),
+    and what the census at its end found (a rewrap killed midway leaves the first)."""
+    if options.dry_run:
+        return _rewrap_proven(ctx, target, options, progress)
+    keys = store_keys(ctx, target.secret)
+    trail = audit_trail(ctx)
+    trail.append(Event("objects.rewrap", ctx.env.name, f"rewrap of {target.name} objects from key "
+                       f"{keys.old} to {keys.new} started", target.secret,
+                       detail={"target": target.name, "state": "started", "old_kid": keys.old,
+                               "new_kid": keys.new}))
+    result = _rewrap_proven(ctx, target, options, progress)
+    ints = {k: v for k, v in result.outcome().as_dict().items()
+            if isinstance(v, int) and not isinstance(v, bool)}
+    proof = result.census.outcome().as_dict() if result.census is not None else {}
+    trail.append(Event("objects.rewrap", ctx.env.name, f"rewrap of {target.name} objects "
+                       f"{result.status}", target.secret, result.run_id,
+                       detail={"target": target.name, "state": "done", "status": result.status,
+                               "new_kid": keys.new, "counts": ints,
+                               "census": {k: proof[k] for k in ("total", "current", "old", "stale",
+                                                                "missing", "failed") if k in proof}}))
+    return result
+
+
+def _rewrap_proven(ctx: Context, target: ObjectTarget, options: ObjectsOptions,
+                   progress: Progress | None = None) -> ObjectsRewrap:
+    """The ledger pass, then a census of every object; one sweep of the ids it finds
+    behind, and a census again. The status and exit code follow the census.
 
     An object that answered this run's rewrap with the new key's id needs no second
     question: the answer came from the object itself, after its compare-and-swap, naming
     the key it wrote with. The census asks every other id (completed by an earlier run,
     missing, failed, stale, never answered, or added since) and counts the confirmed
-    ones as current."""
+    ones as current. Every id is still listed from D1 (the census's rowid witness)."""
     started = time.monotonic()
     result = objects_rewrap(ctx, target, options, progress)
     if options.dry_run or result.status == "incomplete":

@@ -1,0 +1,103 @@
+"""The key lifecycle a rotation moves through, recorded as it goes (evidence/lifecycle.py):
+
+    stage              the new key: pre-activation
+    push / promote     the new key: active; the old one: deactivated
+    a compromise       the current key (and any older one it inherits): compromised
+    --abort            the new key: destroyed, when the store no longer holds it
+    superseded         the same, for a pending value a compromise discarded
+
+The keys are identified once, when they are known for sure (the new key when staged, the
+old one when the rotation starts), and kept in the rotation's detail; each state is
+recorded once per rotation, so a re-run repeats nothing. The events go into the trail in
+the same transaction as the rotation's own event and state (the Recorder commits them).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from keyrotate.config.context import Context
+from keyrotate.evidence.event import Event
+from keyrotate.evidence.lifecycle import STATES, KeyIdentity, identify, key_state_event
+from keyrotate.evidence.record import audit_key
+from keyrotate.secrets.base import same_secret
+
+PUSHES = ("push", "push-overlap", "switch", "promote")   # the new key seals from here
+
+
+class Rotation(Protocol):
+    """What of a rotation (rotation/state.py) its key lifecycle needs."""
+
+    rotation_id: str
+    secret: str
+    kind: str
+    compromised: bool
+    detail: dict[str, Any]
+
+
+class KeyLog:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    def _identity(self, rot: Rotation, slot: str) -> KeyIdentity | None:
+        value = self.ctx.secrets.read(rot.secret, slot)   # type: ignore[arg-type]
+        return identify(rot.secret, rot.kind, value, audit_key(self.ctx)) if value else None
+
+    def _known(self, rot: Rotation, role: str) -> KeyIdentity | None:
+        d = rot.detail.get("keys", {}).get(role)
+        return KeyIdentity(rot.secret, d["fingerprint"], d.get("kid")) if d else None
+
+    def _remember(self, rot: Rotation, role: str, key: KeyIdentity | None) -> None:
+        if key is not None:
+            rot.detail.setdefault("keys", {})[role] = {"fingerprint": key.fingerprint, "kid": key.kid}
+
+    def _set(self, rot: Rotation, key: KeyIdentity | None, state: str, why: str,
+             **detail: Any) -> list[Event]:
+        done: dict[str, str] = rot.detail.setdefault("key_states", {})
+        if key is None:
+            return []
+        if key.id in done and STATES.index(state) <= STATES.index(done[key.id]):
+            return []   # recorded already, or past it (a compromised key is never just retired)
+        done[key.id] = state
+        return [key_state_event(self.ctx.env.name, key, state, rot.rotation_id, why, **detail)]
+
+    def started(self, rot: Rotation) -> list[Event]:
+        self._remember(rot, "old", self._identity(rot, "current"))
+        if not rot.compromised:
+            return []
+        why = f"compromise response {rot.rotation_id}"
+        out = self._set(rot, self._known(rot, "old"), "compromised", why)
+        for slot in rot.detail.get("also_old", []):
+            out += self._set(rot, self._identity(rot, slot), "compromised", why)
+        return out
+
+    def step(self, rot: Rotation, step: str) -> list[Event]:
+        if step == "stage":
+            self._remember(rot, "new", self._identity(rot, "pending"))
+            return self._set(rot, self._known(rot, "new"), "pre-activation", "stored as pending")
+        if step in PUSHES:
+            return self._activate(rot, "pushed to the Workers" if step != "promote" else "promoted")
+        return []
+
+    def _activate(self, rot: Rotation, why: str) -> list[Event]:
+        new, old = self._known(rot, "new"), self._known(rot, "old")
+        if new is None:   # a rotation staged before keyrotate kept lifecycles
+            new = self._identity(rot, "pending") or self._identity(rot, "current")
+        return (self._set(rot, new, "active", why)
+                + self._set(rot, old, "deactivated", f"replaced by {new.id if new else 'the new key'}"))
+
+    def ended(self, rot: Rotation, state: str) -> list[Event]:
+        if state == "finished":
+            return self._activate(rot, "rotation finished")
+        if state in ("aborted", "superseded"):
+            new = self._known(rot, "new")
+            if new is not None and not self._stored(new):
+                return self._set(rot, new, "destroyed", f"pending value discarded ({state} "
+                                 "before use)", destroyed=[self.ctx.secrets.ref(rot.secret, "pending")])
+        return []
+
+    def _stored(self, key: KeyIdentity) -> bool:
+        """The store still keeps this key somewhere (any slot, any version)."""
+        return any(c.value is not None and same_secret(c.value, key.fingerprint,
+                                                       audit_key(self.ctx))
+                   for c in self.ctx.secrets.copies(key.secret))
