@@ -76,8 +76,22 @@ class KeyLog:
             self._remember(rot, "new", self._identity(rot, "pending"))
             return self._set(rot, self._known(rot, "new"), "pre-activation", "stored as pending")
         if step in PUSHES:
-            return self._activate(rot, "pushed to the Workers" if step != "promote" else "promoted")
+            out = self._activate(rot, "pushed to the Workers" if step != "promote" else "promoted")
+            return out + (self._replaced(rot) if step == "promote" else [])
         return []
+
+    def _replaced(self, rot: Rotation) -> list[Event]:
+        """The previous value the promote overwrote (a .env file or the keyring keep one),
+        destroyed with it when no other copy is left in the store. Safe: the finish's census
+        proved no row is under it before the promote."""
+        d = rot.detail.get("replaced_previous")
+        if not d:
+            return []
+        key = KeyIdentity(rot.secret, d["fingerprint"], d.get("kid"))
+        if self._stored(key):
+            return []
+        return self._set(rot, key, "destroyed", "the store's previous value, replaced at the "
+                         "promote", destroyed=[self.ctx.secrets.ref(rot.secret, "previous")])
 
     def _activate(self, rot: Rotation, why: str) -> list[Event]:
         new, old = self._known(rot, "new"), self._known(rot, "old")
