@@ -428,3 +428,20 @@ def test_a_finish_after_an_outside_rollback_introduces_before_its_canary(project
     assert splits, "the switch was ramped by a canary"
     assert all(found == [] for found in seen), seen
     _check(project, _known(store))
+
+
+def test_a_rollback_never_puts_a_destroyed_key_back_on_a_worker(project):
+    """Hostile review: after `keys destroy`, a plain `rollback --yes` put the destroyed key
+    back on the version serving 100% (as PREVIOUS). A target holding a key the store no
+    longer holds crosses a rotation: refused without --force, which keeps the serving keys."""
+    root, cf, store = _setup(project)
+    assert run_cli("rotate", "MASTER_KEY", "--env", "staging").exit_code == 0
+    assert run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish").exit_code == 0
+    old_kid = MasterKey.from_secret(OLD_SECRET).kid
+    assert run_cli("keys", "destroy", old_kid, "--env", "staging", "--yes").exit_code == 0
+    res = run_cli("rollback", "--env", "staging", "--only", "api", "--yes", "--json")
+    assert res.exit_code == 2 and old_kid in res.output, res.output
+    forced = run_cli("rollback", "--env", "staging", "--only", "api", "--yes", "--force", "--json")
+    assert forced.exit_code == 0, forced.output
+    assert all(OLD_SECRET not in _active(cf, w).values() for w in HOLDERS)
+    _check(project, _known(store))
