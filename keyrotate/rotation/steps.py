@@ -45,6 +45,7 @@ class Job:
     pusher: Pusher | None = None
     canary: Canary | None = None
     recorder: Recorder | None = None
+    force: bool = False                 # --force: past the JWT token TTL
 
     def pushes(self) -> Pusher:
         if self.pusher is None:

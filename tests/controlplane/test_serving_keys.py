@@ -16,7 +16,7 @@ from datetime import timedelta
 import pytest
 
 from keyrotate.crypto.keys import MasterKey
-from tests.support.cloudflare_project import _active, with_key_routes, with_overlap
+from tests.support.cloudflare_project import JWT, _active, with_key_routes, with_overlap
 from tests.support.helpers import OLD_SECRET, ROOT, last_json, run_cli
 from tests.support.serving import App, problems, serving_keys
 
@@ -445,3 +445,35 @@ def test_a_rollback_never_puts_a_destroyed_key_back_on_a_worker(project):
     assert forced.exit_code == 0, forced.output
     assert all(OLD_SECRET not in _active(cf, w).values() for w in HOLDERS)
     _check(project, _known(store))
+
+
+def test_a_jwt_finish_that_pushes_the_switch_again_waits_the_ttl_from_that_push(project):
+    """Hostile review: api was rolled back outside keyrotate to the introduce version (it
+    signs with the old JWT secret again); `--finish` pushed the switch again and removed the
+    previous secret a second later, logging out everyone api signed in meanwhile. The TTL
+    counts from that push: exit 3, and the same command finishes once it has passed."""
+    from tests.support.clock import TestClock, utc
+
+    root, cf, _, store = project
+    with_overlap(root, "JWT_SECRET", "jwt-hs256", '\nmax_token_ttl = "1h"')
+    clock = TestClock(utc("2027-01-04 10:00"))
+    clock.install()
+    try:
+        assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
+        assert run_cli("rotate", "JWT_SECRET", "--env", "staging").exit_code == 0
+        api = cf.script("tminus-api-staging")
+        introduce = [v for v in api.versions if v.secrets.get("JWT_SECRET") == JWT][-1]
+        assert introduce.secrets.get("JWT_SECRET_PREVIOUS")
+        clock.advance(hours=2)
+        api.deploy([(introduce.id, 100.0)], "rolled back from the dashboard")
+        finish = ["rotate", "JWT_SECRET", "--env", "staging", "--finish", "--from-deployed", "--json"]
+        res = run_cli(*finish)
+        assert res.exit_code == 3 and "pushed again" in res.output, res.output
+        assert _active(cf, "api").get("JWT_SECRET_PREVIOUS") == JWT   # still read: tokens live
+        assert _active(cf, "api")["JWT_SECRET"] == store.read("JWT_SECRET", "pending")
+        clock.advance(hours=1, minutes=1)
+        again = run_cli(*finish)
+        assert again.exit_code == 0, again.output
+        assert "JWT_SECRET_PREVIOUS" not in _active(cf, "api")
+    finally:
+        clock.uninstall()
