@@ -326,3 +326,22 @@ def test_a_second_rotation_records_the_previous_value_its_promote_replaced(proje
     ended = [e for e in _trail() if e["event"] == "key.state"
              and e["detail"].get("state") == "destroyed"]
     assert ended and ended[-1]["detail"]["destroyed"] == [store.ref("MASTER_KEY", "previous")]
+
+
+def test_an_abort_after_the_switch_makes_the_old_key_active_again(project):
+    """Hostile review: after `--abort` past the switch, the key every Worker seals under
+    again was listed `deactivated` (never due), and the new key's end read "discarded before
+    use" although rows had been sealed under it."""
+    root, _, _, store = project
+    run_cli("secrets", "push", "--env", "staging")
+    with_overlap(root)
+    assert run_cli("rotate", "MASTER_KEY", "--env", "staging").exit_code == 0
+    new_kid = MasterKey.from_secret(store.read("MASTER_KEY", "pending")).kid
+    aborted = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--abort")
+    assert aborted.exit_code == 0, aborted.output
+    _, listing = _keys()
+    old = _key(listing, OLD_KID)
+    assert old["state"] == "active" and old["history"][-1]["why"].startswith("the abort put it back")
+    new = _key(listing, new_kid)
+    assert [t["state"] for t in new["history"]] == ["pre-activation", "active", "destroyed"]
+    assert "after use" in new["history"][-1]["why"]
