@@ -369,7 +369,7 @@ def test_a_rotation_from_a_store_that_lost_the_key_pushes_nothing(project):
     assert all(_active(cf, w)["MASTER_KEY"] == OLD_SECRET for w in HOLDERS)
 
 
-def test_rollback_and_push_wait_for_a_running_rotation(project):
+def test_rollback_push_and_deploy_wait_for_a_running_rotation(project):
     """Hostile review: a `rollback` run while `rotate --canary` ramped clobbered the split
     and deployed an old-key-only version beside rows sealed under the new key. While a
     rotation runs, its lease refuses a rollback or a push of the Workers holding its secret."""
@@ -386,7 +386,8 @@ def test_rollback_and_push_wait_for_a_running_rotation(project):
             time.sleep(0.02)
         before = {w: cf.script(f"tminus-{w}-staging").active.id for w in HOLDERS}
         for args in (["rollback", "--env", "staging", "--only", "api", "--yes"],
-                     ["secrets", "push", "--env", "staging", "--only", "JWT_SECRET"]):
+                     ["secrets", "push", "--env", "staging", "--only", "JWT_SECRET"],
+                     ["deploy", "--env", "staging", "--only", "api"]):
             res = run_cli(*args, "--json")
             assert res.exit_code == 2, res.output
             assert "holds rotate:staging:MASTER_KEY" in last_json(res.output)["error"]["message"]
