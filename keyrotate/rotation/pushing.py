@@ -129,8 +129,8 @@ class PushPhase:
                     expect(job.ctx, worker, pushed.version_id, *kids)
             job.rot.detail.setdefault("versions", {}).setdefault(self.record_as, {})[worker] = {
                 "id": pushed.version_id, "number": pushed.number}
-        if self.name in ("switch", "push"):
-            job.rot.detail["pushed_at"] = now_iso()   # after the last Worker's push
+        if self.record_as in ("switch", "push") and (todo or "pushed_at" not in job.rot.detail):
+            job.rot.detail["pushed_at"] = now_iso()   # after the last Worker's push (again)
 
 
     def _introduce_first(self, job: Job, worker: str) -> None:
