@@ -20,7 +20,7 @@ from typing import Any
 from keyrotate.config.context import Context
 from keyrotate.db.base import Statement
 from keyrotate.evidence.event import Event
-from keyrotate.evidence.record import audit_trail
+from keyrotate.evidence.record import audit_trail, existing_audit_key
 from keyrotate.timeutil import now_iso
 
 ROTATION_KINDS = ("master-key", "jwt-hs256")
@@ -174,7 +174,12 @@ def _import_legacy(ctx: Context) -> None:
             trail.append(Event(f"worker.{kind}", ctx.env.name, f"(imported) {kind} of {worker}",
                                at=str(at), detail={"worker": worker, "version_id": version,
                                                    "imported": True}))
+    drop = Statement("DROP TABLE keyrotate_events")
+    if not rows and existing_audit_key(ctx) is None:
+        # an empty table in an environment with no trail key yet: nothing to record, and a
+        # read-only command (a rollback plan) must not make the audit key in the store
+        ctx.db.apply([], None, [drop])
+        return
     trail.append(Event(LEGACY_IMPORTED, ctx.env.name, f"keyrotate 0.1's keyrotate_events "
                        f"imported ({len(rows)} records); a table of that name is never imported "
-                       "again", detail={"records": len(rows)}),
-                 with_statements=[Statement("DROP TABLE keyrotate_events")])
+                       "again", detail={"records": len(rows)}), with_statements=[drop])

@@ -119,9 +119,11 @@ class PushPhase:
         pusher = job.pushes()
         pusher.check(todo, copies=self.canary and job.canary is not None)   # before the first push
         values, kids = self.secrets(job), self.kids(job)
+        if self.canary and job.canary is not None:
+            for worker in todo:   # every Worker reads the new value before any canary starts
+                self._introduce_first(job, worker)
         for worker in todo:
             if self.canary and job.canary is not None:
-                self._introduce_first(job, worker)
                 pushed = canary_push(job.ctx, pusher, worker, values, job.canary, job.say, kids)
             else:
                 pushed = pusher.push(worker, values)
