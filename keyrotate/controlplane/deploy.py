@@ -11,6 +11,7 @@ from keyrotate.cloudflare.versions import VersionsApi
 from keyrotate.cloudflare.wrangler import WRANGLER_CONFIGS, wrangler_config, wrangler_for
 from keyrotate.config.context import Context
 from keyrotate.controlplane.health import Health, validate
+from keyrotate.controlplane.held_lease import rotation_leases
 from keyrotate.controlplane.rollback import crossing, roll_back_worker
 from keyrotate.controlplane.serving import ask, can_ask, master_key_of
 from keyrotate.errors import EXIT_FAILURES, ConfigError
@@ -71,6 +72,11 @@ def deploy(ctx: Context, only: str | None, dry_run: bool, say: Say) -> DeployRes
         return DeployResult(ctx.env.name, True, [
             DeployStep(w, ctx.worker_name(w), str(ctx.manifest.worker_dir(w)), ctx.env.health.get(w))
             for w in order])
+    with rotation_leases(ctx, order):   # never beside a running rotation's pushes or canary
+        return _deploy(ctx, order, say)
+
+
+def _deploy(ctx: Context, order: list[str], say: Say) -> DeployResult:
     wrangler = wrangler_for(ctx)
     done: list[tuple[str, str | None]] = []
     for w in order:

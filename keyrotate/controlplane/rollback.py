@@ -214,10 +214,12 @@ def _ask_target(ctx: Context, api: VersionsApi, step: RollbackStep) -> None:
                         "keys": f"that version holds keys {step.asked.kid} and "
                                 f"{step.asked.previous_kid}, but rows or objects are under "
                                 f"{', '.join(missing)}"}
-    elif step.asked.kid not in store_kids(ctx, secret):
+    elif gone := [k for k in (step.asked.kid, step.asked.previous_kid)
+                  if k is not None and k not in store_kids(ctx, secret)]:
+        # sealing under it loses rows; merely reading it puts a retired key live again
         step.crosses = {"secrets": [], "unconfirmed": [],
-                        "keys": f"that version seals under key {step.asked.kid}, which the secret "
-                                "store no longer holds (an aborted or destroyed key)"}
+                        "keys": f"that version holds key {' and '.join(gone)}, which the secret "
+                                "store no longer holds (an aborted, retired or destroyed key)"}
     else:
         step.crosses = None
 

@@ -27,7 +27,7 @@ NOTIFY_EVENTS = ("rotation.started", "rotation.step", "rotation.paused", "rotati
 AUDIT_EVENTS = ("rotation.aborted", "rotation.superseded", "time-travel.bookmark",
                 "notify.failed", "worker.secrets", "worker.deploy", "worker.rollback",
                 "worker.canary", "key.state", "secret.created", "schema.migration",
-                "schema.compensation", "objects.rewrap", "rollover.run")
+                "schema.compensation", "objects.rewrap", "rollover.run", "trail.legacy-import")
 BODY_VERSION = 1
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://\S+")
 

@@ -13,17 +13,20 @@ is dropped.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from keyrotate.config.context import Context
 from keyrotate.db.base import Statement
 from keyrotate.evidence.event import Event
-from keyrotate.evidence.record import audit_trail
+from keyrotate.evidence.record import audit_trail, existing_audit_key
 from keyrotate.timeutil import now_iso
 
 ROTATION_KINDS = ("master-key", "jwt-hs256")
+log = logging.getLogger("keyrotate.audit")
 SECRETS_EVENT = "worker.secrets"
+LEGACY_IMPORTED = "trail.legacy-import"
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,10 @@ def secret_history(ctx: Context, worker: str, kinds: tuple[str, ...] = ROTATION_
 
 def _import_legacy(ctx: Context) -> None:
     """keyrotate_events (0.1) into the trail, once: each push as an intent and its outcome,
-    at the time it was recorded; then the table goes."""
+    at the time it was recorded; then the table goes, and the trail records that the import
+    was made. A keyrotate_events table that appears after that is not 0.1's: anyone who can
+    write to the database could have made it, and the trail would authenticate its rows, so
+    it is left alone and named in a warning."""
     once: dict[str, bool] = ctx.shared("legacy-events", dict)
     if once:
         return
@@ -142,6 +148,11 @@ def _import_legacy(ctx: Context) -> None:
     exists = ctx.db.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                           ("keyrotate_events",))
     if not exists:
+        return
+    if audit_trail(ctx).records(LEGACY_IMPORTED):
+        log.warning("a keyrotate_events table appeared in %s after keyrotate 0.1's records were "
+                    "imported into the audit trail: it is not trusted, nor imported; look into who "
+                    "made it", ctx.db.display_url)
         return
     rows = ctx.db.query("SELECT worker, kind, secret, secret_kind, fingerprint, at, state, "
                         "version_id FROM keyrotate_events WHERE environment = ? ORDER BY at, id",
@@ -163,4 +174,12 @@ def _import_legacy(ctx: Context) -> None:
             trail.append(Event(f"worker.{kind}", ctx.env.name, f"(imported) {kind} of {worker}",
                                at=str(at), detail={"worker": worker, "version_id": version,
                                                    "imported": True}))
-    ctx.db.apply([], None, [Statement("DROP TABLE keyrotate_events")])
+    drop = Statement("DROP TABLE keyrotate_events")
+    if not rows and existing_audit_key(ctx) is None:
+        # an empty table in an environment with no trail key yet: nothing to record, and a
+        # read-only command (a rollback plan) must not make the audit key in the store
+        ctx.db.apply([], None, [drop])
+        return
+    trail.append(Event(LEGACY_IMPORTED, ctx.env.name, f"keyrotate 0.1's keyrotate_events "
+                       f"imported ({len(rows)} records); a table of that name is never imported "
+                       "again", detail={"records": len(rows)}), with_statements=[drop])

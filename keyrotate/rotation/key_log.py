@@ -76,8 +76,22 @@ class KeyLog:
             self._remember(rot, "new", self._identity(rot, "pending"))
             return self._set(rot, self._known(rot, "new"), "pre-activation", "stored as pending")
         if step in PUSHES:
-            return self._activate(rot, "pushed to the Workers" if step != "promote" else "promoted")
+            out = self._activate(rot, "pushed to the Workers" if step != "promote" else "promoted")
+            return out + (self._replaced(rot) if step == "promote" else [])
         return []
+
+    def _replaced(self, rot: Rotation) -> list[Event]:
+        """The previous value the promote overwrote (a .env file or the keyring keep one),
+        destroyed with it when no other copy is left in the store. Safe: the finish's census
+        proved no row is under it before the promote."""
+        d = rot.detail.get("replaced_previous")
+        if not d:
+            return []
+        key = KeyIdentity(rot.secret, d["fingerprint"], d.get("kid"))
+        if self._stored(key):
+            return []
+        return self._set(rot, key, "destroyed", "the store's previous value, replaced at the "
+                         "promote", destroyed=[self.ctx.secrets.ref(rot.secret, "previous")])
 
     def _activate(self, rot: Rotation, why: str) -> list[Event]:
         new, old = self._known(rot, "new"), self._known(rot, "old")
@@ -90,11 +104,29 @@ class KeyLog:
         if state == "finished":
             return self._activate(rot, "rotation finished")
         if state in ("aborted", "superseded"):
-            new = self._known(rot, "new")
+            new, out = self._known(rot, "new"), []
+            used = rot.detail.get("key_states", {}).get(new.id) == "active" if new else False
+            if state == "aborted" and used:
+                out += self._restore_old(rot)
             if new is not None and not self._stored(new):
-                return self._set(rot, new, "destroyed", f"pending value discarded ({state} "
-                                 "before use)", destroyed=[self.ctx.secrets.ref(rot.secret, "pending")])
+                why = (f"discarded by the {state} after use: rows and objects moved back, copies "
+                       "may remain in Worker versions (keys residue)" if used else
+                       f"pending value discarded ({state} before use)")
+                out += self._set(rot, new, "destroyed", why,
+                                 destroyed=[self.ctx.secrets.ref(rot.secret, "pending")])
+            return out
         return []
+
+    def _restore_old(self, rot: Rotation) -> list[Event]:
+        """An abort after the switch puts the old key back as the one the Workers seal
+        under: active again (the only step back the lifecycle takes)."""
+        old = self._known(rot, "old")
+        done: dict[str, str] = rot.detail.setdefault("key_states", {})
+        if old is None or done.get(old.id) != "deactivated":
+            return []
+        done[old.id] = "active"
+        return [key_state_event(self.ctx.env.name, old, "active", rot.rotation_id,
+                                "the abort put it back as the current value")]
 
     def _stored(self, key: KeyIdentity) -> bool:
         """The store still keeps this key somewhere (any slot, any version)."""

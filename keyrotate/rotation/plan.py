@@ -11,6 +11,7 @@ needs it, with the switch confirmed again from Cloudflare just before.
 from __future__ import annotations
 
 from keyrotate.config.manifest import SecretSpec
+from keyrotate.errors import Incomplete
 from keyrotate.rotation.pushing import (
     ABORT_REMOVE,
     ABORT_RESTORE,
@@ -20,6 +21,7 @@ from keyrotate.rotation.pushing import (
     SWITCH,
     require,
 )
+from keyrotate.rotation.state import Rotation
 from keyrotate.rotation.steps import (
     Checklist,
     Discard,
@@ -32,6 +34,7 @@ from keyrotate.rotation.steps import (
     Validate,
     Verify,
 )
+from keyrotate.timeutil import now, parse_utc
 
 OVERLAP_KINDS = ("master-key", "jwt-hs256")
 
@@ -48,6 +51,32 @@ def _switched(job: Job) -> None:
 
 def _confirmed(job: Job) -> None:
     require(job, [SWITCH, REMOVE_PREVIOUS], "the finish", reopen=["confirm-switch", "re-verify"])
+
+
+def token_ttl_problem(spec: SecretSpec, rot: Rotation) -> str | None:
+    """Why removing a JWT secret's previous value now would log users out: tokens signed
+    with it may live max_token_ttl from the last push of the switch (None: it may go)."""
+    if spec.kind != "jwt-hs256" or not spec.max_token_ttl:
+        return None
+    pushed = parse_utc(rot.detail.get("pushed_at"))
+    if pushed is None:
+        return None
+    waited = (now() - pushed).total_seconds()
+    if waited >= spec.max_token_ttl:
+        return None
+    return (f"tokens signed with the old {spec.name} may live {spec.max_token_ttl} s and the new "
+            f"one was pushed {int(waited)} s ago: finishing now logs those users out. Wait, or "
+            "use --force.")
+
+
+def _confirmed_past_ttl(job: Job) -> None:
+    """The finish's confirm step may have pushed the switch again (a Worker rolled back
+    meanwhile signs with the old secret again): the token TTL counts from that push."""
+    _confirmed(job)
+    problem = None if job.force else token_ttl_problem(job.spec, job.rot)
+    if problem:
+        raise Incomplete(f"the switch was pushed again just now: {problem} The same command "
+                         "finishes once that time has passed.")
 
 
 def _restored(job: Job) -> None:
@@ -82,7 +111,7 @@ def steps_for(spec: SecretSpec, plan: str, compromised: bool,
     if spec.kind == "jwt-hs256":
         if plan == "overlap":
             return ([Stage(), INTRODUCE, SWITCH, Validate()],
-                    [CONFIRM_SWITCH, REMOVE_PREVIOUS.requiring(_confirmed), Promote()])
+                    [CONFIRM_SWITCH, REMOVE_PREVIOUS.requiring(_confirmed_past_ttl), Promote()])
         return [Stage(), CUTOVER_PUSH, Validate(),
                 *([REMOVE_PREVIOUS] if compromised else []), Promote(),
                 *([Report()] if compromised else [])], []

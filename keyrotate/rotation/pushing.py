@@ -119,9 +119,11 @@ class PushPhase:
         pusher = job.pushes()
         pusher.check(todo, copies=self.canary and job.canary is not None)   # before the first push
         values, kids = self.secrets(job), self.kids(job)
+        if self.canary and job.canary is not None:
+            for worker in todo:   # every Worker reads the new value before any canary starts
+                self._introduce_first(job, worker)
         for worker in todo:
             if self.canary and job.canary is not None:
-                self._introduce_first(job, worker)
                 pushed = canary_push(job.ctx, pusher, worker, values, job.canary, job.say, kids)
             else:
                 pushed = pusher.push(worker, values)
@@ -129,8 +131,8 @@ class PushPhase:
                     expect(job.ctx, worker, pushed.version_id, *kids)
             job.rot.detail.setdefault("versions", {}).setdefault(self.record_as, {})[worker] = {
                 "id": pushed.version_id, "number": pushed.number}
-        if self.name in ("switch", "push"):
-            job.rot.detail["pushed_at"] = now_iso()   # after the last Worker's push
+        if self.record_as in ("switch", "push") and (todo or "pushed_at" not in job.rot.detail):
+            job.rot.detail["pushed_at"] = now_iso()   # after the last Worker's push (again)
 
 
     def _introduce_first(self, job: Job, worker: str) -> None:

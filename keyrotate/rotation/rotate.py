@@ -25,12 +25,18 @@ from keyrotate.errors import ConfigError, DeployError, StoreUnavailable
 from keyrotate.evidence.record import audit_key, existing_audit_key
 from keyrotate.evidence.worker_log import secret_history
 from keyrotate.progress import Say
-from keyrotate.rotation.plan import abort_steps, cutover_warning, plan_of, steps_for
+from keyrotate.rotation.plan import (
+    abort_steps,
+    cutover_warning,
+    plan_of,
+    steps_for,
+    token_ttl_problem,
+)
 from keyrotate.rotation.preflight import preflight
 from keyrotate.rotation.state import Recorder, Rotation, done_steps
 from keyrotate.rotation.steps import Job, Step
 from keyrotate.secrets.base import fingerprint, same_secret
-from keyrotate.timeutil import new_id, now, now_iso, parse_utc
+from keyrotate.timeutil import new_id, now_iso
 
 PUSH_STEPS = ("push", "introduce", "switch", "remove-previous", "confirm-switch")
 
@@ -185,7 +191,8 @@ def _rotate(ctx: Context, recorder: Recorder, secret: str, options: RotateOption
     if options.canary or spec.canary:
         rot.detail["canary"] = list(spec.canary or DEFAULT_STEPS)
     job = Job(ctx, spec, rot, say, read_external, options.objects, pusher,
-              Canary(tuple(rot.detail["canary"])) if rot.detail.get("canary") else None, recorder)
+              Canary(tuple(rot.detail["canary"])) if rot.detail.get("canary") else None, recorder,
+              force=options.force)
     try:
         _run_steps(job, recorder, steps)
     finally:
@@ -267,16 +274,9 @@ def _run_steps(job: Job, recorder: Recorder, steps: list[Step]) -> None:
 
 
 def _check_token_ttl(spec: SecretSpec, rot: Rotation, force: bool) -> None:
-    if spec.kind != "jwt-hs256" or not spec.max_token_ttl or force:
-        return
-    pushed = parse_utc(rot.detail.get("pushed_at"))
-    if pushed is None:
-        return
-    waited = (now() - pushed).total_seconds()
-    if waited < spec.max_token_ttl:
-        raise ConfigError(f"tokens signed with the old {spec.name} may live {spec.max_token_ttl} s "
-                          f"and the new one was pushed {int(waited)} s ago: finishing now logs "
-                          "those users out. Wait, or use --force.")
+    problem = None if force else token_ttl_problem(spec, rot)
+    if problem:
+        raise ConfigError(problem)
 
 
 def _takeover_text(open_rot: Rotation) -> str:

@@ -19,6 +19,7 @@ from keyrotate.dataplane.objects.driver import ObjectsOptions
 from keyrotate.dataplane.outcome import OBJECTS, Outcome
 from keyrotate.errors import ConfigError, Failures, Incomplete, KeyrotateError
 from keyrotate.evidence.event import Event
+from keyrotate.evidence.lifecycle import identify
 from keyrotate.evidence.record import audit_key
 from keyrotate.progress import Say
 from keyrotate.rotation.restore_point import record_restore_point
@@ -44,6 +45,7 @@ class Job:
     pusher: Pusher | None = None
     canary: Canary | None = None
     recorder: Recorder | None = None
+    force: bool = False                 # --force: past the JWT token TTL
 
     def pushes(self) -> Pusher:
         if self.pusher is None:
@@ -234,8 +236,14 @@ class Promote:
     description = "promote the new value to current in the store, keeping the old as previous"
 
     def run(self, job: Job) -> None:
-        if job.ctx.secrets.read(job.spec.name, "pending") is not None:
-            job.ctx.secrets.promote(job.spec.name)
+        store, name = job.ctx.secrets, job.spec.name
+        if store.read(name, "pending") is None:
+            return
+        replaced = store.read(name, "previous")
+        if replaced is not None:   # a store with one previous slot drops it: the trail says so
+            key = identify(name, job.spec.kind, replaced, audit_key(job.ctx))
+            job.rot.detail["replaced_previous"] = {"fingerprint": key.fingerprint, "kid": key.kid}
+        store.promote(name)
 
 
 class Discard:

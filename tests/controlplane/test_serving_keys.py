@@ -16,7 +16,7 @@ from datetime import timedelta
 import pytest
 
 from keyrotate.crypto.keys import MasterKey
-from tests.support.cloudflare_project import _active, with_key_routes, with_overlap
+from tests.support.cloudflare_project import JWT, _active, with_key_routes, with_overlap
 from tests.support.helpers import OLD_SECRET, ROOT, last_json, run_cli
 from tests.support.serving import App, problems, serving_keys
 
@@ -369,7 +369,7 @@ def test_a_rotation_from_a_store_that_lost_the_key_pushes_nothing(project):
     assert all(_active(cf, w)["MASTER_KEY"] == OLD_SECRET for w in HOLDERS)
 
 
-def test_rollback_and_push_wait_for_a_running_rotation(project):
+def test_rollback_push_and_deploy_wait_for_a_running_rotation(project):
     """Hostile review: a `rollback` run while `rotate --canary` ramped clobbered the split
     and deployed an old-key-only version beside rows sealed under the new key. While a
     rotation runs, its lease refuses a rollback or a push of the Workers holding its secret."""
@@ -386,7 +386,8 @@ def test_rollback_and_push_wait_for_a_running_rotation(project):
             time.sleep(0.02)
         before = {w: cf.script(f"tminus-{w}-staging").active.id for w in HOLDERS}
         for args in (["rollback", "--env", "staging", "--only", "api", "--yes"],
-                     ["secrets", "push", "--env", "staging", "--only", "JWT_SECRET"]):
+                     ["secrets", "push", "--env", "staging", "--only", "JWT_SECRET"],
+                     ["deploy", "--env", "staging", "--only", "api"]):
             res = run_cli(*args, "--json")
             assert res.exit_code == 2, res.output
             assert "holds rotate:staging:MASTER_KEY" in last_json(res.output)["error"]["message"]
@@ -428,3 +429,52 @@ def test_a_finish_after_an_outside_rollback_introduces_before_its_canary(project
     assert splits, "the switch was ramped by a canary"
     assert all(found == [] for found in seen), seen
     _check(project, _known(store))
+
+
+def test_a_rollback_never_puts_a_destroyed_key_back_on_a_worker(project):
+    """Hostile review: after `keys destroy`, a plain `rollback --yes` put the destroyed key
+    back on the version serving 100% (as PREVIOUS). A target holding a key the store no
+    longer holds crosses a rotation: refused without --force, which keeps the serving keys."""
+    root, cf, store = _setup(project)
+    assert run_cli("rotate", "MASTER_KEY", "--env", "staging").exit_code == 0
+    assert run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish").exit_code == 0
+    old_kid = MasterKey.from_secret(OLD_SECRET).kid
+    assert run_cli("keys", "destroy", old_kid, "--env", "staging", "--yes").exit_code == 0
+    res = run_cli("rollback", "--env", "staging", "--only", "api", "--yes", "--json")
+    assert res.exit_code == 2 and old_kid in res.output, res.output
+    forced = run_cli("rollback", "--env", "staging", "--only", "api", "--yes", "--force", "--json")
+    assert forced.exit_code == 0, forced.output
+    assert all(OLD_SECRET not in _active(cf, w).values() for w in HOLDERS)
+    _check(project, _known(store))
+
+
+def test_a_jwt_finish_that_pushes_the_switch_again_waits_the_ttl_from_that_push(project):
+    """Hostile review: api was rolled back outside keyrotate to the introduce version (it
+    signs with the old JWT secret again); `--finish` pushed the switch again and removed the
+    previous secret a second later, logging out everyone api signed in meanwhile. The TTL
+    counts from that push: exit 3, and the same command finishes once it has passed."""
+    from tests.support.clock import TestClock, utc
+
+    root, cf, _, store = project
+    with_overlap(root, "JWT_SECRET", "jwt-hs256", '\nmax_token_ttl = "1h"')
+    clock = TestClock(utc("2027-01-04 10:00"))
+    clock.install()
+    try:
+        assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
+        assert run_cli("rotate", "JWT_SECRET", "--env", "staging").exit_code == 0
+        api = cf.script("tminus-api-staging")
+        introduce = [v for v in api.versions if v.secrets.get("JWT_SECRET") == JWT][-1]
+        assert introduce.secrets.get("JWT_SECRET_PREVIOUS")
+        clock.advance(hours=2)
+        api.deploy([(introduce.id, 100.0)], "rolled back from the dashboard")
+        finish = ["rotate", "JWT_SECRET", "--env", "staging", "--finish", "--from-deployed", "--json"]
+        res = run_cli(*finish)
+        assert res.exit_code == 3 and "pushed again" in res.output, res.output
+        assert _active(cf, "api").get("JWT_SECRET_PREVIOUS") == JWT   # still read: tokens live
+        assert _active(cf, "api")["JWT_SECRET"] == store.read("JWT_SECRET", "pending")
+        clock.advance(hours=1, minutes=1)
+        again = run_cli(*finish)
+        assert again.exit_code == 0, again.output
+        assert "JWT_SECRET_PREVIOUS" not in _active(cf, "api")
+    finally:
+        clock.uninstall()

@@ -143,27 +143,33 @@ def test_after_finish_a_plain_rollback_would_bring_the_retired_key_back(project)
     assert all("MASTER_KEY_PREVIOUS" not in s for s in served[:2])
 
 
-def test_deploys_rollback_after_a_failed_health_check_keeps_a_push_made_meanwhile(project, monkeypatch):
+def test_a_push_during_a_deploy_waits_for_it(project, monkeypatch):
+    """A MASTER_KEY push while `deploy` checks health (and may roll back) would race its
+    rollback: the deploy holds the rotation leases, so the push is refused (exit 2, nothing
+    pushed) and the rollback restores exactly what served before."""
     import keyrotate.controlplane.deploy as deploy_module
 
     root, cf, health, store = project
     assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
+    serving = _active(cf, "api")["MASTER_KEY"]
     real_validate = deploy_module.validate
     pushed = []
 
-    def validate_then_someone_rotates(ctx, workers=None):
+    def validate_then_someone_pushes(ctx, workers=None):
         result = real_validate(ctx, workers)
-        if workers == ["api"] and not pushed:  # meanwhile: a MASTER_KEY push to api
-            rotate_by_hand(root, store, NEW_SECRET)
-            pushed.append(run_cli("secrets", "push", "--env", "staging", "--only", "MASTER_KEY"))
+        if workers == ["api"] and not pushed:  # meanwhile: a JWT_SECRET push to api
+            store.write_pending("JWT_SECRET", NEW_SECRET)
+            store.promote("JWT_SECRET")
+            pushed.append(run_cli("secrets", "push", "--env", "staging", "--only", "JWT_SECRET"))
         return result
 
-    monkeypatch.setattr(deploy_module, "validate", validate_then_someone_rotates)
+    monkeypatch.setattr(deploy_module, "validate", validate_then_someone_pushes)
     health.answers["oauth"] = (500, {"ok": False})
     res = run_cli("deploy", "--env", "staging", "--json")
     assert res.exit_code == 1 and last_json(res.output)["rolled_back"] == ["oauth", "api"]
-    assert pushed[0].exit_code == 0
-    assert _active(cf, "api")["MASTER_KEY"] == NEW_SECRET   # the rollback kept the push
+    assert pushed[0].exit_code == 2 and "holds rotate:staging:" in pushed[0].output
+    assert _active(cf, "api")["MASTER_KEY"] == serving
+    assert _active(cf, "api")["JWT_SECRET"] != NEW_SECRET   # nothing was pushed
 
 
 @pytest.mark.real_wrangler  # wrangler's node process tree must die with keyrotate

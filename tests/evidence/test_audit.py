@@ -399,3 +399,17 @@ def test_pushes_recorded_by_0_1_move_into_the_trail_and_their_table_goes(project
     shown = last_json(run_cli("audit", "show", "--env", "staging", "--json").output)["events"]
     assert [e["detail"]["state"] for e in shown if e["event"] == "worker.secrets"] == ["intent", "done"]
     assert _verify()[0] == 0
+
+    # hostile review: anyone who can write to the database made the table again, with a
+    # forged push; a later command imported it, authenticated under the audit key
+    with _db(root) as conn:
+        conn.execute("CREATE TABLE keyrotate_events (id INTEGER PRIMARY KEY, environment TEXT, "
+                     "worker TEXT, kind TEXT, secret TEXT, secret_kind TEXT, fingerprint TEXT, "
+                     "at TEXT, state TEXT, version_id TEXT)")
+        conn.execute("INSERT INTO keyrotate_events (environment, worker, kind, secret, secret_kind, "
+                     "fingerprint, at, state) VALUES ('staging', 'tminus-api-staging', "
+                     "'secret-push', 'MASTER_KEY', 'master-key', 'fp:000000000000', "
+                     "'2026-11-02T00:00:00+00:00', 'done')")
+    run_cli("keys", "--env", "staging")   # reads the pushes: the import would run here
+    shown = last_json(run_cli("audit", "show", "--env", "staging", "--json").output)["events"]
+    assert not any("fp:000000000000" in json.dumps(e) for e in shown)

@@ -307,3 +307,41 @@ def test_residue_dates_d1_time_travel_from_the_verify_that_moved_the_last_row(pr
     assert tt["until"] == (at + timedelta(days=30)).date().isoformat() and not tt["in_reach"]
     assert (at + timedelta(days=7)).date().isoformat() in tt["note"] and "Free" in tt["note"]
     assert tt["holds"] == "rows sealed under it"
+
+
+def test_a_second_rotation_records_the_previous_value_its_promote_replaced(project):
+    """Hostile review: a .env store keeps one previous value; the second rotation's promote
+    overwrote the first key's only copy, and the key stayed `deactivated` forever with no
+    trace of its end. Its destruction is recorded, with where it was."""
+    root, _, _, store = project
+    run_cli("secrets", "push", "--env", "staging")
+    with_overlap(root)
+    for _ in range(2):
+        assert run_cli("rotate", "MASTER_KEY", "--env", "staging").exit_code == 0
+        assert run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish").exit_code == 0
+    assert OLD_SECRET not in (store.read("MASTER_KEY"), store.read("MASTER_KEY", "previous"))
+    _, listing = _keys()
+    first = _key(listing, OLD_KID)
+    assert first["state"] == "destroyed" and first["locations"] == []
+    ended = [e for e in _trail() if e["event"] == "key.state"
+             and e["detail"].get("state") == "destroyed"]
+    assert ended and ended[-1]["detail"]["destroyed"] == [store.ref("MASTER_KEY", "previous")]
+
+
+def test_an_abort_after_the_switch_makes_the_old_key_active_again(project):
+    """Hostile review: after `--abort` past the switch, the key every Worker seals under
+    again was listed `deactivated` (never due), and the new key's end read "discarded before
+    use" although rows had been sealed under it."""
+    root, _, _, store = project
+    run_cli("secrets", "push", "--env", "staging")
+    with_overlap(root)
+    assert run_cli("rotate", "MASTER_KEY", "--env", "staging").exit_code == 0
+    new_kid = MasterKey.from_secret(store.read("MASTER_KEY", "pending")).kid
+    aborted = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--abort")
+    assert aborted.exit_code == 0, aborted.output
+    _, listing = _keys()
+    old = _key(listing, OLD_KID)
+    assert old["state"] == "active" and old["history"][-1]["why"].startswith("the abort put it back")
+    new = _key(listing, new_kid)
+    assert [t["state"] for t in new["history"]] == ["pre-activation", "active", "destroyed"]
+    assert "after use" in new["history"][-1]["why"]
