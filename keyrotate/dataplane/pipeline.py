@@ -23,6 +23,7 @@ from collections import deque
 from concurrent.futures import Future
 from typing import Any, Iterator, Sequence
 
+from keyrotate.dataplane.vouch import Vouch, Vouched
 from keyrotate.dataplane.workers import CryptoRunner, PageResult
 from keyrotate.db.base import (
     PAGE_BYTES,
@@ -182,19 +183,21 @@ def ends_table(rows: Rows, limit: int, max_bytes: int) -> bool:
 def page_results(store: RowStore, target: Target, runner: CryptoRunner, op: str,
                  batch_size: int, after: Value = None, first: bool = True,
                  page_bytes: int = PAGE_BYTES, salt: Salt | None = None,
-                 budget: InFlight | None = None,
-                 carrier: Carrier | None = None) -> Iterator[PageResult]:
+                 budget: InFlight | None = None, carrier: Carrier | None = None,
+                 vouched: Vouched | None = None) -> Iterator[PageResult]:
     """Yield one PageResult per keyset page, in key order. A page holds at most
     `batch_size` rows and about `page_bytes` of values (at least one row). With a
     budget, each page's stored bytes (`page.bytes`) are taken from it before the page goes
     to the workers: the consumer gives them back when it is done with the page.
     `salt`: the census's witness (rows carry rowids). `carrier`: one that rides (D1):
     each next page is read by the write of the page before, so the caller must hand every
-    page to a writer that ends it with page_done."""
+    page to a writer that ends it with page_done. `vouched`: rotate adds each page's
+    digests to it, in order; the census checks each page against them (vouch.py)."""
     if carrier is not None and carrier.riding and salt is None:
         yield from _carried(store, target, runner, op, batch_size, after, first, page_bytes,
-                            budget, carrier)
+                            budget, carrier, vouched)
         return
+    ordinal = 0          # the census's rows read so far: where in the pass's order it is
     inflight: deque[tuple[Any, int, Any]] = deque()
     exhausted = False
     stops_at_end = bool(getattr(store, "carries_reads", False))
@@ -218,7 +221,9 @@ def page_results(store: RowStore, target: Target, runner: CryptoRunner, op: str,
             largest = max(largest, n)
             if budget is not None:
                 budget.take(n)
-            inflight.append((runner.submit(rows, op, salt), n, rows))
+            inflight.append((runner.submit(rows, op, salt, _vouch(vouched, op, ordinal,
+                                                                   len(rows))), n, rows))
+            ordinal += len(rows)
             del rows
         if not inflight:
             return
@@ -226,12 +231,13 @@ def page_results(store: RowStore, target: Target, runner: CryptoRunner, op: str,
         page = future.result().rejoined(rows)
         del future, rows
         page.bytes = n
+        _record(vouched, page)
         yield page
 
 
 def _carried(store: RowStore, target: Target, runner: CryptoRunner, op: str, batch_size: int,
              after: Value, first: bool, page_bytes: int, budget: InFlight | None,
-             carrier: Carrier) -> Iterator[PageResult]:
+             carrier: Carrier, vouched: Vouched | None) -> Iterator[PageResult]:
     """One page at a time: its crypto, then its write carrying the next page's read. A
     page read that shows the end of the table is marked `last`, and nothing reads past
     it. The byte budget holds: the next page rides on this one's write only when another
@@ -249,8 +255,9 @@ def _carried(store: RowStore, target: Target, runner: CryptoRunner, op: str, bat
         ahead = None
         if not last and (budget is None or budget.room(largest, wait=False)):
             ahead = carrier.read(scan_statement(target, after, False, batch_size, page_bytes))
-        page = runner.submit(rows, op).result().rejoined(rows)
+        page = runner.submit(rows, op, None, _vouch(vouched, op, 0, 0)).result().rejoined(rows)
         page.bytes, page.last = n, last
+        _record(vouched, page)
         del rows
         yield page
         del page
@@ -262,3 +269,18 @@ def _carried(store: RowStore, target: Target, runner: CryptoRunner, op: str, bat
             if budget is not None:
                 budget.room(largest, wait=True)
             rows = store.scan_page(target, after, first, batch_size, page_bytes)
+
+
+def _vouch(vouched: Vouched | None, op: str, ordinal: int, n: int) -> Vouch | None:
+    """What a page takes to its worker: rotate, the key its digests are made with; the
+    census, the pass's digests around its rows."""
+    if vouched is None:
+        return None
+    return vouched.window(ordinal, n) if op == "census" else (vouched.key, b"", 0)
+
+
+def _record(vouched: Vouched | None, page: PageResult) -> None:
+    """A rotated page's digests, kept in the pass's order (pages come back in order)."""
+    if vouched is not None and page.vouched:
+        vouched.add(page.vouched)
+        page.vouched = b""

@@ -9,7 +9,9 @@ Done means done: the run ends with a census of the whole table. It is "completed
 0) only if every row opens under the new key or is NULL, and the census agrees with the
 run's counters; rows that open under neither key are listed (exit 1); anything else (a
 row under the old key written meanwhile, rows paging did not reach, counters that do not
-add up) is "incomplete": exit 3, run the same command again.
+add up) is "incomplete": exit 3, run the same command again. The census reads every
+row, and opens every row but those holding exactly a value this run's pass verified opens
+under the new key (dataplane/vouch.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from keyrotate.dataplane.lease import Lease
 from keyrotate.dataplane.outcome import ROWS, Outcome
 from keyrotate.dataplane.pipeline import Carrier, InFlight, page_results, page_size
 from keyrotate.dataplane.verify import Census, take_census
+from keyrotate.dataplane.vouch import Vouched
 from keyrotate.dataplane.workers import CryptoRunner, PageResult, default_workers, process_page
 from keyrotate.dataplane.writer import OrderedWriter
 from keyrotate.db.base import (
@@ -306,6 +309,10 @@ class Reencryptor:
         runner = CryptoRunner(self.codec, workers)
         self.progress.start(total)
         base = run.seconds
+        # what the pass verifies opens under the new key, for this run's census only; a
+        # resumed run's earlier rows (before the cursor) are opened by it
+        vouched = (Vouched(offset=run.counts.rows_scanned) if self.journal is not None
+                   and self.opt.census else None)
 
         def commit_pages(pages: list[PageResult]) -> None:
             """Pages the writer has in hand, in order: one transaction, one checkpoint."""
@@ -342,7 +349,7 @@ class Reencryptor:
             for page in page_results(self.store, self.target, runner, "rotate",
                                      page_size(self.store, self.opt.batch_size), after, first,
                                      self.opt.page_bytes, budget=budget,
-                                     carrier=self.carrier):
+                                     carrier=self.carrier, vouched=vouched):
                 writer.put(page)
                 del page
             writer.finish()
@@ -350,7 +357,7 @@ class Reencryptor:
             if self.journal is not None and self.lease is not None and self.opt.census:
                 census = take_census(self.store, self.target, self.codec, runner,
                                      self.opt.batch_size, self.progress, self.lease.check,
-                                     rows_hint=run.counts.rows_scanned)
+                                     rows_hint=run.counts.rows_scanned, vouched=vouched)
         except KeyboardInterrupt:
             writer.abandon()
             runner.close(cancel=True)
@@ -362,6 +369,8 @@ class Reencryptor:
         finally:
             runner.close()
             self.progress.close()
+            if vouched is not None:
+                vouched.close()
         seconds = base + (time.monotonic() - started)
         c = run.counts
         extra = {"format": self.opt.fmt, "mode": self.opt.mode, "old_kid": self.ident.old_kid,

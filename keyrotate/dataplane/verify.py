@@ -10,6 +10,11 @@ missed, or rows inserted or deleted while it ran; exit 3, run it again. A WITHOU
 table has no rowid to witness: it is paged by its primary key, which is unique and NOT
 NULL under its own collation by construction, and only its count is compared.
 
+At the end of a reencrypt run the census reads and witnesses every row just the same, but
+a row holding exactly a value that run's pass verified opens under the new key is counted
+unopened (`vouched`; the argument is in dataplane/vouch.py): the verdict is a function of
+the value alone, and opening it again would only repeat it.
+
 Failed rows are listed by id, the first LISTED of them; `--failed-ids FILE` streams every
 failed id to a file (ids are not secret), written atomically when the census ends.
 """
@@ -24,6 +29,7 @@ from typing import Any, Callable, TextIO
 from keyrotate.crypto.codecs import Codec
 from keyrotate.dataplane.outcome import ROWS, Outcome
 from keyrotate.dataplane.pipeline import InFlight, page_results, page_size
+from keyrotate.dataplane.vouch import Vouched
 from keyrotate.dataplane.workers import CryptoRunner, PageResult, default_workers
 from keyrotate.db.base import RowStore, Target, count_rows, display_key, new_salt, witness_sql
 from keyrotate.errors import EXIT_FAILURES, EXIT_INCOMPLETE, Interrupted
@@ -46,6 +52,8 @@ class Census:
     failed: int = 0
     unreached: int = 0          # rows in the table that paging did not visit
     witness: str = "counted"    # matched | differs (by rowid witness) | counted (no rowid)
+    vouched: int = 0            # rows counted under the key unopened: this run's pass had
+                                # verified their very value (dataplane/vouch.py)
     by_kid: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     failures: list[dict[str, str]] = field(default_factory=list)   # the first LISTED
@@ -68,7 +76,7 @@ class Census:
     def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "rows": self.rows, "ok": self.ok, "old": self.old,
                 "null": self.null, "failed": self.failed, "unreached": self.unreached,
-                "witness": self.witness, "clean": self.clean,
+                "witness": self.witness, "vouched": self.vouched, "clean": self.clean,
                 "seconds": round(self.seconds, 3), "kid": self.key_kid,
                 "old_kid": self.old_kid, "by_kid": self.by_kid, "failures": self.failures,
                 "failures_total": self.failed,
@@ -79,6 +87,7 @@ class Census:
         self.rows += page.rows
         self.visited_witness += page.witness
         self.null += page.null
+        self.vouched += page.trusted
         self.failed += len(page.failures)
         for kid, n in page.by_kid.items():
             self.by_kid[kid] = self.by_kid.get(kid, 0) + n
@@ -112,11 +121,14 @@ class Census:
 def take_census(store: RowStore, target: Target, codec: Codec, runner: CryptoRunner,
                 batch_size: int | None, progress: Progress,
                 between_pages: Callable[[], None] = lambda: None,
-                failed_ids: TextIO | None = None, rows_hint: int | None = None) -> Census:
+                failed_ids: TextIO | None = None, rows_hint: int | None = None,
+                vouched: Vouched | None = None) -> Census:
     """A census with a runner the caller owns (reencrypt reuses its worker processes);
     every failed id also goes to `failed_ids`, one per line, if given. `rows_hint`: about
     how many rows to expect (for the progress bar), so a census with a rowid witness
-    need not count them first (the witness compares the whole table at the end)."""
+    need not count them first (the witness compares the whole table at the end).
+    `vouched`: what this run's pass verified opens under the new key; a row holding
+    exactly such a value is counted unopened (every row is still read and witnessed)."""
     started = time.monotonic()
     census = Census(target.name, key_kid=codec.new_kid, old_kid=codec.old_kid)
     witnessed = target.with_witness()
@@ -127,7 +139,7 @@ def take_census(store: RowStore, target: Target, codec: Codec, runner: CryptoRun
     salt = new_salt() if witnessed.witnessed else None
     budget = InFlight()
     for page in page_results(store, witnessed, runner, "census", page_size(store, batch_size),
-                             salt=salt, budget=budget):
+                             salt=salt, budget=budget, vouched=vouched):
         census.tally(page)
         budget.give(page.bytes)
         if failed_ids is not None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from keyrotate.crypto.codecs import Codec
+from keyrotate.dataplane.vouch import Vouch, Window, page_digests
 from keyrotate.db.base import CasWrite, Salt, Value, witness_sum
 from keyrotate.errors import InvalidEnvelope
 from keyrotate.orphans import exit_now, on_parent_death
@@ -43,6 +44,10 @@ class PageResult:
     # index in the page's rows); the reader, which still has the rows, puts it back
     # (rejoin), so a value crosses the pipe once, not twice (half the bytes back)
     rejoin: list[tuple[int, int]] = field(default_factory=list)
+    # rotate, with a vouch key: the keyed digest of each row's value as the pass leaves it
+    # when it opens under the new key (dataplane/vouch.py); census: rows taken on it
+    vouched: bytes = b""
+    trusted: int = 0
 
     def rejoined(self, rows: Rows) -> "PageResult":
         for w, r in self.rejoin:
@@ -66,26 +71,40 @@ def _judge(fn: Any, value: Value) -> Any:
 
 
 def process_page(codec: Codec, op: str, rows: Rows, salt: Salt | None = None,
-                 piped: bool = False) -> PageResult:
+                 piped: bool = False, vouch: Vouch | None = None) -> PageResult:
     """Apply one codec operation ("rotate" or "census") to every row of a page. With a
     salt, rows carry their rowid third, and the page sums its witness hash. `piped`: the
-    result goes back through a pipe, old values left for the reader to rejoin."""
+    result goes back through a pipe, old values left for the reader to rejoin. `vouch`:
+    rotate records the digest of every value it leaves opening under the new key; the
+    census counts a row whose value the pass vouched for without opening it again."""
     res = PageResult(rows=len(rows), last_key=rows[-1][0] if rows else None)
     census = op == "census"
     fn = codec.census if census else codec.rotate
     by_kid = res.by_kid
+    window = Window(vouch) if census and vouch is not None else None
+    new_kid = codec.new_kid
+    left: list[Value] | None = [] if vouch is not None and not census else None
     if salt is not None:
         res.witness = witness_sum((row[2] for row in rows), salt)
     for i, row in enumerate(rows):
         key, value = row[0], row[1]
         if value is None:
             res.null += 1
+            if left is not None:
+                left.append(None)
+            continue
+        if window is not None and window.vouches(i, value):
+            by_kid[new_kid] = by_kid.get(new_kid, 0) + 1
+            res.trusted += 1
             continue
         out = _judge(fn, value)
         if out is None:
             res.current += 1
         elif out.__class__ is not str:
             res.failures.append((key, out[0]))
+            if left is not None:   # nobody vouches for a row that fails
+                left.append(None)
+            continue
         elif census:
             by_kid[out] = by_kid.get(out, 0) + 1
         elif piped:   # the reader still has the old value: it need not come back
@@ -93,6 +112,10 @@ def process_page(codec: Codec, op: str, rows: Rows, salt: Salt | None = None,
             res.writes.append((out, key, None))
         else:
             res.writes.append((out, key, value))
+        if left is not None:   # what the row holds once the pass is done: it opens
+            left.append(value if out is None else out)
+    if left is not None and vouch is not None:
+        res.vouched = page_digests(vouch[0], left)
     return res
 
 
@@ -133,9 +156,9 @@ def _init_worker(codec: Codec, parent_pid: int) -> None:
     on_parent_death(parent_pid, signal.SIGKILL, exit_now)
 
 
-def _work(op: str, rows: Rows, salt: Salt | None) -> PageResult:
+def _work(op: str, rows: Rows, salt: Salt | None, vouch: Vouch | None) -> PageResult:
     assert _codec is not None
-    return process_page(_codec, op, rows, salt, piped=True)
+    return process_page(_codec, op, rows, salt, piped=True, vouch=vouch)
 
 
 class CryptoRunner:
@@ -158,11 +181,12 @@ class CryptoRunner:
         """How many pages to keep in flight."""
         return 1 if self.pool is None else 2 * self.workers + 1
 
-    def submit(self, rows: Rows, op: str, salt: Salt | None = None) -> "Future[PageResult]":
+    def submit(self, rows: Rows, op: str, salt: Salt | None = None,
+               vouch: Vouch | None = None) -> "Future[PageResult]":
         if self.pool is not None:
-            return self.pool.submit(_work, op, rows, salt)
+            return self.pool.submit(_work, op, rows, salt, vouch)
         fut: Future[PageResult] = Future()
-        fut.set_result(process_page(self.codec, op, rows, salt))
+        fut.set_result(process_page(self.codec, op, rows, salt, vouch=vouch))
         return fut
 
     def close(self, cancel: bool = False) -> None:
