@@ -48,7 +48,9 @@ from keyrotate.db.base import (
     bounded_scan_params,
     bounded_scan_sql,
     count_after,
+    count_statement,
     display_key,
+    read_many,
     read_rows,
 )
 from keyrotate.db.own_schema import ensure_journal_schema, journal_exists
@@ -148,19 +150,23 @@ def _delta(page: PageResult) -> Counts:
                   rows_failed=len(page.failures))
 
 
-def probe(store: RowStore, target: Target, codec: Codec, page_bytes: int = PAGE_BYTES) -> None:
+def probe(store: RowStore, target: Target, codec: Codec, page_bytes: int = PAGE_BYTES) -> int:
     """Refuse before writing anything when none of the first non-NULL rows opens under
     either key: a wrong --old-key would otherwise fail every row and record each failure.
-    NULL rows prove nothing either way, so they are skipped (by the query, however many)."""
-    rows = [(r[0], r[1]) for r in store.query(bounded_scan_sql(target, True, non_null=True),
-                                              bounded_scan_params(None, True, PROBE_ROWS,
-                                                                  page_bytes))]
+    NULL rows prove nothing either way, so they are skipped (by the query, however many).
+    Returns the table's row count, read with them (one request on D1)."""
+    sample, counted = read_many(store, [
+        Statement(bounded_scan_sql(target, True, non_null=True),
+                  bounded_scan_params(None, True, PROBE_ROWS, page_bytes)),
+        count_statement(target)])
+    rows = [(r[0], r[1]) for r in sample]
     page = process_page(codec, "rotate", rows)
     if page.rows - page.null and not (page.writes or page.current):
         reason, _ = Counter(r for _, r in page.failures).most_common(1)[0]
         raise ConfigError(f"none of the first {page.rows - page.null} non-NULL rows of "
                           f"{target.name} opens under the keys given ({reason}): a wrong "
                           "--old-key, or the wrong column? Nothing was written.")
+    return int(counted[0][0])
 
 
 def reconcile_unsettled(unsettled: int) -> list[str]:
@@ -285,8 +291,8 @@ class Reencryptor:
         if self.journal is None or self.lease is None:
             if journal_exists(self.store):   # a dry run is refused as the real run would be
                 Journal(self.store).plan_run(self.ident, create=False)
-            probe(self.store, self.target, self.codec, self.opt.page_bytes)
-            return self._run(RunState("dry-run", self.ident, False))
+            rows = probe(self.store, self.target, self.codec, self.opt.page_bytes)
+            return self._run(RunState("dry-run", self.ident, False), rows)
         ensure_journal_schema(self.store)
         self.lease.acquire()
         log.debug("lease on %s taken by %s", self.target.name, self.lease.holder)
@@ -295,16 +301,17 @@ class Reencryptor:
             log.debug("run plan for %s: %s; retiring %s", self.target.name,
                       f"resume {plan.resume}" if plan.resume else "a new run",
                       [u.run_id for u in plan.supersede] or "nothing")
-            probe(self.store, self.target, self.codec, self.opt.page_bytes)
-            return self._run(self.journal.start_run(self.ident, plan))
+            rows = probe(self.store, self.target, self.codec, self.opt.page_bytes)
+            return self._run(self.journal.start_run(self.ident, plan), rows)
         finally:
             self.lease.release()
 
-    def _run(self, run: RunState) -> ReencryptResult:
+    def _run(self, run: RunState, rows: int) -> ReencryptResult:
+        """`rows`: the table's rows, counted by the probe a moment ago."""
         started = time.monotonic()
         warnings = self.warnings()
         first, after = not run.has_cursor, run.last_key
-        total = count_after(self.store, self.target, after, first)
+        total = rows if first else count_after(self.store, self.target, after, first)
         workers = self.opt.workers if self.opt.workers is not None else default_workers(total)
         runner = CryptoRunner(self.codec, workers)
         self.progress.start(total)
@@ -382,7 +389,8 @@ class Reencryptor:
         if census is None:   # the caller's census is the proof
             problems = reconcile_unsettled(self.unsettled)
             status = "incomplete" if problems else "rewritten"
-            failures = run_failures(self.store, run.run_id, LISTED_FAILURES)
+            failures = (run_failures(self.store, run.run_id, LISTED_FAILURES)
+                        if c.rows_failed else [])   # recorded with the counts that count them
         else:
             problems = reconcile(census, c, self.unsettled)
             log.debug("census of %s: %d rows, %d ok, %d old, %d null, %d failed, %d unreached",

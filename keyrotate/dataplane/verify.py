@@ -169,14 +169,15 @@ def verify(store: RowStore, target: Target, codec: Codec, batch_size: int | None
            workers: int | None = None, progress: Progress | None = None,
            failed_ids: str | None = None) -> Census:
     progress = progress or NoProgress()
-    n = workers if workers is not None else default_workers(count_rows(store, target))
-    runner = CryptoRunner(codec, n)
-    try:
+    rows = count_rows(store, target) if workers is None else None
+    runner = CryptoRunner(codec, workers if rows is None else default_workers(rows))
+    try:   # that count serves the progress too (one request less on D1)
         if failed_ids is None:
-            return take_census(store, target, codec, runner, batch_size, progress)
+            return take_census(store, target, codec, runner, batch_size, progress,
+                               rows_hint=rows)
         with atomic_file(failed_ids) as sink:
             census = take_census(store, target, codec, runner, batch_size, progress,
-                                 failed_ids=sink)
+                                 failed_ids=sink, rows_hint=rows)
         census.failed_ids_file = failed_ids
         return census
     except KeyboardInterrupt:
