@@ -421,18 +421,21 @@ def rewrap_opens(value: str, env: Envelope, dek: bytes, key: MasterKey) -> bool:
         if value[a:b] != env._iv_b64 or value[b + len(_P_CT):c] != env._ct_b64:
             return False
         try:
-            edek, dek_iv = (binascii.a2b_base64(f, strict_mode=True) for f in (
-                value[c + len(_P_EDEK):d], value[d + len(_P_DEKIV):e]))
+            edek = binascii.a2b_base64(value[c + len(_P_EDEK):d], strict_mode=True)
+            dek_iv = binascii.a2b_base64(value[d + len(_P_DEKIV):e], strict_mode=True)
         except (binascii.Error, ValueError):
             return False
         if len(dek_iv) != IV_BYTES or len(edek) != DEK_BYTES + TAG_BYTES:
             return False
-        new = Envelope(env.iv, env.ciphertext, edek, dek_iv, None)
-    else:
         try:
-            new = parse(value)
-        except InvalidEnvelope:
+            got = _aead(key.raw).decrypt(dek_iv, edek, None)
+        except InvalidTag:
             return False
+        return hmac.compare_digest(got, dek)
+    try:
+        new = parse(value)
+    except InvalidEnvelope:
+        return False
     got = unwrap_dek(new, key)
     if got is None or not hmac.compare_digest(got, dek):
         return False

@@ -73,28 +73,24 @@ def digest(key: bytes, value: Value) -> bytes:
 
 
 class Window:
-    """The digests a census page is checked against, in a worker: the one at the row's
-    own position first, then (built only when that misses) all of them."""
+    """The digests a census page is checked against, in a worker: row by row at the same
+    position (the whole page in one comparison, when nothing moved), else against all of
+    them."""
 
-    __slots__ = ("key", "data", "at", "_all")
+    __slots__ = ("key", "data", "at")
 
     def __init__(self, vouch: Vouch):
         self.key, self.data, self.at = vouch
-        self._all: set[bytes] | None = None
 
-    def vouches(self, i: int, value: Any) -> bool:
-        """Whether row i of the page holds a value the pass vouched for."""
-        d = digest(self.key, value)
-        if d == NOBODY:
-            return False
-        j = (self.at + i) * DIGEST
-        if 0 <= j < len(self.data) and self.data[j:j + DIGEST] == d:
-            return True
-        if self._all is None:
-            data = self.data
-            self._all = {data[k:k + DIGEST] for k in range(0, len(data), DIGEST)}
-            self._all.discard(NOBODY)
-        return d in self._all
+    def vouched(self, values: Sequence[Value]) -> list[bool]:
+        """For each value of the page, in order: whether the pass vouched for it."""
+        mine = [digest(self.key, v) for v in values]
+        start, data = self.at * DIGEST, self.data
+        if start >= 0 and b"".join(mine) == data[start:start + len(mine) * DIGEST]:
+            return [d != NOBODY for d in mine]
+        known = {data[k:k + DIGEST] for k in range(0, len(data), DIGEST)}
+        known.discard(NOBODY)
+        return [d in known for d in mine]
 
 
 class Vouched:

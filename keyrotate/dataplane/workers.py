@@ -81,7 +81,8 @@ def process_page(codec: Codec, op: str, rows: Rows, salt: Salt | None = None,
     census = op == "census"
     fn = codec.census if census else codec.rotate
     by_kid = res.by_kid
-    window = Window(vouch) if census and vouch is not None else None
+    trusted = (Window(vouch).vouched([row[1] for row in rows]) if census and vouch is not None
+               else None)
     new_kid = codec.new_kid
     left: list[Value] | None = [] if vouch is not None and not census else None
     if salt is not None:
@@ -93,7 +94,7 @@ def process_page(codec: Codec, op: str, rows: Rows, salt: Salt | None = None,
             if left is not None:
                 left.append(None)
             continue
-        if window is not None and window.vouches(i, value):
+        if trusted is not None and trusted[i]:
             by_kid[new_kid] = by_kid.get(new_kid, 0) + 1
             res.trusted += 1
             continue
