@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from keyrotate.crypto.codecs import Codec
-from keyrotate.dataplane.vouch import Vouch, Window, page_digests
+from keyrotate.dataplane.vouch import Vouch, page_digests
 from keyrotate.db.base import CasWrite, Salt, Value, witness_sum
 from keyrotate.errors import InvalidEnvelope
 from keyrotate.orphans import exit_now, on_parent_death
@@ -46,6 +46,7 @@ class PageResult:
     rejoin: list[tuple[int, int]] = field(default_factory=list)
     # rotate, with a vouch key: the keyed digest of each row's value as the pass leaves it
     # when it opens under the new key (dataplane/vouch.py); census: rows taken on it
+    # (counted in the reader: pipeline._census_vouched)
     vouched: bytes = b""
     trusted: int = 0
 
@@ -75,15 +76,12 @@ def process_page(codec: Codec, op: str, rows: Rows, salt: Salt | None = None,
     """Apply one codec operation ("rotate" or "census") to every row of a page. With a
     salt, rows carry their rowid third, and the page sums its witness hash. `piped`: the
     result goes back through a pipe, old values left for the reader to rejoin. `vouch`:
-    rotate records the digest of every value it leaves opening under the new key; the
-    census counts a row whose value the pass vouched for without opening it again."""
+    rotate records the digest of every value it leaves opening under the new key (the
+    census checks them in the reader: pipeline._census_vouched)."""
     res = PageResult(rows=len(rows), last_key=rows[-1][0] if rows else None)
     census = op == "census"
     fn = codec.census if census else codec.rotate
     by_kid = res.by_kid
-    trusted = (Window(vouch).vouched([row[1] for row in rows]) if census and vouch is not None
-               else None)
-    new_kid = codec.new_kid
     left: list[Value] | None = [] if vouch is not None and not census else None
     if salt is not None:
         res.witness = witness_sum((row[2] for row in rows), salt)
@@ -93,10 +91,6 @@ def process_page(codec: Codec, op: str, rows: Rows, salt: Salt | None = None,
             res.null += 1
             if left is not None:
                 left.append(None)
-            continue
-        if trusted is not None and trusted[i]:
-            by_kid[new_kid] = by_kid.get(new_kid, 0) + 1
-            res.trusted += 1
             continue
         out = _judge(fn, value)
         if out is None:

@@ -230,7 +230,8 @@ class SqliteFileStore:
         try:
             for row in cur:
                 page.append(row)
-                size += value_size(row[1])
+                value = row[1]
+                size += len(value) if value.__class__ is str else value_size(value)
                 if size >= max_bytes:
                     break
         finally:
