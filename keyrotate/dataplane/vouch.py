@@ -86,9 +86,9 @@ def digests(key: bytes, values: Sequence[Value]) -> list[bytes]:
 
 
 class Window:
-    """The digests a census page is checked against, in a worker: row by row at the same
-    position (the whole page in one comparison, when nothing moved), else against all of
-    them."""
+    """The digests a census page is checked against, by the reader: row by row at the
+    same position (the whole page in one comparison, when nothing moved), else against
+    all of them."""
 
     __slots__ = ("key", "data", "at")
 
@@ -118,12 +118,12 @@ class Vouched:
         self._file = tempfile.SpooledTemporaryFile(max_size=in_memory)
         self._lock = threading.Lock()
 
-    def add(self, digests: bytes) -> None:
+    def add(self, page: bytes) -> None:
         """The next page's digests (DIGEST bytes a row)."""
         with self._lock:
             self._file.seek(0, 2)
-            self._file.write(digests)
-            self.rows += len(digests) // DIGEST
+            self._file.write(page)
+            self.rows += len(page) // DIGEST
 
     def window(self, ordinal: int, n: int) -> Vouch:
         """For census rows [ordinal, ordinal + n): the digests of the pass's rows at the
@@ -138,7 +138,9 @@ class Vouched:
         return self.key, data, mine - lo
 
     def close(self) -> None:
+        """The digests dropped, and the key with them (none lingers in the hasher cache)."""
         self._file.close()
+        _keyed.cache_clear()
 
 
 def page_digests(key: bytes, values: Sequence[Value | None]) -> bytes:
