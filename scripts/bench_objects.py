@@ -28,7 +28,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.objects_app import OLD_HEX, TOKEN, ObjectsApp  # noqa: E402
+from tests.support.objects_app import OLD_HEX, TOKEN, ObjectsApp, ObjectsWorker  # noqa: E402
 
 NEW_HEX = "9f2c1e8d7b6a5f4e3d2c1b0a99887766554433221100ffeeddccbbaa00112233"
 
@@ -50,10 +50,13 @@ def _run(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[dict, float]:
 
 def one(n: int, concurrencies: list[int], repeats: int = 1) -> list[dict]:
     runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        app = ObjectsApp(Path(tmp), n)
+    with tempfile.TemporaryDirectory() as top:
+        tmp = Path(top) / "app"
+        tmp.mkdir()
+        worker = ObjectsWorker(Path(top) / "worker")
+        app = ObjectsApp(worker, tmp, n)
         try:
-            app.start(MASTER_KEY=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN)
+            app.serve(MASTER_KEY=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN)
             t = time.perf_counter()
             _seed(app)
             seeded = time.perf_counter() - t
@@ -61,7 +64,7 @@ def one(n: int, concurrencies: list[int], repeats: int = 1) -> list[dict]:
             subprocess.run([sys.executable, "-m", "keyrotate.cli", "migrations", "apply", "--env",
                             "staging"], env=env, cwd=tmp, check=True, capture_output=True)
             app.store.write_pending("MASTER_KEY", NEW_HEX)
-            app.start(MASTER_KEY=NEW_HEX, MASTER_KEY_PREVIOUS=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN)
+            app.serve(MASTER_KEY=NEW_HEX, MASTER_KEY_PREVIOUS=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN)
             order = [c for _ in range(repeats) for c in concurrencies]
             chain = [NEW_HEX] + [secrets.token_hex(32) for _ in order]
             for i, c in enumerate(order):
@@ -81,6 +84,7 @@ def one(n: int, concurrencies: list[int], repeats: int = 1) -> list[dict]:
                 print(json.dumps(runs[-1]), file=sys.stderr)
         finally:
             app.close()
+            worker.stop()
     return [_median(n, c, [r for r in runs if r["concurrency"] == c]) for c in concurrencies]
 
 
@@ -137,7 +141,7 @@ def _swap(app: ObjectsApp, old: str, new: str) -> None:
         store.promote(name)
     store.write_pending("MASTER_KEY", new)
     app.store = store
-    app.start(MASTER_KEY=new, MASTER_KEY_PREVIOUS=old, KEYROTATE_OBJECTS_TOKEN=TOKEN)
+    app.serve(MASTER_KEY=new, MASTER_KEY_PREVIOUS=old, KEYROTATE_OBJECTS_TOKEN=TOKEN)
     time.sleep(IDLE)
 
 
