@@ -134,9 +134,11 @@ def _swap(app: ObjectsApp, old: str, new: str) -> None:
     from keyrotate.secrets.dotenv import DotenvStore
 
     path = app.store.path
+    audit = app.store.read("KEYROTATE_AUDIT_KEY")   # the trail's key stays (issue 21)
     Path(path).unlink()
     store = DotenvStore(path)
-    for name, value in (("MASTER_KEY", old), ("KEYROTATE_OBJECTS_TOKEN", TOKEN)):
+    kept = [("KEYROTATE_AUDIT_KEY", audit)] if audit else []
+    for name, value in (("MASTER_KEY", old), ("KEYROTATE_OBJECTS_TOKEN", TOKEN), *kept):
         store.write_pending(name, value)
         store.promote(name)
     store.write_pending("MASTER_KEY", new)
