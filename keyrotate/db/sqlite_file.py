@@ -264,9 +264,8 @@ class SqliteFileStore:
                 raise
         except sqlite3.Error as e:
             raise store_error(f"write failed on {self.display_url}", e) from None
-        if contended and writes:
-            # quiet on both connections: a reader's SHARED lock would block their COMMIT too;
-            # only after a batch of rows: keyrotate's own records hold the lock for a moment
+        if contended:
+            # quiet on both connections: a reader's SHARED lock would block their COMMIT too
             with self._read_lock:
                 time.sleep(min(max(held * SHARE_WHEN_CONTENDED, MIN_BREATHER), 0.5))
         return hits

@@ -50,11 +50,14 @@ def in_process_runner(fake_argv: Sequence[str], child: Runner) -> Runner:
 
 
 def run_fake_in_process(fake_argv: Sequence[str]) -> Callable[[], None]:
-    """From now on the fake runs in this process; call the result to undo that."""
-    child = wrangler_module.run
+    """From now on the fake runs in this process, and keyrotate retries a transient
+    wrangler failure after 0.05 s, not 2 s (the tests check that it retries and what it
+    does when the retries run out, not how long it waits); call the result to undo both."""
+    child, delay = wrangler_module.run, wrangler_module.RETRY_DELAY
     wrangler_module.run = in_process_runner(fake_argv, child)
+    wrangler_module.RETRY_DELAY = 0.05
 
     def undo() -> None:
-        wrangler_module.run = child
+        wrangler_module.run, wrangler_module.RETRY_DELAY = child, delay
 
     return undo
