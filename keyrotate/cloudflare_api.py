@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from keyrotate.errors import ConfigError, StoreError, StoreUnavailable
+from keyrotate.tls import tls_context
 
 log = logging.getLogger("keyrotate.cloudflare")
 DEFAULT_API = "https://api.cloudflare.com/client/v4"
@@ -136,7 +137,7 @@ class CloudflareClient:
         self.base = api_base()
         self.budget = budget or RequestBudget()
         self.requests = 0
-        self.http = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0),
+        self.http = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0), verify=tls_context(),
                                  headers={"Authorization": f"Bearer {api_token(why)}"})
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:

@@ -85,6 +85,13 @@ def keyring_env(secret_service, monkeypatch):
     keyring.set_keyring(previous)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The real wrangler (node) takes seconds a command: its tests are in the slow tier."""
+    for item in items:
+        if item.get_closest_marker("real_wrangler") is not None:
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if shutil.which("node") is None:
         raise pytest.UsageError("node is required for the WebCrypto interop tests")

@@ -13,7 +13,8 @@ PACKAGE = ROOT / "keyrotate"
 # lowest first; a module may import its own layer and those before it
 LAYERS = [
     ("keyrotate", "keyrotate.errors", "keyrotate.timeutil", "keyrotate.results",
-     "keyrotate.files", "keyrotate.progress", "keyrotate.orphans", "keyrotate.cloudflare_api"),
+     "keyrotate.files", "keyrotate.progress", "keyrotate.orphans", "keyrotate.cloudflare_api",
+     "keyrotate.tls"),
     ("keyrotate.crypto",),
     ("keyrotate.secrets", "keyrotate.config", "keyrotate.db"),
     ("keyrotate.dataplane",),

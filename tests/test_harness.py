@@ -1,5 +1,6 @@
 """The test harness itself: its calls to wrangler dev wait out a workerd restart (502/503)
-and nothing else, so a restart never fails a test and a real error is never hidden."""
+and nothing else, so a restart never fails a test and a real error is never hidden; and the
+fake wrangler run inside the test process answers exactly as the fake run as a child."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from keyrotate.cloudflare import runner
+from tests.support.inprocess_wrangler import FAKE_WRANGLER, in_process_runner
 from tests.support.workerd import control_call
 
 
@@ -74,3 +77,26 @@ def test_a_control_call_gives_up_when_workerd_never_comes_back(scripted):
     with pytest.raises(urllib.error.HTTPError) as raised:
         control_call(request, timeout=5, patience=0.5)
     assert raised.value.code == 503 and 2 <= server.seen < 1000
+
+
+def test_the_fake_wrangler_in_process_answers_as_the_child_does(project):
+    """Same exit code, stdout and stderr (redacted the same way), and the same effect on
+    Cloudflare, for reads, a secret on stdin, an API error and a command it refuses."""
+    root, cf, _, _ = project
+    child = runner.run
+    in_process = in_process_runner(FAKE_WRANGLER, child)
+    worker = "tminus-api-staging"
+    for name, run in (("FROM_CHILD", child), ("IN_PROCESS", in_process)):
+        put = run([*FAKE_WRANGLER, "secret", "put", name, "--name", worker], cwd=root,
+                  stdin_secret=f"value-of-{name}")
+        assert put.returncode == 0 and "value-of" not in put.stdout + put.stderr, put
+    assert {"FROM_CHILD", "IN_PROCESS"} <= set(cf.script(worker).active.secrets)
+    for args in (["secret", "list", "--name", worker, "--format", "json"],
+                 ["deployments", "list", "--name", worker, "--json"],
+                 ["versions", "list", "--name", worker, "--json"],
+                 ["secret", "list", "--name", "no-such-worker", "--format", "json"],
+                 ["versions", "deploy", "no-such-version@100%", "--name", worker, "--yes"],
+                 ["whoami"]):
+        a = child([*FAKE_WRANGLER, *args], cwd=root)
+        b = in_process([*FAKE_WRANGLER, *args], cwd=root)
+        assert (a.returncode, a.stdout, a.stderr) == (b.returncode, b.stdout, b.stderr), args

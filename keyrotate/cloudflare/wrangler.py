@@ -26,6 +26,7 @@ from keyrotate.errors import DeployError, DeployUnavailable
 TRANSIENT = re.compile(r"\b(429|500|502|503|504)\b|\[code: 10013\]|Too Many Requests|"
                        r"Internal Server Error|Bad Gateway|Service Unavailable|ECONNRESET|"
                        r"ETIMEDOUT|fetch failed|socket hang up|timed out", re.I)
+RETRY_DELAY = 2.0   # seconds before the second try of a transient failure, doubled after
 _CODE = re.compile(r"\[code: (\d+)\]|\"code\":\s*(\d+)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -120,7 +121,7 @@ class Wrangler:
 
     def _run(self, args: Sequence[str], what: str, cwd: Path | None = None,
              stdin_secret: str | None = None, redact_values: Sequence[str] = ()) -> Completed:
-        delay = 2.0
+        delay = RETRY_DELAY
         for attempt in range(1, self.attempts + 1):
             res = run([*self._argv(), *args], cwd=cwd or self.root, stdin_secret=stdin_secret,
                       redact_values=redact_values)

@@ -11,6 +11,7 @@ import httpx
 
 from keyrotate.config.context import Context
 from keyrotate.errors import EXIT_FAILURES
+from keyrotate.tls import tls_context
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class Health:
 def check(worker: str, url: str, timeout: float = 10.0,
           headers: dict[str, str] | None = None) -> Health:
     try:
-        resp = httpx.get(url, timeout=timeout, follow_redirects=False, headers=headers)
+        resp = httpx.get(url, timeout=timeout, follow_redirects=False, headers=headers,
+                         verify=tls_context())
     except httpx.HTTPError as e:
         return Health(worker, url, False, "unreachable", type(e).__name__)
     try:

@@ -28,6 +28,7 @@ from keyrotate.config.manifest import NotifyConfig, NotifySink
 from keyrotate.errors import ConfigError, KeyrotateError
 from keyrotate.evidence.event import ChainHead, Event
 from keyrotate.evidence.signing import HEADER, check_signing_secret, sign
+from keyrotate.tls import tls_context
 
 log = logging.getLogger("keyrotate.notify")
 TRIES = 3
@@ -110,7 +111,8 @@ class Notifier:
     def _client(self) -> httpx.Client:
         if self._http is None:
             # a new connection per try: the deadline cuts the socket the try opened
-            self._http = httpx.Client(follow_redirects=False, headers={"User-Agent": USER_AGENT},
+            self._http = httpx.Client(follow_redirects=False, verify=tls_context(),
+                                      headers={"User-Agent": USER_AGENT},
                                       limits=httpx.Limits(max_keepalive_connections=0))
         return self._http
 

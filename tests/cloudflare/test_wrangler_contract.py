@@ -35,6 +35,7 @@ from tests.support.cf_workers import _err
 from tests.support.cloudflare_project import FAKE_WRANGLER, WRANGLER, api_env, write_worker
 
 W = "tminus-api-staging"
+pytestmark = pytest.mark.slow   # the real wrangler (node) starts for every command
 PROGRAMS = {"real": [str(WRANGLER)], "fake": FAKE_WRANGLER}
 _ID = re.compile(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}")
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")

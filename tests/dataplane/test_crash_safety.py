@@ -15,16 +15,22 @@ import psutil
 import pytest
 
 from keyrotate.crypto.keys import MasterKey
-from tests.support.helpers import NEW_SECRET, big_reference_db, open_value, rows_of
+from tests.support.helpers import NEW_SECRET, ROOT, big_reference_db, open_value, rows_of
 
 ROWS = 60_000
 KILLS = 20
-SLICE = 0.004  # seconds the run may go on between two looks at its checkpoint
+SLICE = 0.004  # seconds the run may go on between two looks at its checkpoint, near its kill
+NO_PROGRESS_SLICE = 0.032   # at most, before its first checkpoint (it imports, starts workers)
+MAX_SLICE = 0.25            # at most, far from its kill
 NEW_KID = MasterKey.from_secret(NEW_SECRET).kid
+CLOCKED_CLI = ROOT / "tests" / "support" / "clocked_cli.py"
 
 
 def _argv(db, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "keyrotate.cli", "reencrypt", "--db", f"file:{db}",
+    """keyrotate's command line in a harness whose lease beats every 0.25 s
+    (tests/support/clocked_cli.py): each run after a kill watches the dead run's lease stand
+    still for 1.75 s before it takes it over, not 4 s."""
+    return [sys.executable, str(CLOCKED_CLI), "reencrypt", "--db", f"file:{db}",
             "--target", "accounts.encrypted_tokens", "--old-key", "env:KR_OLD",
             "--new-key", "env:KR_NEW", "--batch-size", "250", "--json", *extra]
 
@@ -75,25 +81,40 @@ def _committed_rows(db) -> int | None:
 
 
 def _kill_after(proc: subprocess.Popen, db, threshold: int, rng: random.Random) -> bool:
-    """Let the run go in short slices (SIGCONT, a few ms, SIGSTOP) until the checkpoint
-    shows `threshold` rows, then let it run a random moment more and SIGKILL it. The run
-    is stopped whenever the test looks, so it cannot finish unseen however fast the
-    machine: kills land by observed progress, never by a guess at the machine's speed.
-    Returns False if the run ended first."""
+    """Let the run go in slices (SIGCONT, a moment, SIGSTOP) until the checkpoint shows
+    `threshold` rows, then let it run a random moment more and SIGKILL it. The run is
+    stopped whenever the test looks, so it cannot finish unseen however fast the machine:
+    kills land by observed progress, never by a guess at the machine's speed. A slice is
+    as long as the run took, at the rate it was last seen going, for a quarter of the rows
+    still to go (SLICE at least, MAX_SLICE at most; while nothing is committed yet, it
+    doubles up to NO_PROGRESS_SLICE): short near the threshold, long while the run starts
+    or is far from it. Returns False if the run ended first."""
+    length, last = SLICE, None
     while True:
         os.kill(proc.pid, signal.SIGCONT)
-        time.sleep(SLICE)
+        time.sleep(length)
         os.kill(proc.pid, signal.SIGSTOP)
         if proc.poll() is not None:
             return False
         done = _committed_rows(db)
         if done is not None and done >= threshold:
             break
+        length = _next_slice(length, last, done, threshold)
+        last = done if done is not None else last
     os.kill(proc.pid, signal.SIGCONT)
     time.sleep(rng.uniform(0, SLICE))  # a random moment: mid-batch, mid-commit, anywhere
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     return True
+
+
+def _next_slice(length: float, last: int | None, done: int | None, threshold: int) -> float:
+    if not done:                                   # starting: nothing committed to go by
+        return min(length * 2, NO_PROGRESS_SLICE)
+    if last is None or done <= last:               # no rate seen yet (or a busy file)
+        return SLICE
+    rate = (done - last) / length                  # rows per second of running, as observed
+    return min(MAX_SLICE, max(SLICE, (threshold - done) / 4 / rate))
 
 
 @pytest.mark.slow

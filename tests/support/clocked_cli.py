@@ -10,6 +10,13 @@
   go on. A stopped process's heartbeat stands still, and the next run takes its lease
   over; a paused one is a live holder.
 
+The fake wrangler (tests/support/fake_wrangler.py) runs inside this process, as in the
+tests' own (tests/support/inprocess_wrangler.py); a real wrangler is still a child. Leases
+on a local file beat every 0.25 s here, not every second: a run after a kill -9 watches the
+dead holder's lease stand still for three beats (and one second more), once per lease it
+takes over. A watcher in the tests' own process keeps 1 s beats and watches longer, which
+judges these holders the same.
+
     python tests/support/clocked_cli.py rollover --env staging
 """
 
@@ -53,6 +60,9 @@ def _stop_after(method: str, point: Callable[..., str], stop_at: str) -> None:
 
 
 def main() -> None:
+    from keyrotate.dataplane import lease
+
+    lease.BEAT_LOCAL = 0.25
     if os.environ.get("KR_TEST_NOW"):
         frozen = datetime.fromisoformat(os.environ["KR_TEST_NOW"])
         timeutil.use_clock(lambda: frozen)
@@ -62,6 +72,9 @@ def main() -> None:
         _stop_after("step_done", lambda rot, step: f"step:{step}", stop_at)
         _stop_after("ended", lambda rot, state, **_: f"ended:{state}", stop_at)
     from keyrotate.cli import main as cli
+    from tests.support.inprocess_wrangler import FAKE_WRANGLER, run_fake_in_process
+
+    run_fake_in_process(FAKE_WRANGLER)
 
     cli(prog_name="keyrotate")
 

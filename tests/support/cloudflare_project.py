@@ -6,6 +6,8 @@ Which wrangler the project's manifest runs:
   command lines, the same Cloudflare API requests and the output keyrotate reads, in a
   fraction of real wrangler's start-up time (seconds per command on a small machine).
   tests/cloudflare/test_wrangler_contract.py proves it against the real wrangler, command by command;
+  it runs inside the test process (tests/support/inprocess_wrangler.py) unless the test is
+  marked `@pytest.mark.subprocess_wrangler` (where the child process is the point);
   a test that fails only with the fake means the fake is wrong: fix it there, and add the
   fact to the contract.
 - the real wrangler 4.86 (node_modules/.bin/wrangler) for a test marked
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -31,9 +32,9 @@ from keyrotate.secrets.dotenv import DotenvStore
 from tests.support.cf_api import CloudflareStandIn
 from tests.support.health_server import HealthServer
 from tests.support.helpers import OLD_SECRET, ROOT
+from tests.support.inprocess_wrangler import FAKE_WRANGLER, run_fake_in_process
 
 WRANGLER = ROOT / "node_modules" / ".bin" / "wrangler"
-FAKE_WRANGLER = [sys.executable, str(ROOT / "tests" / "support" / "fake_wrangler.py")]
 WORKERS = ["api", "oauth", "webhook"]
 JWT = "jwt-secret-value-for-tests-0123456789"
 GOOGLE = "google-client-secret-for-tests"
@@ -97,6 +98,7 @@ class Project:
 
     def __init__(self, root: Path, wrangler: list[str], rows: int = 50,
                  payload: Callable[[int], bytes] = token_payload):
+        self.wrangler = wrangler
         self.root = root
         self.cf, self.health = CloudflareStandIn(), HealthServer()
         self.routes = bool(self.defaults.get("routes", True))
@@ -123,14 +125,15 @@ class Project:
         cwd = os.getcwd()
         os.environ.update(p.env)
         os.chdir(p.root)
-        p._undo = [tmp, saved_env, cwd]
+        p._undo = [tmp, saved_env, cwd, run_fake_in_process(p.wrangler)]
         return p
 
     def close(self) -> None:
         self.cf.stop()
         self.health.stop()
         if self._undo:
-            tmp, saved_env, cwd = self._undo
+            tmp, saved_env, cwd, in_process = self._undo
+            in_process()
             os.chdir(cwd)
             for k, v in saved_env.items():
                 if v is None:
@@ -154,6 +157,8 @@ def project(tmp_path, monkeypatch, request):
     if real and not WRANGLER.exists():
         pytest.fail("wrangler is not installed: run `npm ci` (setup-dev.sh)")
     p = Project(tmp_path, [str(WRANGLER)] if real else FAKE_WRANGLER)
+    if not real and request.node.get_closest_marker("subprocess_wrangler") is None:
+        request.addfinalizer(run_fake_in_process(FAKE_WRANGLER))
     monkeypatch.chdir(tmp_path)
     for k, v in p.env.items():
         monkeypatch.setenv(k, v)

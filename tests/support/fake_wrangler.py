@@ -71,18 +71,21 @@ debug logs to WRANGLER_LOG_PATH. It never prints a secret value.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import sys
+import threading
 import time
 import tomllib
+import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, TextIO
 
 BANNER = " ⛅️ wrangler 4.86.0 (fake: tests/support/fake_wrangler.py)\n" + "─" * 46
 BUG_NOTE = ("If you think this is a bug, please open an issue at: "
@@ -125,6 +128,44 @@ class APIError(Exception):
                           *self.notes(), "", BUG_NOTE])
 
 
+class Proc:
+    """What a program takes from its process: stdin, stdout, stderr, the environment and the
+    working folder. The real ones when this file runs as a program; given by
+    run_in_process when the tests run it inside their own process."""
+
+    def __init__(self, stdin: TextIO, out: TextIO, err: TextIO, env: Mapping[str, str],
+                 cwd: Path | None = None) -> None:
+        self.stdin, self.out, self.err, self.env, self._cwd = stdin, out, err, env, cwd
+
+    @property
+    def cwd(self) -> Path:
+        return self._cwd or Path.cwd()
+
+
+PROC = Proc(sys.stdin, sys.stdout, sys.stderr, os.environ)
+_IN_PROCESS = threading.Lock()
+
+
+def run_in_process(argv: list[str], stdin: str, env: Mapping[str, str],
+                   cwd: Path) -> tuple[int, str, str]:
+    """main(argv) as a child process would run it (exit code, stdout, stderr), without the
+    process: for the tests, where two Python start-ups (keyrotate's guard and this program)
+    are most of a command's time. An exception that would end the program with a traceback
+    exits 1 with the traceback on stderr, as Python does."""
+    global PROC
+    out, err = io.StringIO(), io.StringIO()
+    with _IN_PROCESS:
+        saved, PROC = PROC, Proc(io.StringIO(stdin), out, err, dict(env), cwd)
+        try:
+            code = main(argv)
+        except Exception:
+            err.write(traceback.format_exc())
+            code = 1
+        finally:
+            PROC = saved
+    return code, out.getvalue(), err.getvalue()
+
+
 class NetworkError(Exception):
     """No answer at all: undici's `fetch failed`, which wrangler retries where it retries 5xx."""
 
@@ -133,9 +174,9 @@ class Api:
     """fetchResult: one request, the envelope's `result` or an APIError. No retries here."""
 
     def __init__(self) -> None:
-        self.base = os.environ.get("CLOUDFLARE_API_BASE_URL", "https://api.cloudflare.com/client/v4")
-        self.token = os.environ.get("CLOUDFLARE_API_TOKEN", "")
-        account = os.environ.get("CLOUDFLARE_ACCOUNT_ID")
+        self.base = PROC.env.get("CLOUDFLARE_API_BASE_URL", "https://api.cloudflare.com/client/v4")
+        self.token = PROC.env.get("CLOUDFLARE_API_TOKEN", "")
+        account = PROC.env.get("CLOUDFLARE_ACCOUNT_ID")
         if not account:
             raise UserError("fake wrangler: set CLOUDFLARE_ACCOUNT_ID (it never looks accounts up)")
         self.account = account
@@ -213,7 +254,7 @@ def _js(value: Any) -> Any:
 
 
 def say(*lines: str) -> None:
-    print(*lines, sep="\n", flush=True)
+    print(*lines, sep="\n", flush=True, file=PROC.out)
 
 
 def print_json(value: Any) -> None:
@@ -246,7 +287,7 @@ def create_deployment(api: Api, worker: str, traffic: list[tuple[str, float]], m
 # -- commands ------------------------------------------------------------------------------
 
 def secret_put(api: Api, key: str, worker: str) -> None:
-    value = sys.stdin.read().rstrip()
+    value = PROC.stdin.read().rstrip()
     say(BANNER, f'🌀 Creating the secret for the Worker "{worker}" ')
     try:
         api.call("PUT", api.script(worker, "secrets"),
@@ -259,7 +300,7 @@ def secret_put(api: Api, key: str, worker: str) -> None:
 
 
 def secret_bulk(api: Api, worker: str) -> None:
-    piped = "".join(sys.stdin.read().splitlines())
+    piped = "".join(PROC.stdin.read().splitlines())
     try:
         content = json.loads(piped)
     except ValueError:
@@ -295,9 +336,9 @@ def secret_list(api: Api, worker: str) -> None:
 
 
 def deploy(api: Api, env: str | None) -> None:
-    config = _read_config(Path.cwd(), env)
+    config = _read_config(PROC.cwd, env)
     worker, main = config["name"], Path(config["main"])
-    content = (Path.cwd() / main).read_bytes()
+    content = (PROC.cwd / main).read_bytes()
     say(BANNER)
     service = api.call("GET", f"/accounts/{api.account}/workers/services/{worker}")
     script = service["default_environment"]["script"]
@@ -499,7 +540,7 @@ def main(argv: list[str]) -> int:
                             "use the real wrangler (@pytest.mark.real_wrangler)")
     except (UserError, APIError, NetworkError) as e:
         title, *body = str(e).splitlines()
-        sys.stderr.write(f"✘ [ERROR] {title}\n\n" + "".join(f"  {line}\n" for line in body) + "\n")
+        PROC.err.write(f"✘ [ERROR] {title}\n\n" + "".join(f"  {line}\n" for line in body) + "\n")
         return 1
     return 0
 

@@ -29,7 +29,8 @@ class HealthServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        # shutdown() waits for the next poll: 0.02 s, not 0.5 s, per stop
+        threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True).start()
 
     def url(self, worker: str) -> str:
         return f"{self.base}/{worker}/health"

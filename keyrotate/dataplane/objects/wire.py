@@ -23,6 +23,7 @@ import httpx
 
 from keyrotate.cloudflare_api import retry_after, wait_too_long
 from keyrotate.errors import EndpointError, EndpointUnavailable
+from keyrotate.tls import tls_context
 
 log = logging.getLogger("keyrotate.objects")
 VERSION = 1
@@ -50,7 +51,7 @@ class Endpoint:
 
     def __init__(self, url: str, token: str, timeout: float = 30.0, attempts: int = ATTEMPTS):
         self.url, self.attempts = url, attempts
-        self.http = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0),
+        self.http = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0), verify=tls_context(),
                                  headers={"Authorization": f"Bearer {token}"})
         self._lock = threading.Lock()
         self.requests = 0
