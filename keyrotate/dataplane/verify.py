@@ -8,7 +8,8 @@ sum over the whole table at the end, taken by one SQL aggregate that pages nothi
 witness, db/base.py). Any difference makes the census unclean ("unreached"): rows paging
 missed, or rows inserted or deleted while it ran; exit 3, run it again. A WITHOUT ROWID
 table has no rowid to witness: it is paged by its primary key, which is unique and NOT
-NULL under its own collation by construction, and only its count is compared.
+NULL under its own collation by construction, and only its count is compared: the rows
+visited, and the count at the start, must both equal the count at the end.
 
 At the end of a reencrypt run the census reads and witnesses every row just the same, but
 a row holding exactly a value that run's pass verified opens under the new key is counted
@@ -163,7 +164,12 @@ def take_census(store: RowStore, target: Target, codec: Codec, runner: CryptoRun
         else:
             census.witness, census.unreached = "differs", max(1, n - census.rows)
     else:
-        census.unreached = max(0, min(before, count_rows(store, target)) - census.rows)
+        # counts only: any difference is doubt (a row inserted behind the cursor, another
+        # deleted after it was visited); equal counts cannot show an insert and a delete
+        # that cancel out, which only a rowid witness can
+        end = count_rows(store, target)
+        if end != census.rows or end != before:
+            census.unreached = max(1, end - census.rows)
     census.seconds = time.monotonic() - started
     return census
 

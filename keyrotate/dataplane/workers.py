@@ -14,13 +14,14 @@ import multiprocessing
 import os
 import signal
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from keyrotate.crypto.codecs import Codec
 from keyrotate.dataplane.vouch import Vouch, page_digests
 from keyrotate.db.base import CasWrite, Salt, Value, witness_sum
-from keyrotate.errors import InvalidEnvelope
+from keyrotate.errors import InvalidEnvelope, WorkerLost
 from keyrotate.orphans import exit_now, on_parent_death
 
 Rows = Sequence[tuple[Value, ...]]   # (key, value[, rowid])
@@ -169,7 +170,7 @@ class CryptoRunner:
                                             mp_context=multiprocessing.get_context(method),
                                             initializer=_init_worker,
                                             initargs=(codec, os.getpid()))
-            self.pool.submit(_ready).result()   # fork now, before any page is read
+            _lost_as_resumable(self.pool.submit(_ready)).result()   # fork now, before any page is read
 
     @property
     def depth(self) -> int:
@@ -179,7 +180,10 @@ class CryptoRunner:
     def submit(self, rows: Rows, op: str, salt: Salt | None = None,
                vouch: Vouch | None = None) -> "Future[PageResult]":
         if self.pool is not None:
-            return self.pool.submit(_work, op, rows, salt, vouch)
+            try:
+                return _lost_as_resumable(self.pool.submit(_work, op, rows, salt, vouch))
+            except BrokenProcessPool:
+                raise WorkerLost() from None
         fut: Future[PageResult] = Future()
         fut.set_result(process_page(self.codec, op, rows, salt, vouch=vouch))
         return fut
@@ -188,6 +192,27 @@ class CryptoRunner:
         if self.pool is not None:
             self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
             self.pool = None
+
+
+def _lost_as_resumable(inner: "Future[Any]") -> "Future[Any]":
+    """The pool's future, with a dead worker (BrokenProcessPool, a traceback and exit 1)
+    turned into WorkerLost: exit 3, run the same command again."""
+    outer: Future[Any] = Future()
+
+    def settle(done: "Future[Any]") -> None:
+        if done.cancelled():
+            outer.cancel()
+            return
+        error = done.exception()
+        if isinstance(error, BrokenProcessPool):
+            outer.set_exception(WorkerLost())
+        elif error is not None:
+            outer.set_exception(error)
+        else:
+            outer.set_result(done.result())
+
+    inner.add_done_callback(settle)
+    return outer
 
 
 def default_workers(total_rows: int) -> int:

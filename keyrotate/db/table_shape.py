@@ -98,8 +98,8 @@ def table_shape(store: RowStore, table: str, key_hint: str | None = None) -> Tab
     request of its own."""
     q = quote_ident(table)
     master, info, indexes = read_many(store, [
-        Statement("SELECT type, sql FROM sqlite_master WHERE name = ? AND type IN "
-                  "('table', 'view')", (table,)),
+        Statement("SELECT type, sql, name FROM sqlite_master WHERE name = ? COLLATE NOCASE "
+                  "AND type IN ('table', 'view')", (table,)),
         Statement(f"PRAGMA table_info({q})"),
         Statement(f"PRAGMA index_list({q})")])
     if master and master[0][0] == "view":
@@ -108,6 +108,10 @@ def table_shape(store: RowStore, table: str, key_hint: str | None = None) -> Tab
                           "from.")
     if not info:
         return None
+    # SQLite's names are case-insensitive: the table as the schema spells it, so that a
+    # run's journal, its lease and the unfinished-run guard see one table however it is
+    # typed (`ACCOUNTS.x` resumed nothing and took a lease of its own beside `accounts.x`)
+    table = str(master[0][2]) if master else table
     columns = tuple(Column(str(r[1]), str(r[2] or ""), bool(r[3]), int(r[5] or 0)) for r in info)
     without_rowid = bool(master and master[0][1] and
                          re.search(r"\bWITHOUT\s+ROWID\s*;?\s*$", str(master[0][1]), re.I))
@@ -153,6 +157,7 @@ def resolve_target(store: RowStore, spec: str, key_column: str | None) -> Target
     shape = table_shape(store, table, key_column)
     if shape is None:
         raise ConfigError(f"table {table!r} does not exist in {store.display_url}")
+    table = shape.name
     if shape.column(column) is None:
         raise ConfigError(f"column {column!r} does not exist in table {table!r}")
     key = _key_column(store, shape, key_column)
@@ -184,7 +189,7 @@ def resolve_id_column(store: RowStore, table: str, column: str) -> PagedColumn:
     if problem:
         raise ConfigError(f"ids column {table}.{column} {problem}: paging it could skip ids. "
                           "Give it a primary key or a unique index (without WHERE).")
-    return PagedColumn(table, column, shape.collation(column), shape.rowid_name)
+    return PagedColumn(shape.name, column, shape.collation(column), shape.rowid_name)
 
 
 def _unsafe(shape: TableShape, name: str) -> str | None:

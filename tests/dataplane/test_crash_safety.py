@@ -157,3 +157,46 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
             psutil.Process(pid).wait(timeout=10)
         except psutil.NoSuchProcess:
             pass
+
+
+def test_a_crypto_worker_killed_mid_run_exits_3_and_the_run_resumes(tmp_path):
+    """Hostile review: one pool worker SIGKILLed (as the OOM killer would) made keyrotate
+    print a BrokenProcessPool traceback and exit 1, which means "rows failed" to cron and
+    rollover. It is exit 3 now, run the same command again, and the re-run completes."""
+    db, originals, env = big_reference_db(tmp_path, 20_000, "worker.db")
+    proc = subprocess.Popen(_argv(db, "--workers", "2"), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        assert _kill_after_a_worker(proc, db), "the run ended before its first checkpoint"
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, err.decode()[-2000:]
+    text = (out + err).decode()
+    assert "Traceback" not in text and "run the same command again" in text
+    again = subprocess.run(_argv(db), env=env, capture_output=True, timeout=600)
+    assert again.returncode == 0, again.stderr.decode()[-2000:]
+    for key, value in rows_of(db).items():
+        assert open_value(value.decode(), NEW_SECRET) == originals[key], key
+
+
+def _kill_after_a_worker(proc: subprocess.Popen, db) -> bool:
+    """Slice the stopped run until its first checkpoint, kill one of its crypto workers
+    (a process of its tree that is not the harness itself), and let it go on."""
+    length = SLICE
+    while True:
+        os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(length)
+        os.kill(proc.pid, signal.SIGSTOP)
+        if proc.poll() is not None:
+            return False
+        if (_committed_rows(db) or 0) > 0:
+            break
+        length = min(length * 2, NO_PROGRESS_SLICE)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert workers, "no worker processes"
+    workers[0].kill()        # a zombie until the run, stopped now, reaps it
+    os.kill(proc.pid, signal.SIGCONT)
+    return True
