@@ -148,6 +148,9 @@ def _init_worker(codec: Codec, parent_pid: int) -> None:
     _codec = codec
     return_large_blocks_to_the_os()   # inherited across fork; not across spawn
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    # the CLI's SIGTERM handler (KeyboardInterrupt) is inherited across fork: a worker the
+    # pool terminates (another worker died) would print a traceback; it just ends
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # forked workers hold both ends of the task pipe: they would never see EOF
     on_parent_death(parent_pid, signal.SIGKILL, exit_now)
 
