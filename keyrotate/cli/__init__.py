@@ -11,6 +11,7 @@ at any moment is safe); a second signal while the first unwinds leaves at once, 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -147,6 +148,7 @@ def run() -> None:
         main(prog_name="keyrotate")
     except SystemExit as e:
         if pools_abandoned():
+            logging.shutdown()    # what atexit would have done: log files flushed and closed
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(e.code if isinstance(e.code, int) else EXIT_INCOMPLETE)
