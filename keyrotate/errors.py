@@ -83,6 +83,15 @@ class DeployUnavailable(Resumable, DeployError):
     was cut short: the change may or may not have been applied; resumable (exit 3)."""
 
 
+class WorkerLost(Resumable):
+    """A crypto worker process died mid-run (killed, out of memory): the pages it held were
+    never written, and the run resumes from its last checkpoint (exit 3)."""
+
+    def __init__(self) -> None:
+        super().__init__("a crypto worker process died (killed by a signal, or out of "
+                         "memory); nothing it held was written")
+
+
 class Interrupted(KeyrotateError):
     """The work stopped before finishing; running the same command again resumes it."""
 

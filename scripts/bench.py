@@ -8,12 +8,16 @@ claims: the machines here are shared and noisy.
 
 Figures:
 - rewrap ratio: naive seconds / keyrotate seconds (> 1 means keyrotate is faster). keyrotate
-  ends with a census of the whole table (every row read back and opened under the new
-  key), which the naive loop does not: the proven ratio compares with the naive loop
-  followed by the same check (naive_verified), and the census seconds are reported
+  ends with a census of the whole table, which the naive loop does not: the proven ratio
+  compares with the naive loop followed by a check that opens every row again
+  (naive_verified), and the census seconds are reported. keyrotate's census reads every
+  row again, with its rowid witness (dataplane/verify.py), and opens those whose value
+  its pass did not verify (dataplane/vouch.py)
 - rewrap-phase ratio: naive seconds / (keyrotate seconds - its census seconds)
 - fresh-dek ratio: naive rewrap seconds / keyrotate fresh-dek seconds
 - journal overhead: keyrotate seconds / keyrotate-without-checkpoints seconds
+- opens_all: keyrotate whose census opens every row again (no row taken on the pass's
+  word, dataplane/vouch.py), its time over keyrotate's and its census share
 - peak RSS: largest single process (wait4 maxrss) and the whole process tree (sampled)
 """
 
@@ -94,14 +98,24 @@ main()
 """
 
 
-def bench_size(rows: int, repeats: int, workdir: Path, env: dict[str, str]) -> dict:
+OPENS_ALL = """
+import sys
+import keyrotate.dataplane.reencrypt as r
+r.Vouched = lambda offset: None   # the census opens every row again (as before issue 22's vouch)
+from keyrotate.cli import main
+sys.argv = ["keyrotate"] + sys.argv[1:]
+main()
+"""
+CONTENDERS = ("keyrotate", "naive", "naive_verified", "fresh_dek", "no_journal", "opens_all")
+
+
+def bench_size(rows: int, repeats: int, workdir: Path, env: dict[str, str],
+               only: tuple[str, ...] = CONTENDERS) -> dict:
     master = workdir / f"ref-{rows}.db"
     if not master.exists():
         t = time.perf_counter()
         build_reference_db(str(master), rows, env["KR_OLD"])
         print(f"built {rows:,} rows in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-    runs: dict[str, list[dict]] = {"keyrotate": [], "naive": [], "naive_verified": [],
-                                   "fresh_dek": [], "no_journal": []}
     contenders = {
         "keyrotate": lambda db: keyrotate_argv(db),
         "naive": lambda db: [PY, str(ROOT / "scripts" / "naive_rewrap.py"), str(db)],
@@ -109,7 +123,10 @@ def bench_size(rows: int, repeats: int, workdir: Path, env: dict[str, str]) -> d
                                       "rewrap", "--verify"],
         "fresh_dek": lambda db: keyrotate_argv(db, "fresh-dek"),
         "no_journal": lambda db: [PY, "-c", NO_JOURNAL] + keyrotate_argv(db)[3:],
+        "opens_all": lambda db: [PY, "-c", OPENS_ALL] + keyrotate_argv(db)[3:],
     }
+    contenders = {k: v for k, v in contenders.items() if k in only}
+    runs: dict[str, list[dict]] = {name: [] for name in contenders}
     for rep in range(repeats):
         order = list(contenders) if rep % 2 == 0 else list(reversed(contenders))
         for name in order:
@@ -122,26 +139,48 @@ def bench_size(rows: int, repeats: int, workdir: Path, env: dict[str, str]) -> d
                   file=sys.stderr)
             db.unlink()
     med = {name: statistics.median(r["seconds"] for r in rs) for name, rs in runs.items()}
-    rewrap_ratios = [n["seconds"] / k["seconds"] for n, k in zip(runs["naive"], runs["keyrotate"], strict=True)]
-    proven = [n["seconds"] / k["seconds"] for n, k in zip(runs["naive_verified"], runs["keyrotate"], strict=True)]
-    census = [json.loads(r["stdout"].strip().splitlines()[-1])["census"]["seconds"] for r in runs["keyrotate"]]
-    phase = [n["seconds"] / (k["seconds"] - c) for n, k, c in zip(runs["naive"], runs["keyrotate"], census, strict=True)]
-    return {
-        "rows": rows,
-        "median_seconds": {k: round(v, 3) for k, v in med.items()},
-        "rewrap_ratio_median": round(statistics.median(rewrap_ratios), 3),
-        "rewrap_ratios": [round(r, 3) for r in rewrap_ratios],
-        "proven_ratio_median": round(statistics.median(proven), 3),
-        "proven_ratios": [round(r, 3) for r in proven],
-        "census_seconds_median": round(statistics.median(census), 3),
-        "rewrap_phase_ratio_median": round(statistics.median(phase), 3),
-        "fresh_dek_ratio_vs_naive_rewrap": round(med["naive"] / med["fresh_dek"], 3),
-        "journal_overhead": round(med["keyrotate"] / med["no_journal"], 3),
-        "keyrotate_rows_per_second": round(rows / med["keyrotate"]),
-        "naive_rows_per_second": round(rows / med["naive"]),
-        "peak_tree_mb": {k: round(max(r["tree_mb"] for r in rs), 1) for k, rs in runs.items()},
-        "peak_process_mb": {k: round(max(r["one_mb"] for r in rs), 1) for k, rs in runs.items()},
-    }
+    out: dict = {"rows": rows, "median_seconds": {k: round(v, 3) for k, v in med.items()},
+                 "seconds": {k: [round(r["seconds"], 3) for r in rs] for k, rs in runs.items()}}
+
+    def ratios(num: str, den: str) -> list[float]:
+        return [n["seconds"] / k["seconds"] for n, k in zip(runs[num], runs[den], strict=True)]
+
+    def put(name: str, values: list[float]) -> None:
+        out[f"{name}_median"] = round(statistics.median(values), 3)
+        out[name] = [round(v, 3) for v in values]
+
+    k = runs["keyrotate"]
+    census = _census_seconds(k)
+    put("census_seconds", census)
+    put("census_share", [c / r["seconds"] for c, r in zip(census, k, strict=True)])
+    out["census_vouched"] = [_census(r)["vouched"] for r in k]
+    if "naive" in runs:
+        put("rewrap_ratio", ratios("naive", "keyrotate"))
+        put("rewrap_phase_ratio", [n["seconds"] / (r["seconds"] - c) for n, r, c
+                                   in zip(runs["naive"], k, census, strict=True)])
+        out["keyrotate_rows_per_second"] = round(rows / med["keyrotate"])
+        out["naive_rows_per_second"] = round(rows / med["naive"])
+    if "naive_verified" in runs:
+        put("proven_ratio", ratios("naive_verified", "keyrotate"))
+    if "opens_all" in runs:
+        put("opens_all_over_keyrotate", ratios("opens_all", "keyrotate"))
+        put("opens_all_census_share", [c / r["seconds"] for c, r in zip(
+            _census_seconds(runs["opens_all"]), runs["opens_all"], strict=True)])
+    if "fresh_dek" in runs and "naive" in runs:
+        out["fresh_dek_ratio_vs_naive_rewrap"] = round(med["naive"] / med["fresh_dek"], 3)
+    if "no_journal" in runs:
+        out["journal_overhead"] = round(med["keyrotate"] / med["no_journal"], 3)
+    out["peak_tree_mb"] = {k: round(max(r["tree_mb"] for r in rs), 1) for k, rs in runs.items()}
+    out["peak_process_mb"] = {k: round(max(r["one_mb"] for r in rs), 1) for k, rs in runs.items()}
+    return out
+
+
+def _census(run: dict) -> dict:
+    return json.loads(run["stdout"].strip().splitlines()[-1])["census"]  # type: ignore[no-any-return]
+
+
+def _census_seconds(runs: list[dict]) -> list[float]:
+    return [_census(r)["seconds"] for r in runs]
 
 
 def main() -> None:
@@ -149,6 +188,8 @@ def main() -> None:
     ap.add_argument("--rows", default="300000,1000000")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workdir", default=None, help="keep databases here (default: a temp dir)")
+    ap.add_argument("--only", default=",".join(CONTENDERS),
+                    help="contenders to run, comma-separated (keyrotate always runs)")
     args = ap.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="keyrotate-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -156,8 +197,12 @@ def main() -> None:
     if not keys.exists():
         atomic_write_secret(str(keys), f"KR_OLD={generate('base64')}\nKR_NEW={generate('hex')}\n")
     env = dict(os.environ, **read_dotenv(str(keys)), PYTHONPATH=str(ROOT))
-    results = [bench_size(int(n), args.repeats, workdir, env) for n in args.rows.split(",")]
-    print(json.dumps({"machine": {"cpus": os.cpu_count()}, "results": results}, indent=2))
+    load_before = os.getloadavg()   # the machine is shared: how busy it was, around the run
+    only = tuple({"keyrotate", *args.only.split(",")})
+    results = [bench_size(int(n), args.repeats, workdir, env, only) for n in args.rows.split(",")]
+    print(json.dumps({"machine": {"cpus": os.cpu_count(), "load_average_before": load_before,
+                                  "load_average_after": os.getloadavg()},
+                      "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Durable Object rewrap speed against local workerd (wrangler dev): objects per second
 (the whole `objects rewrap` command: the pass and the census that proves it), Worker
 requests per 1,000 objects and keyrotate's peak RSS, at each size, for a few
---concurrency values. The Worker is the test suite's (examples/durable-objects plus
-hooks); tokens are sealed by its own WebCrypto code.
+--concurrency values, --repeats times each (every run rotates to a fresh key, so it
+rewraps every object; medians are reported). The Worker is the test suite's
+(examples/durable-objects plus hooks); tokens are sealed by its own WebCrypto code.
 
-    .venv/bin/python scripts/bench_objects.py --objects 2000,10000 --concurrency 4,8
+    .venv/bin/python scripts/bench_objects.py --objects 2000 --concurrency 4 --repeats 3
 """
 
 from __future__ import annotations
@@ -13,18 +14,21 @@ import argparse
 import json
 import os
 import secrets
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 from pathlib import Path
+from typing import Callable
 
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.objects_app import OLD_HEX, TOKEN, ObjectsApp  # noqa: E402
+from tests.support.objects_app import OLD_HEX, TOKEN, ObjectsApp, ObjectsWorker  # noqa: E402
 
 NEW_HEX = "9f2c1e8d7b6a5f4e3d2c1b0a99887766554433221100ffeeddccbbaa00112233"
 
@@ -44,12 +48,15 @@ def _run(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[dict, float]:
     return json.loads(out.decode().strip().splitlines()[-1]), peak / 1e6
 
 
-def one(n: int, concurrencies: list[int]) -> list[dict]:
-    out = []
-    with tempfile.TemporaryDirectory() as tmp:
-        app = ObjectsApp(Path(tmp), n)
+def one(n: int, concurrencies: list[int], repeats: int = 1) -> list[dict]:
+    runs = []
+    with tempfile.TemporaryDirectory() as top:
+        tmp = Path(top) / "app"
+        tmp.mkdir()
+        worker = ObjectsWorker(Path(top) / "worker")
+        app = ObjectsApp(worker, tmp, n)
         try:
-            app.start(MASTER_KEY=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN)
+            app.serve(MASTER_KEY=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN)
             t = time.perf_counter()
             _seed(app)
             seeded = time.perf_counter() - t
@@ -57,9 +64,10 @@ def one(n: int, concurrencies: list[int]) -> list[dict]:
             subprocess.run([sys.executable, "-m", "keyrotate.cli", "migrations", "apply", "--env",
                             "staging"], env=env, cwd=tmp, check=True, capture_output=True)
             app.store.write_pending("MASTER_KEY", NEW_HEX)
-            app.start(MASTER_KEY=NEW_HEX, MASTER_KEY_PREVIOUS=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN)
-            chain = [NEW_HEX] + [secrets.token_hex(32) for _ in concurrencies]
-            for i, c in enumerate(concurrencies):
+            app.serve(MASTER_KEY=NEW_HEX, MASTER_KEY_PREVIOUS=OLD_HEX, KEYROTATE_OBJECTS_TOKEN=TOKEN)
+            order = [c for _ in range(repeats) for c in concurrencies]
+            chain = [NEW_HEX] + [secrets.token_hex(32) for _ in order]
+            for i, c in enumerate(order):
                 if i:  # each run rotates to a fresh key, so it rewraps every object
                     _swap(app, chain[i - 1], chain[i])
                 result, peak = _run([sys.executable, "-m", "keyrotate.cli", "objects", "rewrap",
@@ -68,15 +76,26 @@ def one(n: int, concurrencies: list[int]) -> list[dict]:
                 assert result["objects_rewrapped"] == n, result
                 assert result["status"] == "completed" and result["census"]["current"] == n, result
                 time.sleep(IDLE)
-                out.append({"objects": n, "concurrency": c, "seconds": result["seconds"],
-                            "objects_per_second": round(n / result["seconds"]),
-                            "requests": result["requests"],
-                            "requests_per_1000": round(result["requests"] * 1000 / n, 1),
-                            "peak_rss_mb": round(peak, 1), "seed_seconds": round(seeded, 1)})
-                print(json.dumps(out[-1]), file=sys.stderr)
+                runs.append({"objects": n, "concurrency": c, "seconds": result["seconds"],
+                             "objects_per_second": round(n / result["seconds"]),
+                             "requests": result["requests"],
+                             "requests_per_1000": round(result["requests"] * 1000 / n, 1),
+                             "peak_rss_mb": round(peak, 1), "seed_seconds": round(seeded, 1)})
+                print(json.dumps(runs[-1]), file=sys.stderr)
         finally:
             app.close()
-    return out
+            worker.stop()
+    return [_median(n, c, [r for r in runs if r["concurrency"] == c]) for c in concurrencies]
+
+
+def _median(n: int, c: int, runs: list[dict]) -> dict:
+    seconds = statistics.median(r["seconds"] for r in runs)
+    requests = statistics.median(r["requests"] for r in runs)
+    return {"objects": n, "concurrency": c, "runs": len(runs), "median_seconds": seconds,
+            "objects_per_second": round(n / seconds),
+            "objects_per_second_runs": [r["objects_per_second"] for r in runs],
+            "requests": requests, "requests_per_1000": round(requests * 1000 / n, 1),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
 
 
 # Local workerd keeps each live Durable Object's SQLite files open (3 descriptors) and
@@ -89,10 +108,25 @@ def _seed(app: ObjectsApp) -> None:
     for i in range(0, len(app.ids), SEED_CHUNK):
         if i:
             time.sleep(IDLE)
-        failed = {k: v for k, v in app.each("/test/seed", app.ids[i:i + SEED_CHUNK], size=200).items() if v}
+        failed = {k: v for k, v in _again_if_restarted(
+            lambda: app.each("/test/seed", app.ids[i:i + SEED_CHUNK], size=200)).items() if v}
         if failed:
             raise SystemExit(f"seeding failed for {len(failed)} objects: {next(iter(failed.values()))}")
     time.sleep(IDLE)
+
+
+def _again_if_restarted(seed: Callable[[], dict]) -> dict:
+    """wrangler dev reloads the Worker once it fails to fetch the `Request.cf` object (no
+    network here), sometimes in the middle of the seeding: it answers 503 "Your worker
+    restarted mid-request". Seeding is idempotent: send it again."""
+    for _ in range(30):
+        try:
+            return seed()
+        except urllib.error.HTTPError as e:
+            if e.code != 503:
+                raise
+            time.sleep(2)
+    return seed()
 
 
 def _swap(app: ObjectsApp, old: str, new: str) -> None:
@@ -100,14 +134,16 @@ def _swap(app: ObjectsApp, old: str, new: str) -> None:
     from keyrotate.secrets.dotenv import DotenvStore
 
     path = app.store.path
+    audit = app.store.read("KEYROTATE_AUDIT_KEY")   # the trail's key stays (issue 21)
     Path(path).unlink()
     store = DotenvStore(path)
-    for name, value in (("MASTER_KEY", old), ("KEYROTATE_OBJECTS_TOKEN", TOKEN)):
+    kept = [("KEYROTATE_AUDIT_KEY", audit)] if audit else []
+    for name, value in (("MASTER_KEY", old), ("KEYROTATE_OBJECTS_TOKEN", TOKEN), *kept):
         store.write_pending(name, value)
         store.promote(name)
     store.write_pending("MASTER_KEY", new)
     app.store = store
-    app.start(MASTER_KEY=new, MASTER_KEY_PREVIOUS=old, KEYROTATE_OBJECTS_TOKEN=TOKEN)
+    app.serve(MASTER_KEY=new, MASTER_KEY_PREVIOUS=old, KEYROTATE_OBJECTS_TOKEN=TOKEN)
     time.sleep(IDLE)
 
 
@@ -115,9 +151,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--objects", default="2000,10000")
     ap.add_argument("--concurrency", default="4,8")
+    ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
     results = [r for n in args.objects.split(",")
-               for r in one(int(n), [int(c) for c in args.concurrency.split(",")])]
+               for r in one(int(n), [int(c) for c in args.concurrency.split(",")], args.repeats)]
     print(json.dumps(results, indent=2))
 
 

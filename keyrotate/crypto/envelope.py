@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import binascii
 import functools
+import hmac
 import json
 import json.decoder
 import json.scanner
@@ -403,3 +404,45 @@ def rewrap(env: Envelope, dek: bytes, new_key: MasterKey) -> str:
     wrapped = _aead(new_key.raw).encrypt(dek_iv, dek, None)
     return env.rewritten({"encryptedDek": _b64(wrapped), "dekIv": _b64(dek_iv),
                           "kid": new_key.kid})
+
+
+def rewrap_opens(value: str, env: Envelope, dek: bytes, key: MasterKey) -> bool:
+    """Whether `value`, the rewrap of `env` (whose payload authenticated under `dek`),
+    opens under `key` as a Worker reads it: read as stored, its DEK unwraps under `key`
+    to `dek`, and its iv and ciphertext are the ones that authenticated. In the Workers'
+    own shape, the text of iv and ciphertext is compared with the text that was decoded
+    and authenticated (the same strict base64 reads as the same bytes); any other shape
+    is parsed whole, and a heavy payload authenticated again a chunk at a time."""
+    if env.source is None and env._iv_b64 is not None and env._ct_b64 is not None:
+        spans = _fast_spans(value)
+        if spans is None:
+            return False
+        a, b, c, d, e, _ = spans
+        if value[a:b] != env._iv_b64 or value[b + len(_P_CT):c] != env._ct_b64:
+            return False
+        try:
+            edek = binascii.a2b_base64(value[c + len(_P_EDEK):d], strict_mode=True)
+            dek_iv = binascii.a2b_base64(value[d + len(_P_DEKIV):e], strict_mode=True)
+        except (binascii.Error, ValueError):
+            return False
+        if len(dek_iv) != IV_BYTES or len(edek) != DEK_BYTES + TAG_BYTES:
+            return False
+        try:
+            got = _aead(key.raw).decrypt(dek_iv, edek, None)
+        except InvalidTag:
+            return False
+        return hmac.compare_digest(got, dek)
+    try:
+        new = parse(value)
+    except InvalidEnvelope:
+        return False
+    got = unwrap_dek(new, key)
+    if got is None or not hmac.compare_digest(got, dek):
+        return False
+    if new.ct_span is None and env.ct_span is None:
+        return new.iv == env.iv and new.ciphertext == env.ciphertext
+    try:
+        authenticate(new, got)
+    except InvalidEnvelope:
+        return False
+    return True

@@ -36,6 +36,10 @@ BEAT_LOCAL, BEAT_REMOTE, BEAT_D1 = 1.0, 2.0, 10.0   # seconds between renewals (
 WATCHED_BEATS = 3              # a holder is dead after this many heartbeats without one
 
 
+_CURRENT = ("SELECT holder, host, pid, acquired_at, beats, expires_at FROM keyrotate_leases "
+            "WHERE target = ?")
+
+
 class LeaseLost(Interrupted):
     """Another run took this run's lease while it was frozen or cut off: this run stops,
     and nothing it wrote after that applied (exit 3)."""
@@ -59,13 +63,16 @@ class Lease:
         self.holder = f"{self.host}:{self.pid}:{secrets.token_hex(8)}"
         self.beat = beat_seconds(db)
         self.lost = False
+        self.released = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- taking it -------------------------------------------------------------------------
     def acquire(self) -> None:
-        row = self._current()
-        if row is not None:
+        """Claim it; when another run holds it, watch that holder's heartbeat, and take
+        over only a holder that is dead. An uncontended claim is one request on D1."""
+        row = self._claim()
+        if row is not None and row[0] != self.holder:
             holder, host, pid, acquired, beats, expires = row
             if self._alive(row):
                 raise ConfigError(
@@ -78,22 +85,33 @@ class Lease:
             self.db.apply([], None, [Statement(
                 "DELETE FROM keyrotate_leases WHERE target = ? AND holder = ? AND beats = ? "
                 "AND expires_at = ?", (self.target, holder, beats, expires))])
-        now = datetime.now(timezone.utc)
-        self.db.apply([], None, [Statement(
-            "INSERT OR IGNORE INTO keyrotate_leases (target, holder, host, pid, started, "
-            "acquired_at, expires_at, beats) VALUES (?, ?, ?, ?, '', ?, ?, 0)",
-            (self.target, self.holder, self.host, self.pid, _iso(now), _iso(now + TTL)))])
-        got = self.db.query("SELECT holder FROM keyrotate_leases WHERE target = ?", (self.target,))
-        if not got or got[0][0] != self.holder:
+            row = self._claim()
+        if row is None or row[0] != self.holder:
             raise ConfigError(f"another keyrotate run took {self.target} at the same moment; "
                               "nothing was changed")
         self._thread = threading.Thread(target=self._heartbeat, name="keyrotate-lease",
                                         daemon=True)
         self._thread.start()
 
+    def _claim(self) -> tuple | None:
+        """The lease taken if it is free (never from another holder), and whoever holds
+        it after: one request where the store exchanges writes for reads (D1)."""
+        now = datetime.now(timezone.utc)
+        claim = Statement(
+            "INSERT OR IGNORE INTO keyrotate_leases (target, holder, host, pid, started, "
+            "acquired_at, expires_at, beats) VALUES (?, ?, ?, ?, '', ?, ?, 0)",
+            (self.target, self.holder, self.host, self.pid, _iso(now), _iso(now + TTL)))
+        whose = Statement(_CURRENT, (self.target,))
+        exchange = getattr(self.db, "exchange", None)
+        if exchange is not None:
+            got = exchange([], None, [claim], [whose])[1][0]
+        else:
+            self.db.apply([], None, [claim])
+            got = self.db.query(whose.sql, whose.params)
+        return tuple(got[0]) if got else None
+
     def _current(self) -> tuple | None:
-        rows = self.db.query("SELECT holder, host, pid, acquired_at, beats, expires_at FROM "
-                             "keyrotate_leases WHERE target = ?", (self.target,))
+        rows = self.db.query(_CURRENT, (self.target,))
         return tuple(rows[0]) if rows else None
 
     def _alive(self, seen: tuple) -> bool:
@@ -158,10 +176,19 @@ class Lease:
 
     # -- giving it back --------------------------------------------------------------------
     def release(self) -> None:
+        self.stop_heartbeat()
+        if not self.released:
+            self.db.apply([], None, [self.releasing()])
+            self.released = True
+
+    def stop_heartbeat(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        self.db.apply([], None, [Statement(
-            "DELETE FROM keyrotate_leases WHERE target = ? AND holder = ?",
-            (self.target, self.holder))])
+
+    def releasing(self) -> Statement:
+        """The lease given back, as a statement for the caller's last batch (with its
+        guard first): stop the heartbeat before, and mark it `released` once it committed."""
+        return Statement("DELETE FROM keyrotate_leases WHERE target = ? AND holder = ?",
+                         (self.target, self.holder))

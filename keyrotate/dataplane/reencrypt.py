@@ -9,7 +9,9 @@ Done means done: the run ends with a census of the whole table. It is "completed
 0) only if every row opens under the new key or is NULL, and the census agrees with the
 run's counters; rows that open under neither key are listed (exit 1); anything else (a
 row under the old key written meanwhile, rows paging did not reach, counters that do not
-add up) is "incomplete": exit 3, run the same command again.
+add up) is "incomplete": exit 3, run the same command again. The census reads every
+row, and opens every row but those holding exactly a value this run's pass verified opens
+under the new key (dataplane/vouch.py).
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from keyrotate.dataplane.journal import (
 )
 from keyrotate.dataplane.lease import Lease
 from keyrotate.dataplane.outcome import ROWS, Outcome
-from keyrotate.dataplane.pipeline import InFlight, page_results, page_size
+from keyrotate.dataplane.pipeline import Carrier, InFlight, page_results, page_size
 from keyrotate.dataplane.verify import Census, take_census
+from keyrotate.dataplane.vouch import Vouched
 from keyrotate.dataplane.workers import CryptoRunner, PageResult, default_workers, process_page
 from keyrotate.dataplane.writer import OrderedWriter
 from keyrotate.db.base import (
@@ -45,7 +48,9 @@ from keyrotate.db.base import (
     bounded_scan_params,
     bounded_scan_sql,
     count_after,
+    count_statement,
     display_key,
+    read_many,
     read_rows,
 )
 from keyrotate.db.own_schema import ensure_journal_schema, journal_exists
@@ -145,19 +150,23 @@ def _delta(page: PageResult) -> Counts:
                   rows_failed=len(page.failures))
 
 
-def probe(store: RowStore, target: Target, codec: Codec, page_bytes: int = PAGE_BYTES) -> None:
+def probe(store: RowStore, target: Target, codec: Codec, page_bytes: int = PAGE_BYTES) -> int:
     """Refuse before writing anything when none of the first non-NULL rows opens under
     either key: a wrong --old-key would otherwise fail every row and record each failure.
-    NULL rows prove nothing either way, so they are skipped (by the query, however many)."""
-    rows = [(r[0], r[1]) for r in store.query(bounded_scan_sql(target, True, non_null=True),
-                                              bounded_scan_params(None, True, PROBE_ROWS,
-                                                                  page_bytes))]
+    NULL rows prove nothing either way, so they are skipped (by the query, however many).
+    Returns the table's row count, read with them (one request on D1)."""
+    sample, counted = read_many(store, [
+        Statement(bounded_scan_sql(target, True, non_null=True),
+                  bounded_scan_params(None, True, PROBE_ROWS, page_bytes)),
+        count_statement(target)])
+    rows = [(r[0], r[1]) for r in sample]
     page = process_page(codec, "rotate", rows)
     if page.rows - page.null and not (page.writes or page.current):
         reason, _ = Counter(r for _, r in page.failures).most_common(1)[0]
         raise ConfigError(f"none of the first {page.rows - page.null} non-NULL rows of "
                           f"{target.name} opens under the keys given ({reason}): a wrong "
                           "--old-key, or the wrong column? Nothing was written.")
+    return int(counted[0][0])
 
 
 def reconcile_unsettled(unsettled: int) -> list[str]:
@@ -200,23 +209,46 @@ class Reencryptor:
         self.lease = None if options.dry_run else Lease(store, target.name)
         self.listed: list[dict[str, str]] = []  # dry run only: failures seen
         self.unsettled = 0
+        # on D1 the pass reads its next page in the request that writes the page before
+        self.carrier = Carrier(store)
+        # counters and the cursor of pages that changed nothing wait for the next
+        # checkpoint: a page with no write and no failure commits nothing
+        self.unsaved = Counts()
+        self.unsaved_key: Value | None = None
 
     # -- writing -------------------------------------------------------------------------
     def _commit(self, run: RunState, writes: list[CasWrite], delta: Counts,
                 fails: list[tuple[Value, str]], last_key: Value | None, seconds: float) -> list[bool]:
-        """Row writes and their checkpoint in one transaction; which writes landed."""
+        """Row writes and their checkpoint in one transaction, behind the lease's guard;
+        which writes landed. A page that changed nothing writes nothing: its counters and
+        cursor go with the next checkpoint (a run killed meanwhile reads it again)."""
         run.counts.add(delta)
         if self.journal is None or self.lease is None:
             for key, reason in fails[:LISTED_FAILURES - len(self.listed)]:
                 self.listed.append({"id": display_key(key), "reason": reason})
             return [True] * len(writes)
         self.lease.check()
+        self.unsaved.add(delta)
+        if last_key is not None:
+            self.unsaved_key = last_key
+        if not writes and not fails:
+            return []
+        return self._save(run, writes, fails, seconds, [])
+
+    def _save(self, run: RunState, writes: list[CasWrite], fails: list[tuple[Value, str]],
+              seconds: float, then: list[Statement]) -> list[bool]:
+        """Writes, the checkpoint of everything unsaved, and `then`, in one transaction
+        that the lease's guard fails unless this run still holds the lease."""
+        assert self.lease is not None
         stmts: list[Statement] = [self.lease.guard(),
-                                  *Journal.checkpoint(run, delta, seconds, last_key, fails)]
+                                  *Journal.checkpoint(run, self.unsaved, seconds,
+                                                      self.unsaved_key, fails), *then]
         try:
-            return self.store.apply(writes, self.target, stmts)
+            hits = self.carrier.apply(writes, self.target, stmts)
         except StoreError as e:
             raise self.lease.explain(e) from None
+        self.unsaved, self.unsaved_key = Counts(), None
+        return hits
 
     def _settle_conflicts(self, run: RunState, missed: list[CasWrite], seconds: float) -> None:
         """Re-read rows whose compare-and-swap missed. A row holding exactly the value we
@@ -259,8 +291,8 @@ class Reencryptor:
         if self.journal is None or self.lease is None:
             if journal_exists(self.store):   # a dry run is refused as the real run would be
                 Journal(self.store).plan_run(self.ident, create=False)
-            probe(self.store, self.target, self.codec, self.opt.page_bytes)
-            return self._run(RunState("dry-run", self.ident, False))
+            rows = probe(self.store, self.target, self.codec, self.opt.page_bytes)
+            return self._run(RunState("dry-run", self.ident, False), rows)
         ensure_journal_schema(self.store)
         self.lease.acquire()
         log.debug("lease on %s taken by %s", self.target.name, self.lease.holder)
@@ -269,44 +301,70 @@ class Reencryptor:
             log.debug("run plan for %s: %s; retiring %s", self.target.name,
                       f"resume {plan.resume}" if plan.resume else "a new run",
                       [u.run_id for u in plan.supersede] or "nothing")
-            probe(self.store, self.target, self.codec, self.opt.page_bytes)
-            return self._run(self.journal.start_run(self.ident, plan))
+            rows = probe(self.store, self.target, self.codec, self.opt.page_bytes)
+            return self._run(self.journal.start_run(self.ident, plan), rows)
         finally:
             self.lease.release()
 
-    def _run(self, run: RunState) -> ReencryptResult:
+    def _run(self, run: RunState, rows: int) -> ReencryptResult:
+        """`rows`: the table's rows, counted by the probe a moment ago."""
         started = time.monotonic()
         warnings = self.warnings()
         first, after = not run.has_cursor, run.last_key
-        total = count_after(self.store, self.target, after, first)
+        total = rows if first else count_after(self.store, self.target, after, first)
         workers = self.opt.workers if self.opt.workers is not None else default_workers(total)
         runner = CryptoRunner(self.codec, workers)
         self.progress.start(total)
         base = run.seconds
+        # what the pass verifies opens under the new key, for this run's census only; a
+        # resumed run's earlier rows (before the cursor) are opened by it
+        vouched = (Vouched(offset=run.counts.rows_scanned) if self.journal is not None
+                   and self.opt.census else None)
 
-        def commit_page(page: PageResult) -> None:
-            secs = base + (time.monotonic() - started)
-            hits = self._commit(run, page.writes, _delta(page), page.failures, page.last_key, secs)
-            if not all(hits):
-                missed = [w for w, hit in zip(page.writes, hits, strict=True) if not hit]
-                self._settle_conflicts(run, missed, secs)
-            self.progress.advance(page.rows)
+        def commit_pages(pages: list[PageResult]) -> None:
+            """Pages the writer has in hand, in order: one transaction, one checkpoint."""
+            try:
+                secs = base + (time.monotonic() - started)
+                delta = Counts()
+                for page in pages:
+                    delta.add(_delta(page))
+                hits = self._commit(run, [w for p in pages for w in p.writes], delta,
+                                    [f for p in pages for f in p.failures], pages[-1].last_key,
+                                    secs)
+                missed = [w for w, hit in zip([w for p in pages for w in p.writes], hits,
+                                              strict=True) if not hit]
+                if missed:
+                    self._settle_conflicts(run, missed, secs)
+                self.carrier.page_done()
+            except BaseException as e:
+                self.carrier.fail(e)
+                raise
+            for page in pages:
+                self.progress.advance(page.rows)
 
         budget = InFlight()
+        # with worker processes the timing is theirs anyway: a writer that falls behind
+        # commits the pages waiting together (inline, every page is its own commit), unless
+        # an application writes to the file too: then every page gets its own commit, and
+        # the application its turn at the write lock between them
+        gather = 3 if runner.pool is not None else 1
         writer: OrderedWriter[PageResult] = OrderedWriter(
-            commit_page, depth=2, release=lambda page: budget.give(page.bytes))
+            commit_pages, depth=2, release=lambda page: budget.give(page.bytes),
+            gather=lambda: 1 if getattr(self.store, "contended", False) else gather)
         census = None
         try:
             for page in page_results(self.store, self.target, runner, "rotate",
                                      page_size(self.store, self.opt.batch_size), after, first,
-                                     self.opt.page_bytes, budget=budget):
+                                     self.opt.page_bytes, budget=budget,
+                                     carrier=self.carrier, vouched=vouched):
                 writer.put(page)
                 del page
             writer.finish()
             self.progress.close()
             if self.journal is not None and self.lease is not None and self.opt.census:
                 census = take_census(self.store, self.target, self.codec, runner,
-                                     self.opt.batch_size, self.progress, self.lease.check)
+                                     self.opt.batch_size, self.progress, self.lease.check,
+                                     rows_hint=run.counts.rows_scanned, vouched=vouched)
         except KeyboardInterrupt:
             writer.abandon()
             runner.close(cancel=True)
@@ -318,6 +376,8 @@ class Reencryptor:
         finally:
             runner.close()
             self.progress.close()
+            if vouched is not None:
+                vouched.close()
         seconds = base + (time.monotonic() - started)
         c = run.counts
         extra = {"format": self.opt.fmt, "mode": self.opt.mode, "old_kid": self.ident.old_kid,
@@ -329,7 +389,8 @@ class Reencryptor:
         if census is None:   # the caller's census is the proof
             problems = reconcile_unsettled(self.unsettled)
             status = "incomplete" if problems else "rewritten"
-            failures = run_failures(self.store, run.run_id, LISTED_FAILURES)
+            failures = (run_failures(self.store, run.run_id, LISTED_FAILURES)
+                        if c.rows_failed else [])   # recorded with the counts that count them
         else:
             problems = reconcile(census, c, self.unsettled)
             log.debug("census of %s: %d rows, %d ok, %d old, %d null, %d failed, %d unreached",
@@ -339,12 +400,17 @@ class Reencryptor:
                       "completed_with_failures" if census.failed else "completed")
             failures = census.failures
         assert self.lease is not None
+        # the last checkpoint, the verdict and the lease given back: one transaction
+        self.lease.stop_heartbeat()
         try:
             self.store.apply([], None, [self.lease.guard(),
-                                        *Journal.checkpoint(run, Counts(), seconds, None, []),
-                                        Journal.finish(run, status)])
+                                        *Journal.checkpoint(run, self.unsaved, seconds,
+                                                            self.unsaved_key, []),
+                                        Journal.finish(run, status), self.lease.releasing()])
         except StoreError as e:
             raise self.lease.explain(e) from None
+        self.lease.released = True
+        self.unsaved, self.unsaved_key = Counts(), None
         return ReencryptResult(run.run_id, status, self.target.name, c, seconds, run.resumed,
                                False, self.unsettled, failures, census, problems, extra)
 

@@ -8,7 +8,13 @@ sum over the whole table at the end, taken by one SQL aggregate that pages nothi
 witness, db/base.py). Any difference makes the census unclean ("unreached"): rows paging
 missed, or rows inserted or deleted while it ran; exit 3, run it again. A WITHOUT ROWID
 table has no rowid to witness: it is paged by its primary key, which is unique and NOT
-NULL under its own collation by construction, and only its count is compared.
+NULL under its own collation by construction, and only its count is compared: the rows
+visited, and the count at the start, must both equal the count at the end.
+
+At the end of a reencrypt run the census reads and witnesses every row just the same, but
+a row holding exactly a value that run's pass verified opens under the new key is counted
+unopened (`vouched`; the argument is in dataplane/vouch.py): the verdict is a function of
+the value alone, and opening it again would only repeat it.
 
 Failed rows are listed by id, the first LISTED of them; `--failed-ids FILE` streams every
 failed id to a file (ids are not secret), written atomically when the census ends.
@@ -24,8 +30,17 @@ from typing import Any, Callable, TextIO
 from keyrotate.crypto.codecs import Codec
 from keyrotate.dataplane.outcome import ROWS, Outcome
 from keyrotate.dataplane.pipeline import InFlight, page_results, page_size
+from keyrotate.dataplane.vouch import Vouched
 from keyrotate.dataplane.workers import CryptoRunner, PageResult, default_workers
-from keyrotate.db.base import RowStore, Target, count_rows, display_key, new_salt, witness_sql
+from keyrotate.db.base import (
+    PAGE_BYTES,
+    RowStore,
+    Target,
+    count_rows,
+    display_key,
+    new_salt,
+    witness_sql,
+)
 from keyrotate.errors import EXIT_FAILURES, EXIT_INCOMPLETE, Interrupted
 from keyrotate.files import atomic_file
 from keyrotate.progress import NoProgress, Progress
@@ -46,6 +61,8 @@ class Census:
     failed: int = 0
     unreached: int = 0          # rows in the table that paging did not visit
     witness: str = "counted"    # matched | differs (by rowid witness) | counted (no rowid)
+    vouched: int = 0            # rows counted under the key unopened: this run's pass had
+                                # verified their very value (dataplane/vouch.py)
     by_kid: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     failures: list[dict[str, str]] = field(default_factory=list)   # the first LISTED
@@ -68,7 +85,7 @@ class Census:
     def as_dict(self) -> dict[str, Any]:
         return {"target": self.target, "rows": self.rows, "ok": self.ok, "old": self.old,
                 "null": self.null, "failed": self.failed, "unreached": self.unreached,
-                "witness": self.witness, "clean": self.clean,
+                "witness": self.witness, "vouched": self.vouched, "clean": self.clean,
                 "seconds": round(self.seconds, 3), "kid": self.key_kid,
                 "old_kid": self.old_kid, "by_kid": self.by_kid, "failures": self.failures,
                 "failures_total": self.failed,
@@ -79,6 +96,7 @@ class Census:
         self.rows += page.rows
         self.visited_witness += page.witness
         self.null += page.null
+        self.vouched += page.trusted
         self.failed += len(page.failures)
         for kid, n in page.by_kid.items():
             self.by_kid[kid] = self.by_kid.get(kid, 0) + n
@@ -112,18 +130,26 @@ class Census:
 def take_census(store: RowStore, target: Target, codec: Codec, runner: CryptoRunner,
                 batch_size: int | None, progress: Progress,
                 between_pages: Callable[[], None] = lambda: None,
-                failed_ids: TextIO | None = None) -> Census:
+                failed_ids: TextIO | None = None, rows_hint: int | None = None,
+                vouched: Vouched | None = None) -> Census:
     """A census with a runner the caller owns (reencrypt reuses its worker processes);
-    every failed id also goes to `failed_ids`, one per line, if given."""
+    every failed id also goes to `failed_ids`, one per line, if given. `rows_hint`: about
+    how many rows to expect (for the progress bar), so a census with a rowid witness
+    need not count them first (the witness compares the whole table at the end).
+    `vouched`: what this run's pass verified opens under the new key; a row holding
+    exactly such a value is counted unopened (every row is still read and witnessed)."""
     started = time.monotonic()
     census = Census(target.name, key_kid=codec.new_kid, old_kid=codec.old_kid)
-    before = count_rows(store, target)
-    progress.start(before)
     witnessed = target.with_witness()
+    proven_by_witness = witnessed.witnessed and witnessed.rowid is not None
+    before = (rows_hint if rows_hint is not None and proven_by_witness
+              else count_rows(store, target))
+    progress.start(before)
     salt = new_salt() if witnessed.witnessed else None
     budget = InFlight()
-    for page in page_results(store, witnessed, runner, "census", page_size(store, batch_size),
-                             salt=salt, budget=budget):
+    rows, weight = census_page(store, batch_size)
+    for page in page_results(store, witnessed, runner, "census", rows, page_bytes=weight,
+                             salt=salt, budget=budget, vouched=vouched):
         census.tally(page)
         budget.give(page.bytes)
         if failed_ids is not None:
@@ -138,9 +164,24 @@ def take_census(store: RowStore, target: Target, codec: Codec, runner: CryptoRun
         else:
             census.witness, census.unreached = "differs", max(1, n - census.rows)
     else:
-        census.unreached = max(0, min(before, count_rows(store, target)) - census.rows)
+        # counts only: any difference is doubt (a row inserted behind the cursor, another
+        # deleted after it was visited); equal counts cannot show an insert and a delete
+        # that cancel out, which only a rowid witness can
+        end = count_rows(store, target)
+        if end != census.rows or end != before:
+            census.unreached = max(1, end - census.rows)
     census.seconds = time.monotonic() - started
     return census
+
+
+def census_page(store: RowStore, batch_size: int | None) -> tuple[int, int]:
+    """Rows and bytes of one census read. Where every request costs (D1), pages twice as
+    many rows and two and a half times the bytes of the pass's (5 MB, a tenth of D1's
+    50 MB result limit): the census only reads, and its pass wrote each value twice per
+    request (the compare-and-swap). The bytes in flight stay bounded (one such page)."""
+    if batch_size is None and getattr(store, "carries_reads", False):
+        return 2 * store.preferred_batch_size, PAGE_BYTES * 5 // 2
+    return page_size(store, batch_size), PAGE_BYTES
 
 
 def _id_line(key: Any) -> str:
@@ -153,14 +194,15 @@ def verify(store: RowStore, target: Target, codec: Codec, batch_size: int | None
            workers: int | None = None, progress: Progress | None = None,
            failed_ids: str | None = None) -> Census:
     progress = progress or NoProgress()
-    n = workers if workers is not None else default_workers(count_rows(store, target))
-    runner = CryptoRunner(codec, n)
-    try:
+    rows = count_rows(store, target) if workers is None else None
+    runner = CryptoRunner(codec, workers if rows is None else default_workers(rows))
+    try:   # that count serves the progress too (one request less on D1)
         if failed_ids is None:
-            return take_census(store, target, codec, runner, batch_size, progress)
+            return take_census(store, target, codec, runner, batch_size, progress,
+                               rows_hint=rows)
         with atomic_file(failed_ids) as sink:
             census = take_census(store, target, codec, runner, batch_size, progress,
-                                 failed_ids=sink)
+                                 failed_ids=sink, rows_hint=rows)
         census.failed_ids_file = failed_ids
         return census
     except KeyboardInterrupt:

@@ -14,12 +14,14 @@ import multiprocessing
 import os
 import signal
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from keyrotate.crypto.codecs import Codec
+from keyrotate.dataplane.vouch import Vouch, page_digests
 from keyrotate.db.base import CasWrite, Salt, Value, witness_sum
-from keyrotate.errors import InvalidEnvelope
+from keyrotate.errors import InvalidEnvelope, WorkerLost
 from keyrotate.orphans import exit_now, on_parent_death
 
 Rows = Sequence[tuple[Value, ...]]   # (key, value[, rowid])
@@ -38,10 +40,16 @@ class PageResult:
     last_key: Value = None
     bytes: int = 0
     witness: int = 0      # census: sum of the witness hash of the rows' rowids
-    # heavy rows sent back from a worker process without their old value: (index in writes,
+    last: bool = False    # the read showed the end of the table (riding stores)
+    # writes sent back from a worker process without their old value: (index in writes,
     # index in the page's rows); the reader, which still has the rows, puts it back
-    # (rejoin), so a heavy value crosses the pipe once, not twice
+    # (rejoin), so a value crosses the pipe once, not twice (half the bytes back)
     rejoin: list[tuple[int, int]] = field(default_factory=list)
+    # rotate, with a vouch key: the keyed digest of each row's value as the pass leaves it
+    # when it opens under the new key (dataplane/vouch.py); census: rows taken on it
+    # (counted in the reader: pipeline._census_vouched)
+    vouched: bytes = b""
+    trusted: int = 0
 
     def rejoined(self, rows: Rows) -> "PageResult":
         for w, r in self.rejoin:
@@ -51,7 +59,6 @@ class PageResult:
         return self
 
 
-HEAVY = 64 << 10   # a value this large is not sent back from a worker (see rejoin)
 
 
 def _judge(fn: Any, value: Value) -> Any:
@@ -66,33 +73,45 @@ def _judge(fn: Any, value: Value) -> Any:
 
 
 def process_page(codec: Codec, op: str, rows: Rows, salt: Salt | None = None,
-                 piped: bool = False) -> PageResult:
+                 piped: bool = False, vouch: Vouch | None = None) -> PageResult:
     """Apply one codec operation ("rotate" or "census") to every row of a page. With a
     salt, rows carry their rowid third, and the page sums its witness hash. `piped`: the
-    result goes back through a pipe, heavy old values left for the reader to rejoin."""
+    result goes back through a pipe, old values left for the reader to rejoin. `vouch`:
+    rotate records the digest of every value it leaves opening under the new key (the
+    census checks them in the reader: pipeline._census_vouched)."""
     res = PageResult(rows=len(rows), last_key=rows[-1][0] if rows else None)
     census = op == "census"
     fn = codec.census if census else codec.rotate
     by_kid = res.by_kid
+    left: list[Value] | None = [] if vouch is not None and not census else None
     if salt is not None:
         res.witness = witness_sum((row[2] for row in rows), salt)
     for i, row in enumerate(rows):
         key, value = row[0], row[1]
         if value is None:
             res.null += 1
+            if left is not None:
+                left.append(None)
             continue
         out = _judge(fn, value)
         if out is None:
             res.current += 1
         elif out.__class__ is not str:
             res.failures.append((key, out[0]))
+            if left is not None:   # nobody vouches for a row that fails
+                left.append(None)
+            continue
         elif census:
             by_kid[out] = by_kid.get(out, 0) + 1
-        elif piped and len(value) > HEAVY:
+        elif piped:   # the reader still has the old value: it need not come back
             res.rejoin.append((len(res.writes), i))
             res.writes.append((out, key, None))
         else:
             res.writes.append((out, key, value))
+        if left is not None:   # what the row holds once the pass is done: it opens
+            left.append(value if out is None else out)
+    if left is not None and vouch is not None:
+        res.vouched = page_digests(vouch[0], left)
     return res
 
 
@@ -129,13 +148,16 @@ def _init_worker(codec: Codec, parent_pid: int) -> None:
     _codec = codec
     return_large_blocks_to_the_os()   # inherited across fork; not across spawn
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    # the CLI's SIGTERM handler (KeyboardInterrupt) is inherited across fork: a worker the
+    # pool terminates (another worker died) would print a traceback; it just ends
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # forked workers hold both ends of the task pipe: they would never see EOF
     on_parent_death(parent_pid, signal.SIGKILL, exit_now)
 
 
-def _work(op: str, rows: Rows, salt: Salt | None) -> PageResult:
+def _work(op: str, rows: Rows, salt: Salt | None, vouch: Vouch | None) -> PageResult:
     assert _codec is not None
-    return process_page(_codec, op, rows, salt, piped=True)
+    return process_page(_codec, op, rows, salt, piped=True, vouch=vouch)
 
 
 class CryptoRunner:
@@ -151,24 +173,49 @@ class CryptoRunner:
                                             mp_context=multiprocessing.get_context(method),
                                             initializer=_init_worker,
                                             initargs=(codec, os.getpid()))
-            self.pool.submit(_ready).result()   # fork now, before any page is read
+            _lost_as_resumable(self.pool.submit(_ready)).result()   # fork now, before any page is read
 
     @property
     def depth(self) -> int:
         """How many pages to keep in flight."""
         return 1 if self.pool is None else 2 * self.workers + 1
 
-    def submit(self, rows: Rows, op: str, salt: Salt | None = None) -> "Future[PageResult]":
+    def submit(self, rows: Rows, op: str, salt: Salt | None = None,
+               vouch: Vouch | None = None) -> "Future[PageResult]":
         if self.pool is not None:
-            return self.pool.submit(_work, op, rows, salt)
+            try:
+                return _lost_as_resumable(self.pool.submit(_work, op, rows, salt, vouch))
+            except BrokenProcessPool:
+                raise WorkerLost() from None
         fut: Future[PageResult] = Future()
-        fut.set_result(process_page(self.codec, op, rows, salt))
+        fut.set_result(process_page(self.codec, op, rows, salt, vouch=vouch))
         return fut
 
     def close(self, cancel: bool = False) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
             self.pool = None
+
+
+def _lost_as_resumable(inner: "Future[Any]") -> "Future[Any]":
+    """The pool's future, with a dead worker (BrokenProcessPool, a traceback and exit 1)
+    turned into WorkerLost: exit 3, run the same command again."""
+    outer: Future[Any] = Future()
+
+    def settle(done: "Future[Any]") -> None:
+        if done.cancelled():
+            outer.cancel()
+            return
+        error = done.exception()
+        if isinstance(error, BrokenProcessPool):
+            outer.set_exception(WorkerLost())
+        elif error is not None:
+            outer.set_exception(error)
+        else:
+            outer.set_result(done.result())
+
+    inner.add_done_callback(settle)
+    return outer
 
 
 def default_workers(total_rows: int) -> int:

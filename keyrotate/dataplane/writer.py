@@ -2,6 +2,9 @@
 scanning and dispatching while SQLite writes and fsyncs (sqlite3 releases the GIL there).
 
 Pages are handled strictly in the order they were put, so checkpoints only move forward.
+While `gather()` > 1, pages that are already waiting when the thread takes one are handed
+over with it (up to `gather`), to be committed in one transaction: on a file every commit
+waits for the disk, so a writer that falls behind catches up with fewer, larger commits.
 Every page put is released once (`release`), handled or dropped, so a byte budget the
 reader waits on is always given back.
 An error in the thread stops it and is re-raised in the caller at the next put or at
@@ -20,9 +23,10 @@ _STOP = object()
 
 
 class OrderedWriter(Generic[T]):
-    def __init__(self, handle: Callable[[T], None], depth: int = 2,
-                 release: Callable[[T], None] = lambda item: None):
-        self._handle, self._release = handle, release
+    def __init__(self, handle: Callable[[list[T]], None], depth: int = 2,
+                 release: Callable[[T], None] = lambda item: None,
+                 gather: Callable[[], int] = lambda: 1):
+        self._handle, self._release, self._gather = handle, release, gather
         self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="keyrotate-writer", daemon=True)
@@ -33,14 +37,28 @@ class OrderedWriter(Generic[T]):
             item = self._queue.get()
             if item is _STOP:
                 return
+            items, stopping = [item], False
+            gather = self._gather()
+            while len(items) < gather and not stopping:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                stopping = more is _STOP
+                if not stopping:
+                    items.append(more)
             try:
                 if self._error is None:
-                    self._handle(item)  # type: ignore[arg-type]
+                    self._handle(items)  # type: ignore[arg-type]
             except BaseException as e:  # surfaced in the caller's thread
                 self._error = e
             finally:
-                self._release(item)  # type: ignore[arg-type]
-                item = None   # drop the page now, not at the next get
+                for it in items:
+                    self._release(it)  # type: ignore[arg-type]
+                items = []
+                item = None   # drop the pages now, not at the next get
+            if stopping:
+                return
 
     def put(self, item: T) -> None:
         """Queue a page; waits while the writer is `depth` pages behind."""

@@ -18,7 +18,10 @@ Value = Any  # what SQLite stores: None, int, float, str, bytes
 
 # D1 allows 100 bound parameters per statement; every multi-key query stays under it.
 MAX_BOUND_PARAMS = 100
-DEFAULT_BATCH_SIZE = 1_000
+# Rows per page when the caller does not say; most pages stop at PAGE_BYTES first (2 MB
+# is about 2,900 rows of 700-byte tokens): each page is one commit, and on a file every
+# commit waits for the disk
+DEFAULT_BATCH_SIZE = 5_000
 # About this much of encrypted values per page: pages in flight x this bounds memory.
 PAGE_BYTES = 2 << 20
 
@@ -161,6 +164,14 @@ def bounded_scan_params(after: Value, first: bool, limit: int, max_bytes: int) -
     return (limit, max_bytes) if first else (after, limit, max_bytes, after)
 
 
+def read_many(store: RowStore, statements: Sequence[Statement]) -> list[list[tuple[Value, ...]]]:
+    """Several reads; one request on stores that take a batch of them (D1)."""
+    many = getattr(store, "query_many", None)
+    if many is not None:
+        return many(statements)  # type: ignore[no-any-return]
+    return [store.query(st.sql, st.params) for st in statements]
+
+
 def bounded_scan_page(store: RowStore, target: Target, after: Value, first: bool, limit: int,
                       max_bytes: int) -> list[tuple[Value, ...]]:
     """`scan_page` for stores that answer whole results: the statement cuts the page."""
@@ -227,39 +238,70 @@ def count_after(store: RowStore, target: Target, after: Value, first: bool) -> i
 # cancel out. So the census sums a keyed hash of each row's rowid as it visits the rows,
 # and compares that sum with the same sum over the whole table at the end, computed in
 # SQL by one aggregate that never compares keys (no collation, no ORDER BY, no paging).
-# h(r) = u^3 mod P with u = (a*r + b) mod P, for a salt (a, b) drawn per census: cubing
-# is one-to-one mod P (P = 2 mod 3), so one skipped row is never balanced by one other
-# row; for more, the sums agree by chance with odds of about 1 in P. SQLite's 64-bit
-# integers hold every product (P < 2^31) and the sum of up to 2^32 terms.
+# A rowid r (any 64-bit integer) is written in three limbs, as SQLite's integer division
+# and remainder (both truncating toward zero) give them: m = r % P, q = r / P, then
+# q % P and q / P (|q| < 2^63 / P < 3P). h(r) = u^3 mod P with
+# u = (a*m + c*(q % P) + d*(q / P) + b) mod P, each limb taken mod P, for a salt
+# (a, b, c, d) drawn per census: the limbs are one-to-one with r, so two rowids collide
+# only by chance (1 in P, the salt unknown to anyone else), even 2^31 apart (the hostile
+# review's pair: a hash of r mod P alone made rowids P apart the same row); and cubing
+# is one-to-one mod P (P = 2 mod 3). For more rows the sums agree by chance with odds of
+# about 1 in P. SQLite's 64-bit integers hold every product (P < 2^31) and the sum of up
+# to 2^32 terms.
 
 WITNESS_PRIME = 2_147_483_579   # prime, = 2 (mod 3)
-Salt = tuple[int, int]
+Salt = tuple[int, int, int, int]
 
 
 def new_salt() -> Salt:
     import secrets
 
-    return 1 + secrets.randbelow(WITNESS_PRIME - 1), secrets.randbelow(WITNESS_PRIME)
+    def coefficient() -> int:
+        return 1 + secrets.randbelow(WITNESS_PRIME - 1)
+
+    return coefficient(), secrets.randbelow(WITNESS_PRIME), coefficient(), coefficient()
+
+
+def _toward_zero(x: int, p: int) -> int:
+    """x / p as SQLite (and C) divide integers: truncated toward zero."""
+    return x // p if x >= 0 else -(-x // p)
 
 
 def witness_sum(rowids: Iterable[int], salt: Salt) -> int:
     """Python's side of witness_sql: the sum of h(rowid) over these rows."""
-    a, b, p = salt[0], salt[1], WITNESS_PRIME
+    a, b, c, d = salt
+    p = WITNESS_PRIME
     total = 0
     for r in rowids:
-        u = (a * r + b) % p
+        if 0 <= r < p:                      # the usual rowid: one limb, the others 0
+            u = (a * r + b) % p
+        else:
+            q = _toward_zero(r, p)
+            q1 = _toward_zero(q, p)
+            u = (a * (r - q * p) + c * (q - q1 * p) + d * q1 + b) % p
         total += u * u % p * u % p
     return total
 
 
 def witness_sql(table: str, rowid: str, salt: Salt, where: str = "") -> str:
     """count(*) and the sum of h(rowid) over the table (and `where`), in one aggregate."""
-    a, b, p, r = salt[0], salt[1], WITNESS_PRIME, quote_ident(rowid)
-    u = f"(({a} * ((({r} % {p}) + {p}) % {p}) + {b}) % {p})"
+    a, b, c, d = salt
+    p, r = WITNESS_PRIME, quote_ident(rowid)
+
+    def limb(x: str, k: int) -> str:          # k * (x mod P), reduced
+        return f"({k} * ((({x}) % {p} + {p}) % {p}) % {p})"
+
+    q = f"({r} / {p})"
+    u = f"(({limb(f'{r} % {p}', a)} + {limb(f'{q} % {p}', c)} + {limb(f'{q} / {p}', d)} + {b}) % {p})"
     return (f"SELECT count(*), coalesce(sum({u} * {u} % {p} * {u} % {p}), 0) "
             f"FROM {quote_ident(table)}{where}")
 
 
 def count_rows(store: RowStore, target: Target) -> int:
     """Every row of the table, however its keys are (the census's yardstick)."""
-    return int(store.query(f"SELECT count(*) FROM {quote_ident(target.table)}")[0][0])
+    st = count_statement(target)
+    return int(store.query(st.sql, st.params)[0][0])
+
+
+def count_statement(target: Target) -> Statement:
+    return Statement(f"SELECT count(*) FROM {quote_ident(target.table)}")

@@ -4,10 +4,11 @@ recorded in its own ledger, keyrotate_migrations."""
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
-from keyrotate.db.base import RowStore
-from keyrotate.db.migration_ledger import applied, apply_one, discover, pending
+from keyrotate.db.base import RowStore, Statement, read_many
+from keyrotate.db.migration_ledger import applied, discover, ledger_ddl, migration_statements
 from keyrotate.errors import StoreError, StoreUnavailable
 
 LEDGER = "keyrotate_migrations"
@@ -22,30 +23,97 @@ def migrations_dir() -> Path:
     raise FileNotFoundError("keyrotate's migrations folder is missing from the install")
 
 
-_READY: "weakref.WeakSet[RowStore]" = weakref.WeakSet()
+OWN_TABLES = Statement("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE "
+                       "'keyrotate\\_%' ESCAPE '\\'")
+_APPLIED = Statement(f"SELECT name FROM {LEDGER} ORDER BY id")
 
 
-def ensure_journal_schema(store: RowStore) -> None:
-    """Apply keyrotate's pending migrations, each with its ledger row in one transaction.
-    Checked once per connection: every check costs requests on a d1:// database.
+@dataclass(frozen=True)
+class OwnSchema:
+    """keyrotate's tables as this command found and left them."""
 
-    A migration that fails because it is already there (a D1 answer lost and the request
-    replayed by the client after it committed; two first runs at once) is fine: the ledger
-    then lists it. A failure the ledger does not explain but that looks like that race is
-    resumable (exit 3), never a usage error."""
-    if store in _READY:
+    tables: frozenset[str]        # after the pending migrations ran
+    created: frozenset[str]       # made by this command: they hold nothing yet
+    migrated: bool = False        # this command applied migrations
+
+
+_KNOWN: "weakref.WeakKeyDictionary[RowStore, OwnSchema]" = weakref.WeakKeyDictionary()
+
+
+def ensure_journal_schema(store: RowStore,
+                          answers: list[list[tuple[object, ...]]] | None = None) -> None:
+    """Apply keyrotate's pending migrations, each with its ledger row, all in one
+    transaction. Checked once per connection: every check costs requests on a d1://
+    database, so the ledger and keyrotate's table names come in one read (one request;
+    on a database without the ledger that read fails, every migration is pending, and
+    they follow in one more), and what it learnt is kept for `own_table`. `answers`:
+    schema_reads() already made (with other reads, in the same request).
+
+    Migrations that fail because they are already there (a D1 answer lost and the request
+    replayed by the client after it committed; two first runs at once) are fine: the
+    ledger then lists them. A failure the ledger does not explain but that looks like that
+    race is resumable (exit 3), never a usage error."""
+    if store in _KNOWN:
         return
-    for migration in pending(store, discover(migrations_dir()), LEDGER):
+    if answers is None:
         try:
-            apply_one(store, migration, LEDGER)
+            answers = read_many(store, schema_reads())
         except StoreError as e:
-            if migration.name in applied(store, LEDGER):
-                continue
-            if any(sign in str(e).lower() for sign in _ALREADY_THERE):
-                raise StoreUnavailable(f"keyrotate's own tables changed under it while it "
-                                       f"created them ({migration.name})") from None
-            raise
-    _READY.add(store)
+            if "no such table" not in str(e):
+                raise
+            answers = [[], []]   # no ledger: every migration is pending
+    applied_rows, table_rows = answers
+    before = frozenset(str(r[0]) for r in table_rows)
+    done = {str(r[0]) for r in applied_rows}
+    todo = [m for m in discover(migrations_dir()) if m.name not in done]
+    after = before
+    if todo:
+        statements = [Statement(ledger_ddl(LEDGER))]
+        for migration in todo:
+            statements += migration_statements(migration, LEDGER)
+        try:
+            after = frozenset(str(r[0]) for r in _apply_then_read(store, statements, OWN_TABLES))
+        except StoreError as e:
+            if all(m.name in set(applied(store, LEDGER)) for m in todo):
+                after = frozenset(str(r[0]) for r in store.query(OWN_TABLES.sql))
+            elif any(sign in str(e).lower() for sign in _ALREADY_THERE):
+                raise StoreUnavailable("keyrotate's own tables changed under it while it "
+                                       "created them") from None
+            else:
+                raise
+    _KNOWN[store] = OwnSchema(after, after - before, bool(todo))
+
+
+def schema_reads() -> list[Statement]:
+    """What ensure_journal_schema reads first, for a caller that batches it with its own
+    reads (they fail together on a database without keyrotate's tables)."""
+    return [_APPLIED, OWN_TABLES]
+
+
+def schema_known(store: RowStore) -> OwnSchema | None:
+    """The schema as checked on this connection (None: not yet)."""
+    return _KNOWN.get(store)
+
+
+def _apply_then_read(store: RowStore, statements: list[Statement],
+                     read: Statement) -> list[tuple[object, ...]]:
+    exchange = getattr(store, "exchange", None)
+    if exchange is not None:   # one request
+        return exchange([], None, statements, [read])[1][0]  # type: ignore[no-any-return]
+    store.apply([], None, statements)
+    return store.query(read.sql, read.params)
+
+
+def own_table(store: RowStore, name: str) -> str | None:
+    """What this command knows of one of keyrotate's tables without asking: "absent",
+    "created" (by this command: empty) or "present"; None when the schema was not
+    checked on this connection."""
+    known = _KNOWN.get(store)
+    if known is None:
+        return None
+    if name not in known.tables:
+        return "absent"
+    return "created" if name in known.created else "present"
 
 
 # what a migration applied twice fails with

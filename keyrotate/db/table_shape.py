@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from keyrotate.db.base import RowStore, Target, quote_ident
+from keyrotate.db.base import RowStore, Statement, Target, quote_ident, read_many
 from keyrotate.errors import ConfigError
 
 ROWID_NAMES = ("rowid", "_rowid_", "oid")
@@ -48,6 +48,7 @@ class TableShape:
     unique_under: dict[str, tuple[str, ...]] = field(default_factory=dict)
     pk_index: bool = False               # the primary key has an index of its own (so an
                                          # INTEGER PRIMARY KEY is no rowid alias: DESC)
+    nulls: dict[str, int] = field(default_factory=dict)   # NULL counts already read
 
     def column(self, name: str) -> Column | None:
         return next((c for c in self.columns if c.name == name), None)
@@ -90,35 +91,62 @@ class TableShape:
         return col.not_null or self.rowid_alias(name) or (self.without_rowid and col.pk_position > 0)
 
 
-def table_shape(store: RowStore, table: str) -> TableShape | None:
-    master = store.query("SELECT type, sql FROM sqlite_master WHERE name = ? AND type IN "
-                         "('table', 'view')", (table,))
+def table_shape(store: RowStore, table: str, key_hint: str | None = None) -> TableShape | None:
+    """The table's columns and unique indexes: two rounds of reads, one request each on
+    D1. `key_hint`: the column likely to page by; if the schema does not rule out NULL
+    there, its NULL count comes in the second round (TableShape.nulls) instead of a
+    request of its own."""
+    q = quote_ident(table)
+    master, info, indexes = read_many(store, [
+        Statement("SELECT type, sql, name FROM sqlite_master WHERE name = ? COLLATE NOCASE "
+                  "AND type IN ('table', 'view')", (table,)),
+        Statement(f"PRAGMA table_info({q})"),
+        Statement(f"PRAGMA index_list({q})")])
     if master and master[0][0] == "view":
         raise ConfigError(f"{table!r} is a view: keyrotate rewrites rows in place and pages them "
                           "by a unique key, which a view has neither of. Name the table it reads "
                           "from.")
-    rows = store.query(f"PRAGMA table_info({quote_ident(table)})")
-    if not rows:
+    if not info:
         return None
-    columns = tuple(Column(str(r[1]), str(r[2] or ""), bool(r[3]), int(r[5] or 0)) for r in rows)
+    # SQLite's names are case-insensitive: the table as the schema spells it, so that a
+    # run's journal, its lease and the unfinished-run guard see one table however it is
+    # typed (`ACCOUNTS.x` resumed nothing and took a lease of its own beside `accounts.x`)
+    table = str(master[0][2]) if master else table
+    columns = tuple(Column(str(r[1]), str(r[2] or ""), bool(r[3]), int(r[5] or 0)) for r in info)
     without_rowid = bool(master and master[0][1] and
                          re.search(r"\bWITHOUT\s+ROWID\s*;?\s*$", str(master[0][1]), re.I))
-    unique: dict[str, list[tuple[bool, str]]] = {}
+    candidates: list[tuple[str, str]] = []   # (index name, origin): unique, not partial
     pk_index = False
-    for idx in store.query(f"PRAGMA index_list({quote_ident(table)})"):
+    for idx in indexes:
         name, is_unique, origin = idx[1], idx[2], idx[3] if len(idx) > 3 else ""
         partial = idx[4] if len(idx) > 4 else 0
         pk_index = pk_index or origin == "pk"
-        if not is_unique or partial:
-            continue
-        # index_xinfo: (seqno, cid, name, desc, coll, key); key = 0 for the rowid it carries
-        keyed = [c for c in store.query(f"PRAGMA index_xinfo({quote_ident(str(name))})") if c[5]]
+        if is_unique and not partial:
+            candidates.append((str(name), str(origin)))
+    shape = TableShape(table, columns, without_rowid, {}, pk_index)
+    pk = shape.primary_key
+    hint = key_hint or (pk[0].name if len(pk) == 1 else None)
+    count_nulls = hint is not None and shape.column(hint) is not None \
+        and not shape.declared_not_null(hint)
+    # index_xinfo: (seqno, cid, name, desc, coll, key); key = 0 for the rowid it carries
+    second = [Statement(f"PRAGMA index_xinfo({quote_ident(name)})") for name, _ in candidates]
+    if count_nulls:
+        second.append(_nulls_statement(table, str(hint)))
+    answers = read_many(store, second) if second else []
+    unique: dict[str, list[tuple[bool, str]]] = {}
+    for (_, origin), cols in zip(candidates, answers, strict=False):
+        keyed = [c for c in cols if c[5]]
         if len(keyed) == 1 and keyed[0][2] is not None:
             unique.setdefault(str(keyed[0][2]), []).append(
                 (origin != "pk", str(keyed[0][4] or "BINARY").upper()))
     under = {col: tuple(dict.fromkeys(coll for _, coll in sorted(found)))
              for col, found in unique.items()}
-    return TableShape(table, columns, without_rowid, under, pk_index)
+    nulls = {str(hint): int(answers[-1][0][0])} if count_nulls else {}
+    return TableShape(table, columns, without_rowid, under, pk_index, nulls)
+
+
+def _nulls_statement(table: str, column: str) -> Statement:
+    return Statement(f"SELECT count(*) FROM {quote_ident(table)} WHERE {quote_ident(column)} IS NULL")
 
 
 def resolve_target(store: RowStore, spec: str, key_column: str | None) -> Target:
@@ -126,9 +154,10 @@ def resolve_target(store: RowStore, spec: str, key_column: str | None) -> Target
     if spec.count(".") != 1 or not all(spec.split(".")):
         raise ConfigError(f"--target must be TABLE.COLUMN, got {spec!r}")
     table, column = spec.split(".")
-    shape = table_shape(store, table)
+    shape = table_shape(store, table, key_column)
     if shape is None:
         raise ConfigError(f"table {table!r} does not exist in {store.display_url}")
+    table = shape.name
     if shape.column(column) is None:
         raise ConfigError(f"column {column!r} does not exist in table {table!r}")
     key = _key_column(store, shape, key_column)
@@ -160,7 +189,7 @@ def resolve_id_column(store: RowStore, table: str, column: str) -> PagedColumn:
     if problem:
         raise ConfigError(f"ids column {table}.{column} {problem}: paging it could skip ids. "
                           "Give it a primary key or a unique index (without WHERE).")
-    return PagedColumn(table, column, shape.collation(column), shape.rowid_name)
+    return PagedColumn(shape.name, column, shape.collation(column), shape.rowid_name)
 
 
 def _unsafe(shape: TableShape, name: str) -> str | None:
@@ -179,9 +208,10 @@ def _pages_safely(store: RowStore, shape: TableShape, name: str) -> bool:
         return False
     if shape.declared_not_null(name):
         return True
-    nulls = store.query(f"SELECT count(*) FROM {quote_ident(shape.name)} WHERE "
-                        f"{quote_ident(name)} IS NULL")
-    return int(nulls[0][0]) == 0
+    if name in shape.nulls:
+        return shape.nulls[name] == 0
+    st = _nulls_statement(shape.name, name)
+    return int(store.query(st.sql, st.params)[0][0]) == 0
 
 
 def _key_column(store: RowStore, shape: TableShape, asked: str | None) -> str:

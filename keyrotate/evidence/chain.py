@@ -48,12 +48,18 @@ def authentic(record: dict[str, Any], mac: str, key: AuditKey) -> bool:
     return hmac.compare_digest(expected, mac)
 
 
+# the plain columns of keyrotate_audit, beside the record they repeat (queries select by
+# them: `records(event)`), and the record's name for each
+COLUMNS = (("at", "at"), ("event", "event"), ("rotation_id", "rotation_id"), ("secret", "secret"))
+
+
 @dataclass(frozen=True)
 class Link:
     seq: int
     record: dict[str, Any]
     prev_hash: str
     hash: str
+    columns: dict[str, Any] | None = None   # the row's plain columns, as stored
 
     @property
     def keyed(self) -> bool:
@@ -79,7 +85,7 @@ def first_break(links: list[Link], key: AuditKey | None) -> Break | None:
     for i, link in enumerate(links):
         if link.keyed:
             keyed_seen = True
-            problem = _keyed_problem(link, key)
+            problem = _keyed_problem(link, key) or _columns_problem(link)
             if problem:
                 return problem
         elif keyed_seen:
@@ -98,6 +104,19 @@ def first_break(links: list[Link], key: AuditKey | None) -> Break | None:
                          "or rewritten: the MAC it follows is not in the trail")
         expected = link.hash
     return None
+
+
+def _columns_problem(link: Link) -> Break | None:
+    """A row whose plain columns say other than its authenticated record: a query by
+    column (which events a key's lifecycle reads) would be misled while the MAC holds."""
+    if link.columns is None:
+        return None
+    edited = [column for column, field in COLUMNS
+              if link.columns.get(column) != link.record.get(field)]
+    if not edited:
+        return None
+    return Break(link.seq, "columns", f"{link.label()} has columns ({', '.join(edited)}) that "
+                 "differ from its authenticated record: they were edited after it was written")
 
 
 def _keyed_problem(link: Link, key: AuditKey | None) -> Break | None:

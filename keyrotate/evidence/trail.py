@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 from keyrotate.db.base import RowStore, Statement
 from keyrotate.errors import ConfigError, KeyrotateError, StoreError, StoreUnavailable
-from keyrotate.evidence.chain import GENESIS, KEYED, Link, canonical
+from keyrotate.evidence.chain import COLUMNS, GENESIS, KEYED, Link, canonical
 from keyrotate.evidence.event import ChainHead, Event, operator
 from keyrotate.evidence.witness import WitnessFile, witness_id
 from keyrotate.secrets.audit_key import AuditKey, head_name
@@ -189,15 +189,17 @@ class AuditTrail:
         out: list[Link] = []
         after = -1
         while True:
-            rows = self.db.query("SELECT seq, record, prev_hash, hash FROM keyrotate_audit "
+            rows = self.db.query("SELECT seq, record, prev_hash, hash, "
+                                 f"{', '.join(column for column, _ in COLUMNS)} FROM keyrotate_audit "
                                  "WHERE environment = ? AND seq > ? ORDER BY seq LIMIT ?",
                                  (self.env, after, PAGE))
-            for seq, record, prev, h in rows:
+            for seq, record, prev, h, *plain in rows:
                 try:
                     parsed = json.loads(record)
                 except (TypeError, ValueError):
                     parsed = {"unparseable": True}
-                out.append(Link(int(seq), parsed if isinstance(parsed, dict) else {}, str(prev), str(h)))
+                out.append(Link(int(seq), parsed if isinstance(parsed, dict) else {}, str(prev),
+                                str(h), dict(zip((column for column, _ in COLUMNS), plain))))
             if len(rows) < PAGE:
                 return out
             after = int(rows[-1][0])

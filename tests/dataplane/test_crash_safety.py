@@ -81,14 +81,27 @@ def _committed_rows(db) -> int | None:
 
 
 def _kill_after(proc: subprocess.Popen, db, threshold: int, rng: random.Random) -> bool:
-    """Let the run go in slices (SIGCONT, a moment, SIGSTOP) until the checkpoint shows
-    `threshold` rows, then let it run a random moment more and SIGKILL it. The run is
-    stopped whenever the test looks, so it cannot finish unseen however fast the machine:
-    kills land by observed progress, never by a guess at the machine's speed. A slice is
-    as long as the run took, at the rate it was last seen going, for a quarter of the rows
-    still to go (SLICE at least, MAX_SLICE at most; while nothing is committed yet, it
-    doubles up to NO_PROGRESS_SLICE): short near the threshold, long while the run starts
-    or is far from it. Returns False if the run ended first."""
+    """Let the stopped run go until its checkpoint shows `threshold` rows (_run_until),
+    then let it run a random moment more and SIGKILL it. Returns False if the run ended
+    first."""
+    if not _run_until(proc, db, threshold):
+        return False
+    os.kill(proc.pid, signal.SIGCONT)
+    time.sleep(rng.uniform(0, SLICE))  # a random moment: mid-batch, mid-commit, anywhere
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return True
+
+
+def _run_until(proc: subprocess.Popen, db, threshold: int) -> bool:
+    """Let the stopped run go in slices (SIGCONT, a moment, SIGSTOP) until the checkpoint
+    shows `threshold` rows; it is left stopped. The run is stopped whenever the test looks,
+    so it cannot finish unseen however fast the machine: kills land by observed progress,
+    never by a guess at the machine's speed. A slice is as long as the run took, at the
+    rate it was last seen going, for a quarter of the rows still to go (SLICE at least,
+    MAX_SLICE at most; while nothing is committed yet, it doubles up to
+    NO_PROGRESS_SLICE): short near the threshold, long while the run starts or is far from
+    it. Returns False if the run ended first."""
     length, last = SLICE, None
     while True:
         os.kill(proc.pid, signal.SIGCONT)
@@ -98,14 +111,9 @@ def _kill_after(proc: subprocess.Popen, db, threshold: int, rng: random.Random) 
             return False
         done = _committed_rows(db)
         if done is not None and done >= threshold:
-            break
+            return True
         length = _next_slice(length, last, done, threshold)
         last = done if done is not None else last
-    os.kill(proc.pid, signal.SIGCONT)
-    time.sleep(rng.uniform(0, SLICE))  # a random moment: mid-batch, mid-commit, anywhere
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    return True
 
 
 def _next_slice(length: float, last: int | None, done: int | None, threshold: int) -> float:
@@ -157,3 +165,38 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
             psutil.Process(pid).wait(timeout=10)
         except psutil.NoSuchProcess:
             pass
+
+
+def test_a_crypto_worker_killed_mid_run_exits_3_and_the_run_resumes(tmp_path):
+    """Hostile review: one pool worker SIGKILLed (as the OOM killer would) made keyrotate
+    print a BrokenProcessPool traceback and exit 1, which means "rows failed" to cron and
+    rollover. It is exit 3 now, run the same command again, and the re-run completes."""
+    db, originals, env = big_reference_db(tmp_path, 20_000, "worker.db")
+    proc = subprocess.Popen(_argv(db, "--workers", "2"), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        assert _kill_after_a_worker(proc, db), "the run ended before its first checkpoint"
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, err.decode()[-2000:]
+    text = (out + err).decode()
+    assert "Traceback" not in text and "run the same command again" in text, text[-3000:]
+    again = subprocess.run(_argv(db), env=env, capture_output=True, timeout=600)
+    assert again.returncode == 0, again.stderr.decode()[-2000:]
+    for key, value in rows_of(db).items():
+        assert open_value(value.decode(), NEW_SECRET) == originals[key], key
+
+
+def _kill_after_a_worker(proc: subprocess.Popen, db) -> bool:
+    """Let the stopped run go until its first checkpoint, kill one of its crypto workers,
+    and let it go on."""
+    if not _run_until(proc, db, 1):
+        return False
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert workers, "no worker processes"
+    workers[0].kill()        # a zombie until the run, stopped now, reaps it
+    os.kill(proc.pid, signal.SIGCONT)
+    return True

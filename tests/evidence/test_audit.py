@@ -133,6 +133,22 @@ def test_an_altered_event_is_named(project):
     assert text.exit_code == 1 and f"event #{seq}" in text.output and "not authentic" in text.output
 
 
+@pytest.mark.parametrize("column, value", [("event", "rotation.started"), ("secret", "JWT_SECRET"),
+                                           ("at", "2020-01-01T00:00:00+00:00"),
+                                           ("rotation_id", "rot-forged")])
+def test_a_plain_column_edited_beside_its_record_is_named(project, column, value):
+    """The record is authenticated; the columns beside it (which queries select by: the
+    events a key's lifecycle reads) were not compared with it, so an edited column hid an
+    event from them while `audit verify` passed."""
+    root = project[0]
+    _rotate(root)
+    seq = _seqs(root)[3]
+    _tamper(root, (f"UPDATE keyrotate_audit SET {column} = ? WHERE seq = ?", (value, seq)))
+    code, out = _verify()
+    assert code == 1 and out["problem"]["seq"] == seq and out["problem"]["kind"] == "columns", out
+    assert f"columns ({column})" in out["problem"]["message"], out["problem"]
+
+
 def test_a_removed_event_is_named(project):
     root = project[0]
     _rotate(root)

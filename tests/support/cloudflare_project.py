@@ -23,11 +23,11 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
-from keyrotate.demo.build import build_reference_db
+from keyrotate.demo.build import build_reference_db, token_payload
 from keyrotate.secrets.dotenv import DotenvStore
 from tests.support.cf_api import CloudflareStandIn
 from tests.support.health_server import HealthServer
@@ -96,14 +96,15 @@ class Project:
 
     defaults: dict[str, Any] = {"routes": True}
 
-    def __init__(self, root: Path, wrangler: list[str]):
+    def __init__(self, root: Path, wrangler: list[str], rows: int = 50,
+                 payload: Callable[[int], bytes] = token_payload):
         self.wrangler = wrangler
         self.root = root
         self.cf, self.health = CloudflareStandIn(), HealthServer()
         self.routes = bool(self.defaults.get("routes", True))
         for w in WORKERS:
             write_worker(root / "workers" / w, w)
-        build_reference_db(str(root / "staging.db"), 50, OLD_SECRET)
+        build_reference_db(str(root / "staging.db"), rows, OLD_SECRET, payload=payload)
         self.cf.d1["staging"] = str(root / "staging.db")  # the same file, as d1://acct/staging
         self.store = DotenvStore(str(root / ".env.staging"))
         for name, value in (("MASTER_KEY", OLD_SECRET), ("JWT_SECRET", JWT),
@@ -140,6 +141,14 @@ class Project:
                 else:
                     os.environ[k] = v
             tmp.cleanup()
+
+
+def build_project(root: Path, rows: int = 50, payload: Callable[[int], bytes] = token_payload,
+                  real_wrangler: bool = False) -> tuple[CloudflareStandIn, HealthServer, DotenvStore]:
+    """The project in `root` (scripts/bench_d1.py builds it too): run commands from `root`
+    with api_env's variables; stop the stand-in and the health server after."""
+    p = Project(root, [str(WRANGLER)] if real_wrangler else FAKE_WRANGLER, rows, payload)
+    return p.cf, p.health, p.store
 
 
 @pytest.fixture
