@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from typing import Any, Iterator
 
@@ -21,6 +22,7 @@ import click
 from keyrotate import __version__
 from keyrotate.cli import control, data, evidence, keys, objects, rollover, rotation, secrets
 from keyrotate.cli.output import configure_logging, fail
+from keyrotate.dataplane.workers import pools_abandoned
 from keyrotate.errors import EXIT_INCOMPLETE, EXIT_USAGE, KeyrotateError
 
 _JSON = "keyrotate.json"
@@ -135,3 +137,17 @@ def _register() -> None:
 
 
 _register()
+
+
+def run() -> None:
+    """The program (`keyrotate`, `python -m keyrotate.cli`): main, then, if a dead crypto
+    worker broke a pool (exit 3, WorkerLost), leave without waiting for that pool's threads,
+    which the interpreter would otherwise wait for at exit, forever."""
+    try:
+        main(prog_name="keyrotate")
+    except SystemExit as e:
+        if pools_abandoned():
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(e.code if isinstance(e.code, int) else EXIT_INCOMPLETE)
+        raise

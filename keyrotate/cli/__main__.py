@@ -1,3 +1,3 @@
-from keyrotate.cli import main
+from keyrotate.cli import run
 
-main()
+run()

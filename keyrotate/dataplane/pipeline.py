@@ -232,7 +232,7 @@ def page_results(store: RowStore, target: Target, runner: CryptoRunner, op: str,
         if not inflight:
             return
         future, n, rows = inflight.popleft()
-        page = future.result().rejoined(rows)
+        page = runner.wait(future).rejoined(rows)
         del future, rows
         page.bytes = n
         _record(vouched, page)
@@ -259,7 +259,7 @@ def _carried(store: RowStore, target: Target, runner: CryptoRunner, op: str, bat
         ahead = None
         if not last and (budget is None or budget.room(largest, wait=False)):
             ahead = carrier.read(scan_statement(target, after, False, batch_size, page_bytes))
-        page = runner.submit(rows, op, None, _vouch(vouched)).result().rejoined(rows)
+        page = runner.wait(runner.submit(rows, op, None, _vouch(vouched))).rejoined(rows)
         page.bytes, page.last = n, last
         _record(vouched, page)
         del rows

@@ -165,8 +165,8 @@ def take_census(store: RowStore, target: Target, codec: Codec, runner: CryptoRun
             census.witness, census.unreached = "differs", max(1, n - census.rows)
     else:
         # counts only: any difference is doubt (a row inserted behind the cursor, another
-        # deleted after it was visited); equal counts cannot show an insert and a delete
-        # that cancel out, which only a rowid witness can
+        # deleted after it was visited); equal counts cannot show changes that cancel out
+        # (an insert and a delete, two primary keys moved), which only a rowid witness can
         end = count_rows(store, target)
         if end != census.rows or end != before:
             census.unreached = max(1, end - census.rows)

@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import signal
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -160,12 +161,17 @@ def _work(op: str, rows: Rows, salt: Salt | None, vouch: Vouch | None) -> PageRe
     return process_page(_codec, op, rows, salt, piped=True, vouch=vouch)
 
 
+WATCH_SECONDS = 1.0   # how often a wait for a page looks whether a worker died
+_ABANDONED: list[ProcessPoolExecutor] = []
+
+
 class CryptoRunner:
     """submit(rows, op) -> Future[PageResult]; inline when workers == 0."""
 
     def __init__(self, codec: Codec, workers: int):
         self.codec, self.workers = codec, workers
         self.pool: ProcessPoolExecutor | None = None
+        self.broken = False     # a worker died: the pool is abandoned, never waited for
         return_large_blocks_to_the_os()
         if workers > 0:
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
@@ -173,7 +179,7 @@ class CryptoRunner:
                                             mp_context=multiprocessing.get_context(method),
                                             initializer=_init_worker,
                                             initargs=(codec, os.getpid()))
-            _lost_as_resumable(self.pool.submit(_ready)).result()   # fork now, before any page is read
+            self.wait(_lost_as_resumable(self.pool.submit(_ready), self))  # fork now, before any page is read
 
     @property
     def depth(self) -> int:
@@ -184,20 +190,56 @@ class CryptoRunner:
                vouch: Vouch | None = None) -> "Future[PageResult]":
         if self.pool is not None:
             try:
-                return _lost_as_resumable(self.pool.submit(_work, op, rows, salt, vouch))
+                return _lost_as_resumable(self.pool.submit(_work, op, rows, salt, vouch), self)
             except BrokenProcessPool:
+                self.broken = True
                 raise WorkerLost() from None
         fut: Future[PageResult] = Future()
         fut.set_result(process_page(self.codec, op, rows, salt, vouch=vouch))
         return fut
 
+    def wait(self, future: "Future[Any]") -> Any:
+        """future.result(), watching the workers: one that died while writing its answer
+        leaves the pool's result pipe half written, and CPython's pool then neither
+        resolves a future nor notices (its reader blocks on the rest): WorkerLost."""
+        while True:
+            try:
+                return future.result(timeout=WATCH_SECONDS)
+            except FutureTimeout:
+                if self._a_worker_died():
+                    self.broken = True
+                    raise WorkerLost() from None
+
+    def _a_worker_died(self) -> bool:
+        processes = getattr(self.pool, "_processes", None) or {}   # CPython's: pid -> Process
+        return any(p.exitcode is not None for p in list(processes.values()))
+
     def close(self, cancel: bool = False) -> None:
         if self.pool is not None:
-            self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
+            if self.broken or self._a_worker_died():
+                _abandon(self.pool)
+            else:
+                self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
             self.pool = None
 
 
-def _lost_as_resumable(inner: "Future[Any]") -> "Future[Any]":
+def _abandon(pool: ProcessPoolExecutor) -> None:
+    """A pool a dead worker broke: the workers left are killed and its threads not waited
+    for (they may be stuck on a pipe the dead worker left half written, or one nobody reads
+    any more); the program leaves without joining them (cli.run)."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+    _ABANDONED.append(pool)
+
+
+def pools_abandoned() -> bool:
+    """Whether this process left a broken pool's threads behind (then it must leave with
+    os._exit: the interpreter would wait for them at exit, forever)."""
+    return bool(_ABANDONED)
+
+
+def _lost_as_resumable(inner: "Future[Any]", runner: CryptoRunner) -> "Future[Any]":
     """The pool's future, with a dead worker (BrokenProcessPool, a traceback and exit 1)
     turned into WorkerLost: exit 3, run the same command again."""
     outer: Future[Any] = Future()
@@ -208,6 +250,7 @@ def _lost_as_resumable(inner: "Future[Any]") -> "Future[Any]":
             return
         error = done.exception()
         if isinstance(error, BrokenProcessPool):
+            runner.broken = True
             outer.set_exception(WorkerLost())
         elif error is not None:
             outer.set_exception(error)

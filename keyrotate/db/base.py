@@ -238,16 +238,16 @@ def count_after(store: RowStore, target: Target, after: Value, first: bool) -> i
 # cancel out. So the census sums a keyed hash of each row's rowid as it visits the rows,
 # and compares that sum with the same sum over the whole table at the end, computed in
 # SQL by one aggregate that never compares keys (no collation, no ORDER BY, no paging).
-# A rowid r (any 64-bit integer) is written in three limbs, as SQLite's integer division
-# and remainder (both truncating toward zero) give them: m = r % P, q = r / P, then
-# q % P and q / P (|q| < 2^63 / P < 3P). h(r) = u^3 mod P with
-# u = (a*m + c*(q % P) + d*(q / P) + b) mod P, each limb taken mod P, for a salt
-# (a, b, c, d) drawn per census: the limbs are one-to-one with r, so two rowids collide
-# only by chance (1 in P, the salt unknown to anyone else), even 2^31 apart (the hostile
-# review's pair: a hash of r mod P alone made rowids P apart the same row); and cubing
-# is one-to-one mod P (P = 2 mod 3). For more rows the sums agree by chance with odds of
-# about 1 in P. SQLite's 64-bit integers hold every product (P < 2^31) and the sum of up
-# to 2^32 terms.
+# A rowid r (any 64-bit integer) is written in base P with floored digits, which every
+# integer has in exactly one way: r = m + P*(m1 + P*q1), 0 <= m, m1 < P, |q1| <= 3.
+# SQLite's / and % truncate toward zero, so the SQL floors them itself (truncated
+# remainders alone made -(d0 + d1*P) and (P - d0) + (P - d1)*P the same limbs, a hostile
+# review's pair). h(r) = u^3 mod P with u = (a*m + c*m1 + d*(q1 mod P) + b) mod P, for a
+# salt (a, b, c, d) drawn per census: two rowids collide only by chance (1 in P, the salt
+# unknown to anyone else), even 2^31 apart (a hash of r mod P alone made rowids P apart
+# one row); and cubing is one-to-one mod P (P = 2 mod 3). For more rows the sums agree by
+# chance with odds of about 1 in P. SQLite's 64-bit integers hold every product
+# (P < 2^31) and the sum of up to 2^32 terms.
 
 WITNESS_PRIME = 2_147_483_579   # prime, = 2 (mod 3)
 Salt = tuple[int, int, int, int]
@@ -262,11 +262,6 @@ def new_salt() -> Salt:
     return coefficient(), secrets.randbelow(WITNESS_PRIME), coefficient(), coefficient()
 
 
-def _toward_zero(x: int, p: int) -> int:
-    """x / p as SQLite (and C) divide integers: truncated toward zero."""
-    return x // p if x >= 0 else -(-x // p)
-
-
 def witness_sum(rowids: Iterable[int], salt: Salt) -> int:
     """Python's side of witness_sql: the sum of h(rowid) over these rows."""
     a, b, c, d = salt
@@ -275,10 +270,9 @@ def witness_sum(rowids: Iterable[int], salt: Salt) -> int:
     for r in rowids:
         if 0 <= r < p:                      # the usual rowid: one limb, the others 0
             u = (a * r + b) % p
-        else:
-            q = _toward_zero(r, p)
-            q1 = _toward_zero(q, p)
-            u = (a * (r - q * p) + c * (q - q1 * p) + d * q1 + b) % p
+        else:                               # Python's // and % floor
+            q = r // p
+            u = (a * (r % p) + c * (q % p) + d * (q // p % p) + b) % p
         total += u * u % p * u % p
     return total
 
@@ -288,11 +282,15 @@ def witness_sql(table: str, rowid: str, salt: Salt, where: str = "") -> str:
     a, b, c, d = salt
     p, r = WITNESS_PRIME, quote_ident(rowid)
 
-    def limb(x: str, k: int) -> str:          # k * (x mod P), reduced
-        return f"({k} * ((({x}) % {p} + {p}) % {p}) % {p})"
+    def floor_mod(x: str) -> str:
+        return f"((({x}) % {p} + {p}) % {p})"
 
-    q = f"({r} / {p})"
-    u = f"(({limb(f'{r} % {p}', a)} + {limb(f'{q} % {p}', c)} + {limb(f'{q} / {p}', d)} + {b}) % {p})"
+    def floor_div(x: str) -> str:             # no overflow: x / P first, then minus one
+        return f"(({x}) / {p} - (CASE WHEN ({x}) % {p} < 0 THEN 1 ELSE 0 END))"
+
+    q = floor_div(r)
+    u = (f"(({a} * {floor_mod(r)} % {p} + {c} * {floor_mod(q)} % {p} + "
+         f"{d} * {floor_mod(floor_div(q))} % {p} + {b}) % {p})")
     return (f"SELECT count(*), coalesce(sum({u} * {u} % {p} * {u} % {p}), 0) "
             f"FROM {quote_ident(table)}{where}")
 

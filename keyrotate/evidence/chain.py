@@ -60,6 +60,7 @@ class Link:
     prev_hash: str
     hash: str
     columns: dict[str, Any] | None = None   # the row's plain columns, as stored
+    stored: str | None = None               # the record's text, as stored
 
     @property
     def keyed(self) -> bool:
@@ -107,8 +108,14 @@ def first_break(links: list[Link], key: AuditKey | None) -> Break | None:
 
 
 def _columns_problem(link: Link) -> Break | None:
-    """A row whose plain columns say other than its authenticated record: a query by
-    column (which events a key's lifecycle reads) would be misled while the MAC holds."""
+    """A row whose plain columns, or whose record's text, say other than its authenticated
+    record: a query by column (which events a key's lifecycle reads), or SQL's JSON
+    functions on the text (json_extract keeps a duplicated key's first value where the
+    MAC was checked over the last), would be misled while the MAC holds."""
+    if link.stored is not None and link.stored != json.dumps(link.record, sort_keys=True):
+        return Break(link.seq, "altered", f"{link.label()} was altered: its stored text is not "
+                     "the record it authenticates as keyrotate writes it (a key given twice, "
+                     "or other text around the same fields)")
     if link.columns is None:
         return None
     edited = [column for column, field in COLUMNS

@@ -199,7 +199,8 @@ class AuditTrail:
                 except (TypeError, ValueError):
                     parsed = {"unparseable": True}
                 out.append(Link(int(seq), parsed if isinstance(parsed, dict) else {}, str(prev),
-                                str(h), dict(zip((column for column, _ in COLUMNS), plain))))
+                                str(h), dict(zip((column for column, _ in COLUMNS), plain)),
+                                record if isinstance(record, str) else None))
             if len(rows) < PAGE:
                 return out
             after = int(rows[-1][0])

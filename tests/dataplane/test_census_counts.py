@@ -119,6 +119,22 @@ def test_the_witness_in_sql_and_in_python_agree_on_every_64_bit_rowid():
         assert isinstance(total, int) and (n, total) == (len(ids), witness_sum(ids, salt))
 
 
+@pytest.mark.parametrize("x, y", [(P + 1, -(P * P - 1)), (P * P - 5, -P - 5), (7, -(P - 7)),
+                                  (2**63 - 1, -(2**63)), (P - 1, -1)])
+def test_no_two_rowids_share_a_witness_hash_whatever_the_salt(x, y):
+    """Hostile review, round 4: limbs taken from SQLite's truncating remainders made a
+    negative rowid and a positive one the same limbs, under every salt."""
+    from keyrotate.db.base import new_salt, witness_sql, witness_sum
+
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    conn.execute("INSERT INTO t VALUES (?)", (y,))
+    for _ in range(20):
+        salt = new_salt()
+        assert witness_sum([x], salt) != witness_sum([y], salt)
+        assert conn.execute(witness_sql("t", "id", salt)).fetchone() == (1, witness_sum([y], salt))
+
+
 def test_a_row_skipped_is_not_balanced_by_a_row_seen_twice_2_31_apart():
     """Hostile review: rowid 5 + P never visited, rowid 5 visited twice (renamed ahead of
     the cursor): a hash of rowid mod P made both sums equal, and the census exited 0."""

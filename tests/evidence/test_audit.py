@@ -149,6 +149,23 @@ def test_a_plain_column_edited_beside_its_record_is_named(project, column, value
     assert f"columns ({column})" in out["problem"]["message"], out["problem"]
 
 
+def test_a_record_with_a_key_given_twice_is_named(project):
+    """Hostile review: a record prefixed with {"event": "secret.destroyed", ...} still
+    verified (the MAC is checked over Python's parse, which keeps a duplicated key's last
+    value) while SQLite's json_extract read the forged first value."""
+    root = project[0]
+    _rotate(root)
+    seq = _seqs(root)[3]
+    (text,) = _db(root).execute("SELECT record FROM keyrotate_audit WHERE seq = ?",
+                                (seq,)).fetchone()
+    forged = '{"event": "secret.destroyed", ' + text[1:]
+    _tamper(root, ("UPDATE keyrotate_audit SET record = ? WHERE seq = ?", (forged, seq)))
+    assert _db(root).execute("SELECT json_extract(record, '$.event') FROM keyrotate_audit "
+                             "WHERE seq = ?", (seq,)).fetchone() == ("secret.destroyed",)
+    code, out = _verify()
+    assert code == 1 and out["problem"]["seq"] == seq and out["problem"]["kind"] == "altered", out
+
+
 def test_a_removed_event_is_named(project):
     root = project[0]
     _rotate(root)

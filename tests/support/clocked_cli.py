@@ -71,12 +71,12 @@ def main() -> None:
         _stop_after("started", lambda rot: "started", stop_at)
         _stop_after("step_done", lambda rot, step: f"step:{step}", stop_at)
         _stop_after("ended", lambda rot, state, **_: f"ended:{state}", stop_at)
-    from keyrotate.cli import main as cli
+    from keyrotate.cli import run as cli
     from tests.support.inprocess_wrangler import FAKE_WRANGLER, run_fake_in_process
 
     run_fake_in_process(FAKE_WRANGLER)
 
-    cli(prog_name="keyrotate")
+    cli()
 
 
 if __name__ == "__main__":
