@@ -76,12 +76,13 @@ def _prepare(app: ObjectsApp, delegations: int = 20) -> dict[str, str]:
     return payloads
 
 
-def _all_open(app: ObjectsApp, ids: list[str], expect: dict[str, str] | None = None) -> dict[str, int]:
+def _all_open(app: ObjectsApp, ids: list[str], refresher: "Refresher | None" = None) -> dict[str, int]:
     """Every token opens (the app's dual-key read path), with the payload it should have:
-    the last refresh of it, if any. An id refreshed while this reads is not judged."""
-    before = dict(expect or {})
+    the last refresh of it, if any. An id the refresher touched while this reads (a refresh
+    in flight when it began, or begun since) is not judged on its payload."""
+    before, busy, mark = refresher.snapshot() if refresher else ({}, set(), 0)
     got_all = app.each("/test/tokens", ids)
-    moving = {i for i, v in dict(expect or {}).items() if before.get(i) != v}
+    moving = busy | (refresher.started_since(mark) if refresher else set())
     keys: dict[str, int] = {}
     for i, got in got_all.items():
         assert got and "tokens" in got, f"{i}: {got}"
@@ -101,25 +102,43 @@ def _d1_open(app: ObjectsApp, payloads: dict[str, str]) -> None:
 
 
 class Refresher(threading.Thread):
-    """The app refreshing tokens while keyrotate works: every refresh must survive."""
+    """The app refreshing tokens while keyrotate works: every refresh must survive. It
+    records each id before its refresh is sent (`started`, `inflight`) and its new token
+    once the answer is back (`expect`), so a reader can tell which ids moved under it."""
 
     def __init__(self, app: ObjectsApp):
         super().__init__(daemon=True)
         self.app, self.expect, self.n = app, {}, 0
+        self.started: list[str] = []
+        self.inflight: set[str] = set()
+        self.lock = threading.Lock()
         self.halt = threading.Event()
+
+    def snapshot(self) -> tuple[dict[str, str], set[str], int]:
+        with self.lock:
+            return dict(self.expect), set(self.inflight), len(self.started)
+
+    def started_since(self, mark: int) -> set[str]:
+        with self.lock:
+            return set(self.started[mark:])
 
     def run(self) -> None:
         rng = random.Random(7)
         while not self.halt.is_set() and not self.app.closed:
             ids = rng.sample(self.app.ids, 5)
             self.n += 1
+            with self.lock:
+                self.started.extend(ids)
+                self.inflight.update(ids)
             try:
                 done = self.app.dev.post("/test/refresh", {"ids": ids, "n": self.n}, timeout=30)
             except OSError:  # the Worker is restarting
-                continue
-            for i, token in done.items():
-                if isinstance(token, str):
-                    self.expect[i] = token
+                done = {}
+            with self.lock:
+                for i, token in done.items():
+                    if isinstance(token, str):
+                        self.expect[i] = token
+                self.inflight.difference_update(ids)
             time.sleep(0.02)
 
 
@@ -155,7 +174,7 @@ def test_a_full_rotation_over_d1_and_objects_survives_kill_faults_and_refreshes(
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             time.sleep(0.05)
         proc.send_signal(signal.SIGSTOP)   # frozen mid-rewrap, however fast the machine
-        during = _all_open(a, random.Random(1).sample(a.ids, OBJECTS // 6), refresher.expect)
+        during = _all_open(a, random.Random(1).sample(a.ids, OBJECTS // 6), refresher)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert _completed(a) < OBJECTS, "the kill did not land mid-rewrap"
@@ -173,7 +192,7 @@ def test_a_full_rotation_over_d1_and_objects_survives_kill_faults_and_refreshes(
     assert len(ledger) == OBJECTS and {s for *_, s in ledger} == {"completed"}
     rewraps = [s["rewraps"] for s in a.each("/test/stats", a.ids).values()]
     assert max(rewraps) == 1 and sum(rewraps) >= OBJECTS - len(refresher.expect)
-    assert _all_open(a, a.ids, refresher.expect) == {"MASTER_KEY": OBJECTS}    # after, refreshes kept
+    assert _all_open(a, a.ids, refresher) == {"MASTER_KEY": OBJECTS}    # after, refreshes kept
     _d1_open(a, payloads)
     for cmdline in sampler.seen:
         assert_clean(cmdline, "a command line", [OLD_HEX, new, TOKEN])
@@ -185,7 +204,7 @@ def test_a_full_rotation_over_d1_and_objects_survives_kill_faults_and_refreshes(
     assert a.cf.script("tminus-api-staging").active.secrets["MASTER_KEY"] == new
     assert "MASTER_KEY_PREVIOUS" not in a.cf.script("tminus-api-staging").active.secrets
     a.serve(MASTER_KEY=new, KEYROTATE_OBJECTS_TOKEN=TOKEN)                   # the previous key is gone
-    assert _all_open(a, a.ids, refresher.expect) == {"MASTER_KEY": OBJECTS}
+    assert _all_open(a, a.ids, refresher) == {"MASTER_KEY": OBJECTS}
     _d1_open(a, payloads)
     status = last_json(run_cli("status", "--env", "staging", "--json").output)
     rows = next(s for s in status["secrets"] if s["secret"] == "MASTER_KEY")["rows"]
