@@ -11,10 +11,12 @@ at any moment is safe); a second signal while the first unwinds leaves at once, 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
 import threading
+import traceback
 from typing import Any, Iterator
 
 import click
@@ -143,11 +145,31 @@ def run() -> None:
     """The program (`keyrotate`, `python -m keyrotate.cli`): main, then, if a dead crypto
     worker broke a pool (exit 3, WorkerLost), leave without waiting for that pool's threads,
     which the interpreter would otherwise wait for at exit, forever."""
+    code = 0
     try:
         main(prog_name="keyrotate")
     except SystemExit as e:
-        if pools_abandoned():
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(e.code if isinstance(e.code, int) else EXIT_INCOMPLETE)
-        raise
+        if not pools_abandoned():
+            raise
+        if e.code is None or isinstance(e.code, int):
+            code = e.code or 0
+        else:                      # sys.exit("message"): Python prints it and exits 1
+            print(e.code, file=sys.stderr)
+            code = 1
+    except BaseException:
+        if not pools_abandoned():
+            raise
+        traceback.print_exc()
+        code = EXIT_INCOMPLETE
+    if pools_abandoned():
+        _leave(code)
+
+
+def _leave(code: int) -> None:
+    """Flush what atexit would have flushed, then exit past the stuck threads."""
+    try:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)

@@ -52,14 +52,15 @@ def keys_residue(kid: str, env: Context, as_json: bool) -> None:
 @environment
 @click.option("--yes", is_flag=True, help="Really destroy (without it: show what would go).")
 @click.option("--force", is_flag=True,
-              help="Destroy even while Worker versions may still hold it (never while rows "
-                   "or objects are sealed under it).")
+              help="Destroy even while Worker versions may still read it (never while rows "
+                   "or objects are sealed under it, nor while a serving version seals new "
+                   "rows under it).")
 @json_option
 def keys_destroy(kid: str, env: Context, yes: bool, force: bool, as_json: bool) -> None:
     """Destroy every copy of the retired key KID in the stores keyrotate controls, record it,
     and report what remains outside keyrotate's reach. Refuses (exit 2, naming each
-    blocker) while rows or objects open under the key, and, unless --force, while Worker
-    versions may hold it."""
+    blocker) while rows or objects open under the key or a serving Worker version seals
+    under it, and, unless --force, while Worker versions may still read it."""
 
     emit(destroy_key(env, kid, yes, force, say), as_json)
 

@@ -115,9 +115,13 @@ def store_values(ctx: Context, names: list[str], doing: str) -> dict[str, str]:
     return values
 
 
+def _pushed_names(ctx: Context, only: str | None) -> list[str]:
+    return [ctx.manifest.secret(only).name] if only else list(ctx.manifest.secrets)
+
+
 def push_plan(ctx: Context, only: str | None) -> list[tuple[str, dict[str, str]]]:
     """(worker, {secret: value}) in deploy order."""
-    names = [ctx.manifest.secret(only).name] if only else list(ctx.manifest.secrets)
+    names = _pushed_names(ctx, only)
     values = store_values(ctx, names, "pushed")
     plan = []
     for w in ctx.manifest.deploy_order:
@@ -170,11 +174,13 @@ def check_pushable(ctx: Context, names: list[str]) -> None:
 
 def secrets_push(ctx: Context, only: str | None, dry_run: bool, say: Say,
                  from_deployed: bool = False) -> PushResult:
-    plan = push_plan(ctx, only)
     if dry_run:
-        return _push(ctx, plan, dry_run, say, from_deployed)
-    with rotation_leases(ctx, [w for w, _ in plan]):   # never beside a running rotation
-        return _push(ctx, plan, dry_run, say, from_deployed)
+        return _push(ctx, push_plan(ctx, only), dry_run, say, from_deployed)
+    # never beside a running rotation, and the store's values read once its leases are held:
+    # values read before could be a rotation's, replaced (promoted) while we waited
+    workers = {w for n in _pushed_names(ctx, only) for w in ctx.manifest.workers_holding(n)}
+    with rotation_leases(ctx, workers):
+        return _push(ctx, push_plan(ctx, only), dry_run, say, from_deployed)
 
 
 def _push(ctx: Context, plan: list[tuple[str, dict[str, str]]], dry_run: bool, say: Say,

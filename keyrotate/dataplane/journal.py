@@ -115,13 +115,16 @@ class Journal:
         if create:
             ensure_journal_schema(self.store)
         t = ident.target
+        # runs recorded before targets were named as the schema spells them (table_shape)
+        # may carry another spelling of the same table and column: SQLite's names ignore
+        # ASCII case, and so does this guard
         settled = ", ".join(f"'{s}'" for s in SETTLED)
         finished = ", ".join(f"'{s}'" for s in FINISHED)
         unfinished = [_Unfinished(*map(str, r)) for r in self.store.query(
             "SELECT run_id, key_column, format, mode, old_kid, new_kid, started_at, status FROM "
-            "keyrotate_runs u WHERE kind = 'reencrypt' AND target = ? "
+            "keyrotate_runs u WHERE kind = 'reencrypt' AND target = ? COLLATE NOCASE "
             f"AND status NOT IN ({settled}) AND NOT EXISTS (SELECT 1 FROM keyrotate_runs f WHERE f.kind = 'reencrypt' AND "
-            f"f.target = u.target AND f.status IN ({finished}) AND (f.started_at > u.started_at "
+            f"f.target = u.target COLLATE NOCASE AND f.status IN ({finished}) AND (f.started_at > u.started_at "
             "OR (f.started_at = u.started_at AND f.run_id > u.run_id))) "
             "ORDER BY started_at DESC, run_id DESC", (t.name,))]
         same = next((u for u in unfinished if u.status == "running" and u.same_command(ident)),
@@ -139,8 +142,8 @@ class Journal:
                     f"of kid {u.new_kid}), then rotate on. Nothing was changed.")
         if same is not None:
             later = self.store.query(
-                "SELECT 1 FROM keyrotate_runs WHERE kind = 'reencrypt' AND target = ? AND "
-                "(started_at > ? OR (started_at = ? AND run_id > ?)) LIMIT 1",
+                "SELECT 1 FROM keyrotate_runs WHERE kind = 'reencrypt' AND target = ? COLLATE NOCASE "
+                "AND (started_at > ? OR (started_at = ? AND run_id > ?)) LIMIT 1",
                 (t.name, same.started_at, same.started_at, same.run_id))
             if not later:  # every other unfinished run is older: resume, retiring those
                 return RunPlan(same.run_id, others)

@@ -59,17 +59,29 @@ def census_blockers(ctx: Context, k: KnownKey) -> list[str]:
     return out
 
 
+def sealing_workers(ctx: Context, k: KnownKey, workers: list[WorkerVersions]) -> list[str]:
+    """Serving versions that hold the key as the secret itself: they seal new rows under it
+    now, so it is never destroyed while they serve, --force or not."""
+    return [f"{wv.worker} version {vid}, serving {pct:g}% of traffic, seals new rows under it "
+            f"(as {k.key.secret})"
+            for wv in workers for vid, pct in wv.serving
+            if k.key.secret in names_holding(ctx, k, wv.held(vid))]
+
+
 def worker_blockers(ctx: Context, k: KnownKey, workers: list[WorkerVersions]) -> list[str]:
+    """What --force may go past: versions that only read the key (as PREVIOUS), versions
+    whose secrets cannot be told, a rollback target holding it, unconfirmed pushes."""
     out = []
     for wv in workers:
         for vid, pct in wv.serving:
             held = wv.held(vid)
+            reading = [n for n in names_holding(ctx, k, held) if n != k.key.secret]
             if held is None:
                 out.append(f"{wv.worker} serves version {vid} ({pct:g}%), which Cloudflare does "
                            "not list: what it holds cannot be told")
-            elif names_holding(ctx, k, held):
+            elif reading:
                 out.append(f"{wv.worker} version {vid}, serving {pct:g}% of traffic, holds it "
-                           f"(as {', '.join(names_holding(ctx, k, held))})")
+                           f"(as {', '.join(reading)})")
         target = wv.rollback_target
         if target is not None and holds(k, (wv.held(target) or {}).get(k.key.secret), ctx):
             out.append(f"{wv.worker}'s rollback target, version {target}, seals under it "
@@ -125,7 +137,7 @@ def destroy_key(ctx: Context, kid: str, yes: bool, force: bool, say: Say) -> Des
     histories = WorkerHistories(ctx)
     workers = worker_versions(ctx, k.key.secret, histories)
     say(f"checking that nothing needs {what} any more (a census of its targets, the Workers)")
-    sealed = census_blockers(ctx, k)
+    sealed = census_blockers(ctx, k) + sealing_workers(ctx, k, workers)
     if sealed:
         raise ConfigError(f"refusing to destroy {what}: " + "; ".join(sealed) + ". Nothing was "
                           "destroyed, --force or not: rows sealed under a key stay readable "

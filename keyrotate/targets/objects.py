@@ -16,7 +16,7 @@ census finds behind are sent once more, ledger or not, and counted again.
 from __future__ import annotations
 
 import time
-from typing import AbstractSet, Sequence
+from typing import Sequence
 
 from keyrotate.config.context import Context
 from keyrotate.config.manifest import ObjectTarget
@@ -63,13 +63,12 @@ def ids_of(target: ObjectTarget) -> IdSource:
 
 def objects_census(ctx: Context, target: ObjectTarget, options: ObjectsOptions,
                    progress: Progress | None = None, new_kid: str | None = None,
-                   only: Sequence[str] | None = None,
-                   confirmed: AbstractSet[str] = frozenset()) -> ObjectsCensus:
+                   only: Sequence[str] | None = None) -> ObjectsCensus:
     endpoint = endpoint_for(ctx, target)
     try:
         kid = new_kid or store_keys(ctx, target.secret).new
         return census(ctx.db, endpoint, ids_of(target), target.name, kid, options, progress,
-                      only, confirmed)
+                      only)
     finally:
         endpoint.close()
 
@@ -121,23 +120,20 @@ def _rewrap_proven(ctx: Context, target: ObjectTarget, options: ObjectsOptions,
     """The ledger pass, then a census of every object; one sweep of the ids it finds
     behind, and a census again. The status and exit code follow the census.
 
-    An object that answered this run's rewrap with the new key's id needs no second
-    question: the answer came from the object itself, after its compare-and-swap, naming
-    the key it wrote with. The census asks every other id (completed by an earlier run,
-    missing, failed, stale, never answered, or added since) and counts the confirmed
-    ones as current. Every id is still listed from D1 (the census's rowid witness)."""
+    The census asks every object, those that answered this run's rewrap with the new
+    key's id too (an instance still on an older version can write under the old key after
+    that answer); every id is listed from D1 (the census's rowid witness)."""
     started = time.monotonic()
     result = objects_rewrap(ctx, target, options, progress)
     if options.dry_run or result.status == "incomplete":
         return result
-    final = objects_census(ctx, target, options, progress, confirmed=result.confirmed)
+    final = objects_census(ctx, target, options, progress)
     if final.behind:
         result.swept = len(final.behind)
         sweep = objects_rewrap(ctx, target, options, progress, result.run_id, final.behind)
         result.requests += final.requests + sweep.requests
         result.failed.update(sweep.failed)
-        result.confirmed |= sweep.confirmed
-        final = objects_census(ctx, target, options, progress, confirmed=result.confirmed)
+        final = objects_census(ctx, target, options, progress)
     result.requests += final.requests
     result.census = final
     result.seconds = time.monotonic() - started   # the whole command, proof included

@@ -194,3 +194,27 @@ def test_unknown_keys_in_the_manifest_name_file_line_and_the_closest_key(project
     line = path.read_text().splitlines().index(line_of) + 1
     res = run_cli("validate", "--env", "staging")
     assert res.exit_code == 2 and message in res.output and f"keyrotate.toml:{line}:" in res.output
+
+
+def test_a_push_reads_the_store_once_it_holds_the_rotation_leases(project, monkeypatch):
+    """Review: `secrets push` read the store's values, then waited for the rotation leases;
+    a rotation that promoted meanwhile left it pushing the value it had read, the key the
+    rows had just left. The values are read once the leases are held."""
+    import contextlib
+
+    from keyrotate.controlplane import worker_secrets
+
+    root, cf, _, store = project
+    assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
+    leases = worker_secrets.rotation_leases
+
+    @contextlib.contextmanager
+    def a_rotation_finishes_first(ctx, workers):
+        rotate_by_hand(root, store, NEW_SECRET)   # the rows moved, the new key promoted
+        with leases(ctx, workers):
+            yield
+
+    monkeypatch.setattr(worker_secrets, "rotation_leases", a_rotation_finishes_first)
+    res = run_cli("secrets", "push", "--env", "staging", "--only", "MASTER_KEY", "--json")
+    assert res.exit_code == 0, res.output
+    assert _active(cf, "api")["MASTER_KEY"] == NEW_SECRET

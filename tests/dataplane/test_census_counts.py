@@ -177,3 +177,29 @@ def test_a_target_typed_in_other_case_is_the_same_table_for_the_unfinished_run_g
     resumed = run_cli("reencrypt", "--db", f"file:{db}", "--target", "accounts.encrypted_tokens",
                       "--old-key", keys_env["old"], "--new-key", keys_env["new"], "--json")
     assert resumed.exit_code == 0 and '"resumed": true' in resumed.output, resumed.output
+
+
+def test_an_unfinished_run_recorded_under_another_spelling_still_guards_the_table(
+        ref_db, keys_env, three_keys):
+    """Runs recorded before targets were named as the schema spells them carry the text
+    typed: such an unfinished run still refuses a run to another new key."""
+    from keyrotate.errors import Interrupted
+    from tests.support.helpers import StopAfter, run_cli
+
+    db = ref_db(3_000)
+    store = open_database(f"file:{db}")
+    try:
+        codec = codec_from_refs("tminus-envelope", keys_env["new"], keys_env["old"])
+        with pytest.raises(Interrupted):
+            reencrypt(store, resolve_target(store, "accounts.encrypted_tokens", None), codec,
+                      ReencryptOptions(batch_size=500, workers=0), StopAfter(2))
+    finally:
+        store.close()
+    conn = sqlite3.connect(db)     # as an earlier keyrotate recorded `ACCOUNTS.encrypted_tokens`
+    conn.execute("UPDATE keyrotate_runs SET target = 'ACCOUNTS.encrypted_tokens'")
+    conn.commit()
+    conn.close()
+    _, _, third = three_keys
+    other = run_cli("reencrypt", "--db", f"file:{db}", "--target", "accounts.encrypted_tokens",
+                    "--old-key", keys_env["old"], "--new-key", third, "--json")
+    assert other.exit_code == 2 and "unfinished" in other.output, other.output

@@ -174,6 +174,21 @@ def test_destroy_refuses_while_a_row_opens_under_the_key(project):
     assert store.read("MASTER_KEY", "previous") == OLD_SECRET
 
 
+def test_destroy_refuses_even_forced_while_a_serving_version_seals_under_the_key(project):
+    """Review: --force went past a serving version that holds the key as MASTER_KEY itself
+    (a Worker rolled back from the dashboard to a version from before the rotation): it
+    seals new rows under that key, and a forced destroy left them unreadable by anything."""
+    root, cf, _, store = project
+    assert run_cli("secrets", "push", "--env", "staging").exit_code == 0
+    old_only = cf.script("tminus-api-staging").active.id
+    _rotate_and_finish(root)
+    cf.script("tminus-api-staging").deploy([(old_only, 100.0)], "rolled back from the dashboard")
+    forced = run_cli("keys", "destroy", OLD_KID, "--env", "staging", "--yes", "--force", "--json")
+    assert forced.exit_code == 2, forced.output
+    assert "seals new rows under it" in forced.output
+    assert store.read("MASTER_KEY", "previous") == OLD_SECRET
+
+
 def test_compromise_abort_and_cryptoperiod(project):
     root, _, _, store = project
     edit_manifest(root, 'kind = "jwt-hs256"', 'kind = "jwt-hs256"\nmax_age = "30d"')

@@ -7,10 +7,11 @@ of them. In process, the fake gets the same argv, stdin, environment and working
 and keyrotate gets the same exit code and (redacted) output back.
 
 What this leaves out, and where it is still tested: the guard and the process tree (tests
-marked `real_wrangler`, which run the real wrangler as a child, and `subprocess_wrangler`,
-which run the fake as a child: the command-line and /proc hygiene scans, a push killed
-midway), and every test that runs keyrotate itself as a process (tests/support/clocked_cli.py),
-whose wrangler commands are children as in production.
+marked `real_wrangler`, which run the real wrangler as a child: the command-line and /proc
+hygiene scans, a push killed midway; `subprocess_wrangler`, which run the fake as a
+child), and the tests that run keyrotate itself as `python -m keyrotate.cli` (the
+canaries cut short by SIGTERM, tests/cli/test_signals.py), whose wrangler commands are
+children as in production. tests/support/clocked_cli.py runs the fake in its own process.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import random
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import AbstractSet, Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from keyrotate.dataplane.objects.fanout import fan_out
 from keyrotate.dataplane.objects.ledger import Ledger
@@ -215,9 +215,6 @@ class ObjectsRewrap:
     seconds: float = 0.0
     swept: int = 0                        # ids the final census found behind, sent again
     census: ObjectsCensus | None = None   # the proof, for a standalone rewrap
-    # ids whose object answered this run with the new key's id (rewrapped or current):
-    # the closing census need not ask them again (about 100 bytes of memory each)
-    confirmed: set[str] = field(default_factory=set)
 
     @property
     def status(self) -> str:
@@ -298,26 +295,15 @@ class _Attempts:
 
 def census(db: RowStore, endpoint: Endpoint, ids: IdSource, target: str, new_kid: str,
            options: ObjectsOptions, progress: Progress | None = None,
-           only: Sequence[str] | None = None,
-           confirmed: AbstractSet[str] = frozenset()) -> ObjectsCensus:
-    """Ask every object (or `only` these) which key opens its envelope. `confirmed`: ids
-    whose object answered the new key's id to this run's own rewrap, by compare-and-swap
-    on the value it read (the kid is the key the object itself wrote with): they count
-    as current without being asked again."""
+           only: Sequence[str] | None = None) -> ObjectsCensus:
+    """Ask every object (or `only` these) which key opens its envelope. Every one is
+    asked, even one that answered this run's rewrap with the new key's id: an instance
+    still on an older version can write under the old key after that answer."""
     progress = progress or NoProgress()
     started, before = time.monotonic(), endpoint.requests
     result = ObjectsCensus(target, new_kid)
     attempts = _Attempts()
     progress.start(len(only) if only is not None else ids.count(db))
-
-    def unconfirmed(page: list[str]) -> list[str]:
-        known = [i for i in page if i in confirmed]
-        if known:
-            result.objects += len(known)
-            result.current += len(known)
-            result.by_kid[new_kid] = result.by_kid.get(new_kid, 0) + len(known)
-            progress.advance(len(known))
-        return [i for i in page if i not in confirmed] if known else page
 
     def handle(batch: Sequence[str], results: list[ObjectResult]) -> list[tuple[str, float]]:
         again = []
@@ -345,10 +331,8 @@ def census(db: RowStore, endpoint: Endpoint, ids: IdSource, target: str, new_kid
         return again
 
     walk = IdWalk(new_salt())
-    asked = unconfirmed(list(only)) if only is not None else None
-    source = ([asked[i:i + options.batch] for i in range(0, len(asked), options.batch)]
-              if asked is not None
-              else _batches(map(unconfirmed, ids.pages(db, walk=walk)), options.batch))
+    source = ([list(only[i:i + options.batch]) for i in range(0, len(only), options.batch)]
+              if only is not None else _batches(ids.pages(db, walk=walk), options.batch))
     try:
         fan_out(source, lambda b: endpoint.census(b), handle, options.concurrency, options.batch)
         if only is None:
@@ -475,11 +459,9 @@ class Rewrapper:
             if r.status == "rewrapped":
                 result.rewrapped += 1
                 completed.append(r.id)
-                result.confirmed.add(r.id)
             elif r.status == "current":
                 result.already_current += 1
                 completed.append(r.id)
-                result.confirmed.add(r.id)
             elif r.status == "missing":
                 result.missing += 1
                 completed.append(r.id)
