@@ -48,7 +48,7 @@ def _run(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[dict, float]:
     return json.loads(out.decode().strip().splitlines()[-1]), peak / 1e6
 
 
-def one(n: int, concurrencies: list[int], repeats: int = 1) -> list[dict]:
+def one(n: int, concurrencies: list[int], repeats: int = 1, batch: int = 50) -> list[dict]:
     runs = []
     with tempfile.TemporaryDirectory() as top:
         tmp = Path(top) / "app"
@@ -72,11 +72,12 @@ def one(n: int, concurrencies: list[int], repeats: int = 1) -> list[dict]:
                     _swap(app, chain[i - 1], chain[i])
                 result, peak = _run([sys.executable, "-m", "keyrotate.cli", "objects", "rewrap",
                                      "--env", "staging", "--target", "AccountDO", "--concurrency",
-                                     str(c), "--json"], env, Path(tmp))
+                                     str(c), "--batch", str(batch), "--json"], env, Path(tmp))
                 assert result["objects_rewrapped"] == n, result
                 assert result["status"] == "completed" and result["census"]["current"] == n, result
                 time.sleep(IDLE)
-                runs.append({"objects": n, "concurrency": c, "seconds": result["seconds"],
+                runs.append({"objects": n, "concurrency": c, "batch": batch,
+                             "seconds": result["seconds"],
                              "objects_per_second": round(n / result["seconds"]),
                              "requests": result["requests"],
                              "requests_per_1000": round(result["requests"] * 1000 / n, 1),
@@ -152,9 +153,13 @@ def main() -> None:
     ap.add_argument("--objects", default="2000,10000")
     ap.add_argument("--concurrency", default="4,8")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=50,
+                    help="ids per request (keyrotate's default 50: a Worker on the free plan "
+                         "may make 50 subrequests per invocation)")
     args = ap.parse_args()
     results = [r for n in args.objects.split(",")
-               for r in one(int(n), [int(c) for c in args.concurrency.split(",")], args.repeats)]
+               for r in one(int(n), [int(c) for c in args.concurrency.split(",")], args.repeats,
+                            args.batch)]
     print(json.dumps(results, indent=2))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from keyrotate.db.base import RowStore, Statement, Target, Value, display_key
+from keyrotate.db.base import ReadAhead, RowStore, Statement, Target, Value, display_key
 from keyrotate.db.own_schema import ensure_journal_schema, journal_exists
 from keyrotate.errors import ConfigError, StoreError
 from keyrotate.timeutil import new_id, now_iso
@@ -96,11 +96,28 @@ class RunPlan:
     supersede: list[_Unfinished]    # unfinished runs this one retires
 
 
+def unfinished_runs(target: Target) -> Statement:
+    """The unfinished reencrypt runs of `target`, newest first (Journal.plan_run). Runs
+    recorded before targets were named as the schema spells them (table_shape) may carry
+    another spelling of the same table and column: SQLite's names ignore ASCII case, and
+    so does this guard."""
+    settled = ", ".join(f"'{s}'" for s in SETTLED)
+    finished = ", ".join(f"'{s}'" for s in FINISHED)
+    return Statement(
+        "SELECT run_id, key_column, format, mode, old_kid, new_kid, started_at, status FROM "
+        "keyrotate_runs u WHERE kind = 'reencrypt' AND target = ? COLLATE NOCASE "
+        f"AND status NOT IN ({settled}) AND NOT EXISTS (SELECT 1 FROM keyrotate_runs f WHERE "
+        f"f.kind = 'reencrypt' AND f.target = u.target COLLATE NOCASE AND f.status IN "
+        f"({finished}) AND (f.started_at > u.started_at OR (f.started_at = u.started_at AND "
+        "f.run_id > u.run_id))) ORDER BY started_at DESC, run_id DESC", (target.name,))
+
+
 class Journal:
     def __init__(self, store: RowStore):
         self.store = store
 
-    def plan_run(self, ident: RunIdentity, create: bool = True) -> "RunPlan":
+    def plan_run(self, ident: RunIdentity, create: bool = True,
+                 ahead: ReadAhead = ReadAhead()) -> "RunPlan":
         """Which run this command continues, and which unfinished runs it retires. Reads
         only (`create`: keyrotate's own tables are made first), so a refusal changes
         nothing.
@@ -115,18 +132,9 @@ class Journal:
         if create:
             ensure_journal_schema(self.store)
         t = ident.target
-        # runs recorded before targets were named as the schema spells them (table_shape)
-        # may carry another spelling of the same table and column: SQLite's names ignore
-        # ASCII case, and so does this guard
-        settled = ", ".join(f"'{s}'" for s in SETTLED)
-        finished = ", ".join(f"'{s}'" for s in FINISHED)
-        unfinished = [_Unfinished(*map(str, r)) for r in self.store.query(
-            "SELECT run_id, key_column, format, mode, old_kid, new_kid, started_at, status FROM "
-            "keyrotate_runs u WHERE kind = 'reencrypt' AND target = ? COLLATE NOCASE "
-            f"AND status NOT IN ({settled}) AND NOT EXISTS (SELECT 1 FROM keyrotate_runs f WHERE f.kind = 'reencrypt' AND "
-            f"f.target = u.target COLLATE NOCASE AND f.status IN ({finished}) AND (f.started_at > u.started_at "
-            "OR (f.started_at = u.started_at AND f.run_id > u.run_id))) "
-            "ORDER BY started_at DESC, run_id DESC", (t.name,))]
+        lookup = unfinished_runs(t)
+        unfinished = [_Unfinished(*map(str, r))
+                      for r in ahead.query(self.store, lookup.sql, lookup.params)]
         same = next((u for u in unfinished if u.status == "running" and u.same_command(ident)),
                     None)
         others = [u for u in unfinished if u is not same]

@@ -26,8 +26,9 @@ import socket
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from typing import Sequence
 
-from keyrotate.db.base import RowStore, Statement
+from keyrotate.db.base import ReadAhead, RowStore, Statement
 from keyrotate.errors import ConfigError, Interrupted, KeyrotateError, StoreError
 
 log = logging.getLogger("keyrotate.lease")
@@ -68,10 +69,12 @@ class Lease:
         self._thread: threading.Thread | None = None
 
     # -- taking it -------------------------------------------------------------------------
-    def acquire(self) -> None:
+    def acquire(self, reads: Sequence[Statement] = ()) -> ReadAhead:
         """Claim it; when another run holds it, watch that holder's heartbeat, and take
-        over only a holder that is dead. An uncontended claim is one request on D1."""
-        row = self._claim()
+        over only a holder that is dead. An uncontended claim is one request on D1, which
+        also carries `reads` (made after the claim, in its transaction): their answers come
+        back, or none if the lease had to be taken over (then read them now)."""
+        row, ahead = self._claim(reads)
         if row is not None and row[0] != self.holder:
             holder, host, pid, acquired, beats, expires = row
             if self._alive(row):
@@ -85,17 +88,19 @@ class Lease:
             self.db.apply([], None, [Statement(
                 "DELETE FROM keyrotate_leases WHERE target = ? AND holder = ? AND beats = ? "
                 "AND expires_at = ?", (self.target, holder, beats, expires))])
-            row = self._claim()
+            row, ahead = self._claim(())
         if row is None or row[0] != self.holder:
             raise ConfigError(f"another keyrotate run took {self.target} at the same moment; "
                               "nothing was changed")
         self._thread = threading.Thread(target=self._heartbeat, name="keyrotate-lease",
                                         daemon=True)
         self._thread.start()
+        return ahead
 
-    def _claim(self) -> tuple | None:
+    def _claim(self, reads: Sequence[Statement]) -> tuple[tuple | None, ReadAhead]:
         """The lease taken if it is free (never from another holder), and whoever holds
-        it after: one request where the store exchanges writes for reads (D1)."""
+        it after: one request where the store exchanges writes for reads (D1), with
+        `reads` after them."""
         now = datetime.now(timezone.utc)
         claim = Statement(
             "INSERT OR IGNORE INTO keyrotate_leases (target, holder, host, pid, started, "
@@ -103,12 +108,14 @@ class Lease:
             (self.target, self.holder, self.host, self.pid, _iso(now), _iso(now + TTL)))
         whose = Statement(_CURRENT, (self.target,))
         exchange = getattr(self.db, "exchange", None)
+        ahead = ReadAhead()
         if exchange is not None:
-            got = exchange([], None, [claim], [whose])[1][0]
+            got, *answers = exchange([], None, [claim], [whose, *reads])[1]
+            ahead = ReadAhead(reads, answers)
         else:
             self.db.apply([], None, [claim])
             got = self.db.query(whose.sql, whose.params)
-        return tuple(got[0]) if got else None
+        return (tuple(got[0]) if got else None), ahead
 
     def _current(self) -> tuple | None:
         rows = self.db.query(_CURRENT, (self.target,))

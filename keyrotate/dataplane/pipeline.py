@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from keyrotate.dataplane.vouch import Vouch, Vouched, Window
@@ -165,6 +166,33 @@ def _answer(answers: list[list[tuple[Value, ...]]], one: bool) -> Any:
     return [(r[0], r[1]) for r in answers[0]] if one else answers
 
 
+@dataclass
+class Tail:
+    """A read to make just after a scan's last page read. Where every request costs (D1)
+    it rides in the request of a page read likely to end the scan, after that read (one
+    transaction, in order): the census's witness without a request of its own. `rows`:
+    how many rows the table is expected to hold. `answer`: its rows when the read that
+    carried it was the scan's last; every later read drops it (None: the caller reads it
+    itself)."""
+
+    statement: Statement
+    rows: int
+    answer: list[tuple[Value, ...]] | None = None
+
+    def scan(self, store: RowStore, target: Target, after: Value, first: bool, limit: int,
+             max_bytes: int, seen: int, seen_bytes: int) -> Rows:
+        """`store.scan_page`, carrying the tail when the rows still expected fit the page:
+        fewer than `limit`, and under `max_bytes` at the bytes per row read so far (a page
+        cut by either is not the last, and each carried tail costs an aggregate over the
+        whole table)."""
+        left, self.answer = self.rows - seen, None
+        if not (0 <= left < limit and left * seen_bytes < max_bytes * max(seen, 1)):
+            return store.scan_page(target, after, first, limit, max_bytes)
+        page, self.answer = read_many(store, [scan_statement(target, after, first, limit,
+                                                             max_bytes), self.statement])
+        return [tuple(r) for r in page]
+
+
 def ends_table(rows: Rows, limit: int, max_bytes: int) -> bool:
     """A bounded page read (bounded_scan_sql) that reached the end of the table: fewer
     rows than the limit and no byte cut (a cut page holds at least `max_bytes`, as
@@ -185,7 +213,8 @@ def page_results(store: RowStore, target: Target, runner: CryptoRunner, op: str,
                  batch_size: int, after: Value = None, first: bool = True,
                  page_bytes: int = PAGE_BYTES, salt: Salt | None = None,
                  budget: InFlight | None = None, carrier: Carrier | None = None,
-                 vouched: Vouched | None = None) -> Iterator[PageResult]:
+                 vouched: Vouched | None = None, tail: Tail | None = None
+                 ) -> Iterator[PageResult]:
     """Yield one PageResult per keyset page, in key order. A page holds at most
     `batch_size` rows and about `page_bytes` of values (at least one row). With a
     budget, each page's stored bytes (`page.bytes`) are taken from it before the page goes
@@ -193,7 +222,9 @@ def page_results(store: RowStore, target: Target, runner: CryptoRunner, op: str,
     `salt`: the census's witness (rows carry rowids). `carrier`: one that rides (D1):
     each next page is read by the write of the page before, so the caller must hand every
     page to a writer that ends it with page_done. `vouched`: rotate adds each page's
-    digests to it, in order; the census checks each page against them (vouch.py)."""
+    digests to it, in order; the census checks each page against them (vouch.py). `tail`:
+    every page read goes through it (the census's witness, on D1), so its answer is one
+    taken with the scan's last read or None."""
     if carrier is not None and carrier.riding and salt is None:
         yield from _carried(store, target, runner, op, batch_size, after, first, page_bytes,
                             budget, carrier, vouched)
@@ -203,6 +234,7 @@ def page_results(store: RowStore, target: Target, runner: CryptoRunner, op: str,
     exhausted = False
     stops_at_end = bool(getattr(store, "carries_reads", False))
     largest = 0          # the heaviest page so far: what the next one may weigh
+    weighed = 0          # the bytes of every page read so far
     while True:
         while not exhausted and len(inflight) < runner.depth:
             # room for another page like the heaviest so far, before reading it (with
@@ -210,7 +242,9 @@ def page_results(store: RowStore, target: Target, runner: CryptoRunner, op: str,
             # to give bytes back), so the reader never holds a page the budget cannot take
             if budget is not None and not budget.room(largest, wait=not inflight):
                 break
-            rows = store.scan_page(target, after, first, batch_size, page_bytes)
+            rows = (store.scan_page(target, after, first, batch_size, page_bytes) if tail is None
+                    else tail.scan(store, target, after, first, batch_size, page_bytes,
+                                   ordinal, weighed))
             if not rows:
                 exhausted = True
                 break
@@ -219,7 +253,7 @@ def page_results(store: RowStore, target: Target, runner: CryptoRunner, op: str,
             # where each read is a request (D1); a census's witness still checks it
             exhausted = stops_at_end and ends_table(rows, batch_size, page_bytes)
             n = page_weight(rows)
-            largest = max(largest, n)
+            largest, weighed = max(largest, n), weighed + n
             if budget is not None:
                 budget.take(n)
             if op == "census" and vouched is not None:

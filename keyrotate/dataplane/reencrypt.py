@@ -30,6 +30,7 @@ from keyrotate.dataplane.journal import (
     RunState,
     rewrap_runs_to,
     run_failures,
+    unfinished_runs,
 )
 from keyrotate.dataplane.lease import Lease
 from keyrotate.dataplane.outcome import ROWS, Outcome
@@ -41,6 +42,7 @@ from keyrotate.dataplane.writer import OrderedWriter
 from keyrotate.db.base import (
     PAGE_BYTES,
     CasWrite,
+    ReadAhead,
     RowStore,
     Statement,
     Target,
@@ -50,7 +52,6 @@ from keyrotate.db.base import (
     count_after,
     count_statement,
     display_key,
-    read_many,
     read_rows,
 )
 from keyrotate.db.own_schema import ensure_journal_schema, journal_exists
@@ -150,15 +151,21 @@ def _delta(page: PageResult) -> Counts:
                   rows_failed=len(page.failures))
 
 
-def probe(store: RowStore, target: Target, codec: Codec, page_bytes: int = PAGE_BYTES) -> int:
+def probe_reads(target: Target, page_bytes: int = PAGE_BYTES) -> list[Statement]:
+    """What probe() reads: the first non-NULL rows and the table's count."""
+    return [Statement(bounded_scan_sql(target, True, non_null=True),
+                      bounded_scan_params(None, True, PROBE_ROWS, page_bytes)),
+            count_statement(target)]
+
+
+def probe(store: RowStore, target: Target, codec: Codec, page_bytes: int = PAGE_BYTES,
+          ahead: ReadAhead = ReadAhead()) -> int:
     """Refuse before writing anything when none of the first non-NULL rows opens under
     either key: a wrong --old-key would otherwise fail every row and record each failure.
     NULL rows prove nothing either way, so they are skipped (by the query, however many).
-    Returns the table's row count, read with them (one request on D1)."""
-    sample, counted = read_many(store, [
-        Statement(bounded_scan_sql(target, True, non_null=True),
-                  bounded_scan_params(None, True, PROBE_ROWS, page_bytes)),
-        count_statement(target)])
+    Returns the table's row count, read with them (one request on D1, or none when they
+    rode with the lease's claim: `ahead`)."""
+    sample, counted = ahead.read_many(store, probe_reads(target, page_bytes))
     rows = [(r[0], r[1]) for r in sample]
     page = process_page(codec, "rotate", rows)
     if page.rows - page.null and not (page.writes or page.current):
@@ -294,14 +301,15 @@ class Reencryptor:
             rows = probe(self.store, self.target, self.codec, self.opt.page_bytes)
             return self._run(RunState("dry-run", self.ident, False), rows)
         ensure_journal_schema(self.store)
-        self.lease.acquire()
+        ahead = self.lease.acquire([unfinished_runs(self.target),
+                                    *probe_reads(self.target, self.opt.page_bytes)])
         log.debug("lease on %s taken by %s", self.target.name, self.lease.holder)
         try:
-            plan = self.journal.plan_run(self.ident)
+            plan = self.journal.plan_run(self.ident, ahead=ahead)
             log.debug("run plan for %s: %s; retiring %s", self.target.name,
                       f"resume {plan.resume}" if plan.resume else "a new run",
                       [u.run_id for u in plan.supersede] or "nothing")
-            rows = probe(self.store, self.target, self.codec, self.opt.page_bytes)
+            rows = probe(self.store, self.target, self.codec, self.opt.page_bytes, ahead)
             return self._run(self.journal.start_run(self.ident, plan), rows)
         finally:
             self.lease.release()

@@ -5,11 +5,13 @@ holding the key could actually read it. A census that did not see every row prov
 nothing, and counts cannot show it did (a skipped row and a row deleted meanwhile cancel
 out): it sums a keyed hash of every rowid it visits and compares the sum with the same
 sum over the whole table at the end, taken by one SQL aggregate that pages nothing (the
-witness, db/base.py). Any difference makes the census unclean ("unreached"): rows paging
-missed, or rows inserted or deleted while it ran; exit 3, run it again. A WITHOUT ROWID
-table has no rowid to witness: it is paged by its primary key, which is unique and NOT
-NULL under its own collation by construction, and only its count is compared: the rows
-visited, and the count at the start, must both equal the count at the end.
+witness, db/base.py; on D1 it rides in the request of the last page read, after that
+read, when the count at the start says that page should end the table). Any difference
+makes the census unclean ("unreached"): rows paging missed, or rows inserted or deleted
+while it ran; exit 3, run it again. A WITHOUT ROWID table has no rowid to witness: it is
+paged by its primary key, which is unique and NOT NULL under its own collation by
+construction, and only its count is compared: the rows visited, and the count at the
+start, must both equal the count at the end.
 
 At the end of a reencrypt run the census reads and witnesses every row just the same, but
 a row holding exactly a value that run's pass verified opens under the new key is counted
@@ -29,12 +31,13 @@ from typing import Any, Callable, TextIO
 
 from keyrotate.crypto.codecs import Codec
 from keyrotate.dataplane.outcome import ROWS, Outcome
-from keyrotate.dataplane.pipeline import InFlight, page_results, page_size
+from keyrotate.dataplane.pipeline import InFlight, Tail, page_results, page_size
 from keyrotate.dataplane.vouch import Vouched
 from keyrotate.dataplane.workers import CryptoRunner, PageResult, default_workers
 from keyrotate.db.base import (
     PAGE_BYTES,
     RowStore,
+    Statement,
     Target,
     count_rows,
     display_key,
@@ -146,19 +149,25 @@ def take_census(store: RowStore, target: Target, codec: Codec, runner: CryptoRun
               else count_rows(store, target))
     progress.start(before)
     salt = new_salt() if witnessed.witnessed else None
+    witness = (Statement(witness_sql(target.table, witnessed.rowid, salt))
+               if salt is not None and witnessed.rowid is not None else None)
+    # where every request costs (D1), the witness rides on the page read likely to be the
+    # last, after it; its answer counts only if no read came after (else it is read alone)
+    tail = (Tail(witness, before) if witness is not None
+            and getattr(store, "carries_reads", False) else None)
     budget = InFlight()
     rows, weight = census_page(store, batch_size)
     for page in page_results(store, witnessed, runner, "census", rows, page_bytes=weight,
-                             salt=salt, budget=budget, vouched=vouched):
+                             salt=salt, budget=budget, vouched=vouched, tail=tail):
         census.tally(page)
         budget.give(page.bytes)
         if failed_ids is not None:
             failed_ids.writelines(_id_line(key) for key, _ in page.failures)
         progress.advance(page.rows)
         between_pages()
-    if salt is not None and witnessed.rowid is not None:
-        n, total = (int(v) for v in store.query(witness_sql(target.table, witnessed.rowid,
-                                                             salt))[0])
+    if witness is not None:
+        carried = tail.answer if tail is not None else None
+        n, total = (int(v) for v in (carried or store.query(witness.sql))[0])
         if (n, total) == (census.rows, census.visited_witness):
             census.witness = "matched"
         else:

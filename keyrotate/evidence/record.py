@@ -92,11 +92,17 @@ class Evidence:
         return self._trail
 
     def record(self, event: Event, with_statements: Sequence[Statement] = (),
-               best_effort: bool = False, before: Sequence[Event] = ()) -> list[Delivery]:
+               best_effort: bool = False, before: Sequence[Event] = (),
+               defer: bool = False) -> list[Delivery]:
         """The trail first (`before`, then `event`, with `with_statements`, in one
         transaction), then the sinks (which hear of `event`).
         `best_effort`: the command is failing already (perhaps the database is what
-        failed): a trail that cannot be written is logged, and the sinks still hear."""
+        failed): a trail that cannot be written is logged, and the sinks still hear.
+        `defer`: the trail may record it with its next append (AuditTrail.defer), unless
+        a sink wants it (a notification carries the event's place in the chain)."""
+        if defer and not self.notifier.wants(event):
+            self.trail.defer(event, with_statements, before)
+            return []
         head: ChainHead | None = None
         try:
             self.trail.append(event, with_statements, before)

@@ -73,6 +73,8 @@ class AuditTrail:
         self._head_key: str | None = None               # the audit key id the head names
         self._last: tuple[str, str] | None = None     # (prev, mac) of this command's last append
         self._queued: list[Event] = []                # recorded with the next append
+        self._queued_statements: list[Statement] = []  # committed with them
+        self.holds_push_outcomes = False              # a queued event settles a push
 
     def witness(self) -> WitnessFile:
         return WitnessFile(self.local_file, self.db.display_url, self.env)
@@ -80,6 +82,27 @@ class AuditTrail:
     def queue(self, event: Event) -> None:
         """Record `event` with the next append (in its transaction), or when the command ends."""
         self._queued.append(event)
+
+    def defer(self, event: Event, with_statements: Sequence[Statement] = (),
+              before: Sequence[Event] = (), settles_push: bool = False) -> None:
+        """Append `event` (after `before`) and commit `with_statements` in the transaction of
+        the next append, not in one of their own: on D1 every request counts. Only for
+        records whose loss in a kill is safe: a step then done again, a push left "possibly
+        applied". Reading the trail first records them, so no reader misses them."""
+        self._queued += [*before, event]
+        self._queued_statements += with_statements
+        self.holds_push_outcomes = self.holds_push_outcomes or settles_push
+
+    def flush(self) -> None:
+        """Record what is deferred now."""
+        if not self._queued:
+            return
+        last = self._queued.pop()
+        try:
+            self.append(last)
+        except BaseException:
+            self._queued.append(last)
+            raise
 
     def append(self, event: Event, with_statements: Sequence[Statement] = (),
                before: Sequence[Event] = ()) -> str:
@@ -89,6 +112,7 @@ class AuditTrail:
         key = self._key(True)
         assert key is not None
         events = [*self._queued, *before, event]
+        statements = [*self._queued_statements, *with_statements]
         for _ in range(CONFLICT_TRIES):
             prev = self._head if self._head is not None else self._read_head()
             self._check_key(key)
@@ -101,7 +125,7 @@ class AuditTrail:
                 links.append((record, link, mac))
                 link = mac
             try:
-                self.db.apply([], None, [*with_statements, *inserts])
+                self.db.apply([], None, [*statements, *inserts])
             except StoreError as e:
                 if not _lost_race(e):
                     raise
@@ -115,6 +139,7 @@ class AuditTrail:
                                    "taking its head")
         self._head, self._head_key = link, key.id
         self._last, self._queued = (links[-1][1], link), []
+        self._queued_statements, self.holds_push_outcomes = [], False
         witness = self.witness()
         for record, _, mac in links:
             witness.write(record, mac)
@@ -167,6 +192,8 @@ class AuditTrail:
 
     def records(self, event: str) -> list[dict[str, Any]]:
         """The records of one kind of event, in the order they were stored."""
+        if any(e.event == event for e in self._queued):
+            self.flush()
         out: list[dict[str, Any]] = []
         after = -1
         while True:
@@ -186,6 +213,7 @@ class AuditTrail:
 
     def links(self) -> list[Link]:
         """Every event of the environment, in the order they were stored."""
+        self.flush()
         out: list[Link] = []
         after = -1
         while True:
@@ -210,8 +238,7 @@ class AuditTrail:
         appended. A store this operator cannot write is only warned about: the trail
         itself is written."""
         try:
-            if self._queued:
-                self.append(self._queued.pop())
+            self.flush()
             if self.store_head is not None and self._last is not None:
                 self.store_head.advance(self._last[1])
         except KeyrotateError as e:

@@ -19,6 +19,7 @@ from typing import Any
 
 from keyrotate.config.context import Context
 from keyrotate.db.base import Statement
+from keyrotate.db.own_schema import own_table
 from keyrotate.evidence.event import Event
 from keyrotate.evidence.record import audit_trail, existing_audit_key
 from keyrotate.timeutil import now_iso
@@ -27,6 +28,7 @@ ROTATION_KINDS = ("master-key", "jwt-hs256")
 log = logging.getLogger("keyrotate.audit")
 SECRETS_EVENT = "worker.secrets"
 LEGACY_IMPORTED = "trail.legacy-import"
+LEGACY_TABLE = "keyrotate_events"
 
 
 @dataclass(frozen=True)
@@ -58,12 +60,17 @@ def intend(ctx: Context, worker: str, changes: list[SecretChange], base_number: 
 def confirm(ctx: Context, worker: str, intent: str, state: str, version_id: str | None = None,
             number: int | None = None) -> None:
     """The push recorded as `intent` took effect (done: in version `version_id`, number
-    `number`, as Cloudflare listed it) or was refused (failed)."""
-    audit_trail(ctx).append(Event(
-        SECRETS_EVENT, ctx.env.name, f"secret change on {worker} {state}"
-        + (f" (version {version_id})" if version_id else ""),
-        detail={"worker": worker, "state": state, "intent": intent, "version_id": version_id,
-                "number": number}))
+    `number`, as Cloudflare listed it) or was refused (failed). A push that took effect
+    is recorded with the next append (the next push's intent, or its step's record): lost
+    in a kill, the push stays an intent, counted as possibly applied, as it was."""
+    event = Event(SECRETS_EVENT, ctx.env.name, f"secret change on {worker} {state}"
+                  + (f" (version {version_id})" if version_id else ""),
+                  detail={"worker": worker, "state": state, "intent": intent,
+                          "version_id": version_id, "number": number})
+    if state == "done":
+        audit_trail(ctx).defer(event, settles_push=True)
+    else:
+        audit_trail(ctx).append(event)
 
 
 def record_version(ctx: Context, worker: str, kind: str, version_id: str | None = None) -> None:
@@ -138,48 +145,60 @@ def secret_history(ctx: Context, worker: str, kinds: tuple[str, ...] = ROTATION_
 def _import_legacy(ctx: Context) -> None:
     """keyrotate_events (0.1) into the trail, once: each push as an intent and its outcome,
     at the time it was recorded; then the table goes, and the trail records that the import
-    was made. A keyrotate_events table that appears after that is not 0.1's: anyone who can
-    write to the database could have made it, and the trail would authenticate its rows, so
-    it is left alone and named in a warning."""
+    was made, all in one transaction. A keyrotate_events table that appears after that is
+    not 0.1's: anyone who can write to the database could have made it, and the trail would
+    authenticate its rows, so it is left alone and named in a warning."""
     once: dict[str, bool] = ctx.shared("legacy-events", dict)
     if once:
         return
     once["checked"] = True
-    exists = ctx.db.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                          ("keyrotate_events",))
-    if not exists:
+    known = own_table(ctx.db, LEGACY_TABLE)
+    if known == "absent" or (known is None and not ctx.db.query(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (LEGACY_TABLE,))):
         return
-    if audit_trail(ctx).records(LEGACY_IMPORTED):
+    trail = audit_trail(ctx)
+    if known != "created" and trail.records(LEGACY_IMPORTED):
         log.warning("a keyrotate_events table appeared in %s after keyrotate 0.1's records were "
                     "imported into the audit trail: it is not trusted, nor imported; look into who "
                     "made it", ctx.db.display_url)
         return
     rows = ctx.db.query("SELECT worker, kind, secret, secret_kind, fingerprint, at, state, "
-                        "version_id FROM keyrotate_events WHERE environment = ? ORDER BY at, id",
+                        f"version_id FROM {LEGACY_TABLE} WHERE environment = ? ORDER BY at, id",
                         (ctx.env.name,))
-    trail = audit_trail(ctx)
-    for worker, kind, secret, secret_kind, fp, at, state, version in rows:
-        if kind in ("secret-push", "secret-delete"):
-            change = SecretChange(str(secret), str(secret_kind),
-                                  None if kind == "secret-delete" else fp)
-            trail.append(Event(SECRETS_EVENT, ctx.env.name, f"(imported) change of {secret} on "
-                               f"{worker}", at=str(at), detail={
-                                   "worker": worker, "state": "intent", "intent": str(at),
-                                   "changes": [change.as_dict()], "imported": True}))
-            if state != "intent":
-                trail.append(Event(SECRETS_EVENT, ctx.env.name, f"(imported) {state}", at=str(at),
-                                   detail={"worker": worker, "state": state, "intent": str(at),
-                                           "version_id": version, "imported": True}))
-        elif kind in ("deploy", "rollback", "canary"):
-            trail.append(Event(f"worker.{kind}", ctx.env.name, f"(imported) {kind} of {worker}",
-                               at=str(at), detail={"worker": worker, "version_id": version,
-                                                   "imported": True}))
-    drop = Statement("DROP TABLE keyrotate_events")
+    drop = Statement(f"DROP TABLE {LEGACY_TABLE}")
     if not rows and existing_audit_key(ctx) is None:
         # an empty table in an environment with no trail key yet: nothing to record, and a
         # read-only command (a rollback plan) must not make the audit key in the store
         ctx.db.apply([], None, [drop])
-        return
-    trail.append(Event(LEGACY_IMPORTED, ctx.env.name, f"keyrotate 0.1's keyrotate_events "
-                       f"imported ({len(rows)} records); a table of that name is never imported "
-                       "again", detail={"records": len(rows)}), with_statements=[drop])
+    elif not rows and known == "created":
+        # this command's migrations made it (old migrations still do), and no import can
+        # have been recorded before: recorded with the trail's next append, at no request
+        trail.defer(_imported(ctx, 0), [drop])
+    else:
+        trail.append(_imported(ctx, len(rows)), with_statements=[drop],
+                     before=[e for row in rows for e in _legacy_events(ctx, *row)])
+
+
+def _imported(ctx: Context, records: int) -> Event:
+    return Event(LEGACY_IMPORTED, ctx.env.name, f"keyrotate 0.1's keyrotate_events imported "
+                 f"({records} records); a table of that name is never imported again",
+                 detail={"records": records})
+
+
+def _legacy_events(ctx: Context, worker: Any, kind: Any, secret: Any, secret_kind: Any, fp: Any,
+                   at: Any, state: Any, version: Any) -> list[Event]:
+    """One row of 0.1's keyrotate_events as the trail's events."""
+    if kind in ("secret-push", "secret-delete"):
+        change = SecretChange(str(secret), str(secret_kind), None if kind == "secret-delete" else fp)
+        intent = Event(SECRETS_EVENT, ctx.env.name, f"(imported) change of {secret} on {worker}",
+                       at=str(at), detail={"worker": worker, "state": "intent", "intent": str(at),
+                                           "changes": [change.as_dict()], "imported": True})
+        if state == "intent":
+            return [intent]
+        return [intent, Event(SECRETS_EVENT, ctx.env.name, f"(imported) {state}", at=str(at),
+                              detail={"worker": worker, "state": state, "intent": str(at),
+                                      "version_id": version, "imported": True})]
+    if kind in ("deploy", "rollback", "canary"):
+        return [Event(f"worker.{kind}", ctx.env.name, f"(imported) {kind} of {worker}", at=str(at),
+                      detail={"worker": worker, "version_id": version, "imported": True})]
+    return []

@@ -119,12 +119,18 @@ class Recorder:
                                          started_by=rot.detail.get("started_by", "person")),
                              [self._save(rot)], before=keys)
 
-    def step_done(self, rot: Rotation, step: str) -> None:
+    def step_done(self, rot: Rotation, step: str, next_pushes: bool = False) -> None:
+        """A step is recorded with the next record (the next push's intent, the restore
+        point, the end), not on its own: lost in a kill, the step is only done again (each
+        is idempotent). A step that settled a push is recorded at once, unless the next
+        step pushes (`next_pushes`: its intent comes first and carries it), so a push never
+        stays "possibly applied" for want of its confirmation past what follows it."""
         rot.steps_done.append(step)
         keys = self.keys.step(rot, step)
         self.evidence.record(self._event(rot, "rotation.step", f"{self._what(rot)}: step {step} done.",
                                          step, **_step_detail(rot, step)),
-                             [self._save(rot)], before=keys)
+                             [self._save(rot)], before=keys,
+                             defer=next_pushes or not self.evidence.trail.holds_push_outcomes)
 
     def reopen(self, rot: Rotation, steps: list[str], reason: str) -> None:
         """Steps whose effect no longer holds (observed from Cloudflare) are done again by

@@ -446,3 +446,45 @@ def test_pushes_recorded_by_0_1_move_into_the_trail_and_their_table_goes(project
     run_cli("keys", "--env", "staging")   # reads the pushes: the import would run here
     shown = last_json(run_cli("audit", "show", "--env", "staging", "--json").output)["events"]
     assert not any("fp:000000000000" in json.dumps(e) for e in shown)
+
+
+def test_the_import_of_0_1s_pushes_lands_whole_or_not_at_all(project):
+    """The import is one transaction: events, the record that it was made and the table's
+    drop. Appended event by event, a failure part way left some of 0.1's pushes in the
+    trail, the table still there, and no record of the import."""
+    from keyrotate.config.context import Context
+    from keyrotate.errors import KeyrotateError
+    from keyrotate.evidence.worker_log import secret_history
+
+    root = project[0]
+    ctx = Context.load("staging")
+    ctx.db.apply([], None, [])   # keyrotate's tables, keyrotate_events among them (0002)
+    ctx.close()
+    with _db(root) as conn:
+        for n, worker in enumerate(("tminus-api-staging", "tminus-oauth-staging")):
+            conn.execute("INSERT INTO keyrotate_events (environment, worker, kind, secret, "
+                         "secret_kind, fingerprint, at, state) VALUES ('staging', ?, "
+                         "'secret-push', 'MASTER_KEY', 'master-key', 'fp:0123456789ab', ?, 'done')",
+                         (worker, f"2026-11-0{n + 1}T00:00:00+00:00"))
+        # the database refuses the record of the import: the last statement of the import
+        conn.execute("CREATE TRIGGER refuse_import BEFORE INSERT ON keyrotate_audit "
+                     "WHEN NEW.event = 'trail.legacy-import' BEGIN SELECT RAISE(ABORT, 'no'); END")
+    ctx = Context.load("staging")
+    try:
+        with pytest.raises(KeyrotateError):
+            secret_history(ctx, "tminus-api-staging")
+    finally:
+        ctx.close()
+    with _db(root) as conn:
+        imported = conn.execute("SELECT count(*) FROM keyrotate_audit WHERE record LIKE "
+                                "'%\"imported\": true%'").fetchone()[0]
+        left = conn.execute("SELECT count(*) FROM keyrotate_events").fetchone()[0]
+        conn.execute("DROP TRIGGER refuse_import")
+    assert (imported, left) == (0, 2)
+    ctx = Context.load("staging")
+    try:
+        assert secret_history(ctx, "tminus-oauth-staging").state_at(None) == {
+            "MASTER_KEY": "fp:0123456789ab"}
+    finally:
+        ctx.close()
+    assert _verify()[0] == 0
