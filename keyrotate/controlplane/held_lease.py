@@ -15,11 +15,11 @@ from __future__ import annotations
 import logging
 from contextlib import ExitStack, contextmanager
 from types import TracebackType
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 from keyrotate.config.context import Context
 from keyrotate.dataplane.lease import Lease
-from keyrotate.db.base import RowStore
+from keyrotate.db.base import ReadAhead, RowStore, Statement
 from keyrotate.db.connect import open_database
 from keyrotate.errors import KeyrotateError
 
@@ -27,22 +27,38 @@ log = logging.getLogger("keyrotate.lease")
 
 
 class HeldLease:
-    def __init__(self, ctx: Context, name: str):
-        self.ctx, self.name = ctx, name
+    """`reads`: read in the claim's request (D1: no request of their own), after the
+    lease is held; their answers are `ahead` (empty when the claim was contended)."""
+
+    def __init__(self, ctx: Context, name: str, reads: Sequence[Statement] = ()):
+        self.ctx, self.name, self.reads = ctx, name, list(reads)
         self._db: RowStore | None = None
         self._lease: Lease | None = None
+        self.ahead = ReadAhead()
 
     def __enter__(self) -> "HeldLease":
         self.ctx.db   # keyrotate's tables (the lease table among them) exist before the lease
         self._db = open_database(self.ctx.database_url())
         try:
             lease = Lease(self._db, self.name)
-            lease.acquire()
+            self.ahead = lease.acquire(self.reads)
             self._lease = lease
         except BaseException:
             self._db.close()
             raise
         return self
+
+    def give_back_with(self) -> list[Statement]:
+        """The lease given back in the caller's last transaction (one request less on
+        D1): the heartbeat stops now; call `given_back` once that transaction committed,
+        or leaving gives it back on its own."""
+        assert self._lease is not None
+        self._lease.stop_heartbeat()
+        return [self._lease.releasing()]
+
+    def given_back(self) -> None:
+        assert self._lease is not None
+        self._lease.released = True
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -58,8 +74,8 @@ class HeldLease:
             self._db.close()
 
 
-def rotation_lease(ctx: Context, secret: str) -> HeldLease:
-    return HeldLease(ctx, f"rotate:{ctx.env.name}:{secret}")
+def rotation_lease(ctx: Context, secret: str, reads: Sequence[Statement] = ()) -> HeldLease:
+    return HeldLease(ctx, f"rotate:{ctx.env.name}:{secret}", reads)
 
 
 @contextmanager

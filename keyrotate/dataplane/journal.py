@@ -71,6 +71,7 @@ class RunState:
     seconds: float = 0.0
     seq: int = 0            # checkpoints committed; each one applies only at its own seq
     superseded: list[str] = field(default_factory=list)  # runs this one took over
+    ahead: ReadAhead = field(default_factory=ReadAhead)  # reads made with its start
 
 
 @dataclass(frozen=True)
@@ -158,8 +159,11 @@ class Journal:
             others.append(same)  # overtaken: rows behind its cursor may have moved since
         return RunPlan(None, others)
 
-    def start_run(self, ident: RunIdentity, plan: "RunPlan") -> RunState:
-        """Carry out a plan: retire what it retires, then resume or begin (committed)."""
+    def start_run(self, ident: RunIdentity, plan: "RunPlan",
+                  reads: Sequence[Statement] = ()) -> RunState:
+        """Carry out a plan: retire what it retires, then resume or begin (committed). A
+        new run's start carries `reads` (made after it, in its request, on stores that
+        exchange writes for reads): their answers are the run's `ahead`."""
         ts = now_iso()
         retired = [u.run_id for u in plan.supersede]
         if plan.resume is not None:
@@ -168,24 +172,30 @@ class Journal:
             return self._resume(plan.resume, ident, retired)
         t = ident.target
         run_id = new_id("r")
+        start = [
+            *_superseded(plan.supersede, ts),
+            Statement("INSERT INTO keyrotate_runs (run_id, kind, target, key_column, format, "
+                      "mode, old_kid, new_kid, status, started_at) "
+                      "VALUES (?, 'reencrypt', ?, ?, ?, ?, ?, ?, 'running', ?)",
+                      (run_id, t.name, t.key_column, ident.fmt, ident.mode,
+                       ident.old_kid, ident.new_kid, ts)),
+            Statement("INSERT INTO keyrotate_checkpoints (run_id, updated_at) VALUES (?, ?)",
+                      (run_id, ts)),
+        ]
+        exchange = getattr(self.store, "exchange", None)
+        ahead = ReadAhead()
         try:
-            self.store.apply([], None, [
-                *_superseded(plan.supersede, ts),
-                Statement("INSERT INTO keyrotate_runs (run_id, kind, target, key_column, format, "
-                          "mode, old_kid, new_kid, status, started_at) "
-                          "VALUES (?, 'reencrypt', ?, ?, ?, ?, ?, ?, 'running', ?)",
-                          (run_id, t.name, t.key_column, ident.fmt, ident.mode,
-                           ident.old_kid, ident.new_kid, ts)),
-                Statement("INSERT INTO keyrotate_checkpoints (run_id, updated_at) VALUES (?, ?)",
-                          (run_id, ts)),
-            ])
+            if exchange is not None and reads:
+                ahead = ReadAhead(reads, exchange([], None, start, reads)[1])
+            else:
+                self.store.apply([], None, start)
         except StoreError:
             # a D1 answer lost after the commit: the client sent it again, and the replay
             # met the run it had already made (its id is new: nobody else has it)
             if not self.store.query("SELECT 1 FROM keyrotate_checkpoints WHERE run_id = ?",
                                     (run_id,)):
                 raise
-        return RunState(run_id, ident, False, superseded=retired)
+        return RunState(run_id, ident, False, superseded=retired, ahead=ahead)
 
     def open_run(self, ident: RunIdentity) -> RunState:
         return self.start_run(ident, self.plan_run(ident))

@@ -29,6 +29,7 @@ from keyrotate.dataplane.workers import CryptoRunner, PageResult
 from keyrotate.db.base import (
     PAGE_BYTES,
     CasWrite,
+    ReadAhead,
     RowStore,
     Salt,
     Statement,
@@ -213,8 +214,8 @@ def page_results(store: RowStore, target: Target, runner: CryptoRunner, op: str,
                  batch_size: int, after: Value = None, first: bool = True,
                  page_bytes: int = PAGE_BYTES, salt: Salt | None = None,
                  budget: InFlight | None = None, carrier: Carrier | None = None,
-                 vouched: Vouched | None = None, tail: Tail | None = None
-                 ) -> Iterator[PageResult]:
+                 vouched: Vouched | None = None, tail: Tail | None = None,
+                 ahead: ReadAhead = ReadAhead()) -> Iterator[PageResult]:
     """Yield one PageResult per keyset page, in key order. A page holds at most
     `batch_size` rows and about `page_bytes` of values (at least one row). With a
     budget, each page's stored bytes (`page.bytes`) are taken from it before the page goes
@@ -224,10 +225,11 @@ def page_results(store: RowStore, target: Target, runner: CryptoRunner, op: str,
     page to a writer that ends it with page_done. `vouched`: rotate adds each page's
     digests to it, in order; the census checks each page against them (vouch.py). `tail`:
     every page read goes through it (the census's witness, on D1), so its answer is one
-    taken with the scan's last read or None."""
+    taken with the scan's last read or None. `ahead`: the first page, if it was read with
+    the request before (the run's start, on D1)."""
     if carrier is not None and carrier.riding and salt is None:
         yield from _carried(store, target, runner, op, batch_size, after, first, page_bytes,
-                            budget, carrier, vouched)
+                            budget, carrier, vouched, ahead)
         return
     ordinal = 0          # the census's rows read so far: where in the pass's order it is
     inflight: deque[tuple[Any, int, Any]] = deque()
@@ -275,13 +277,15 @@ def page_results(store: RowStore, target: Target, runner: CryptoRunner, op: str,
 
 def _carried(store: RowStore, target: Target, runner: CryptoRunner, op: str, batch_size: int,
              after: Value, first: bool, page_bytes: int, budget: InFlight | None,
-             carrier: Carrier, vouched: Vouched | None) -> Iterator[PageResult]:
+             carrier: Carrier, vouched: Vouched | None, ahead: ReadAhead) -> Iterator[PageResult]:
     """One page at a time: its crypto, then its write carrying the next page's read. A
     page read that shows the end of the table is marked `last`, and nothing reads past
     it. The byte budget holds: the next page rides on this one's write only when another
     page like the heaviest so far fits beside the pages the writer holds; otherwise it
     is read on its own once they are given back."""
-    rows = store.scan_page(target, after, first, batch_size, page_bytes)
+    rows = ahead.take(scan_statement(target, after, first, batch_size, page_bytes))
+    if rows is None:
+        rows = store.scan_page(target, after, first, batch_size, page_bytes)
     largest = 0
     while rows:
         first, after = False, rows[-1][0]

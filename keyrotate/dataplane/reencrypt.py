@@ -34,7 +34,13 @@ from keyrotate.dataplane.journal import (
 )
 from keyrotate.dataplane.lease import Lease
 from keyrotate.dataplane.outcome import ROWS, Outcome
-from keyrotate.dataplane.pipeline import Carrier, InFlight, page_results, page_size
+from keyrotate.dataplane.pipeline import (
+    Carrier,
+    InFlight,
+    page_results,
+    page_size,
+    scan_statement,
+)
 from keyrotate.dataplane.verify import Census, take_census
 from keyrotate.dataplane.vouch import Vouched
 from keyrotate.dataplane.workers import CryptoRunner, PageResult, default_workers, process_page
@@ -310,7 +316,10 @@ class Reencryptor:
                       f"resume {plan.resume}" if plan.resume else "a new run",
                       [u.run_id for u in plan.supersede] or "nothing")
             rows = probe(self.store, self.target, self.codec, self.opt.page_bytes, ahead)
-            return self._run(self.journal.start_run(self.ident, plan), rows)
+            first_page = scan_statement(self.target, None, True,
+                                        page_size(self.store, self.opt.batch_size),
+                                        self.opt.page_bytes)
+            return self._run(self.journal.start_run(self.ident, plan, [first_page]), rows)
         finally:
             self.lease.release()
 
@@ -364,7 +373,7 @@ class Reencryptor:
             for page in page_results(self.store, self.target, runner, "rotate",
                                      page_size(self.store, self.opt.batch_size), after, first,
                                      self.opt.page_bytes, budget=budget,
-                                     carrier=self.carrier, vouched=vouched):
+                                     carrier=self.carrier, vouched=vouched, ahead=run.ahead):
                 writer.put(page)
                 del page
             writer.finish()

@@ -201,10 +201,12 @@ def _id_line(key: Any) -> str:
 
 def verify(store: RowStore, target: Target, codec: Codec, batch_size: int | None = None,
            workers: int | None = None, progress: Progress | None = None,
-           failed_ids: str | None = None) -> Census:
+           failed_ids: str | None = None, rows_hint: int | None = None) -> Census:
+    """`rows_hint`: about how many rows there are, if known (else counted first): it sizes
+    the workers and the progress; a census that can only count counts anyway."""
     progress = progress or NoProgress()
-    rows = count_rows(store, target) if workers is None else None
-    runner = CryptoRunner(codec, workers if rows is None else default_workers(rows))
+    rows = rows_hint if rows_hint is not None or workers is not None else count_rows(store, target)
+    runner = CryptoRunner(codec, workers if workers is not None else default_workers(rows or 0))
     try:   # that count serves the progress too (one request less on D1)
         if failed_ids is None:
             return take_census(store, target, codec, runner, batch_size, progress,

@@ -183,8 +183,12 @@ class ReadAhead:
         self._answers = {(st.sql, tuple(st.params)): rows
                          for st, rows in zip(statements, answers, strict=True)}
 
+    def take(self, st: Statement) -> list[tuple[Value, ...]] | None:
+        """The answer to `st`, once; None if it was not read ahead."""
+        return self._answers.pop((st.sql, tuple(st.params)), None)
+
     def query(self, store: RowStore, sql: str, params: Sequence[Value] = ()) -> list[tuple[Value, ...]]:
-        rows = self._answers.pop((sql, tuple(params)), None)
+        rows = self.take(Statement(sql, tuple(params)))
         return rows if rows is not None else store.query(sql, params)
 
     def read_many(self, store: RowStore, statements: Sequence[Statement]) -> list[list[tuple[Value, ...]]]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from keyrotate.db.base import RowStore, Statement
+from keyrotate.db.base import ReadAhead, RowStore, Statement
 from keyrotate.errors import ConfigError, KeyrotateError, StoreError, StoreUnavailable
 from keyrotate.evidence.chain import COLUMNS, GENESIS, KEYED, Link, canonical
 from keyrotate.evidence.event import ChainHead, Event, operator
@@ -75,6 +75,7 @@ class AuditTrail:
         self._queued: list[Event] = []                # recorded with the next append
         self._queued_statements: list[Statement] = []  # committed with them
         self.holds_push_outcomes = False              # a queued event settles a push
+        self._ahead = ReadAhead()
 
     def witness(self) -> WitnessFile:
         return WitnessFile(self.local_file, self.db.display_url, self.env)
@@ -145,11 +146,22 @@ class AuditTrail:
             witness.write(record, mac)
         return link
 
+    def head_read(self) -> Statement:
+        """How the head is read: for a caller that reads it ahead (`answered`)."""
+        return Statement("SELECT hash, record FROM keyrotate_audit WHERE environment = ? "
+                         "ORDER BY seq DESC LIMIT 1", (self.env,))
+
+    def answered(self, ahead: ReadAhead) -> None:
+        """Reads made ahead (in a lease's claim): the first head read may be among them.
+        An answer older than the head is harmless: an append after it loses the race for
+        its place in the chain, and reads the head again."""
+        self._ahead = ahead
+
     def _read_head(self) -> str:
         """The MAC of the environment's last event, and the audit key it names (kept for
         the next append, which then needs no query of its own)."""
-        rows = self.db.query("SELECT hash, record FROM keyrotate_audit WHERE environment = ? "
-                             "ORDER BY seq DESC LIMIT 1", (self.env,))
+        read = self.head_read()
+        rows = self._ahead.query(self.db, read.sql, read.params)
         if not rows:
             self._head, self._head_key = GENESIS, None
             return GENESIS

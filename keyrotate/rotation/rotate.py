@@ -21,6 +21,7 @@ from keyrotate.controlplane.held_lease import rotation_lease
 from keyrotate.controlplane.pushes import Pusher
 from keyrotate.controlplane.serving import check_serving
 from keyrotate.dataplane.objects.driver import ObjectsOptions
+from keyrotate.db.base import ReadAhead
 from keyrotate.errors import ConfigError, DeployError, StoreUnavailable
 from keyrotate.evidence.record import audit_key, existing_audit_key
 from keyrotate.evidence.worker_log import secret_history
@@ -121,22 +122,27 @@ def rotate(ctx: Context, secret: str, options: RotateOptions = RotateOptions(), 
         if options.dry_run:
             return _rotate(ctx, recorder, secret, options, say, read_external)
         # one command at a time per secret and environment (a person and a schedule, two
-        # terminals): the second refuses, naming the holder
-        with rotation_lease(ctx, secret):
-            return _rotate(ctx, recorder, secret, options, say, read_external)
+        # terminals): the second refuses, naming the holder. The claim also reads the
+        # trail's head and the open rotation, and the rotation's end gives the lease back
+        trail = recorder.evidence.trail
+        with rotation_lease(ctx, secret, [trail.head_read(), recorder.open_read(secret)]) as held:
+            trail.answered(held.ahead)
+            recorder.lease = held
+            return _rotate(ctx, recorder, secret, options, say, read_external, held.ahead)
     finally:
         recorder.evidence.close()
 
 
 def _rotate(ctx: Context, recorder: Recorder, secret: str, options: RotateOptions, say: Say,
-            read_external: Callable[[], str] | None) -> RotatePlan | RotateResult:
+            read_external: Callable[[], str] | None,
+            ahead: ReadAhead = ReadAhead()) -> RotatePlan | RotateResult:
     finish, abort = options.finish, options.abort
     spec = ctx.manifest.secret(secret)
     if options.dry_run:
         existing_audit_key(ctx)   # a dry run makes nothing, the audit key included
     else:
         audit_key(ctx)   # the trail can record this rotation: checked before anything changes
-    rot = recorder.load_open(secret)
+    rot = recorder.load_open(secret, ahead)
     if rot is None and (finish or abort):
         raise ConfigError(f"no {secret} rotation in progress on {ctx.env.name}")
     _check_unattended(options, rot)

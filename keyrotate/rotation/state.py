@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from keyrotate.config.context import Context
-from keyrotate.db.base import Statement
+from keyrotate.controlplane.held_lease import HeldLease
+from keyrotate.db.base import ReadAhead, Statement
 from keyrotate.db.own_schema import OPEN_STATES
 from keyrotate.errors import EXIT_INCOMPLETE
 from keyrotate.evidence.event import Event
@@ -61,12 +62,18 @@ class Recorder:
         self.ctx = ctx
         self.evidence = evidence or Evidence(ctx)
         self.keys = KeyLog(ctx)   # key.state events, as the rotation moves
+        self.lease: HeldLease | None = None   # given back with the rotation's end
 
-    def load_open(self, secret: str) -> Rotation | None:
-        rows = self.ctx.db.query(
+    def open_read(self, secret: str) -> Statement:
+        """How load_open reads: for a caller that reads it ahead, under the lease."""
+        return Statement(
             f"SELECT {', '.join(_COLS)} FROM keyrotate_rotations WHERE environment = ? "
             f"AND secret = ? AND state IN ({_OPEN}) ORDER BY started_at DESC LIMIT 1",
             (self.ctx.env.name, secret, *OPEN_STATES))
+
+    def load_open(self, secret: str, ahead: ReadAhead = ReadAhead()) -> Rotation | None:
+        read = self.open_read(secret)
+        rows = ahead.query(self.ctx.db, read.sql, read.params)
         if not rows:
             return None
         r = dict(zip(_COLS, rows[0], strict=True))
@@ -195,7 +202,10 @@ class Recorder:
                                 "awaiting-finish", **detail)
         else:
             event = self._event(rot, f"rotation.{state}", f"{self._what(rot)} {state}.", **detail)
-        self.evidence.record(event, [self._save(rot, finished=finished)], before=keys)
+        give_back = self.lease.give_back_with() if self.lease is not None else []
+        self.evidence.record(event, [self._save(rot, finished=finished), *give_back], before=keys)
+        if self.lease is not None:
+            self.lease.given_back()
 
 
 def _step_detail(rot: Rotation, step: str) -> dict[str, Any]:
