@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from keyrotate.cli.options import environment, json_option
+from keyrotate.cli.options import environment, json_option, load_context
 from keyrotate.cli.output import emit, say
 from keyrotate.config.context import Context
 from keyrotate.config.manifest import parse_duration
@@ -32,8 +32,7 @@ def keys(click_ctx: click.Context, env_name: str | None, manifest_path: str | No
         return
     if env_name is None:
         raise click.UsageError("Missing option '--env'.")
-    env = Context.load(env_name, manifest_path)
-    click_ctx.call_on_close(env.close)
+    env = load_context(env_name, manifest_path)
     emit(list_keys(env, parse_duration(due, "--due") if due else None), as_json)
 
 

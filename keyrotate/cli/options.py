@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import click
 
+from keyrotate.cli.output import SETTLE
 from keyrotate.config.context import Context
 from keyrotate.crypto.codecs import FORMATS
 from keyrotate.db.base import RowStore
@@ -46,6 +47,16 @@ def opened(db_url: str) -> RowStore:
     return db
 
 
+def load_context(env_name: str, manifest_path: str | None) -> Context:
+    """The command's environment: settled before its result is told (output.emit), closed
+    when it ends."""
+    ctx = Context.load(env_name, manifest_path)
+    click_ctx = click.get_current_context()
+    click_ctx.call_on_close(ctx.close)
+    click_ctx.meta.setdefault(SETTLE, []).append(ctx.settle)
+    return ctx
+
+
 def _environment(required: bool, help_text: str) -> Callable[[F], F]:
     def decorate(fn: F) -> F:
         @click.option("--env", "env_name", required=required, metavar="ENV", help=help_text)
@@ -54,10 +65,7 @@ def _environment(required: bool, help_text: str) -> Callable[[F], F]:
         @functools.wraps(fn)
         def wrapper(*args: Any, env_name: str | None, manifest_path: str | None,
                     **kwargs: Any) -> Any:
-            ctx = None
-            if env_name is not None:
-                ctx = Context.load(env_name, manifest_path)
-                click.get_current_context().call_on_close(ctx.close)
+            ctx = load_context(env_name, manifest_path) if env_name is not None else None
             return fn(*args, env=ctx, **kwargs)
 
         return wrapper

@@ -47,7 +47,18 @@ def say(message: str) -> None:
     log.info(message)
 
 
+SETTLE = "keyrotate.settle"   # click meta: what must be written before a result is told
+
+
+def settle() -> None:
+    """Every record the command deferred written before its result is told: one that
+    cannot be fails the command (a push confirmed nowhere never ends in exit 0)."""
+    for settle_context in click.get_current_context().meta.get(SETTLE, []):
+        settle_context()
+
+
 def emit(result: Result, as_json: bool) -> NoReturn:
+    settle()
     if as_json:
         click.echo(json.dumps(result.as_dict(), default=str))
     else:
@@ -59,6 +70,7 @@ def emit(result: Result, as_json: bool) -> NoReturn:
 
 def emit_text(text: str, exit_code: int) -> NoReturn:
     """A result already rendered in a format of its own (OpenMetrics)."""
+    settle()
     click.echo(text, nl=False)
     click.get_current_context().exit(exit_code)
 

@@ -94,6 +94,14 @@ class Context:
             self._shared[key] = make()
         return self._shared[key]  # type: ignore[no-any-return]
 
+    def settle(self) -> None:
+        """What the command's shared things still owe before its result may be told (the
+        audit trail's deferred records): raises if they cannot be written."""
+        for thing in list(self._shared.values()):
+            settle = getattr(thing, "settle", None)
+            if callable(settle):
+                settle()
+
     def close(self) -> None:
         for thing in reversed(list(self._shared.values())):
             closer = getattr(thing, "close", None)

@@ -94,6 +94,11 @@ class AuditTrail:
         self._queued_statements += with_statements
         self.holds_push_outcomes = self.holds_push_outcomes or settles_push
 
+    def settle(self) -> None:
+        """Before a command tells its result: every deferred record written, or an error
+        (a push confirmed nowhere must not end in exit 0)."""
+        self.flush()
+
     def flush(self) -> None:
         """Record what is deferred now."""
         if not self._queued:
@@ -246,11 +251,15 @@ class AuditTrail:
             after = int(rows[-1][0])
 
     def close(self) -> None:
-        """Record what is queued, then save the head in the store, once per command that
-        appended. A store this operator cannot write is only warned about: the trail
-        itself is written."""
+        """Record what is queued (a command that succeeded did already: Context.settle),
+        then save the head in the store, once per command that appended. A store this
+        operator cannot write is only warned about: the trail itself is written."""
         try:
             self.flush()
+        except KeyrotateError as e:
+            log.warning("the audit trail of %s could not record its last events: %s",
+                        self.env, e)
+        try:
             if self.store_head is not None and self._last is not None:
                 self.store_head.advance(self._last[1])
         except KeyrotateError as e:

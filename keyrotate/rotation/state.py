@@ -24,6 +24,14 @@ _OPEN = ", ".join("?" * len(OPEN_STATES))
 RENAMED = {"push-overlap": ("introduce", "switch")}
 
 
+# steps whose record may ride with the trail's next append: lost in a kill, the step is
+# done again and records the same. A step that changes the secret store (promote drops the
+# store's previous value, an abort discards the pending one) could not record it again.
+REDONE_WHOLE = frozenset({"stage", "introduce", "switch", "push", "confirm-switch",
+                          "remove-previous", "validate", "reencrypt", "verify", "re-verify",
+                          "catch-up"})
+
+
 def done_steps(steps_done: list[str]) -> set[str]:
     """The steps done, under today's names."""
     return {n for s in steps_done for n in RENAMED.get(s, (s,))}
@@ -128,16 +136,16 @@ class Recorder:
 
     def step_done(self, rot: Rotation, step: str, next_pushes: bool = False) -> None:
         """A step is recorded with the next record (the next push's intent, the restore
-        point, the end), not on its own: lost in a kill, the step is only done again (each
-        is idempotent). A step that settled a push is recorded at once, unless the next
+        point, the end), not on its own: lost in a kill, the step is only done again (those
+        of REDONE_WHOLE, which record the same again). A step that settled a push is recorded at once, unless the next
         step pushes (`next_pushes`: its intent comes first and carries it), so a push never
         stays "possibly applied" for want of its confirmation past what follows it."""
         rot.steps_done.append(step)
         keys = self.keys.step(rot, step)
+        defer = step in REDONE_WHOLE and (next_pushes or not self.evidence.trail.holds_push_outcomes)
         self.evidence.record(self._event(rot, "rotation.step", f"{self._what(rot)}: step {step} done.",
                                          step, **_step_detail(rot, step)),
-                             [self._save(rot)], before=keys,
-                             defer=next_pushes or not self.evidence.trail.holds_push_outcomes)
+                             [self._save(rot)], before=keys, defer=defer)
 
     def reopen(self, rot: Rotation, steps: list[str], reason: str) -> None:
         """Steps whose effect no longer holds (observed from Cloudflare) are done again by

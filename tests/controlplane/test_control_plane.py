@@ -218,3 +218,25 @@ def test_a_push_reads_the_store_once_it_holds_the_rotation_leases(project, monke
     res = run_cli("secrets", "push", "--env", "staging", "--only", "MASTER_KEY", "--json")
     assert res.exit_code == 0, res.output
     assert _active(cf, "api")["MASTER_KEY"] == NEW_SECRET
+
+
+def test_a_push_whose_confirmation_cannot_be_recorded_does_not_exit_0(project):
+    """Hostile review: a push's confirmation rides with the trail's next append; a command
+    whose last push had none left it to the end of the command, which only warned when the
+    database refused it: exit 0 with the push confirmed nowhere. The record is now written
+    before the result is told, and a refusal fails the command."""
+    import sqlite3
+
+    root = project[0]
+    assert run_cli("status", "--env", "staging").exit_code == 0   # keyrotate's tables
+    conn = sqlite3.connect(root / "staging.db")
+    # the last push's confirmation (webhook comes after oauth): nothing follows it
+    conn.execute("CREATE TRIGGER refuse_done BEFORE INSERT ON keyrotate_audit WHEN "
+                 "json_extract(NEW.record, '$.detail.state') = 'done' AND "
+                 "json_extract(NEW.record, '$.detail.worker') LIKE '%webhook%' "
+                 "BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    conn.commit()
+    conn.close()
+    res = run_cli("secrets", "push", "--env", "staging", "--only", "GOOGLE_CLIENT_SECRET", "--json")
+    assert res.exit_code != 0, res.output
+    assert "refused" in res.output

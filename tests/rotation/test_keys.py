@@ -343,6 +343,39 @@ def test_a_second_rotation_records_the_previous_value_its_promote_replaced(proje
     assert ended and ended[-1]["detail"]["destroyed"] == [store.ref("MASTER_KEY", "previous")]
 
 
+def test_the_promote_records_the_value_it_replaced_before_anything_else_happens(project):
+    """Hostile review: the promote's record rode with the rotation's end. A kill between
+    the two (here: the command dies at the end, and nothing it deferred is written) lost
+    the record that the store's previous value was destroyed, and the same command again
+    had nothing left to promote: the key stayed `deactivated`, gone from the store with
+    no evidence. A step that changes the store is recorded at once."""
+    from keyrotate.config.context import Context
+    from keyrotate.evidence.trail import AuditTrail
+    from keyrotate.rotation.state import Recorder
+
+    root, _, _, store = project
+    run_cli("secrets", "push", "--env", "staging")
+    with_overlap(root)
+    assert run_cli("rotate", "MASTER_KEY", "--env", "staging").exit_code == 0
+    assert run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish").exit_code == 0
+    assert run_cli("rotate", "MASTER_KEY", "--env", "staging").exit_code == 0
+
+    def killed(self, rot, state, **detail):
+        raise SystemExit(137)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Recorder, "ended", killed)               # dies before the end's append
+        patch.setattr(AuditTrail, "close", lambda self: None)  # and writes nothing more
+        patch.setattr(Context, "settle", lambda self: None)
+        run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish")
+    assert store.read("MASTER_KEY", "previous") != OLD_SECRET   # the promote happened
+    again = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish")
+    assert again.exit_code == 0, again.output
+    _, listing = _keys()
+    first = _key(listing, OLD_KID)
+    assert first["state"] == "destroyed" and first["locations"] == []
+
+
 def test_an_abort_after_the_switch_makes_the_old_key_active_again(project):
     """Hostile review: after `--abort` past the switch, the key every Worker seals under
     again was listed `deactivated` (never due), and the new key's end read "discarded before
