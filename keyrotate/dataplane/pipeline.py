@@ -5,10 +5,12 @@ Memory is bounded by bytes as well as by rows: a page holds at most `batch_size`
 stops at about PAGE_BYTES of stored values (or one row, when a single row is larger), and
 all pages between their read and the end of their life (their commit, or the census
 counting them) hold at most BYTES_IN_FLIGHT of stored values together, across the reader,
-the crypto workers and the writer (or one page alone, when it is larger). With ordinary
-rows the budget never binds (five pages in flight hold a few MB); with heavy rows it keeps
-one page in flight, and each process then holds a few copies of one page at most (the
-value read, its new value, and their passage through a pipe).
+the crypto workers and the writer; a page heavier than ALONE_ABOVE (a row larger than a
+page's budget) travels alone. With ordinary rows the budget lets every worker and the
+writer hold pages at once (8 MB held four 2 MB pages and left a worker idle while the
+writer held two); with heavy rows one page is in flight, and each process then holds a
+few copies of it at most (the value read, its new value, and their passage through a
+pipe).
 
 On a store where every request costs (D1: the API budget), the pass reads its next page
 in the request that commits the page before: the read waits in a Carrier until the
@@ -44,7 +46,8 @@ from keyrotate.db.base import (
 
 Rows = list[tuple[Value, Value]]
 
-BYTES_IN_FLIGHT = 8 << 20
+BYTES_IN_FLIGHT = 16 << 20
+ALONE_ABOVE = 2 * PAGE_BYTES   # a page past this is mostly one heavy row: it travels alone
 
 
 class InFlight:
@@ -55,10 +58,10 @@ class InFlight:
         self._cond = threading.Condition()
 
     def room(self, n: int, wait: bool) -> bool:
-        """Whether n more bytes fit now (anything fits when nothing is in flight); with
-        `wait`, block until they do."""
+        """Whether n more bytes fit now (anything fits when nothing is in flight, and a
+        page heavier than ALONE_ABOVE only then); with `wait`, block until they do."""
         with self._cond:
-            while self.used and self.used + n > self.limit:
+            while self.used and (self.used + n > self.limit or n > ALONE_ABOVE):
                 if not wait:
                     return False
                 self._cond.wait(0.5)
