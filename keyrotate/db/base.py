@@ -314,8 +314,11 @@ def witness_sql(table: str, rowid: str, salt: Salt, where: str = "") -> str:
         return f"(({x}) / {p} - (CASE WHEN ({x}) % {p} < 0 THEN 1 ELSE 0 END))"
 
     q = floor_div(r)
-    u = (f"(({a} * {floor_mod(r)} % {p} + {c} * {floor_mod(q)} % {p} + "
-         f"{d} * {floor_mod(floor_div(q))} % {p} + {b}) % {p})")
+    limbs = (f"(({a} * {floor_mod(r)} % {p} + {c} * {floor_mod(q)} % {p} + "
+             f"{d} * {floor_mod(floor_div(q))} % {p} + {b}) % {p})")
+    # the usual rowid, 0 <= r < P, is one limb (the others are 0): witness_sum's fast path,
+    # and three times faster for SQLite than the limbs (CASE evaluates one branch)
+    u = f"(CASE WHEN {r} >= 0 AND {r} < {p} THEN ({a} * {r} + {b}) % {p} ELSE {limbs} END)"
     return (f"SELECT count(*), coalesce(sum({u} * {u} % {p} * {u} % {p}), 0) "
             f"FROM {quote_ident(table)}{where}")
 
