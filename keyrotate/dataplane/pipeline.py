@@ -26,8 +26,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-from keyrotate.dataplane.vouch import Vouch, Vouched, Window
-from keyrotate.dataplane.workers import CryptoRunner, PageResult
+from keyrotate.dataplane.vouch import Vouch, Vouched
+from keyrotate.dataplane.workers import CryptoRunner, PageResult, vouched_part
 from keyrotate.db.base import (
     PAGE_BYTES,
     CasWrite,
@@ -41,7 +41,6 @@ from keyrotate.db.base import (
     bounded_scan_sql,
     page_weight,
     read_many,
-    witness_sum,
 )
 
 Rows = list[tuple[Value, Value]]
@@ -326,14 +325,7 @@ def _census_vouched(runner: CryptoRunner, rows: list[tuple[Value, ...]], salt: S
     """A census page checked against what the pass vouched for, here in the reader (a
     digest costs less than the trip to a worker and back); only the rows it does not
     vouch for go to the workers to be opened. The witness covers every row."""
-    trusted = Window(vouch).vouched([row[1] for row in rows])
-    rest = [row for row, ok in zip(rows, trusted) if not ok]
-    mine = PageResult(rows=len(rows) - len(rest), last_key=rows[-1][0] if rows else None)
-    mine.trusted = mine.rows
-    if mine.trusted:
-        mine.by_kid[runner.codec.new_kid] = mine.trusted
-    if salt is not None:
-        mine.witness = witness_sum((row[2] for row, ok in zip(rows, trusted) if ok), salt)
+    mine, rest = vouched_part(runner.codec.new_kid, rows, salt, vouch)
     if not rest:
         done: Future[PageResult] = Future()
         done.set_result(mine)
@@ -351,12 +343,8 @@ def _joined(future: "Future[PageResult]", mine: PageResult) -> "Future[PageResul
         except BaseException as e:
             out.set_exception(e)
             return
-        page.rows += mine.rows
-        page.trusted += mine.trusted
-        page.witness += mine.witness
+        page.add(mine)
         page.last_key = mine.last_key
-        for kid, n in mine.by_kid.items():
-            page.by_kid[kid] = page.by_kid.get(kid, 0) + n
         out.set_result(page)
 
     future.add_done_callback(join)

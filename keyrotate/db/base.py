@@ -136,9 +136,11 @@ def cas_sql(target: Target) -> str:
     return f"UPDATE {t} SET {c} = ? WHERE {kc} = ? AND {c} IS ?"
 
 
-def scan_sql(target: Target, first: bool) -> str:
+def scan_sql(target: Target, first: bool, bounded: bool = False) -> str:
+    """A keyset page: keys after ? (unless `first`), up to ? included (when `bounded`)."""
     t, c, k, kc = _names(target)
-    where = "" if first else f" WHERE {kc} > ?"
+    conditions = ([] if first else [f"{kc} > ?"]) + ([f"{kc} <= ?"] if bounded else [])
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
     return f"SELECT {k}, {c}{_witness(target)} FROM {t}{where} ORDER BY {kc} LIMIT ?"
 
 
