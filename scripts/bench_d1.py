@@ -10,6 +10,8 @@ created on the way, as on a first run):
 - rotate: `keyrotate rotate MASTER_KEY` with overlap (stage, push, validate, reencrypt,
   verify): D1 query requests, census included; D1 Time Travel reads (the restore point)
   are counted apart
+- finish: its `--finish`; rotate_again: the next rotation on the same database (its
+  tables there, keyrotate 0.1's table gone: what every rotation after the first costs)
 - reencrypt: the data-plane command alone, ending with its census
 - rerun: the same reencrypt again with nothing left to do, and how many of its requests
   wrote anything (none should)
@@ -95,6 +97,13 @@ def one(rows: int, workdir: Path, tokens_kb: int) -> dict:
         assert r["result"]["state"] == "awaiting-finish", r["result"]
         out["rotate"] = {"requests": r["requests"], "per_10k_rows": per_10k(r["requests"], rows),
                          "time_travel_reads": r["time_travel_reads"]}
+        f = p.run("rotate", "MASTER_KEY", "--env", "staging", "--finish")
+        assert f["result"]["state"] == "finished", f["result"]
+        out["finish"] = {"requests": f["requests"]}
+        again = p.run("rotate", "MASTER_KEY", "--env", "staging")
+        assert again["result"]["state"] == "awaiting-finish", again["result"]
+        out["rotate_again"] = {"requests": again["requests"],
+                               "per_10k_rows": per_10k(again["requests"], rows)}
     finally:
         p.close()
     p = Project(workdir, f"reencrypt-{rows}", rows)

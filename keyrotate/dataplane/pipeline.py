@@ -5,10 +5,12 @@ Memory is bounded by bytes as well as by rows: a page holds at most `batch_size`
 stops at about PAGE_BYTES of stored values (or one row, when a single row is larger), and
 all pages between their read and the end of their life (their commit, or the census
 counting them) hold at most BYTES_IN_FLIGHT of stored values together, across the reader,
-the crypto workers and the writer (or one page alone, when it is larger). With ordinary
-rows the budget never binds (five pages in flight hold a few MB); with heavy rows it keeps
-one page in flight, and each process then holds a few copies of one page at most (the
-value read, its new value, and their passage through a pipe).
+the crypto workers and the writer; a page heavier than ALONE_ABOVE (a row larger than a
+page's budget) travels alone. With ordinary rows the budget lets every worker and the
+writer hold pages at once (8 MB held four 2 MB pages and left a worker idle while the
+writer held two); with heavy rows one page is in flight, and each process then holds a
+few copies of it at most (the value read, its new value, and their passage through a
+pipe).
 
 On a store where every request costs (D1: the API budget), the pass reads its next page
 in the request that commits the page before: the read waits in a Carrier until the
@@ -24,8 +26,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-from keyrotate.dataplane.vouch import Vouch, Vouched, Window
-from keyrotate.dataplane.workers import CryptoRunner, PageResult
+from keyrotate.dataplane.vouch import Vouch, Vouched
+from keyrotate.dataplane.workers import CryptoRunner, PageResult, vouched_part
 from keyrotate.db.base import (
     PAGE_BYTES,
     CasWrite,
@@ -39,12 +41,12 @@ from keyrotate.db.base import (
     bounded_scan_sql,
     page_weight,
     read_many,
-    witness_sum,
 )
 
 Rows = list[tuple[Value, Value]]
 
-BYTES_IN_FLIGHT = 8 << 20
+BYTES_IN_FLIGHT = 16 << 20
+ALONE_ABOVE = 2 * PAGE_BYTES   # a page past this is mostly one heavy row: it travels alone
 
 
 class InFlight:
@@ -55,10 +57,10 @@ class InFlight:
         self._cond = threading.Condition()
 
     def room(self, n: int, wait: bool) -> bool:
-        """Whether n more bytes fit now (anything fits when nothing is in flight); with
-        `wait`, block until they do."""
+        """Whether n more bytes fit now (anything fits when nothing is in flight, and a
+        page heavier than ALONE_ABOVE only then); with `wait`, block until they do."""
         with self._cond:
-            while self.used and self.used + n > self.limit:
+            while self.used and (self.used + n > self.limit or n > ALONE_ABOVE):
                 if not wait:
                     return False
                 self._cond.wait(0.5)
@@ -323,14 +325,7 @@ def _census_vouched(runner: CryptoRunner, rows: list[tuple[Value, ...]], salt: S
     """A census page checked against what the pass vouched for, here in the reader (a
     digest costs less than the trip to a worker and back); only the rows it does not
     vouch for go to the workers to be opened. The witness covers every row."""
-    trusted = Window(vouch).vouched([row[1] for row in rows])
-    rest = [row for row, ok in zip(rows, trusted) if not ok]
-    mine = PageResult(rows=len(rows) - len(rest), last_key=rows[-1][0] if rows else None)
-    mine.trusted = mine.rows
-    if mine.trusted:
-        mine.by_kid[runner.codec.new_kid] = mine.trusted
-    if salt is not None:
-        mine.witness = witness_sum((row[2] for row, ok in zip(rows, trusted) if ok), salt)
+    mine, rest = vouched_part(runner.codec.new_kid, rows, salt, vouch)
     if not rest:
         done: Future[PageResult] = Future()
         done.set_result(mine)
@@ -348,12 +343,8 @@ def _joined(future: "Future[PageResult]", mine: PageResult) -> "Future[PageResul
         except BaseException as e:
             out.set_exception(e)
             return
-        page.rows += mine.rows
-        page.trusted += mine.trusted
-        page.witness += mine.witness
+        page.add(mine)
         page.last_key = mine.last_key
-        for kid, n in mine.by_kid.items():
-            page.by_kid[kid] = page.by_kid.get(kid, 0) + n
         out.set_result(page)
 
     future.add_done_callback(join)

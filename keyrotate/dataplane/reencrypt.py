@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from keyrotate.crypto.codecs import Codec
+from keyrotate.dataplane.census_ranges import Span
 from keyrotate.dataplane.journal import (
     Counts,
     Journal,
@@ -369,11 +370,13 @@ class Reencryptor:
             commit_pages, depth=2, release=lambda page: budget.give(page.bytes),
             gather=lambda: 1 if getattr(self.store, "contended", False) else gather)
         census = None
+        spans: list[Span] = []   # the pass's pages: the census's ranges (census_ranges.py)
         try:
             for page in page_results(self.store, self.target, runner, "rotate",
                                      page_size(self.store, self.opt.batch_size), after, first,
                                      self.opt.page_bytes, budget=budget,
                                      carrier=self.carrier, vouched=vouched, ahead=run.ahead):
+                spans.append(Span(page.last_key, page.rows))
                 writer.put(page)
                 del page
             writer.finish()
@@ -381,7 +384,8 @@ class Reencryptor:
             if self.journal is not None and self.lease is not None and self.opt.census:
                 census = take_census(self.store, self.target, self.codec, runner,
                                      self.opt.batch_size, self.progress, self.lease.check,
-                                     rows_hint=run.counts.rows_scanned, vouched=vouched)
+                                     rows_hint=run.counts.rows_scanned, vouched=vouched,
+                                     spans=spans)
         except KeyboardInterrupt:
             writer.abandon()
             runner.close(cancel=True)

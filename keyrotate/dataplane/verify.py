@@ -27,9 +27,10 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 from keyrotate.crypto.codecs import Codec
+from keyrotate.dataplane.census_ranges import Span, census_in_ranges, usable
 from keyrotate.dataplane.outcome import ROWS, Outcome
 from keyrotate.dataplane.pipeline import InFlight, Tail, page_results, page_size
 from keyrotate.dataplane.vouch import Vouched
@@ -134,13 +135,15 @@ def take_census(store: RowStore, target: Target, codec: Codec, runner: CryptoRun
                 batch_size: int | None, progress: Progress,
                 between_pages: Callable[[], None] = lambda: None,
                 failed_ids: TextIO | None = None, rows_hint: int | None = None,
-                vouched: Vouched | None = None) -> Census:
+                vouched: Vouched | None = None, spans: Sequence[Span] | None = None) -> Census:
     """A census with a runner the caller owns (reencrypt reuses its worker processes);
     every failed id also goes to `failed_ids`, one per line, if given. `rows_hint`: about
     how many rows to expect (for the progress bar), so a census with a rowid witness
     need not count them first (the witness compares the whole table at the end).
     `vouched`: what this run's pass verified opens under the new key; a row holding
-    exactly such a value is counted unopened (every row is still read and witnessed)."""
+    exactly such a value is counted unopened (every row is still read and witnessed).
+    `spans`: the pass's pages, in order: on a file the workers can open, each takes key
+    ranges of its own (census_ranges.py)."""
     started = time.monotonic()
     census = Census(target.name, key_kid=codec.new_kid, old_kid=codec.old_kid)
     witnessed = target.with_witness()
@@ -157,8 +160,13 @@ def take_census(store: RowStore, target: Target, codec: Codec, runner: CryptoRun
             and getattr(store, "carries_reads", False) else None)
     budget = InFlight()
     rows, weight = census_page(store, batch_size)
-    for page in page_results(store, witnessed, runner, "census", rows, page_bytes=weight,
-                             salt=salt, budget=budget, vouched=vouched, tail=tail):
+    if salt is not None and vouched is not None and spans is not None and usable(
+            store, runner, witnessed.rowid, vouched, spans):
+        pages = census_in_ranges(store, witnessed, runner, spans, salt, vouched, rows, weight)
+    else:
+        pages = page_results(store, witnessed, runner, "census", rows, page_bytes=weight,
+                             salt=salt, budget=budget, vouched=vouched, tail=tail)
+    for page in pages:
         census.tally(page)
         budget.give(page.bytes)
         if failed_ids is not None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from keyrotate.crypto.codecs import Codec
-from keyrotate.dataplane.vouch import Vouch, page_digests
+from keyrotate.dataplane.vouch import Vouch, Window, page_digests
 from keyrotate.db.base import CasWrite, Salt, Value, witness_sum
 from keyrotate.errors import InvalidEnvelope, WorkerLost
 from keyrotate.orphans import exit_now, on_parent_death
@@ -51,6 +51,16 @@ class PageResult:
     # (counted in the reader: pipeline._census_vouched)
     vouched: bytes = b""
     trusted: int = 0
+
+    def add(self, other: "PageResult") -> None:
+        """Another part of the same page (rows a census took on the pass's word)."""
+        self.rows += other.rows
+        self.null += other.null
+        self.trusted += other.trusted
+        self.witness += other.witness
+        self.failures += other.failures
+        for kid, n in other.by_kid.items():
+            self.by_kid[kid] = self.by_kid.get(kid, 0) + n
 
     def rejoined(self, rows: Rows) -> "PageResult":
         for w, r in self.rejoin:
@@ -116,6 +126,21 @@ def process_page(codec: Codec, op: str, rows: Rows, salt: Salt | None = None,
     return res
 
 
+def vouched_part(new_kid: str, rows: Rows, salt: Salt | None,
+                 vouch: Vouch) -> tuple[PageResult, list[tuple[Value, ...]]]:
+    """A census page against what the pass vouched for: the rows holding a value it
+    verified, counted under the new key unopened (and witnessed), and the rest, to open."""
+    trusted = Window(vouch).vouched([row[1] for row in rows])
+    rest = [row for row, ok in zip(rows, trusted) if not ok]
+    mine = PageResult(rows=len(rows) - len(rest), last_key=rows[-1][0] if rows else None)
+    mine.trusted = mine.rows
+    if mine.trusted:
+        mine.by_kid[new_kid] = mine.trusted
+    if salt is not None:
+        mine.witness = witness_sum((row[2] for row, ok in zip(rows, trusted) if ok), salt)
+    return mine, rest
+
+
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # glibc's mallopt parameters
 MMAP_FROM = 1 << 20     # blocks this large get their own mapping, returned when freed
 TRIM_FROM = 4 << 20     # free memory at the top of the heap kept for reuse, at most
@@ -161,6 +186,12 @@ def _work(op: str, rows: Rows, salt: Salt | None, vouch: Vouch | None) -> PageRe
     return process_page(_codec, op, rows, salt, piped=True, vouch=vouch)
 
 
+def worker_codec() -> Codec:
+    """The codec of this worker process (given by the pool's initializer)."""
+    assert _codec is not None
+    return _codec
+
+
 WATCH_SECONDS = 1.0   # how often a wait for a page looks whether a worker died
 _ABANDONED: list[ProcessPoolExecutor] = []
 
@@ -189,14 +220,19 @@ class CryptoRunner:
     def submit(self, rows: Rows, op: str, salt: Salt | None = None,
                vouch: Vouch | None = None) -> "Future[PageResult]":
         if self.pool is not None:
-            try:
-                return _lost_as_resumable(self.pool.submit(_work, op, rows, salt, vouch), self)
-            except BrokenProcessPool:
-                self.broken = True
-                raise WorkerLost() from None
+            return self.call(_work, op, rows, salt, vouch)
         fut: Future[PageResult] = Future()
         fut.set_result(process_page(self.codec, op, rows, salt, vouch=vouch))
         return fut
+
+    def call(self, fn: Any, *args: Any) -> "Future[Any]":
+        """fn(*args) in a worker (a module-level function, its arguments picklable)."""
+        assert self.pool is not None
+        try:
+            return _lost_as_resumable(self.pool.submit(fn, *args), self)
+        except BrokenProcessPool:
+            self.broken = True
+            raise WorkerLost() from None
 
     def wait(self, future: "Future[Any]") -> Any:
         """future.result(), watching the workers: one that died while writing its answer

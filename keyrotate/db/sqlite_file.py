@@ -215,13 +215,18 @@ class SqliteFileStore:
         except sqlite3.Error as e:
             raise store_error(f"query failed on {self.display_url}", e) from None
 
+    # another process can open the file and read it beside this one (a census's ranges)
+    parallel_reads = True
+
     def scan_page(self, target: Target, after: Value, first: bool, limit: int,
-                  max_bytes: int) -> list[tuple[Value, Value]]:
+                  max_bytes: int, upto: Value = None) -> list[tuple[Value, Value]]:
         """Rows come off the cursor one by one until the page is full or heavy enough:
-        SQLite never hands over more than the page holds."""
-        sql, params = bindable(scan_sql(target, first), (limit,) if first else (after, limit))
+        SQLite never hands over more than the page holds. `upto`: no key past it."""
+        bounded = upto is not None
+        params = (() if first else (after,)) + ((upto,) if bounded else ()) + (limit,)
+        sql, bound = bindable(scan_sql(target, first, bounded), params)
         with self._read_lock:
-            return self._lenient(lambda: self._fill(sql, params, max_bytes))
+            return self._lenient(lambda: self._fill(sql, bound, max_bytes))
 
     def _fill(self, sql: str, params: tuple[Value, ...], max_bytes: int) -> list[tuple[Value, Value]]:
         cur = self.conn.execute(sql, params)

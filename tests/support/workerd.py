@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.helpers import ROOT
+from tests.support.services import free_port
 
 WRANGLER = ROOT / "node_modules" / ".bin" / "wrangler"
 RESTARTING = (502, 503)  # what wrangler dev answers while workerd restarts
@@ -47,7 +48,10 @@ class DevWorker:
             raise RuntimeError("wrangler is not installed: run `npm ci` (setup-dev.sh)")
         self.folder, self.port = folder, port
         self.url = f"http://127.0.0.1:{port}"
-        argv = [str(WRANGLER), "dev", "--port", str(port), "--ip", "127.0.0.1", "--log-level", "warn"]
+        # the devtools inspector listens too (9229 unless told): two wrangler dev at once,
+        # on two test workers, would fight over it
+        argv = [str(WRANGLER), "dev", "--port", str(port), "--ip", "127.0.0.1", "--log-level",
+                "warn", "--inspector-port", str(free_port())]
         if persist is not None:
             argv += ["--persist-to", str(persist)]
         if env is not None:
