@@ -259,7 +259,7 @@ def test_a_rotation_over_d1_checks_keyrotates_tables_once_per_command(project):
     # census's rowid witness checks that nothing was missed; the reencrypt step leaves the
     # census to the verify step); --finish probes and takes one census; status one census
     for args, pages, budget in ((["rotate", "MASTER_KEY", "--env", "staging"], 2 + 1 + 1, 23),
-                                (["rotate", "MASTER_KEY", "--env", "staging", "--finish"], 1 + 1, 13),
+                                (["rotate", "MASTER_KEY", "--env", "staging", "--finish"], 1 + 1, 14),
                                 (["status", "--env", "staging"], 1, 8)):
         since, requests = len(cf.log), cf.d1_requests
         res = run_cli(*args)
@@ -285,11 +285,11 @@ def test_a_rotation_over_d1_checks_keyrotates_tables_once_per_command(project):
         # trail's head and the open rotation, and the rotation's end gives it back; a run's
         # start reads its first page; the census's witness rides with its last page, and
         # the verify step's census takes the rows the pass just saw as its hint instead of
-        # counting. Then 21 / 12: a step that pushes or changes the store is recorded at
+        # counting. Then 21 / 13: a step that pushes or changes the store is recorded at
         # once (killed before its record, it would push again, or lose what it dropped:
         # hostile review and test_rollover's kill between any two steps). The leases'
         # heartbeats (every 10 s on d1://) add one or two on a loaded machine: 23 for
-        # rotate, 13 for --finish
+        # rotate, 14 for --finish
         assert cf.d1_requests - requests <= budget, (args, cf.d1_requests - requests)
     assert _rows_open_under(root / "staging.db", store.read("MASTER_KEY"))
 
