@@ -95,3 +95,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     if shutil.which("node") is None:
         raise pytest.UsageError("node is required for the WebCrypto interop tests")
+
+
+@pytest.fixture
+def cf(monkeypatch):
+    """The Cloudflare API stand-in (D1's REST rules over real SQLite), reached by
+    d1:// URLs and wrangler through the environment."""
+    from tests.support.cf_api import CloudflareStandIn
+
+    standin = CloudflareStandIn()
+    monkeypatch.setenv("CLOUDFLARE_API_BASE_URL", standin.base_url)
+    monkeypatch.setenv("CLOUDFLARE_API_TOKEN", "test-token")
+    yield standin
+    standin.stop()

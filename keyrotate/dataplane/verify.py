@@ -8,7 +8,10 @@ sum over the whole table at the end, taken by one SQL aggregate that pages nothi
 witness, db/base.py; on D1 it rides in the request of the last page read, after that
 read, when the count at the start says that page should end the table). Any difference
 makes the census unclean ("unreached"): rows paging missed, or rows inserted or deleted
-while it ran; exit 3, run it again. A WITHOUT ROWID table has no rowid to witness: it is
+while it ran; exit 3, run it again. (A delete and an insert that reuses the deleted
+rowid is a change of that row, like an update: written behind the census's cursor, it
+is not seen. No census sees a row rewritten under the old key after it read it: the
+writers must seal under the new key first, README "What no census sees".) A WITHOUT ROWID table has no rowid to witness: it is
 paged by its primary key, which is unique and NOT NULL under its own collation by
 construction, and only its count is compared: the rows visited, and the count at the
 start, must both equal the count at the end.

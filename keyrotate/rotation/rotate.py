@@ -267,7 +267,7 @@ def _check_unattended(options: RotateOptions, rot: Rotation | None) -> None:
 
 
 def _run_steps(job: Job, recorder: Recorder, steps: list[Step]) -> None:
-    for n, step in enumerate(steps):
+    for step in steps:
         if step.name in done_steps(job.rot.steps_done):
             continue
         job.say(f"[{job.spec.name}] {step.name}: {job.text(step.description)}")
@@ -276,9 +276,7 @@ def _run_steps(job: Job, recorder: Recorder, steps: list[Step]) -> None:
         except BaseException as e:
             recorder.interrupted(job.rot, step.name, e)
             raise
-        after = next((s.name for s in steps[n + 1:] if s.name not in done_steps(job.rot.steps_done)),
-                     None)
-        recorder.step_done(job.rot, step.name, next_pushes=after in PUSH_STEPS)
+        recorder.step_done(job.rot, step.name)
 
 
 def _check_token_ttl(spec: SecretSpec, rot: Rotation, force: bool) -> None:

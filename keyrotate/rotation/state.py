@@ -25,11 +25,11 @@ RENAMED = {"push-overlap": ("introduce", "switch")}
 
 
 # steps whose record may ride with the trail's next append: lost in a kill, the step is
-# done again and records the same. A step that changes the secret store (promote drops the
-# store's previous value, an abort discards the pending one) could not record it again.
-REDONE_WHOLE = frozenset({"stage", "introduce", "switch", "push", "confirm-switch",
-                          "remove-previous", "validate", "reencrypt", "verify", "re-verify",
-                          "catch-up"})
+# done again, changes nothing outside keyrotate's own records, and records the same. Not a
+# step that pushes (done again, it would push again: one more version on every Worker),
+# nor one that changes the secret store (promote drops the store's previous value, an
+# abort discards the pending one: done again, it could not record what it dropped).
+REDONE_WHOLE = frozenset({"stage", "validate", "reencrypt", "verify", "re-verify", "catch-up"})
 
 
 def done_steps(steps_done: list[str]) -> set[str]:
@@ -134,15 +134,14 @@ class Recorder:
                                          started_by=rot.detail.get("started_by", "person")),
                              [self._save(rot)], before=keys)
 
-    def step_done(self, rot: Rotation, step: str, next_pushes: bool = False) -> None:
-        """A step is recorded with the next record (the next push's intent, the restore
-        point, the end), not on its own: lost in a kill, the step is only done again (those
-        of REDONE_WHOLE, which record the same again). A step that settled a push is recorded at once, unless the next
-        step pushes (`next_pushes`: its intent comes first and carries it), so a push never
-        stays "possibly applied" for want of its confirmation past what follows it."""
+    def step_done(self, rot: Rotation, step: str) -> None:
+        """A step of REDONE_WHOLE is recorded with the next record (the next push's
+        intent, the restore point, the end), not on its own: lost in a kill, it is only
+        done again. Any other step is recorded at once, with the confirmations of the
+        pushes it made: a push never stays "possibly applied" past its step."""
         rot.steps_done.append(step)
         keys = self.keys.step(rot, step)
-        defer = step in REDONE_WHOLE and (next_pushes or not self.evidence.trail.holds_push_outcomes)
+        defer = step in REDONE_WHOLE and not self.evidence.trail.holds_push_outcomes
         self.evidence.record(self._event(rot, "rotation.step", f"{self._what(rot)}: step {step} done.",
                                          step, **_step_detail(rot, step)),
                              [self._save(rot)], before=keys, defer=defer)

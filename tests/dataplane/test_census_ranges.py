@@ -15,10 +15,8 @@ import pytest
 from keyrotate.crypto.envelope import seal
 from keyrotate.crypto.keys import MasterKey
 from keyrotate.dataplane import verify as verify_mod
-from keyrotate.dataplane.codec_refs import codec_from_refs
-from keyrotate.dataplane.reencrypt import ReencryptOptions, ReencryptResult, reencrypt
-from keyrotate.db.connect import open_database
-from keyrotate.db.table_shape import resolve_target
+from keyrotate.dataplane.reencrypt import ReencryptResult
+from tests.dataplane.test_vouched_census import _run as run_reencrypt
 from tests.support.helpers import NEW_SECRET, OLD_SECRET
 
 TARGET = "accounts.encrypted_tokens"
@@ -63,13 +61,7 @@ def ranges_used(monkeypatch):
 
 
 def _run(db: Path, keys_env: dict[str, str], progress=None, workers: int = 2) -> ReencryptResult:
-    store = open_database(f"file:{db}")
-    try:
-        codec = codec_from_refs("tminus-envelope", keys_env["new"], keys_env["old"])
-        return reencrypt(store, resolve_target(store, TARGET, None), codec,
-                         ReencryptOptions(batch_size=BATCH, workers=workers), progress)
-    finally:
-        store.close()
+    return run_reencrypt(db, keys_env, progress, workers=workers, batch=BATCH)
 
 
 def _insert(conn: sqlite3.Connection, account_id: str, value: str) -> None:

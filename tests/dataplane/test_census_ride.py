@@ -30,15 +30,6 @@ TARGET = "accounts.encrypted_tokens"
 OLD = MasterKey.from_secret(OLD_SECRET)
 
 
-@pytest.fixture
-def cf(monkeypatch):
-    standin = CloudflareStandIn()
-    monkeypatch.setenv("CLOUDFLARE_API_BASE_URL", standin.base_url)
-    monkeypatch.setenv("CLOUDFLARE_API_TOKEN", "test-token")
-    yield standin
-    standin.stop()
-
-
 Write = Callable[[sqlite3.Connection], None]
 
 

@@ -407,18 +407,14 @@ def test_a_run_that_ended_incomplete_is_unfinished(ref_db, three_keys):
 # --- item 9: lost D1 answers while creating keyrotate's tables or a run -------------------
 
 @pytest.fixture
-def cf(monkeypatch):
+def cf(cf, monkeypatch):
+    """The stand-in, and keyrotate's retry pauses cut short (what is tested is that it
+    retries, not how long it waits)."""
     import time as _time
 
-    from tests.support.cf_api import CloudflareStandIn
-
-    standin = CloudflareStandIn()
-    monkeypatch.setenv("CLOUDFLARE_API_BASE_URL", standin.base_url)
-    monkeypatch.setenv("CLOUDFLARE_API_TOKEN", "test-token")
     real_sleep = _time.sleep
     monkeypatch.setattr("keyrotate.cloudflare_api.time.sleep", lambda s: real_sleep(min(s, 0.05)))
-    yield standin
-    standin.stop()
+    return cf
 
 
 @pytest.mark.parametrize("needle", [b"CREATE TABLE IF NOT EXISTS keyrotate_runs",

@@ -11,17 +11,7 @@ import pytest
 from keyrotate.cloudflare_api import RequestBudget
 from keyrotate.db.d1 import D1Store
 from keyrotate.errors import StoreError
-from tests.support.cf_api import CloudflareStandIn
 from tests.support.helpers import NEW_SECRET, OLD_SECRET, last_json, open_value, rows_of, run_cli
-
-
-@pytest.fixture
-def cf(monkeypatch):
-    standin = CloudflareStandIn()
-    monkeypatch.setenv("CLOUDFLARE_API_BASE_URL", standin.base_url)
-    monkeypatch.setenv("CLOUDFLARE_API_TOKEN", "test-token")
-    yield standin
-    standin.stop()
 
 
 def _d1(cf, path, db_id="db1") -> str:

@@ -423,9 +423,13 @@ FINISH_POINTS = ["step:confirm-switch", "step:re-verify", "step:remove-previous"
 
 @pytest.mark.slow
 def test_kill_9_between_any_two_steps_leaves_the_next_rollover_to_resume(project, clock):
-    """Each run is killed (SIGKILL) right after one more point of the rotation's record is
-    committed; the next run must carry on from there: the same rotation, the same pending
-    value, no step done twice, and at the end every row under the new key."""
+    """Each run is killed (SIGKILL) right after one more point of the rotation's record;
+    the next run must carry on from there: the same rotation, the same pending value, no
+    step done twice, no push made twice, and at the end every row under the new key. The
+    record of a step that only changes keyrotate's own records (REDONE_WHOLE) rides with
+    the next append: killed there, it is lost, and the next run does that step again."""
+    from keyrotate.rotation.state import REDONE_WHOLE
+
     root, cf, _, store = project
     with_overlap(root, extra=MASTER_POLICY)
     start, finish = utc("2027-04-05 10:00"), utc("2027-04-13 10:00")
@@ -440,7 +444,10 @@ def test_kill_9_between_any_two_steps_leaves_the_next_rollover_to_resume(project
             expected = {"started": ("rotation.started", None), "step": ("rotation.step", name),
                         "ended": ("rotation.finished", None) if name == "finished"
                         else ("rotation.step", name)}[kind]
-            assert (recorded["event"], recorded["step"]) == expected, (point, recorded)
+            if kind == "step" and name in REDONE_WHOLE:   # not committed yet: lost in the kill
+                assert name not in json.loads(rotations(root)[0][2]), point
+            else:
+                assert (recorded["event"], recorded["step"]) == expected, (point, recorded)
         finally:
             proc.kill()                           # SIGKILL, between two steps
             proc.wait()
