@@ -473,3 +473,36 @@ def test_a_cutover_killed_after_its_reencrypt_keeps_the_key_its_rows_are_under(p
         assert _rows_open_under(root / "staging.db", store.read("MASTER_KEY"))
     assert _rows_open_under(root / "staging.db", pending) or then == "compromised"
     assert run_cli("audit", "verify", "--env", "staging").exit_code == 0
+
+
+def test_the_end_of_a_rotation_whose_lease_was_taken_over_is_not_recorded(project, monkeypatch):
+    """The rotation's end gives its lease back in its own transaction, and the heartbeat
+    stops before it: a commit slow enough (429, retries) could let another run take the
+    lease over meanwhile. The end then carries the lease's guard: it is not recorded (the
+    other run is in charge), the other run's lease stays, and the command says so."""
+    import sqlite3
+
+    from keyrotate.controlplane.held_lease import HeldLease
+
+    root, _, _, store = project
+    with_overlap(root)
+    real = HeldLease.give_back_with
+
+    def taken_over_meanwhile(self):
+        statements = real(self)
+        conn = sqlite3.connect(root / "staging.db")
+        conn.execute("UPDATE keyrotate_leases SET holder = 'another-run' WHERE target = ?",
+                     (self.name,))
+        conn.commit()
+        conn.close()
+        return statements
+
+    monkeypatch.setattr(HeldLease, "give_back_with", taken_over_meanwhile)
+    res = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--json")
+    assert res.exit_code == 3, res.output
+    assert "took over" in last_json(res.output)["error"]["message"]
+    conn = sqlite3.connect(root / "staging.db")
+    assert conn.execute("SELECT state FROM keyrotate_rotations").fetchall() == [("in-progress",)]
+    assert conn.execute("SELECT holder FROM keyrotate_leases WHERE target = "
+                        "'rotate:staging:MASTER_KEY'").fetchall() == [("another-run",)]
+    conn.close()
