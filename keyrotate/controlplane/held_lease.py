@@ -21,7 +21,7 @@ from keyrotate.config.context import Context
 from keyrotate.dataplane.lease import Lease
 from keyrotate.db.base import ReadAhead, RowStore, Statement
 from keyrotate.db.connect import open_database
-from keyrotate.errors import KeyrotateError
+from keyrotate.errors import KeyrotateError, StoreError
 
 log = logging.getLogger("keyrotate.lease")
 
@@ -50,15 +50,21 @@ class HeldLease:
 
     def give_back_with(self) -> list[Statement]:
         """The lease given back in the caller's last transaction (one request less on
-        D1): the heartbeat stops now; call `given_back` once that transaction committed,
-        or leaving gives it back on its own."""
+        D1), behind its guard: if another run took the lease over meanwhile (the heartbeat
+        stops now, and a slow commit could outlast it), that transaction fails
+        (`explain`). Call `given_back` once it committed, or leaving gives it back."""
         assert self._lease is not None
         self._lease.stop_heartbeat()
-        return [self._lease.releasing()]
+        return [self._lease.guard(), self._lease.releasing()]
 
     def given_back(self) -> None:
         assert self._lease is not None
         self._lease.released = True
+
+    def explain(self, error: StoreError) -> KeyrotateError:
+        """A transaction carrying give_back_with failed: LeaseLost if the lease is gone."""
+        assert self._lease is not None
+        return self._lease.explain(error)
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  tb: TracebackType | None) -> None:

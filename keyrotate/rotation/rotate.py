@@ -317,7 +317,8 @@ def _take_over(ctx: Context, recorder: Recorder, open_rot: Rotation, new_rot: Ro
     and the new rotation inherits every old key the superseded one needed."""
     store, name = ctx.secrets, open_rot.secret
     inherited = list(open_rot.detail.get("also_old", []))
-    moved = (any(s != "stage" for s in open_rot.steps_done) or _reached_workers(ctx, open_rot))
+    moved = (bool(open_rot.detail.get("rows_written"))
+             or any(s != "stage" for s in open_rot.steps_done) or _reached_workers(ctx, open_rot))
     if moved and "previous" in inherited:
         raise ConfigError(f"the open {name} rotation {open_rot.rotation_id} already took over "
                           "another one: its keys fill every store slot, and a third takeover would "
@@ -342,8 +343,9 @@ def _begin_abort(ctx: Context, recorder: Recorder, rot: Rotation, say: Say) -> b
     refused: finish it."""
     if rot.state == "aborting":
         return True
-    rows_moved = any(s not in ("stage", "introduce", "switch", "push-overlap", "validate", "push")
-                     for s in rot.steps_done)
+    rows_moved = bool(rot.detail.get("rows_written")) or any(
+        s not in ("stage", "introduce", "switch", "push-overlap", "validate", "push")
+        for s in rot.steps_done)
     if not rows_moved and not _reached_workers(ctx, rot):
         ctx.secrets.discard_pending(rot.secret)
         recorder.ended(rot, "aborted")

@@ -13,7 +13,7 @@ from keyrotate.config.context import Context
 from keyrotate.controlplane.held_lease import HeldLease
 from keyrotate.db.base import ReadAhead, Statement
 from keyrotate.db.own_schema import OPEN_STATES
-from keyrotate.errors import EXIT_INCOMPLETE
+from keyrotate.errors import EXIT_INCOMPLETE, StoreError
 from keyrotate.evidence.event import Event
 from keyrotate.evidence.record import Evidence
 from keyrotate.rotation.key_log import KeyLog
@@ -210,7 +210,11 @@ class Recorder:
         else:
             event = self._event(rot, f"rotation.{state}", f"{self._what(rot)} {state}.", **detail)
         give_back = self.lease.give_back_with() if self.lease is not None else []
-        self.evidence.record(event, [self._save(rot, finished=finished), *give_back], before=keys)
+        try:
+            self.evidence.record(event, [self._save(rot, finished=finished), *give_back],
+                                 before=keys)
+        except StoreError as e:
+            raise (self.lease.explain(e) if self.lease is not None else e) from None
         if self.lease is not None:
             self.lease.given_back()
 

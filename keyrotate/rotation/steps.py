@@ -22,7 +22,7 @@ from keyrotate.evidence.event import Event
 from keyrotate.evidence.lifecycle import identify
 from keyrotate.evidence.record import audit_key
 from keyrotate.progress import Say
-from keyrotate.rotation.restore_point import record_restore_point
+from keyrotate.rotation.restore_point import record_before_row_writes
 from keyrotate.rotation.state import Recorder, Rotation
 from keyrotate.secrets.base import fingerprint
 from keyrotate.secrets.keygen import generate
@@ -156,7 +156,7 @@ def reencrypt_targets(job: Job, key: str, only_objects: dict[str, list[str]] | N
     sweep sends just these object ids again, ledger or not (and every column again)."""
     mode = "fresh-dek" if job.rot.compromised else "rewrap"
     if job.recorder is not None and job.ctx.manifest.columns_of(job.spec.name):
-        record_restore_point(job.ctx, job.recorder, job.rot)   # before the first row write
+        record_before_row_writes(job.ctx, job.recorder, job.rot, forward=not job.aborting)
     results: dict[str, Any] = {}
     unfinished = []
     for target in targets(job):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
+import pytest
+
 from tests.support.cloudflare_project import GOOGLE, JWT, _active, edit_manifest, with_overlap
 from tests.support.helpers import OLD_SECRET, last_json, open_value, rows_of, run_cli
 from tests.support.hygiene import assert_clean
@@ -418,3 +420,89 @@ def test_a_compromise_on_d1_keeps_the_restore_point_taken_before_any_row_write(p
     marks = [e for e in trail if e["event"] == "time-travel.bookmark"]
     assert len(marks) == 1 and marks[0]["detail"]["bookmark"] == tt["bookmark"]
     assert [e["event"] for e in trail].count("incident.report") == 1
+
+
+def _killed_after(root, stop_at, *args):
+    """A rotate in a process of its own (tests/support/clocked_cli.py), stopped right after
+    `stop_at` and killed there with SIGKILL: observed, never timed."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from tests.support.helpers import ROOT
+
+    log = open(root / "killed.log", "wb")
+    proc = psutil.Popen([sys.executable, str(ROOT / "tests" / "support" / "clocked_cli.py"),
+                         "rotate", *args], cwd=root, stdout=log, stderr=subprocess.STDOUT,
+                        env=dict(os.environ, KR_TEST_STOP_AT=stop_at, PYTHONPATH=str(ROOT)))
+    log.close()
+    try:
+        while proc.status() != psutil.STATUS_STOPPED:
+            assert proc.poll() is None, (root / "killed.log").read_text()[-3000:]
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("then", ["abort", "compromised"])
+def test_a_cutover_killed_after_its_reencrypt_keeps_the_key_its_rows_are_under(project, then):
+    """Hostile review: a cutover stages and reencrypts before it pushes, and those two
+    steps' records ride with the next append. Killed after the reencrypt, nothing said
+    rows had moved: `--abort` discarded the key every row was under (exit 0), and a
+    compromise response taking over did too. Before its first row write a rotation records
+    that rows may be under the new value (write-ahead), and both keep it."""
+    root, _, _, store = project
+    _killed_after(root, "step:reencrypt", "MASTER_KEY", "--env", "staging", "--yes")
+    pending = store.read("MASTER_KEY", "pending")
+    assert pending and _rows_open_under(root / "staging.db", pending)
+    if then == "abort":
+        res = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--abort", "--json")
+        assert res.exit_code == 2, res.output
+        assert "cutover" in last_json(res.output)["error"]["message"]
+        assert store.read("MASTER_KEY", "pending") == pending
+    else:
+        res = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--compromised", "--yes",
+                      "--json")
+        assert res.exit_code == 0, res.output
+        assert store.read("MASTER_KEY", "previous") == pending   # kept as an old key
+        assert _rows_open_under(root / "staging.db", store.read("MASTER_KEY"))
+    assert _rows_open_under(root / "staging.db", pending) or then == "compromised"
+    assert run_cli("audit", "verify", "--env", "staging").exit_code == 0
+
+
+def test_the_end_of_a_rotation_whose_lease_was_taken_over_is_not_recorded(project, monkeypatch):
+    """The rotation's end gives its lease back in its own transaction, and the heartbeat
+    stops before it: a commit slow enough (429, retries) could let another run take the
+    lease over meanwhile. The end then carries the lease's guard: it is not recorded (the
+    other run is in charge), the other run's lease stays, and the command says so."""
+    import sqlite3
+
+    from keyrotate.controlplane.held_lease import HeldLease
+
+    root, _, _, store = project
+    with_overlap(root)
+    real = HeldLease.give_back_with
+
+    def taken_over_meanwhile(self):
+        statements = real(self)
+        conn = sqlite3.connect(root / "staging.db")
+        conn.execute("UPDATE keyrotate_leases SET holder = 'another-run' WHERE target = ?",
+                     (self.name,))
+        conn.commit()
+        conn.close()
+        return statements
+
+    monkeypatch.setattr(HeldLease, "give_back_with", taken_over_meanwhile)
+    res = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--json")
+    assert res.exit_code == 3, res.output
+    assert "took over" in last_json(res.output)["error"]["message"]
+    conn = sqlite3.connect(root / "staging.db")
+    assert conn.execute("SELECT state FROM keyrotate_rotations").fetchall() == [("in-progress",)]
+    assert conn.execute("SELECT holder FROM keyrotate_leases WHERE target = "
+                        "'rotate:staging:MASTER_KEY'").fetchall() == [("another-run",)]
+    conn.close()

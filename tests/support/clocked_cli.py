@@ -2,8 +2,8 @@
 
 - KR_TEST_NOW (ISO 8601): keyrotate's clock stands at that time for the whole process;
 - KR_TEST_STOP_AT: a point of a rotation's record, `started`, `step:NAME` or `ended:STATE`:
-  right after that point is committed (with its audit event), the process stops itself
-  (SIGSTOP). The test sees it stopped, checks the record, and kills it with SIGKILL there:
+  right after that point is recorded, the process stops itself (SIGSTOP); committed with
+  its audit event, except a step of REDONE_WHOLE, whose record rides with the next append. The test sees it stopped, checks the record, and kills it with SIGKILL there:
   between two steps, by observed progress, whatever the machine's speed.
 - KR_TEST_PAUSE_FILE: instead of stopping, the main thread waits there, with every other
   thread (the lease's heartbeat) going on, and writes this file to say so; SIGUSR1 lets it
