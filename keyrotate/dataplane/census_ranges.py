@@ -22,6 +22,7 @@ from keyrotate.dataplane import workers
 from keyrotate.dataplane.vouch import Vouch, Vouched
 from keyrotate.dataplane.workers import CryptoRunner, PageResult, process_page, vouched_part
 from keyrotate.db.base import RowStore, Salt, Target, Value
+from keyrotate.errors import StoreUnavailable
 
 
 @dataclass(frozen=True)
@@ -66,12 +67,12 @@ def census_in_ranges(store: RowStore, target: Target, runner: CryptoRunner,
                      spans: Sequence[Span], salt: Salt, vouched: Vouched, page_rows: int,
                      page_bytes: int) -> Iterator[PageResult]:
     """One PageResult per range, in key order, a few ranges in flight."""
-    url = store.display_url
+    url, identity = store.display_url, getattr(store, "identity", None)
     inflight: deque["Future[Any]"] = deque()
     for r in key_ranges(spans):
         vouch = vouched.window(r.start, r.rows) if r.rows else (vouched.key, b"", 0)
-        inflight.append(runner.call(range_census, url, target, r, salt, vouch, page_rows,
-                                    page_bytes))
+        inflight.append(runner.call(range_census, url, identity, target, r, salt, vouch,
+                                    page_rows, page_bytes))
         if len(inflight) >= runner.depth:
             yield runner.wait(inflight.popleft())
     while inflight:
@@ -81,21 +82,28 @@ def census_in_ranges(store: RowStore, target: Target, runner: CryptoRunner,
 _READERS: dict[str, RowStore] = {}
 
 
-def _reader(url: str) -> RowStore:
-    """This worker's own connection to the database (kept for its next range)."""
+def _reader(url: str, identity: Any) -> RowStore:
+    """This worker's own connection to the database (kept for its next range): the very
+    file the main process holds, or StoreUnavailable (exit 3): one put in its place
+    meanwhile would be censused while the witness counts the other."""
     if url not in _READERS:
         from keyrotate.db.connect import open_database
 
         _READERS[url] = open_database(url)
-    return _READERS[url]
+    store = _READERS[url]
+    if getattr(store, "identity", None) != identity:
+        raise StoreUnavailable(f"{url}: the file at that path is no longer the one this run "
+                               "opened (replaced while the census read it); run the same "
+                               "command again")
+    return store
 
 
-def range_census(url: str, target: Target, r: KeyRange, salt: Salt, vouch: Vouch,
-                 page_rows: int, page_bytes: int) -> PageResult:
+def range_census(url: str, identity: Any, target: Target, r: KeyRange, salt: Salt,
+                 vouch: Vouch, page_rows: int, page_bytes: int) -> PageResult:
     """In a worker: one range, page by page, each row checked against the pass's digests
     of that range or opened, every rowid witnessed."""
     codec = workers.worker_codec()
-    store = _reader(url)
+    store = _reader(url, identity)
     total = PageResult()
     after, first = r.after, r.first
     while True:

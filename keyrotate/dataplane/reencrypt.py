@@ -17,6 +17,7 @@ under the new key (dataplane/vouch.py).
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ from keyrotate.errors import (
     EXIT_INCOMPLETE,
     ConfigError,
     Interrupted,
+    KeyrotateError,
     StoreError,
 )
 from keyrotate.progress import NoProgress, Progress
@@ -322,7 +324,20 @@ class Reencryptor:
                                         self.opt.page_bytes)
             return self._run(self.journal.start_run(self.ident, plan, [first_page]), rows)
         finally:
+            self._give_back(failing=sys.exc_info()[1] is not None)
+
+    def _give_back(self, failing: bool) -> None:
+        """The lease, if the run's end did not give it back already. If that fails too
+        while the run is `failing` (the database is what failed), the error that stopped
+        the run is the one told: the next run takes the lease over once its heartbeat
+        stands still."""
+        assert self.lease is not None
+        try:
             self.lease.release()
+        except KeyrotateError as e:
+            if not failing:
+                raise
+            log.warning("could not give back the lease on %s: %s", self.target.name, e)
 
     def _run(self, run: RunState, rows: int) -> ReencryptResult:
         """`rows`: the table's rows, counted by the probe a moment ago."""

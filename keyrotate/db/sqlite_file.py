@@ -171,6 +171,10 @@ class SqliteFileStore:
         self.conn = self._connect(path)
         self.wconn = self._connect(path)
         self.wconn.execute(f"PRAGMA cache_size = -{WRITE_CACHE_KIB}")
+        # the file these connections hold: another process opening the path (a census's
+        # worker) must find the same one, not a file put in its place meanwhile
+        st = os.stat(path)
+        self.identity = (st.st_dev, st.st_ino)
         self._data_version = self._read_data_version()
         # another connection has committed to the file since we opened it: an application
         # writes too, and every page gets a commit of its own (its turn at the write lock)

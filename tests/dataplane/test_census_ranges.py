@@ -138,3 +138,28 @@ def test_a_row_no_key_opens_is_reported_by_its_id(ref_db, keys_env, ranges_used)
     assert census is not None and census.failed == 1
     assert [f["id"] for f in census.failures] == ["acc_00000550"]
     assert result.exit_code != 0
+
+
+def test_a_file_put_in_the_databases_place_before_the_census_is_not_censused(ref_db, keys_env,
+                                                                           ranges_used):
+    """Hostile review (read in the code): the workers open the file by its path while
+    the witness is taken on the main process's connection. A file put in its place (a
+    copy, here identical) would be censused and the other witnessed: exit 3 instead."""
+    import os
+    import shutil
+
+    db = ref_db(ROWS)
+
+    class SwapAtCensus(DuringTheCensus):
+        def start(self, total: int) -> None:
+            super().start(total)
+            if self.starts == 2:   # the census begins: the pass is over
+                copy = db.with_name("copy.db")
+                shutil.copy(db, copy)
+                os.replace(copy, db)
+
+    from keyrotate.errors import EXIT_INCOMPLETE, StoreUnavailable
+
+    with pytest.raises(StoreUnavailable, match="no longer the one this run opened") as raised:
+        _run(db, keys_env, SwapAtCensus(db, lambda c: None))
+    assert ranges_used == [1] and raised.value.exit_code == EXIT_INCOMPLETE
