@@ -157,16 +157,19 @@ class AuditTrail:
                          "ORDER BY seq DESC LIMIT 1", (self.env,))
 
     def answered(self, ahead: ReadAhead) -> None:
-        """Reads made ahead (in a lease's claim): the first head read may be among them.
-        An answer older than the head is harmless: an append after it loses the race for
-        its place in the chain, and reads the head again."""
-        self._ahead = ahead
+        """Reads made ahead (in a lease's claim): the first head read takes its answer
+        from them, if this trail has not read its head yet. Only that first read: a head
+        read later (after an append lost its place) must be the database's, not the
+        claim's."""
+        if self._head is None:
+            self._ahead = ahead
 
     def _read_head(self) -> str:
         """The MAC of the environment's last event, and the audit key it names (kept for
         the next append, which then needs no query of its own)."""
         read = self.head_read()
-        rows = self._ahead.query(self.db, read.sql, read.params)
+        ahead, self._ahead = self._ahead, ReadAhead()
+        rows = ahead.query(self.db, read.sql, read.params)
         if not rows:
             self._head, self._head_key = GENESIS, None
             return GENESIS

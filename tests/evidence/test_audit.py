@@ -378,6 +378,30 @@ def test_one_environment_one_audit_key(project):
     assert refused.exit_code == 2 and "one audit key" in refused.output
 
 
+def test_a_head_read_ahead_is_used_once_and_never_after_the_trail_knows_its_head(tmp_path, ref_db):
+    """The rotation lease's claim reads the trail's head ahead. Only the trail's first
+    head read may take that answer: one made after the trail knew its head (a second
+    rotation in the same rollover), or after an append lost its place, must come from the
+    database, not from the claim's older answer."""
+    from keyrotate.db.base import ReadAhead
+
+    db = open_database(f"file:{ref_db(1)}")
+    ensure_journal_schema(db)
+    key = AuditKey.from_value(uuid.uuid4().hex + uuid.uuid4().hex, "test")
+    trail = AuditTrail(db, "staging", tmp_path / "audit.jsonl", key)
+    first = trail.append(Event("notify.test", "staging", "one"))
+    stale = trail.head_read()
+    trail.answered(ReadAhead([stale], [[("0" * 64, "{}")]]))   # older than the head
+    assert trail.head() == first
+    fresh = AuditTrail(db, "staging", tmp_path / "audit2.jsonl", key)
+    fresh.answered(ReadAhead([stale], [[(first, "{}")]]))
+    assert fresh.head() == first                              # its first read: the answer
+    second = trail.append(Event("notify.test", "staging", "two"))
+    fresh.answered(ReadAhead([stale], [[(first, "{}")]]))     # ignored: it knows its head
+    assert fresh.head() == second
+    db.close()
+
+
 def test_two_operators_on_one_database_append_one_chain(sqld_server, tmp_path):
     """Two machines (two connections, two local copies) appending at once to a real
     libSQL server: every event lands, in one chain, and both copies check out."""
