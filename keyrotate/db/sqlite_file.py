@@ -176,9 +176,7 @@ class SqliteFileStore:
         st = os.stat(path)
         self.identity = (st.st_dev, st.st_ino)
         self._data_version = self._read_data_version()
-        # another connection has committed to the file since we opened it: an application
-        # writes too, and every page gets a commit of its own (its turn at the write lock)
-        self.contended = False
+        self._contended = False
 
     @staticmethod
     def _connect(path: str) -> sqlite3.Connection:
@@ -256,11 +254,11 @@ class SqliteFileStore:
     def _apply(self, writes: Sequence[CasWrite], target: Target | None,
                statements: Sequence[Statement]) -> list[bool]:
         conn = self.wconn
-        contended = self._read_data_version() != self._data_version
-        self.contended = self.contended or contended
         try:
             conn.execute("BEGIN IMMEDIATE")
             locked_at = time.monotonic()
+            # read holding the lock: a commit we waited for is another writer's, not ours
+            contended = self._others_committed()
             try:
                 hits = [True] * len(writes)
                 if writes:
@@ -276,7 +274,6 @@ class SqliteFileStore:
                     conn.execute(*bindable(st.sql, st.params))
                 conn.execute("COMMIT")
                 held = time.monotonic() - locked_at
-                self._data_version = self._read_data_version()
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -288,6 +285,24 @@ class SqliteFileStore:
             with self._read_lock:
                 time.sleep(min(max(held * SHARE_WHEN_CONTENDED, MIN_BREATHER), 0.5))
         return hits
+
+    @property
+    def contended(self) -> bool:
+        """Whether another connection has committed to the file since we opened it: an
+        application writes too, and every page gets a commit of its own (its turn at the
+        write lock). Once seen, for the rest of the run."""
+        if not self._contended:
+            with self._write_lock:
+                self._others_committed()
+        return self._contended
+
+    def _others_committed(self) -> bool:
+        """Whether another connection committed since we last looked; call holding
+        _write_lock. Our own commits leave data_version as it was."""
+        version = self._read_data_version()
+        changed, self._data_version = version != self._data_version, version
+        self._contended = self._contended or changed
+        return changed
 
     def _read_data_version(self) -> int:
         """Changes whenever another connection commits to the file (never for our own)."""
