@@ -118,6 +118,7 @@ def rotate(ctx: Context, secret: str, options: RotateOptions = RotateOptions(), 
     aborted as `options` say. `read_external` gives an external secret's new value."""
     recorder = Recorder(ctx)
     ctx.manifest.secret(secret)   # a typo is refused before anything else
+    _check_flags(options)
     try:
         if options.dry_run:
             return _rotate(ctx, recorder, secret, options, say, read_external)
@@ -131,6 +132,18 @@ def rotate(ctx: Context, secret: str, options: RotateOptions = RotateOptions(), 
             return _rotate(ctx, recorder, secret, options, say, read_external, held.ahead)
     finally:
         recorder.evidence.close()
+
+
+def _check_flags(options: RotateOptions) -> None:
+    """Flags that ask for two things at once are refused, not silently half obeyed."""
+    if options.finish and options.abort:
+        raise ConfigError("--finish and --abort go opposite ways: give one of them")
+    if options.canary and options.finish:
+        raise ConfigError("--canary ramps the push of a new value; --finish only removes "
+                          "PREVIOUS, which no row needs any more: run it without --canary")
+    if options.canary and options.abort:
+        raise ConfigError("--canary ramps the push of a new value; --abort puts the old one "
+                          "back on every Worker: run it without --canary")
 
 
 def _rotate(ctx: Context, recorder: Recorder, secret: str, options: RotateOptions, say: Say,

@@ -197,16 +197,17 @@ def _census_by_slot(ctx: Context, secret: str,
 
 def rows_per_slot(ctx: Context, secret: str, errors: list[str]) -> dict[str, dict[str, int]]:
     """Rows (and objects) of every target by the store slot whose key opens them: current,
-    pending (a rotation in progress) and previous; 'other' opens under none of them (or,
-    for objects, did not answer). A target that cannot be counted, or whose rows paging
-    did not all reach, is left out of the counts and named in `errors`."""
+    pending (a rotation in progress) and previous; 'other' opens under none of them. A
+    target that cannot be counted, or whose rows paging did not all reach (objects that
+    did not answer), is left out of the counts and named in `errors`, once."""
     rows: dict[str, dict[str, int]] = {}
     for c, slot_of in _census_by_slot(ctx, secret, errors):
         if c.unreached:
             errors.append(f"{c.target}: {c.unreached} {c.unit} could not be counted "
                           f"({'paging did not reach them' if c.unit == ROWS else 'no answer'})")
+            continue
         counts = {"current": 0, "pending": 0, "previous": 0}
-        other = c.failed + c.unreached
+        other = c.failed
         for kid, n in c.by_kid.items():
             if kid in slot_of:
                 counts[slot_of[kid]] += n

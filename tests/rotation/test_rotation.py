@@ -39,6 +39,13 @@ def test_master_key_with_overlap_then_finish(project):
 
     waiting = run_cli("rotate", "MASTER_KEY", "--env", "staging")
     assert waiting.exit_code == 0 and "waiting for --finish" in waiting.output
+    # flags asking for two things at once are refused, and change nothing
+    for flags, said in ((("--finish", "--canary"), "--finish only removes PREVIOUS"),
+                        (("--abort", "--canary"), "--abort puts the old one back"),
+                        (("--finish", "--abort"), "go opposite ways")):
+        mixed = run_cli("rotate", "MASTER_KEY", "--env", "staging", *flags)
+        assert mixed.exit_code == 2 and said in mixed.output, (flags, mixed.output)
+        assert _active(cf, "api")["MASTER_KEY_PREVIOUS"] == OLD_SECRET
 
     # the version before the push has only the old key: rows are under the new one now
     refused = run_cli("rollback", "--env", "staging", "--only", "oauth", "--yes")

@@ -135,3 +135,28 @@ def test_notify_tells_the_sinks_what_could_not_be_checked(app, monkeypatch):
         assert all(n["ok"] for n in last_json(res.output)["notified"])
     finally:
         hook.stop()
+
+
+def test_rows_a_census_did_not_reach_are_named_once_and_leave_the_target_uncounted(app, monkeypatch):
+    """Objects that never answered (or rows paging did not reach) are one finding, "could
+    not be counted", not also rows that "open under no value"; and a target half counted
+    gets no keyrotate_rows, like a target not counted at all."""
+    from keyrotate.targets import secret_targets
+
+    _fill_store(app)
+    real = secret_targets._census_by_slot
+
+    def three_unreached(*args, **kwargs):
+        out = real(*args, **kwargs)
+        for census, _ in out:
+            census.unreached = 3
+            census.by_kid = {k: n - 3 for k, n in census.by_kid.items()}
+        return out
+
+    monkeypatch.setattr(secret_targets, "_census_by_slot", three_unreached)
+    out = last_json(run_cli("status", "--env", "staging", "--json").output)
+    errors = [e["message"] for e in out["errors"] if e["secret"] == "MASTER_KEY"]
+    assert len(errors) == 1 and "3 rows could not be counted" in errors[0], errors
+    assert "accounts.encrypted_tokens" not in (out["secrets"][0]["rows"] or {})
+    m = _metrics(run_cli("status", "--env", "staging", "--format", "openmetrics").output)
+    assert not any(name == "keyrotate_rows" for name, _, _ in m)
