@@ -35,7 +35,7 @@ from keyrotate.rotation.status import status as run_status
               help="Seconds to keep asking Durable Objects still on the old key.")
 @click.option("--canary", is_flag=True,
               help="New secrets reach each Worker as a canary: 0% smoke test, then 10/50/100% "
-                   "(not with --finish or --abort).")
+                   "(not with --abort).")
 @from_deployed_option
 @json_option
 def rotate(secret: str, env: Context, compromised: bool, dry_run: bool, yes: bool,

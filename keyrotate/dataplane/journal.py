@@ -228,6 +228,11 @@ class Journal:
                 "VALUES (?, ?, ?, ?)", (run.run_id, display_key(key), key, reason)))
         return stmts
 
+    def status_of(self, run: RunState) -> str | None:
+        """The run's recorded status (None: no such run)."""
+        rows = self.store.query("SELECT status FROM keyrotate_runs WHERE run_id = ?", (run.run_id,))
+        return str(rows[0][0]) if rows else None
+
     @staticmethod
     def finish(run: RunState, status: str) -> Statement:
         return Statement("UPDATE keyrotate_runs SET status = ?, finished_at = ? WHERE run_id = ?",

@@ -339,6 +339,15 @@ class Reencryptor:
                 raise
             log.warning("could not give back the lease on %s: %s", self.target.name, e)
 
+    def _ended(self, run: RunState, status: str) -> bool:
+        """Whether the run's end committed though its request failed: on D1 a lost answer
+        is sent again, and the replay meets the lease already given back."""
+        assert self.journal is not None
+        try:
+            return self.journal.status_of(run) == status
+        except StoreError:
+            return False
+
     def _run(self, run: RunState, rows: int) -> ReencryptResult:
         """`rows`: the table's rows, counted by the probe a moment ago."""
         started = time.monotonic()
@@ -444,7 +453,8 @@ class Reencryptor:
                                                             self.unsaved_key, []),
                                         Journal.finish(run, status), self.lease.releasing()])
         except StoreError as e:
-            raise self.lease.explain(e) from None
+            if not self._ended(run, status):
+                raise self.lease.explain(e) from None
         self.lease.released = True
         self.unsaved, self.unsaved_key = Counts(), None
         return ReencryptResult(run.run_id, status, self.target.name, c, seconds, run.resumed,

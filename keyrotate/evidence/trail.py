@@ -133,11 +133,11 @@ class AuditTrail:
             try:
                 self.db.apply([], None, [*statements, *inserts])
             except StoreError as e:
+                self._head = None
+                if self._landed(key, link):   # only the answer was lost (D1 sent it again,
+                    break                     # and the replay met a guard or our place)
                 if not _lost_race(e):
                     raise
-                self._head = None
-                if self.head(key) == link:   # it landed; only the answer was lost
-                    break
                 continue
             break
         else:
@@ -150,6 +150,15 @@ class AuditTrail:
         for record, _, mac in links:
             witness.write(record, mac)
         return link
+
+    def _landed(self, key: AuditKey, link: str) -> bool:
+        """Whether an append whose request failed committed all the same: the chain's head
+        is its last MAC, which covers its place and records (its transaction's statements
+        landed with it)."""
+        try:
+            return self.head(key) == link
+        except KeyrotateError:
+            return False
 
     def head_read(self) -> Statement:
         """How the head is read: for a caller that reads it ahead (`answered`)."""

@@ -138,9 +138,6 @@ def _check_flags(options: RotateOptions) -> None:
     """Flags that ask for two things at once are refused, not silently half obeyed."""
     if options.finish and options.abort:
         raise ConfigError("--finish and --abort go opposite ways: give one of them")
-    if options.canary and options.finish:
-        raise ConfigError("--canary ramps the push of a new value; --finish only removes "
-                          "PREVIOUS, which no row needs any more: run it without --canary")
     if options.canary and options.abort:
         raise ConfigError("--canary ramps the push of a new value; --abort puts the old one "
                           "back on every Worker: run it without --canary")

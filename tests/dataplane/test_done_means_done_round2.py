@@ -433,6 +433,22 @@ def test_a_lost_answer_while_creating_tables_or_the_run_resumes(cf, ref_db, keys
     assert last_json(res.output)["rows_rewritten"] == 300 and _keys_of(db) == {"K2": 300}
 
 
+def test_a_lost_answer_on_the_run_s_end_is_the_end_it_recorded(cf, ref_db, keys_env):
+    """The run's end (last checkpoint, verdict, lease given back) committed and its answer
+    was lost; the replay met the lease already given back. That is the run's own end,
+    read back from the journal: exit 0, not a lease taken over (exit 3)."""
+    db = ref_db(300)
+    cf.d1["db1"] = str(db)
+    cf.matching_faults.append(("commit-drop", b"UPDATE keyrotate_runs SET status"))
+    res = run_cli("reencrypt", "--db", "d1://acct/db1", "--target", REF, "--old-key",
+                  keys_env["old"], "--new-key", keys_env["new"], "--workers", "0", "--json")
+    assert not cf.matching_faults, "the lost answer was met"
+    assert res.exit_code == 0, res.output
+    assert last_json(res.output)["status"] == "completed" and _keys_of(db) == {"K2": 300}
+    (status,), = sqlite3.connect(db).execute("SELECT status FROM keyrotate_runs").fetchall()
+    assert status == "completed"
+
+
 def test_two_first_runs_creating_the_tables_at_once(ref_db, monkeypatch):
     """The second of two first runs read "nothing applied" before the first applied
     keyrotate's migrations: its own attempt fails (UNIQUE, duplicate column), which the
