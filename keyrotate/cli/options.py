@@ -26,7 +26,9 @@ key_column_option = click.option("--key-column", metavar="COL",
 format_option = click.option("--format", "fmt", type=click.Choice(FORMATS),
                              default="tminus-envelope", show_default=True)
 batch_option = click.option("--batch-size", type=click.IntRange(1, 50_000), default=None,
-                            help="Rows per page and transaction (default: 1000; 2000 for d1://).")
+                            help="Rows per page (default: 5000; a page also stops at about "
+                                 "2 MB of values). On a file no other process writes to, up "
+                                 "to three pages waiting for the writer commit together.")
 workers_option = click.option("--workers", type=click.IntRange(0, 64), default=None,
                               help="Crypto processes (default: 0 for small tables, else 2).")
 dry_run_option = click.option("--dry-run", is_flag=True, help="Show the plan; change nothing.")

@@ -228,15 +228,19 @@ class Journal:
                 "VALUES (?, ?, ?, ?)", (run.run_id, display_key(key), key, reason)))
         return stmts
 
-    def status_of(self, run: RunState) -> str | None:
-        """The run's recorded status (None: no such run)."""
-        rows = self.store.query("SELECT status FROM keyrotate_runs WHERE run_id = ?", (run.run_id,))
-        return str(rows[0][0]) if rows else None
+    def finished_as(self, run: RunState) -> tuple[Any, ...] | None:
+        """The run's recorded status, when it finished and the seconds its last checkpoint
+        counted: together they tell one end of the run from another (a run that took the
+        lease over and resumed the same run). None: no such run."""
+        rows = self.store.query(
+            "SELECT r.status, r.finished_at, c.seconds FROM keyrotate_runs r JOIN "
+            "keyrotate_checkpoints c ON c.run_id = r.run_id WHERE r.run_id = ?", (run.run_id,))
+        return tuple(rows[0]) if rows else None
 
     @staticmethod
-    def finish(run: RunState, status: str) -> Statement:
+    def finish(run: RunState, status: str, at: str) -> Statement:
         return Statement("UPDATE keyrotate_runs SET status = ?, finished_at = ? WHERE run_id = ?",
-                         (status, now_iso(), run.run_id))
+                         (status, at, run.run_id))
 
 
 def _superseded(runs: list[_Unfinished], ts: str) -> list[Statement]:

@@ -73,6 +73,7 @@ from keyrotate.errors import (
 )
 from keyrotate.progress import NoProgress, Progress
 from keyrotate.results import failure_lines
+from keyrotate.timeutil import now_iso
 
 log = logging.getLogger("keyrotate.reencrypt")
 CONFLICT_ROUNDS = 3
@@ -339,12 +340,13 @@ class Reencryptor:
                 raise
             log.warning("could not give back the lease on %s: %s", self.target.name, e)
 
-    def _ended(self, run: RunState, status: str) -> bool:
-        """Whether the run's end committed though its request failed: on D1 a lost answer
-        is sent again, and the replay meets the lease already given back."""
+    def _ended(self, run: RunState, status: str, at: str, seconds: float) -> bool:
+        """Whether this run's end committed though its request failed: on D1 a lost answer
+        is sent again, and the replay meets the lease already given back. Its own end,
+        not that of a run that took the lease over and finished the same run."""
         assert self.journal is not None
         try:
-            return self.journal.status_of(run) == status
+            return self.journal.finished_as(run) == (status, at, seconds)
         except StoreError:
             return False
 
@@ -447,13 +449,14 @@ class Reencryptor:
         assert self.lease is not None
         # the last checkpoint, the verdict and the lease given back: one transaction
         self.lease.stop_heartbeat()
+        at = now_iso()
         try:
             self.store.apply([], None, [self.lease.guard(),
                                         *Journal.checkpoint(run, self.unsaved, seconds,
                                                             self.unsaved_key, []),
-                                        Journal.finish(run, status), self.lease.releasing()])
+                                        Journal.finish(run, status, at), self.lease.releasing()])
         except StoreError as e:
-            if not self._ended(run, status):
+            if not self._ended(run, status, at, seconds):
                 raise self.lease.explain(e) from None
         self.lease.released = True
         self.unsaved, self.unsaved_key = Counts(), None

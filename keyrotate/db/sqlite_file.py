@@ -34,8 +34,13 @@ T = TypeVar("T")
 BUSY_TIMEOUT_MS = 30_000
 # When another connection is writing, keyrotate holds the write lock at most half the time.
 SHARE_WHEN_CONTENDED = 1.0
-# SQLite's busy handler backs off in steps up to 100 ms: a shorter gap is often missed.
-MIN_BREATHER = 0.05
+# SQLite's busy handler backs off in steps up to 100 ms: a shorter gap can be missed every
+# time, so every pause is longer than that.
+MIN_BREATHER = 0.11
+# An application that has not committed yet (keyrotate cannot know it waits) still gets
+# an opening after every two seconds keyrotate held the write lock: its wait stays well
+# below the 5 s busy timeout Python's sqlite3 gives it by default.
+OPENING_EVERY = 2.0
 # Page cache of the writing connection: a few pages of rows fit, so a transaction never
 # spills to the file before its commit (in rollback-journal mode every spill syncs the
 # journal first: on a slow disk it doubled a run). A setting of this connection only.
@@ -177,6 +182,7 @@ class SqliteFileStore:
         self.identity = (st.st_dev, st.st_ino)
         self._data_version = self._read_data_version()
         self._contended = False
+        self._held = 0.0   # seconds of write lock held since the last pause
 
     @staticmethod
     def _connect(path: str) -> sqlite3.Connection:
@@ -280,11 +286,25 @@ class SqliteFileStore:
                 raise
         except sqlite3.Error as e:
             raise store_error(f"write failed on {self.display_url}", e) from None
-        if contended:
-            # quiet on both connections: a reader's SHARED lock would block their COMMIT too
-            with self._read_lock:
-                time.sleep(min(max(held * SHARE_WHEN_CONTENDED, MIN_BREATHER), 0.5))
+        self._pause_for_others(held, contended)
         return hits
+
+    def _pause_for_others(self, held: float, contended: bool) -> None:
+        """After a commit that followed another connection's, a pause at least as long as
+        the commit held the lock (an application writing steadily gets half the time);
+        else one after every OPENING_EVERY seconds held (an application whose write
+        waits in SQLite's busy handler: keyrotate cannot see it). Quiet on both
+        connections: a reader's SHARED lock would block the other's COMMIT too."""
+        self._held += held
+        if contended:
+            pause = min(max(held * SHARE_WHEN_CONTENDED, MIN_BREATHER), 0.5)
+        elif self._held >= OPENING_EVERY:
+            pause = MIN_BREATHER
+        else:
+            return
+        self._held = 0.0
+        with self._read_lock:
+            time.sleep(pause)
 
     @property
     def contended(self) -> bool:

@@ -134,9 +134,9 @@ class AuditTrail:
                 self.db.apply([], None, [*statements, *inserts])
             except StoreError as e:
                 self._head = None
-                if self._landed(key, link):   # only the answer was lost (D1 sent it again,
-                    break                     # and the replay met a guard or our place)
-                if not _lost_race(e):
+                if self._landed(prev, links[0][2]):   # only the answer was lost (D1 sent
+                    break                             # it again: the replay met a guard or
+                if not _lost_race(e):                 # our place)
                     raise
                 continue
             break
@@ -151,14 +151,16 @@ class AuditTrail:
             witness.write(record, mac)
         return link
 
-    def _landed(self, key: AuditKey, link: str) -> bool:
-        """Whether an append whose request failed committed all the same: the chain's head
-        is its last MAC, which covers its place and records (its transaction's statements
-        landed with it)."""
+    def _landed(self, prev: str, first: str) -> bool:
+        """Whether an append whose request failed committed all the same: the place after
+        `prev` holds its first record's MAC (which covers that place and the record; the
+        rest of its transaction landed with it), whatever others appended after it."""
         try:
-            return self.head(key) == link
+            rows = self.db.query("SELECT hash FROM keyrotate_audit WHERE environment = ? AND "
+                                 "prev_hash = ?", (self.env, prev))
         except KeyrotateError:
             return False
+        return bool(rows) and rows[0][0] == first
 
     def head_read(self) -> Statement:
         """How the head is read: for a caller that reads it ahead (`answered`)."""

@@ -138,6 +138,10 @@ def _check_flags(options: RotateOptions) -> None:
     """Flags that ask for two things at once are refused, not silently half obeyed."""
     if options.finish and options.abort:
         raise ConfigError("--finish and --abort go opposite ways: give one of them")
+    if options.compromised and (options.finish or options.abort):
+        raise ConfigError(f"--compromised is a compromise response of its own (it takes over "
+                          f"an open rotation); --{'finish' if options.finish else 'abort'} "
+                          "only ends or undoes the open one: give one of them")
     if options.canary and options.abort:
         raise ConfigError("--canary ramps the push of a new value; --abort puts the old one "
                           "back on every Worker: run it without --canary")
@@ -161,7 +165,7 @@ def _rotate(ctx: Context, recorder: Recorder, secret: str, options: RotateOption
                           f"keyrotate rotate {secret} --env {ctx.env.name} --abort again to "
                           "finish the abort first")
     taken_over = None
-    if rot is not None and options.compromised and not rot.compromised and not (finish or abort):
+    if rot is not None and options.compromised and not rot.compromised:
         taken_over, rot = rot, None  # a compromise never continues a routine rotation
     plan = rot.plan if rot else plan_of(spec, options.compromised)
     compromised = rot.compromised if rot else options.compromised

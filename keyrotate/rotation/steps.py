@@ -163,7 +163,8 @@ def reencrypt_targets(job: Job, key: str, only_objects: dict[str, list[str]] | N
         only = None if only_objects is None else only_objects.get(target.name)
         if only == []:
             continue
-        job.say(f"moving {target.name} to the new key ({mode})")
+        where = "back to the old key" if job.aborting else "to the new key"
+        job.say(f"moving {target.name} {where} ({mode})")
         outcome = target.rewrap(mode, only)
         results[target.name] = outcome.as_dict()
         if outcome.stale or outcome.unreached:

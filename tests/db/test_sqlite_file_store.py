@@ -51,3 +51,64 @@ def test_a_commit_seen_between_keyrotate_writes_counts_as_contention(tmp_path):
     app.execute("INSERT INTO t (v) VALUES ('application')")
     # asked before keyrotate writes again: the writer decides from it whether to gather pages
     assert store.contended
+
+
+class _HeldClock:
+    """sqlite_file's clock, moved only by the statements a transaction runs (SELECT
+    hold(s)): how long each commit held the write lock, without depending on how fast
+    this machine is; and the pauses the store makes, recorded instead of slept."""
+
+    def __init__(self):
+        self.t, self.pauses = 0.0, []
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+
+    def hold(self, seconds: float) -> int:
+        self.t += seconds
+        return 1
+
+
+def _held_store(tmp_path, monkeypatch):
+    from keyrotate.db import sqlite_file
+
+    store = SqliteFileStore(f"file:{_db(tmp_path)}")
+    clock = _HeldClock()
+    monkeypatch.setattr(sqlite_file, "time", clock)
+    store.wconn.create_function("hold", 1, clock.hold)
+    return store, clock
+
+
+def test_an_application_keyrotate_has_not_seen_gets_an_opening_every_two_seconds_held(
+        tmp_path, monkeypatch):
+    """Review: an application whose write waits in SQLite's busy handler (which tries
+    again every 100 ms) has not committed, so keyrotate cannot know of it; committing back
+    to back, it left gaps of a millisecond or two and the write waited 3.4 s. After every
+    two seconds of holding the write lock keyrotate now pauses longer than the busy
+    handler's step."""
+    from keyrotate.db.sqlite_file import MIN_BREATHER, OPENING_EVERY
+
+    store, clock = _held_store(tmp_path, monkeypatch)
+    commits = 0
+    while not clock.pauses:
+        store.apply([], None, [Statement("SELECT hold(0.3)")])
+        commits += 1
+        assert commits <= 20, "no opening in 6 s of holding the write lock"
+    assert commits * 0.3 >= OPENING_EVERY, "an opening before it was due"
+    assert commits * 0.3 <= OPENING_EVERY + 0.3
+    assert clock.pauses == [MIN_BREATHER] and MIN_BREATHER > 0.1
+
+
+def test_after_an_application_s_commit_keyrotate_pauses_as_long_as_it_held_the_lock(
+        tmp_path, monkeypatch):
+    store, clock = _held_store(tmp_path, monkeypatch)
+    app = sqlite3.connect(store.path, isolation_level=None)
+    app.execute("INSERT INTO t (v) VALUES ('application')")
+    store.apply([], None, [Statement("SELECT hold(0.3)")])
+    assert clock.pauses == [0.3]
+    app.execute("INSERT INTO t (v) VALUES ('application')")
+    store.apply([], None, [Statement("SELECT hold(0.01)")])
+    assert clock.pauses[-1] > 0.1, "shorter than the busy handler's step: often missed"

@@ -512,3 +512,31 @@ def test_the_import_of_0_1s_pushes_lands_whole_or_not_at_all(project):
     finally:
         ctx.close()
     assert _verify()[0] == 0
+
+
+def test_a_lost_answer_with_another_append_before_the_resend_is_recorded_once(cf, tmp_path, ref_db):
+    """Review: on D1 one operator's append committed and its answer was lost; another
+    appended before the client sent it again; the resend met its own place taken. That is
+    its own append (the place after the head it built on holds its record), not a lost
+    race: appending again recorded the event twice, and `audit verify` then named this
+    machine's own copy as missing an event."""
+    cf.d1["db1"] = str(ref_db(1))
+    key = AuditKey.from_value(uuid.uuid4().hex + uuid.uuid4().hex, "test")
+    trails = []
+    for who in ("alice", "bob"):
+        db = open_database("d1://acct/db1")
+        ensure_journal_schema(db)
+        trails.append(AuditTrail(db, "staging", tmp_path / who / "audit-staging.jsonl", key))
+    alice, bob = trails
+    alice.append(Event("notify.test", "staging", "alice first"))
+    cf.matching_faults.append(("commit-drop", b"alice second"))
+    cf.on_commit_drop.append(lambda: bob.append(Event("notify.test", "staging", "bob meanwhile")))
+    alice.append(Event("notify.test", "staging", "alice second"))
+    assert not cf.matching_faults, "the lost answer was met"
+    summaries = [link.record["summary"] for link in alice.links()]
+    assert summaries == ["alice first", "alice second", "bob meanwhile"], summaries
+    alice.append(Event("notify.test", "staging", "alice third"))   # after the head it missed
+    for trail in trails:
+        result = verify_trail(trail)
+        assert result.problem is None, result.problem
+        trail.db.close()

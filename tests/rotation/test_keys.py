@@ -387,6 +387,7 @@ def test_an_abort_after_the_switch_makes_the_old_key_active_again(project):
     new_kid = MasterKey.from_secret(store.read("MASTER_KEY", "pending")).kid
     aborted = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--abort")
     assert aborted.exit_code == 0, aborted.output
+    assert "accounts.encrypted_tokens back to the old key" in aborted.output
     _, listing = _keys()
     old = _key(listing, OLD_KID)
     assert old["state"] == "active" and old["history"][-1]["why"].startswith("the abort put it back")

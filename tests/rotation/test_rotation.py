@@ -41,6 +41,8 @@ def test_master_key_with_overlap_then_finish(project):
     assert waiting.exit_code == 0 and "waiting for --finish" in waiting.output
     # flags asking for two things at once are refused, and change nothing
     for flags, said in ((("--abort", "--canary"), "--abort puts the old one back"),
+                        (("--abort", "--compromised"), "compromise response of its own"),
+                        (("--finish", "--compromised"), "compromise response of its own"),
                         (("--finish", "--abort"), "go opposite ways")):
         mixed = run_cli("rotate", "MASTER_KEY", "--env", "staging", *flags)
         assert mixed.exit_code == 2 and said in mixed.output, (flags, mixed.output)

@@ -28,7 +28,7 @@ import time
 import uuid
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 
 from tests.support.cf_workers import Raw, Script, Workers, _err, _ok
 
@@ -47,6 +47,9 @@ class CloudflareStandIn:
         # (fault, needle) for the next D1 request whose body holds needle: "commit-drop"
         # commits it, then drops the connection unanswered (a lost answer, to the client)
         self.matching_faults: deque[tuple[str, bytes]] = deque()
+        # run after a "commit-drop" committed, before its answer is dropped: what another
+        # client does before this one sends the request again
+        self.on_commit_drop: list[Callable[[], None]] = []
         self.worker_faults: deque[str] = deque()  # for Workers script requests: "500"
         # seconds to hold each Workers script change (PUT/PATCH/POST/DELETE) before it is
         # applied: Cloudflare being slow to answer; slow_requests counts the held ones
@@ -238,6 +241,8 @@ class CloudflareStandIn:
                                          "rows_read": len(rows), "duration": 0.1}})
             conn.execute("COMMIT")
             if fault == "commit-drop":
+                for meanwhile in self.on_commit_drop:
+                    meanwhile()
                 raise _Drop
         except sqlite3.Error as e:
             if conn.in_transaction:
