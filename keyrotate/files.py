@@ -98,3 +98,27 @@ def _keep_mode_and_group(tmp: str, existing: os.stat_result, path: str, warn: bo
     os.chmod(tmp, mode)
     if warn and mode & stat.S_IROTH:
         log.warning("%s is readable by every user (mode %o); it holds secrets", path, mode)
+
+
+@contextmanager
+def changing(path: str) -> Iterator[None]:
+    """One read-change-write of `path` at a time, across processes: an exclusive lock on
+    its folder (an advisory flock, held until the block ends). The file itself cannot
+    carry the lock: each write replaces it with a new one. Two keyrotate commands (a
+    person's rotation and a schedule's, each appending to the trail and keeping its head
+    in the store) otherwise read the same old file and the later write drops the
+    earlier's change: a pending key, a promote."""
+    import fcntl
+
+    folder = os.path.dirname(os.path.realpath(path))
+    if not os.path.isdir(folder):
+        raise SecretStoreError(f"cannot write {path}: the folder {folder} does not exist")
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as e:
+        raise SecretStoreError(f"cannot lock {path}: {e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)   # closing the last descriptor lets the lock go

@@ -35,6 +35,11 @@ _INSERT = ("INSERT INTO keyrotate_audit (environment, at, event, rotation_id, se
 KeySource = Callable[[bool], "AuditKey | None"]
 
 
+_UNSURE = ("audit trail on {}: an append failed and whether it landed could not be read; "
+           "nothing more is appended in this command (it could record an event twice): run "
+           "the same command again")
+
+
 def _lost_race(e: StoreError) -> bool:
     """SQLite's words for a taken place in the chain, the same from a file, libSQL and D1:
     the UNIQUE constraint, or the trigger that refuses a replace (migration 0007)."""
@@ -76,6 +81,7 @@ class AuditTrail:
         self._queued_statements: list[Statement] = []  # committed with them
         self.holds_push_outcomes = False              # a queued event settles a push
         self._ahead = ReadAhead()
+        self._unsure = False   # an append failed and whether it landed could not be read
 
     def witness(self) -> WitnessFile:
         return WitnessFile(self.local_file, self.db.display_url, self.env)
@@ -117,6 +123,8 @@ class AuditTrail:
         Returns the MAC of `event`."""
         key = self._key(True)
         assert key is not None
+        if self._unsure:
+            raise StoreUnavailable(_UNSURE.format(self.db.display_url))
         events = [*self._queued, *before, event]
         statements = [*self._queued_statements, *with_statements]
         for _ in range(CONFLICT_TRIES):
@@ -132,35 +140,48 @@ class AuditTrail:
                 link = mac
             try:
                 self.db.apply([], None, [*statements, *inserts])
-            except StoreError as e:
+            except BaseException as e:   # a failed request, or an interrupt during it
                 self._head = None
-                if self._landed(prev, links[0][2]):   # only the answer was lost (D1 sent
-                    break                             # it again: the replay met a guard or
-                if not _lost_race(e):                 # our place)
+                landed = self._landed(links[-1][1], link)
+                if landed:   # only the answer was lost (D1 sent it again: the replay met a
+                    self._appended(key, links)   # guard or its own place), or Ctrl-C came
+                    if isinstance(e, StoreError):   # after the commit
+                        return link
+                    raise
+                if landed is None:   # appending again could record it twice
+                    self._unsure = True
+                    if isinstance(e, StoreError):
+                        raise StoreUnavailable(_UNSURE.format(self.db.display_url)) from None
+                    raise
+                if not isinstance(e, StoreError) or not _lost_race(e):
                     raise
                 continue
-            break
-        else:
-            raise StoreUnavailable(f"audit trail on {self.db.display_url}: other appends kept "
-                                   "taking its head")
-        self._head, self._head_key = link, key.id
-        self._last, self._queued = (links[-1][1], link), []
+            self._appended(key, links)
+            return link
+        raise StoreUnavailable(f"audit trail on {self.db.display_url}: other appends kept "
+                               "taking its head")
+
+    def _appended(self, key: AuditKey, links: list[tuple[dict, str, str]]) -> None:
+        """An append landed: the head moves, the queue empties, this machine's copy grows."""
+        self._head, self._head_key = links[-1][2], key.id
+        self._last, self._queued = (links[-1][1], links[-1][2]), []
         self._queued_statements, self.holds_push_outcomes = [], False
         witness = self.witness()
         for record, _, mac in links:
             witness.write(record, mac)
-        return link
 
-    def _landed(self, prev: str, first: str) -> bool:
+    def _landed(self, prev: str, last: str) -> bool | None:
         """Whether an append whose request failed committed all the same: the place after
-        `prev` holds its first record's MAC (which covers that place and the record; the
-        rest of its transaction landed with it), whatever others appended after it."""
+        `prev` holds its last record's MAC (which covers that place and the record; the
+        rest of its transaction landed with it), whatever others appended after it. The
+        last record, not the first: a batch built again after an interrupt starts with the
+        same records. None: that could not be read."""
         try:
             rows = self.db.query("SELECT hash FROM keyrotate_audit WHERE environment = ? AND "
                                  "prev_hash = ?", (self.env, prev))
         except KeyrotateError:
-            return False
-        return bool(rows) and rows[0][0] == first
+            return None
+        return bool(rows) and rows[0][0] == last
 
     def head_read(self) -> Statement:
         """How the head is read: for a caller that reads it ahead (`answered`)."""

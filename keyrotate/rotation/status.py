@@ -152,6 +152,10 @@ def status(ctx: Context, due_seconds: int | None, notify: bool = False) -> Statu
         except KeyrotateError as e:
             entry.errors.append(f"cannot read {store.ref(name)}: {e}")
             continue
+        if entry.pending and name not in in_progress:
+            entry.errors.append(f"{store.ref(name, 'pending')} holds a value, but no rotation of "
+                                f"{name} is open: the store and the rotations disagree (rows "
+                                "may be sealed under that value: keep it)")
         _check_secret(ctx, entry, set_at, value)
         if set_at is not None:
             entry.set_at = set_at.isoformat()

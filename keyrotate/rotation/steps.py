@@ -24,7 +24,7 @@ from keyrotate.evidence.record import audit_key
 from keyrotate.progress import Say
 from keyrotate.rotation.restore_point import record_before_row_writes
 from keyrotate.rotation.state import Recorder, Rotation
-from keyrotate.secrets.base import fingerprint
+from keyrotate.secrets.base import fingerprint, same_secret
 from keyrotate.secrets.keygen import generate
 from keyrotate.secrets.strength import weakness
 from keyrotate.targets.secret_targets import KeyRefs, SecretTargets
@@ -238,13 +238,32 @@ class Promote:
 
     def run(self, job: Job) -> None:
         store, name = job.ctx.secrets, job.spec.name
-        if store.read(name, "pending") is None:
-            return
-        replaced = store.read(name, "previous")
-        if replaced is not None:   # a store with one previous slot drops it: the trail says so
-            key = identify(name, job.spec.kind, replaced, audit_key(job.ctx))
-            job.rot.detail["replaced_previous"] = {"fingerprint": key.fingerprint, "kid": key.kid}
-        store.promote(name)
+        if store.read(name, "pending") is not None:
+            replaced = store.read(name, "previous")
+            if replaced is not None:   # a store with one previous slot drops it: the trail says so
+                key = identify(name, job.spec.kind, replaced, audit_key(job.ctx))
+                job.rot.detail["replaced_previous"] = {"fingerprint": key.fingerprint,
+                                                       "kid": key.kid}
+            store.promote(name)
+        _check_promoted(job)
+
+
+def _check_promoted(job: Job) -> None:
+    """Read back, not believed: the store's current value is the rotation's new one (a
+    write lost to another program changing the store would otherwise end in exit 0, with
+    every row under a value left pending)."""
+    store, name = job.ctx.secrets, job.spec.name
+    current = store.read(name)
+    if current is not None and same_secret(current, job.rot.new_fp, audit_key(job.ctx)):
+        return
+    if store.read(name, "pending") is not None:
+        raise Incomplete(f"{store.ref(name)} does not hold the new value after the promote "
+                         "(something else changed the store meanwhile): run the same command "
+                         "again")
+    raise ConfigError(f"{store.ref(name)} holds neither the rotation's new value nor a pending "
+                      f"one ({job.rot.new_fp} is the new value's fingerprint): the store was "
+                      "changed outside keyrotate; put the new value back as pending, then run "
+                      "the same command again")
 
 
 class Discard:

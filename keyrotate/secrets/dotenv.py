@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import ContextManager
 
 from keyrotate.errors import SecretStoreError
 from keyrotate.secrets.base import (
@@ -109,6 +110,12 @@ class DotenvStore:
         self.path = path
         self.base = f"dotenv:{path}"
 
+    def _changing(self) -> ContextManager[None]:
+        """Each change reads the file and writes it whole: one at a time (files.changing)."""
+        from keyrotate.files import changing
+
+        return changing(self.path)
+
     def ref(self, name: str, slot: Slot = "current") -> str:
         return f"dotenv:{self.path}#{slot_name(name, slot)}"
 
@@ -127,39 +134,45 @@ class DotenvStore:
         return values[-1] if values else None
 
     def write_pending(self, name: str, value: str) -> None:
-        existing = self.read(name, "pending")
-        if existing is not None and not hmac.compare_digest(existing.encode(), value.encode()):
-            raise SecretStoreError(f"{self.ref(name, 'pending')} already holds a different pending "
-                                   "value: finish or abort that rotation first")
-        if existing is None:
-            self._rewrite(self._lines(), {pending_name(name): value}, after=name)
+        with self._changing():
+            existing = self.read(name, "pending")
+            if existing is not None and not hmac.compare_digest(existing.encode(), value.encode()):
+                raise SecretStoreError(f"{self.ref(name, 'pending')} already holds a different "
+                                       "pending value: finish or abort that rotation first")
+            if existing is None:
+                self._rewrite(self._lines(), {pending_name(name): value}, after=name)
 
     def promote(self, name: str) -> None:
-        lines = self._lines()
-        pending = self.read(name, "pending")
-        if pending is None:
-            raise SecretStoreError(f"nothing pending at {self.ref(name, 'pending')}")
-        current = self.read(name)
-        updates: dict[str, str | None] = {name: pending, pending_name(name): None}
-        if current is not None:
-            updates[previous_name(name)] = current
-        self._rewrite(lines, updates, after=name, stamp=name)
+        with self._changing():
+            lines = self._lines()
+            pending = self.read(name, "pending")
+            if pending is None:
+                raise SecretStoreError(f"nothing pending at {self.ref(name, 'pending')}")
+            current = self.read(name)
+            updates: dict[str, str | None] = {name: pending, pending_name(name): None}
+            if current is not None:
+                updates[previous_name(name)] = current
+            self._rewrite(lines, updates, after=name, stamp=name)
 
     def discard_pending(self, name: str) -> None:
-        if self.read(name, "pending") is not None:
-            self._rewrite(self._lines(), {pending_name(name): None}, after=name)
+        with self._changing():
+            if self.read(name, "pending") is not None:
+                self._rewrite(self._lines(), {pending_name(name): None}, after=name)
 
     def write_new(self, name: str, value: str) -> None:
         """keygen --to: NAME=value (with its age stamp), the file created 0600 if missing,
         every other byte unchanged. Refuses if NAME is set: replacing a key is a rotation."""
-        lines = self._lines()
-        if any(ln.name == name for ln in lines):
-            raise SecretStoreError(f"{self.ref(name)} is already set; refusing to overwrite a key")
-        self._rewrite(lines, {name: value}, after=name, stamp=name)
+        with self._changing():
+            lines = self._lines()
+            if any(ln.name == name for ln in lines):
+                raise SecretStoreError(f"{self.ref(name)} is already set; refusing to overwrite "
+                                       "a key")
+            self._rewrite(lines, {name: value}, after=name, stamp=name)
 
     def write_state(self, name: str, value: str) -> None:
         """NAME=value replaced in place (added at the end if missing); no age stamp."""
-        self._rewrite(self._lines(), {name: value}, after=name)
+        with self._changing():
+            self._rewrite(self._lines(), {name: value}, after=name)
 
     def copies(self, name: str) -> list[StoredCopy]:
         """Every line holding a value of NAME, NAME_PENDING or NAME_PREVIOUS: a line
@@ -175,16 +188,17 @@ class DotenvStore:
     def destroy(self, name: str, value: str) -> list[str]:
         """Remove every NAME_PREVIOUS (or shadowed) line holding `value`; every other
         byte of the file stays. Refuses if it is the current or pending value."""
-        for slot in ("current", "pending"):
-            held = self.read(name, slot)
-            if held is not None and same_value(held, value):
-                raise SecretStoreError(f"{self.ref(name, slot)} holds that value: it is in use")
-        names = {slot_name(name, slot) for slot in SLOTS}
-        lines = self._lines()
-        gone = {i for i, ln in enumerate(lines) if ln.name in names and ln.value is not None
-                and same_value(ln.value, value)}
-        if gone:
-            self._write([ln.raw for i, ln in enumerate(lines) if i not in gone])
+        with self._changing():
+            for slot in ("current", "pending"):
+                held = self.read(name, slot)
+                if held is not None and same_value(held, value):
+                    raise SecretStoreError(f"{self.ref(name, slot)} holds that value: it is in use")
+            names = {slot_name(name, slot) for slot in SLOTS}
+            lines = self._lines()
+            gone = {i for i, ln in enumerate(lines) if ln.name in names and ln.value is not None
+                    and same_value(ln.value, value)}
+            if gone:
+                self._write([ln.raw for i, ln in enumerate(lines) if i not in gone])
         return [f"dotenv:{self.path}#{lines[i].name}" for i in sorted(gone)]
 
     def names(self) -> list[str]:

@@ -540,3 +540,58 @@ def test_a_lost_answer_with_another_append_before_the_resend_is_recorded_once(cf
         result = verify_trail(trail)
         assert result.problem is None, result.problem
         trail.db.close()
+
+
+def test_an_append_whose_landing_cannot_be_read_is_not_made_again(cf, tmp_path, ref_db):
+    """Review: the append committed, its answer was lost, the resend met its own place,
+    and the read that would tell whether it landed failed too. Taking "could not tell"
+    for "did not land" appended the events again (twice in the trail, and this machine's
+    copy then short of one). Now nothing more is appended by that command: exit 3."""
+    from keyrotate.errors import StoreUnavailable
+
+    cf.d1["db1"] = str(ref_db(1))
+    key = AuditKey.from_value(uuid.uuid4().hex + uuid.uuid4().hex, "test")
+    db = open_database("d1://acct/db1")
+    ensure_journal_schema(db)
+    trail = AuditTrail(db, "staging", tmp_path / "audit-staging.jsonl", key)
+    trail.append(Event("notify.test", "staging", "first"))
+    cf.matching_faults.extend([("commit-drop", b"second"),
+                               ("429:600", b"prev_hash = ?")])   # the check: not in reach
+    with pytest.raises(StoreUnavailable, match="run the same command again"):
+        trail.append(Event("notify.test", "staging", "second"))
+    assert not cf.matching_faults, "the lost answer and the failed check were met"
+    with pytest.raises(StoreUnavailable):
+        trail.append(Event("notify.test", "staging", "third"))
+    fresh = AuditTrail(db, "staging", tmp_path / "other-audit-staging.jsonl", key)
+    assert [link.record["summary"] for link in fresh.links()] == ["first", "second"]
+    db.close()
+
+
+def test_an_interrupt_after_an_append_committed_loses_and_repeats_nothing(tmp_path, ref_db):
+    """Review: Ctrl-C (or SIGTERM) arrived while an append that carried deferred records
+    waited for its answer, after D1 committed it. The cleanup's append (rotation.paused)
+    was built again on the old head with the same records first, was taken for landed by
+    its first record, and never landed: the trail lacked an event this machine's copy
+    holds, and `audit verify` said TAMPERED for good."""
+    db = open_database(f"file:{ref_db(1)}")
+    ensure_journal_schema(db)
+    key = AuditKey.from_value(uuid.uuid4().hex + uuid.uuid4().hex, "test")
+    trail = AuditTrail(db, "staging", tmp_path / "audit-staging.jsonl", key)
+    trail.append(Event("notify.test", "staging", "first"))
+    trail.defer(Event("notify.test", "staging", "deferred step"))
+    real_apply = db.apply
+
+    def interrupted_after_the_commit(*args, **kwargs):
+        real_apply(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    db.apply = interrupted_after_the_commit
+    with pytest.raises(KeyboardInterrupt):
+        trail.append(Event("notify.test", "staging", "step"))
+    db.apply = real_apply
+    trail.append(Event("notify.test", "staging", "paused"))   # the cleanup's record
+    summaries = [link.record["summary"] for link in trail.links()]
+    assert summaries == ["first", "deferred step", "step", "paused"], summaries
+    result = verify_trail(trail)
+    assert result.problem is None, result.problem
+    db.close()

@@ -534,3 +534,24 @@ def test_a_lost_answer_on_the_rotation_s_end_is_the_end_it_recorded(project):
     assert sum(1 for e in events if e["step"] == "awaiting-finish") == 1, events
     done = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish", "--json")
     assert done.exit_code == 0 and last_json(done.output)["state"] == "finished", done.output
+
+
+def test_a_promote_the_store_did_not_keep_does_not_finish(project, monkeypatch):
+    """Review: a promote lost to another program rewriting the .env meanwhile ended
+    --finish in exit 0, with the old value current and every row under the value left
+    pending. The store is read back: exit 3, and the same command then finishes."""
+    from keyrotate.secrets.dotenv import DotenvStore
+
+    root, cf, _, store = project
+    with_overlap(root)
+    assert run_cli("rotate", "MASTER_KEY", "--env", "staging").exit_code == 0
+    new = store.read("MASTER_KEY", "pending")
+    promote = DotenvStore.promote
+    monkeypatch.setattr(DotenvStore, "promote", lambda self, name: None)   # the write lost
+    lost = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish", "--json")
+    assert lost.exit_code == 3, lost.output
+    assert "does not hold the new value after the promote" in last_json(lost.output)["error"]["message"]
+    monkeypatch.setattr(DotenvStore, "promote", promote)
+    done = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--finish", "--json")
+    assert done.exit_code == 0 and last_json(done.output)["state"] == "finished", done.output
+    assert store.read("MASTER_KEY") == new and store.read("MASTER_KEY", "pending") is None

@@ -160,3 +160,14 @@ def test_rows_a_census_did_not_reach_are_named_once_and_leave_the_target_uncount
     assert "accounts.encrypted_tokens" not in (out["secrets"][0]["rows"] or {})
     m = _metrics(run_cli("status", "--env", "staging", "--format", "openmetrics").output)
     assert not any(name == "keyrotate_rows" for name, _, _ in m)
+
+
+def test_a_pending_value_with_no_rotation_open_is_a_finding(app):
+    """Review: a promote lost to a concurrent rewrite of the .env left MASTER_KEY_PENDING
+    (every row under it) with no rotation open, and status said nothing (exit 0)."""
+    _fill_store(app)
+    DotenvStore(str(app / ".env.staging")).write_pending("MASTER_KEY", "b" * 64)
+    res = run_cli("status", "--env", "staging", "--json")
+    assert res.exit_code == 1, res.output
+    errors = [e["message"] for e in last_json(res.output)["errors"] if e["secret"] == "MASTER_KEY"]
+    assert any("no rotation of MASTER_KEY is open" in m for m in errors), errors
