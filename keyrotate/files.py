@@ -17,9 +17,9 @@ import os
 import stat
 import tempfile
 from contextlib import contextmanager
-from typing import Iterator, TextIO
+from typing import Any, Iterator, TextIO
 
-from keyrotate.errors import ConfigError, KeyrotateError, SecretStoreError
+from keyrotate.errors import ConfigError, KeyrotateError, SecretStoreError, SecretStoreUnavailable
 
 log = logging.getLogger("keyrotate.files")
 
@@ -118,7 +118,35 @@ def changing(path: str) -> Iterator[None]:
     except OSError as e:
         raise SecretStoreError(f"cannot lock {path}: {e.strerror}") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _wait_for_lock(fd, path, fcntl)
         yield
     finally:
         os.close(fd)   # closing the last descriptor lets the lock go
+
+
+LOCK_PATIENCE = 30.0   # seconds: a change holds the lock for milliseconds
+
+
+def _wait_for_lock(fd: int, path: str, fcntl: Any) -> None:
+    """The lock, tried again every 50 ms (a signal still stops the wait), said after a
+    second, given up after LOCK_PATIENCE: a holder stopped (Ctrl-Z, SIGSTOP) must not
+    hang every other command silently."""
+    import time
+
+    started = time.monotonic()
+    said = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        waited = time.monotonic() - started
+        if waited >= LOCK_PATIENCE:
+            raise SecretStoreUnavailable(f"{path} stayed locked by another keyrotate command for "
+                                   f"{LOCK_PATIENCE:.0f} s (is one stopped?): run the same "
+                                   "command again once it has finished")
+        if waited >= 1.0 and not said:
+            log.warning("waiting for another keyrotate command to finish changing %s", path)
+            said = True
+        time.sleep(0.05)

@@ -138,6 +138,9 @@ class AuditTrail:
                                                    json.dumps(record, sort_keys=True), link, mac)))
                 links.append((record, link, mac))
                 link = mac
+            witness = self.witness()
+            for record, _, mac in links:   # before it is sent: a kill may come after it landed
+                witness.write(record, mac, confirmed=False)
             try:
                 self.db.apply([], None, [*statements, *inserts])
             except BaseException as e:   # a failed request, or an interrupt during it
@@ -148,7 +151,9 @@ class AuditTrail:
                     if isinstance(e, StoreError):   # after the commit
                         return link
                     raise
-                if landed is None:   # appending again could record it twice
+                if landed is None or not isinstance(e, StoreError):
+                    # appending again could record it twice: an interrupted request may
+                    # still be on its way, and commit after this look
                     self._unsure = True
                     if isinstance(e, StoreError):
                         raise StoreUnavailable(_UNSURE.format(self.db.display_url)) from None

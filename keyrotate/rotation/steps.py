@@ -24,7 +24,7 @@ from keyrotate.evidence.record import audit_key
 from keyrotate.progress import Say
 from keyrotate.rotation.restore_point import record_before_row_writes
 from keyrotate.rotation.state import Recorder, Rotation
-from keyrotate.secrets.base import fingerprint, same_secret
+from keyrotate.secrets.base import fingerprint, same_secret, same_value
 from keyrotate.secrets.keygen import generate
 from keyrotate.secrets.strength import weakness
 from keyrotate.targets.secret_targets import KeyRefs, SecretTargets
@@ -238,9 +238,15 @@ class Promote:
 
     def run(self, job: Job) -> None:
         store, name = job.ctx.secrets, job.spec.name
-        if store.read(name, "pending") is not None:
-            replaced = store.read(name, "previous")
-            if replaced is not None:   # a store with one previous slot drops it: the trail says so
+        pending = store.read(name, "pending")
+        if pending is not None:
+            replaced, current = store.read(name, "previous"), store.read(name)
+            # a promote of a store that takes several writes (keyring), stopped midway and
+            # resumed: previous already holds the old current value, or current the new one;
+            # the value it replaced is not in the previous slot any more
+            resumed = current is not None and (same_value(current, pending) or (
+                replaced is not None and same_value(replaced, current)))
+            if replaced is not None and not resumed:   # one previous slot: the trail says so
                 key = identify(name, job.spec.kind, replaced, audit_key(job.ctx))
                 job.rot.detail["replaced_previous"] = {"fingerprint": key.fingerprint,
                                                        "kid": key.kid}

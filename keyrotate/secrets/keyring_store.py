@@ -102,10 +102,13 @@ class KeyringStore:
         if pending is None:
             raise SecretStoreError(f"nothing pending at {self.ref(name, 'pending')}")
         current = self.read(name)
-        # order matters: at every step each value still exists somewhere
-        if current is not None:
-            self._set(previous_name(name), current)
-        self._set(name, pending)
+        # order matters: at every step each value still exists somewhere. A promote stopped
+        # after the new value became current only finishes: copying "current" to previous
+        # again would put the new value there and drop the old one
+        if current is None or not same_value(current, pending):
+            if current is not None:
+                self._set(previous_name(name), current)
+            self._set(name, pending)
         self._set(set_at_name(name), now_utc().isoformat())
         self._delete(pending_name(name))
         self._index_add(name)

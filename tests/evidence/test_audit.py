@@ -299,8 +299,15 @@ def test_a_missing_or_cut_witness_is_a_finding(project):
 
     lines = kept.splitlines(keepends=True)
     witness.write_bytes(b"".join(lines[:-1]))       # one whole line gone
+    assert _verify()[0] == 0, "the copy made before it was sent still holds it"
+    sent = root / ".keyrotate" / "audit-staging.sent.jsonl"
+    sent_kept = sent.read_bytes()
+    last = json.loads(lines[-1])["hash"]
+    sent.write_bytes(b"".join(ln for ln in sent_kept.splitlines(keepends=True)
+                              if json.loads(ln)["hash"] != last))   # gone from both
     code, out = _verify()
     assert code == 1 and out["problem"]["kind"] == "witness-incomplete"
+    sent.write_bytes(sent_kept)
 
     witness.unlink()
     code, out = _verify()
@@ -593,5 +600,46 @@ def test_an_interrupt_after_an_append_committed_loses_and_repeats_nothing(tmp_pa
     summaries = [link.record["summary"] for link in trail.links()]
     assert summaries == ["first", "deferred step", "step", "paused"], summaries
     result = verify_trail(trail)
+    assert result.problem is None, result.problem
+    db.close()
+
+
+def test_an_interrupted_append_that_commits_after_the_look_is_neither_repeated_nor_a_finding(
+        tmp_path, ref_db):
+    """Review: SIGTERM came while an append's request was on its way to D1; the look
+    that tells whether it landed saw nothing, and then the abandoned request committed.
+    The cleanup's append recorded the queued events again (duplicates), and this
+    machine's copy never held the late ones: `audit verify` said TAMPERED for good. Now
+    nothing more is appended by that command, and the copy holds every event it sent
+    (unconfirmed until it landed), so the late ones are not a finding."""
+    from keyrotate.errors import StoreUnavailable
+
+    db = open_database(f"file:{ref_db(1)}")
+    ensure_journal_schema(db)
+    key = AuditKey.from_value(uuid.uuid4().hex + uuid.uuid4().hex, "test")
+    witness = tmp_path / "audit-staging.jsonl"
+    trail = AuditTrail(db, "staging", witness, key)
+    trail.append(Event("notify.test", "staging", "first"))
+    trail.defer(Event("notify.test", "staging", "deferred step"))
+    real_apply = db.apply
+    in_flight = []
+
+    def interrupted_before_the_commit(*args, **kwargs):
+        in_flight.append((args, kwargs))   # sent, not yet committed
+        raise KeyboardInterrupt
+
+    db.apply = interrupted_before_the_commit
+    with pytest.raises(KeyboardInterrupt):
+        trail.append(Event("notify.test", "staging", "step"))
+    db.apply = real_apply
+    (args, kwargs), = in_flight
+    real_apply(*args, **kwargs)                      # it commits after the look
+    with pytest.raises(StoreUnavailable):
+        trail.append(Event("notify.test", "staging", "paused"))   # the cleanup's record
+    after = AuditTrail(db, "staging", witness, key)   # the same machine's next command
+    after.append(Event("notify.test", "staging", "resumed"))
+    summaries = [link.record["summary"] for link in after.links()]
+    assert summaries == ["first", "deferred step", "step", "resumed"], summaries
+    result = verify_trail(after)
     assert result.problem is None, result.problem
     db.close()

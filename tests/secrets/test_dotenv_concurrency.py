@@ -44,3 +44,31 @@ def test_two_processes_changing_one_env_file_lose_nothing(tmp_path):
     missing = [f"K_{who}_{i}" for who in ("A", "B") for i in range(n) if f"K_{who}_{i}" not in names]
     assert not missing, f"{len(missing)} of {2 * n} writes lost, e.g. {missing[:5]}"
     assert store.read("MASTER_KEY") == "a" * 64
+
+
+def test_a_stopped_holder_of_the_lock_is_waited_for_then_reported(tmp_path, monkeypatch):
+    """Review: a keyrotate stopped (Ctrl-Z) while it held the .env's lock left every
+    other command hanging, with no word. The wait is said, and given up after
+    LOCK_PATIENCE with exit 3."""
+    import fcntl
+    import os
+
+    from keyrotate import files
+    from keyrotate.errors import SecretStoreUnavailable
+
+    path = tmp_path / ".env.staging"
+    path.write_text("MASTER_KEY=" + "a" * 64 + "\n")
+    holder = os.open(tmp_path, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)   # what a stopped command holds
+    monkeypatch.setattr(files, "LOCK_PATIENCE", 0.3)
+    try:
+        try:
+            DotenvStore(str(path)).write_state("KEYROTATE_AUDIT_HEAD", "x")
+        except SecretStoreUnavailable as e:
+            assert e.exit_code == 3 and "stayed locked" in str(e)
+        else:
+            raise AssertionError("the change did not wait for the lock")
+    finally:
+        os.close(holder)
+    DotenvStore(str(path)).write_state("KEYROTATE_AUDIT_HEAD", "x")   # free again: it goes
+    assert DotenvStore(str(path)).read("KEYROTATE_AUDIT_HEAD") == "x"

@@ -243,3 +243,30 @@ def test_locked_keyring_is_a_clear_error(tmp_path, monkeypatch):
             keyring.set_keyring(previous)
     finally:
         service.stop()
+
+
+def test_a_keyring_promote_stopped_midway_finishes_without_losing_the_old_value(keyring_env):
+    """Review: a keyring promote is several writes. Stopped after the new value became
+    current, the resumed promote copied "current" (the new value) to previous: the old
+    value was gone and the new one sat in both slots."""
+    store = KeyringStore(_unique())
+    store.write_pending("MASTER_KEY", OLD_SECRET)
+    store.promote("MASTER_KEY")
+    store.write_pending("MASTER_KEY", NEW_SECRET)
+    real_set, writes = store._set, []
+
+    def killed_after_the_current_value(key: str, value: str) -> None:
+        real_set(key, value)
+        writes.append(key)
+        if key == "MASTER_KEY":
+            raise SystemExit(137)
+
+    store._set = killed_after_the_current_value
+    with pytest.raises(SystemExit):
+        store.promote("MASTER_KEY")
+    store._set = real_set
+    assert writes == ["MASTER_KEY_PREVIOUS", "MASTER_KEY"]
+    store.promote("MASTER_KEY")                       # the same command, resumed
+    assert store.read("MASTER_KEY") == NEW_SECRET
+    assert store.read("MASTER_KEY", "previous") == OLD_SECRET
+    assert store.read("MASTER_KEY", "pending") is None
