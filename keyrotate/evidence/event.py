@@ -24,7 +24,8 @@ NOTIFY_EVENTS = ("rotation.started", "rotation.step", "rotation.paused", "rotati
                  "rotation.finished", "secret.overdue", "secret.unchecked", "incident.report",
                  "notify.test")
 # what only the audit trail records
-AUDIT_EVENTS = ("rotation.aborted", "rotation.superseded", "rotation.rows", "time-travel.bookmark",
+AUDIT_EVENTS = ("rotation.aborted", "rotation.superseded", "rotation.rows", "rotation.promoting",
+                "time-travel.bookmark",
                 "notify.failed", "worker.secrets", "worker.deploy", "worker.rollback",
                 "worker.canary", "key.state", "secret.created", "schema.migration",
                 "schema.compensation", "objects.rewrap", "rollover.run", "trail.legacy-import")

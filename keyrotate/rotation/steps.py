@@ -250,8 +250,26 @@ class Promote:
                 key = identify(name, job.spec.kind, replaced, audit_key(job.ctx))
                 job.rot.detail["replaced_previous"] = {"fingerprint": key.fingerprint,
                                                        "kid": key.kid}
+            if job.recorder is not None and not resumed:
+                _before_the_store_changes(job)
             store.promote(name)
         _check_promoted(job)
+
+
+def _before_the_store_changes(job: Job) -> None:
+    """Write-ahead, before the promote changes the store: the records still waiting to
+    ride with the next append (the steps before it, which need the pending value: a kill
+    inside the promote must not send the next run back to them) and the previous value
+    the store is about to drop (its destruction then has its evidence)."""
+    assert job.recorder is not None
+    rot = job.rot
+    replaced = rot.detail.get("replaced_previous")
+    job.recorder.saved(rot, Event(
+        "rotation.promoting", rot.environment, f"{rot.secret} rotation {rot.rotation_id}: "
+        "promoting the new value in the store" + (
+            f", which drops the previous value {replaced['fingerprint']}" if replaced else ""),
+        rot.secret, rot.rotation_id, "promote", rot.old_fp, rot.new_fp,
+        {"replaced_previous": replaced} if replaced else {}))
 
 
 def _check_promoted(job: Job) -> None:

@@ -24,6 +24,7 @@ from keyrotate.dataplane.reencrypt import ReencryptOptions, probe, reencrypt
 from keyrotate.dataplane.verify import verify
 from keyrotate.db.base import Target
 from keyrotate.errors import ConfigError, KeyrotateError
+from keyrotate.secrets.base import same_value
 from keyrotate.secrets.refs import resolve
 from keyrotate.targets.objects import objects_census, objects_rewrap
 
@@ -149,7 +150,14 @@ def _store_keys(ctx: Context, secret: str) -> tuple[list[str], KeyRefs]:
     """The store's values of `secret` (current, then pending and previous where set), as
     slots and as keys to open rows with."""
     store = ctx.secrets
-    slots = ["current", *(s for s in ("pending", "previous") if store.read(secret, s) is not None)]
+    slots, seen = ["current"], [store.read(secret)]
+    for slot in ("pending", "previous"):
+        value = store.read(secret, slot)
+        # a slot holding a value an earlier one holds (a keyring promote stopped midway
+        # copies it before it removes it) adds no key
+        if value is not None and not any(v is not None and same_value(v, value) for v in seen):
+            slots.append(slot)
+            seen.append(value)
     refs = [store.ref(secret, s) for s in slots]
     return slots, KeyRefs(refs[0], refs[1] if len(refs) > 1 else None, tuple(refs[2:]))
 

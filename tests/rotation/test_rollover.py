@@ -592,3 +592,31 @@ def test_a_run_that_only_looks_costs_a_few_d1_requests(project, clock):
         res, out = rollover()
         assert res.exit_code == 0 and entry(out, "MASTER_KEY")["outcome"] == outcome
         assert cf.d1_requests - before <= 8, (at, cf.d1_requests - before)
+
+
+@pytest.mark.slow
+def test_a_cutover_killed_inside_its_promote_finishes_on_the_next_run(project, clock):
+    """Review: the records of the steps before the promote (validate, catch-up, verify)
+    rode with the promote's record. Killed after the store's promote but before that
+    record, the next run did those steps again, which need the pending value the promote
+    had just removed: exit 2, for good. They are written before the store changes now."""
+    root, cf, _, store = project
+    at = utc("2027-04-05 10:00")
+    env = dict(os.environ, KR_TEST_NOW=at.isoformat(), PYTHONPATH=str(ROOT),
+               KR_TEST_STOP_AT="store:promote")
+    with open(root / "rollover-cutover.log", "wb") as out:
+        proc = psutil.Popen([sys.executable, str(CLOCKED_CLI), "rotate", "MASTER_KEY", "--env",
+                             "staging", "--yes", "--json"], env=env, cwd=root, stdout=out,
+                            stderr=subprocess.STDOUT)
+    try:
+        wait_stopped(proc, root)
+        staged = store.read("MASTER_KEY")       # promoted: the new value is current
+    finally:
+        proc.kill()                             # SIGKILL inside the promote step
+        proc.wait()
+    assert store.read("MASTER_KEY", "pending") is None and staged != OLD_SECRET
+    again = run_cli("rotate", "MASTER_KEY", "--env", "staging", "--yes", "--json")
+    assert again.exit_code == 0, again.output
+    assert last_json(again.output)["state"] == "finished"
+    assert store.read("MASTER_KEY") == staged
+    assert run_cli("audit", "verify", "--env", "staging").exit_code == 0

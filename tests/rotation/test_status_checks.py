@@ -171,3 +171,16 @@ def test_a_pending_value_with_no_rotation_open_is_a_finding(app):
     assert res.exit_code == 1, res.output
     errors = [e["message"] for e in last_json(res.output)["errors"] if e["secret"] == "MASTER_KEY"]
     assert any("no rotation of MASTER_KEY is open" in m for m in errors), errors
+
+
+def test_a_value_held_in_two_slots_counts_once(app):
+    """Review: a keyring promote stopped midway holds the new value as current and as
+    pending (or the old one as current and previous). The two slots gave the census the
+    same key twice and the store's rows could not be counted, so the resumed rotation's
+    preflight said no row opened under any value of the secret (exit 2, for good)."""
+    _fill_store(app)
+    DotenvStore(str(app / ".env.staging")).write_pending("MASTER_KEY", OLD_SECRET)
+    out = last_json(run_cli("status", "--env", "staging", "--json").output)
+    master = next(s for s in out["secrets"] if s["secret"] == "MASTER_KEY")
+    assert master["rows"]["accounts.encrypted_tokens"]["current"] == 20, master
+    assert not any("not counted" in m for m in master["errors"]), master["errors"]

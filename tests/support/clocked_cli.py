@@ -1,7 +1,8 @@
 """keyrotate's command line in a process of its own, for kill -9 tests:
 
 - KR_TEST_NOW (ISO 8601): keyrotate's clock stands at that time for the whole process;
-- KR_TEST_STOP_AT: a point of a rotation's record, `started`, `step:NAME` or `ended:STATE`:
+- KR_TEST_STOP_AT: a point of a rotation's record, `started`, `step:NAME` or `ended:STATE`
+  (or `store:promote`: right after a .env store's promote, before its step is recorded):
   right after that point is recorded, the process stops itself (SIGSTOP); committed with
   its audit event, except a step of REDONE_WHOLE, whose record rides with the next append. The test sees it stopped, checks the record, and kills it with SIGKILL there:
   between two steps, by observed progress, whatever the machine's speed.
@@ -67,7 +68,17 @@ def main() -> None:
         frozen = datetime.fromisoformat(os.environ["KR_TEST_NOW"])
         timeutil.use_clock(lambda: frozen)
     stop_at = os.environ.get("KR_TEST_STOP_AT")
-    if stop_at:
+    if stop_at == "store:promote":
+        from keyrotate.secrets.dotenv import DotenvStore
+
+        promote = DotenvStore.promote
+
+        def promoted_then_stop(self: DotenvStore, name: str) -> None:
+            promote(self, name)
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+        DotenvStore.promote = promoted_then_stop  # type: ignore[method-assign]
+    elif stop_at:
         _stop_after("started", lambda rot: "started", stop_at)
         _stop_after("step_done", lambda rot, step: f"step:{step}", stop_at)
         _stop_after("ended", lambda rot, state, **_: f"ended:{state}", stop_at)
