@@ -17,7 +17,7 @@ import os
 import stat
 import tempfile
 from contextlib import contextmanager
-from typing import Any, Iterator, TextIO
+from typing import Iterator, TextIO
 
 from keyrotate.errors import ConfigError, KeyrotateError, SecretStoreError, SecretStoreUnavailable
 
@@ -108,8 +108,6 @@ def changing(path: str) -> Iterator[None]:
     person's rotation and a schedule's, each appending to the trail and keeping its head
     in the store) otherwise read the same old file and the later write drops the
     earlier's change: a pending key, a promote."""
-    import fcntl
-
     folder = os.path.dirname(os.path.realpath(path))
     if not os.path.isdir(folder):
         raise SecretStoreError(f"cannot write {path}: the folder {folder} does not exist")
@@ -118,7 +116,7 @@ def changing(path: str) -> Iterator[None]:
     except OSError as e:
         raise SecretStoreError(f"cannot lock {path}: {e.strerror}") from None
     try:
-        _wait_for_lock(fd, path, fcntl)
+        _wait_for_lock(fd, path)
         yield
     finally:
         os.close(fd)   # closing the last descriptor lets the lock go
@@ -127,10 +125,11 @@ def changing(path: str) -> Iterator[None]:
 LOCK_PATIENCE = 30.0   # seconds: a change holds the lock for milliseconds
 
 
-def _wait_for_lock(fd: int, path: str, fcntl: Any) -> None:
+def _wait_for_lock(fd: int, path: str) -> None:
     """The lock, tried again every 50 ms (a signal still stops the wait), said after a
     second, given up after LOCK_PATIENCE: a holder stopped (Ctrl-Z, SIGSTOP) must not
     hang every other command silently."""
+    import fcntl  # POSIX only, like the flock it takes
     import time
 
     started = time.monotonic()
@@ -141,11 +140,13 @@ def _wait_for_lock(fd: int, path: str, fcntl: Any) -> None:
             return
         except BlockingIOError:
             pass
+        except OSError as e:   # a file system without flock (some network mounts)
+            raise SecretStoreError(f"cannot lock {path}: {e.strerror}") from None
         waited = time.monotonic() - started
         if waited >= LOCK_PATIENCE:
             raise SecretStoreUnavailable(f"{path} stayed locked by another keyrotate command for "
-                                   f"{LOCK_PATIENCE:.0f} s (is one stopped?): run the same "
-                                   "command again once it has finished")
+                                         f"{LOCK_PATIENCE:.0f} s (is one stopped?): run the same "
+                                         "command again once it has finished")
         if waited >= 1.0 and not said:
             log.warning("waiting for another keyrotate command to finish changing %s", path)
             said = True

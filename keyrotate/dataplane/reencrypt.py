@@ -60,6 +60,7 @@ from keyrotate.db.base import (
     count_after,
     count_statement,
     display_key,
+    quiet,
     read_rows,
 )
 from keyrotate.db.own_schema import ensure_journal_schema, journal_exists
@@ -357,7 +358,8 @@ class Reencryptor:
         first, after = not run.has_cursor, run.last_key
         total = rows if first else count_after(self.store, self.target, after, first)
         workers = self.opt.workers if self.opt.workers is not None else default_workers(total)
-        runner = CryptoRunner(self.codec, workers)
+        with quiet(self.store):   # the lease's heartbeat is not committing as it forks
+            runner = CryptoRunner(self.codec, workers)
         self.progress.start(total)
         base = run.seconds
         # what the pass verifies opens under the new key, for this run's census only; a

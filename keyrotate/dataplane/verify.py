@@ -46,6 +46,7 @@ from keyrotate.db.base import (
     count_rows,
     display_key,
     new_salt,
+    quiet,
     witness_sql,
 )
 from keyrotate.errors import EXIT_FAILURES, EXIT_INCOMPLETE, Interrupted
@@ -217,7 +218,8 @@ def verify(store: RowStore, target: Target, codec: Codec, batch_size: int | None
     the workers and the progress; a census that can only count counts anyway."""
     progress = progress or NoProgress()
     rows = rows_hint if rows_hint is not None or workers is not None else count_rows(store, target)
-    runner = CryptoRunner(codec, workers if workers is not None else default_workers(rows or 0))
+    with quiet(store):
+        runner = CryptoRunner(codec, workers if workers is not None else default_workers(rows or 0))
     try:   # that count serves the progress too (one request less on D1)
         if failed_ids is None:
             return take_census(store, target, codec, runner, batch_size, progress,

@@ -7,10 +7,11 @@ with journal statements in one transaction, learning which writes hit.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass, replace
 from operator import itemgetter
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, ContextManager, Iterable, Protocol, Sequence
 
 from keyrotate.errors import StoreError
 
@@ -333,3 +334,10 @@ def count_rows(store: RowStore, target: Target) -> int:
 
 def count_statement(target: Target) -> Statement:
     return Statement(f"SELECT count(*) FROM {quote_ident(target.table)}")
+
+
+def quiet(store: Any) -> ContextManager[None]:
+    """No thread of this process inside the store while the block runs (a store that can
+    say so: the SQLite file's `quiet`). Fork there: a crypto worker that opens the file
+    itself inherits no lock or mutex another thread held."""
+    return store.quiet() if hasattr(store, "quiet") else contextlib.nullcontext()

@@ -14,7 +14,8 @@ import re
 import sqlite3
 import threading
 import time
-from typing import Callable, Sequence, TypeVar
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence, TypeVar
 from urllib.parse import quote, unquote, urlparse
 
 from keyrotate.db.base import (
@@ -255,17 +256,32 @@ class SqliteFileStore:
               statements: Sequence[Statement]) -> list[bool]:
         """CAS writes, then journal statements, in one immediate transaction."""
         with self._write_lock:   # the writer thread and the lease's heartbeat both write
-            return self._apply(writes, target, statements)
+            hits, held, contended = self._apply(writes, target, statements)
+            pause = self._pause_for_others(held, contended)
+        if pause:   # the write lock let go: the heartbeat may beat meanwhile
+            with self._read_lock:   # a reader's SHARED lock would block the other's COMMIT
+                time.sleep(pause)
+        return hits
+
+    @contextmanager
+    def quiet(self) -> Iterator[None]:
+        """No thread of this process inside SQLite for the block: a fork then (the crypto
+        workers, which open the file themselves for a census) copies no lock SQLite
+        believes this process holds, and no mutex held by another thread."""
+        with self._write_lock, self._read_lock:
+            yield
 
     def _apply(self, writes: Sequence[CasWrite], target: Target | None,
-               statements: Sequence[Statement]) -> list[bool]:
+               statements: Sequence[Statement]) -> tuple[list[bool], float, bool]:
+        """Which writes landed, how long the write lock was held, and whether another
+        connection had committed since our last transaction."""
         conn = self.wconn
         try:
             conn.execute("BEGIN IMMEDIATE")
             locked_at = time.monotonic()
-            # read holding the lock: a commit we waited for is another writer's, not ours
-            contended = self._others_committed()
             try:
+                # read holding the lock: a commit we waited for is another writer's, not ours
+                contended = self._others_committed()
                 hits = [True] * len(writes)
                 if writes:
                     assert target is not None
@@ -286,25 +302,23 @@ class SqliteFileStore:
                 raise
         except sqlite3.Error as e:
             raise store_error(f"write failed on {self.display_url}", e) from None
-        self._pause_for_others(held, contended)
-        return hits
+        return hits, held, contended
 
-    def _pause_for_others(self, held: float, contended: bool) -> None:
-        """After a commit that followed another connection's, a pause at least as long as
-        the commit held the lock (an application writing steadily gets half the time);
-        else one after every OPENING_EVERY seconds held (an application whose write
-        waits in SQLite's busy handler: keyrotate cannot see it). Quiet on both
-        connections: a reader's SHARED lock would block the other's COMMIT too."""
+    def _pause_for_others(self, held: float, contended: bool) -> float:
+        """How long to leave the file to others after a commit (0: not now). After a commit
+        that followed another connection's, at least as long as the commit held the lock
+        (an application writing steadily gets half the time); else once every
+        OPENING_EVERY seconds held (an application whose write waits in SQLite's busy
+        handler: keyrotate cannot see it). Call holding _write_lock."""
         self._held += held
         if contended:
             pause = min(max(held * SHARE_WHEN_CONTENDED, MIN_BREATHER), 0.5)
         elif self._held >= OPENING_EVERY:
             pause = MIN_BREATHER
         else:
-            return
+            return 0.0
         self._held = 0.0
-        with self._read_lock:
-            time.sleep(pause)
+        return pause
 
     @property
     def contended(self) -> bool:
@@ -312,8 +326,8 @@ class SqliteFileStore:
         application writes too, and every page gets a commit of its own (its turn at the
         write lock). Once seen, for the rest of the run."""
         if not self._contended:
-            with self._write_lock:
-                self._others_committed()
+            with self._write_lock:   # the baseline stays: the next commit pauses for it
+                self._contended = self._read_data_version() != self._data_version
         return self._contended
 
     def _others_committed(self) -> bool:

@@ -145,20 +145,25 @@ class AuditTrail:
                 self.db.apply([], None, [*statements, *inserts])
             except BaseException as e:   # a failed request, or an interrupt during it
                 self._head = None
+                self._unsure = True   # until the look below says (a second Ctrl-C in it)
                 landed = self._landed(links[-1][1], link)
                 if landed:   # only the answer was lost (D1 sent it again: the replay met a
-                    self._appended(key, links)   # guard or its own place), or Ctrl-C came
-                    if isinstance(e, StoreError):   # after the commit
+                    self._unsure = False             # guard or its own place), or Ctrl-C
+                    self._appended(key, links)       # came after the commit
+                    if isinstance(e, StoreError):
                         return link
                     raise
-                if landed is None or not isinstance(e, StoreError):
-                    # appending again could record it twice: an interrupted request may
-                    # still be on its way, and commit after this look
-                    self._unsure = True
+                # refused by the database (a lost race, a trigger, a guard): it did not land
+                # and will not. Given up on the way (an interrupt, a request the client gave
+                # up on) it may still commit after this look: appending again could then
+                # record it twice
+                refused = isinstance(e, StoreError) and not isinstance(e, StoreUnavailable)
+                if landed is None or not refused:
                     if isinstance(e, StoreError):
                         raise StoreUnavailable(_UNSURE.format(self.db.display_url)) from None
                     raise
-                if not isinstance(e, StoreError) or not _lost_race(e):
+                self._unsure = False
+                if not _lost_race(e):
                     raise
                 continue
             self._appended(key, links)

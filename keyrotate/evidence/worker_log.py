@@ -172,8 +172,10 @@ def _import_legacy(ctx: Context) -> None:
         ctx.db.apply([], None, [drop])
     elif not rows and known == "created":
         # this command's migrations made it (old migrations still do), and no import can
-        # have been recorded before: recorded with the trail's next append, at no request
-        trail.defer(_imported(ctx, 0), [drop])
+        # have been recorded before: recorded with the trail's next append, at no request.
+        # IF EXISTS: another command may drop it first, and a refused DROP riding with the
+        # next append would fail every append of this command
+        trail.defer(_imported(ctx, 0), [Statement(f"DROP TABLE IF EXISTS {LEGACY_TABLE}")])
     else:
         trail.append(_imported(ctx, len(rows)), with_statements=[drop],
                      before=[e for row in rows for e in _legacy_events(ctx, *row)])

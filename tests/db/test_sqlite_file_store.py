@@ -112,3 +112,57 @@ def test_after_an_application_s_commit_keyrotate_pauses_as_long_as_it_held_the_l
     app.execute("INSERT INTO t (v) VALUES ('application')")
     store.apply([], None, [Statement("SELECT hold(0.01)")])
     assert clock.pauses[-1] > 0.1, "shorter than the busy handler's step: often missed"
+
+
+def test_the_crypto_workers_are_forked_while_no_thread_is_inside_sqlite(ref_db, keys_env,
+                                                                        monkeypatch):
+    """Review: the workers, which open the file themselves for the census, were forked
+    while the lease's heartbeat could be inside a commit; a child then inherits the lock
+    SQLite believes this process holds (it reads without a real lock) or a mutex held by
+    that thread (it hangs). The fork happens with both of the store's locks held."""
+    from keyrotate.dataplane import reencrypt as module
+    from keyrotate.dataplane.codec_refs import codec_from_refs
+    from keyrotate.db.connect import open_database
+    from keyrotate.db.table_shape import resolve_target
+
+    store = open_database(f"file:{ref_db(300)}")
+    seen = []
+    real = module.CryptoRunner
+
+    def runner(*args, **kwargs):
+        seen.append((store._write_lock.locked(), store._read_lock.locked()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "CryptoRunner", runner)
+    try:
+        codec = codec_from_refs("tminus-envelope", keys_env["new"], keys_env["old"])
+        result = module.reencrypt(store, resolve_target(store, "accounts.encrypted_tokens", None),
+                                  codec, module.ReencryptOptions(workers=2))
+    finally:
+        store.close()
+    assert result.status == "completed"
+    assert seen == [(True, True)]
+
+
+def test_a_failed_look_at_other_writers_leaves_no_transaction_open(tmp_path, monkeypatch):
+    """Review: the read of data_version came after BEGIN IMMEDIATE but outside the block
+    that rolls back: had it failed, the write lock stayed held (every application write
+    blocked) and every later write of the run failed "within a transaction"."""
+    store = SqliteFileStore(f"file:{_db(tmp_path)}")
+    real = store._read_data_version
+
+    def failing() -> int:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store, "_read_data_version", failing)
+    try:
+        store.apply([], None, [Statement("INSERT INTO t (v) VALUES ('keyrotate')")])
+    except Exception as e:   # the store's error, named
+        assert "disk I/O error" in str(e)
+    else:
+        raise AssertionError("the failure did not stop the write")
+    assert not store.wconn.in_transaction
+    monkeypatch.setattr(store, "_read_data_version", real)
+    store.apply([], None, [Statement("INSERT INTO t (v) VALUES ('keyrotate')")])
+    (n,), = sqlite3.connect(store.path).execute("SELECT count(*) FROM t").fetchall()
+    assert n == 1

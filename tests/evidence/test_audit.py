@@ -643,3 +643,29 @@ def test_an_interrupted_append_that_commits_after_the_look_is_neither_repeated_n
     result = verify_trail(after)
     assert result.problem is None, result.problem
     db.close()
+
+
+def test_an_append_the_client_gave_up_on_ends_the_command_s_appends(cf, tmp_path, ref_db):
+    """Read back in the final review: a request the D1 client gave up on (its last try
+    dropped, a 5xx, a wait too long) may still commit after the look that says it did
+    not land; appending the queued events again could record them twice. Only a
+    refusal by the database (a lost race, a trigger, a guard) lets the command go on."""
+    from keyrotate.errors import StoreUnavailable
+
+    cf.d1["db1"] = str(ref_db(1))
+    key = AuditKey.from_value(uuid.uuid4().hex + uuid.uuid4().hex, "test")
+    db = open_database("d1://acct/db1")
+    ensure_journal_schema(db)
+    trail = AuditTrail(db, "staging", tmp_path / "audit-staging.jsonl", key)
+    trail.append(Event("notify.test", "staging", "first"))
+    cf.matching_faults.append(("429:600", b"second"))
+    with pytest.raises(StoreUnavailable):
+        trail.append(Event("notify.test", "staging", "second"))
+    assert not cf.matching_faults
+    with pytest.raises(StoreUnavailable, match="run the same command again"):
+        trail.append(Event("notify.test", "staging", "third"))
+    fresh = AuditTrail(db, "staging", tmp_path / "audit-staging.jsonl", key)
+    fresh.append(Event("notify.test", "staging", "next command"))
+    assert [link.record["summary"] for link in fresh.links()] == ["first", "next command"]
+    assert verify_trail(fresh).problem is None
+    db.close()

@@ -72,3 +72,27 @@ def test_a_stopped_holder_of_the_lock_is_waited_for_then_reported(tmp_path, monk
         os.close(holder)
     DotenvStore(str(path)).write_state("KEYROTATE_AUDIT_HEAD", "x")   # free again: it goes
     assert DotenvStore(str(path)).read("KEYROTATE_AUDIT_HEAD") == "x"
+
+
+def test_a_file_system_without_flock_is_a_clear_error(tmp_path, monkeypatch):
+    """A network mount may refuse flock (ENOLCK): an error naming the file (exit 2), not a
+    traceback, and the file unchanged."""
+    import errno
+    import fcntl
+
+    from keyrotate.errors import SecretStoreError
+
+    path = tmp_path / ".env.staging"
+    path.write_text("MASTER_KEY=" + "a" * 64 + "\n")
+
+    def refused(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refused)
+    try:
+        DotenvStore(str(path)).write_state("KEYROTATE_AUDIT_HEAD", "x")
+    except SecretStoreError as e:
+        assert e.exit_code == 2 and "cannot lock" in str(e) and "No locks available" in str(e)
+    else:
+        raise AssertionError("a refused lock was not reported")
+    assert path.read_text() == "MASTER_KEY=" + "a" * 64 + "\n"
