@@ -549,6 +549,17 @@ def test_a_lost_answer_with_another_append_before_the_resend_is_recorded_once(cf
         trail.db.close()
 
 
+def _d1_trail_with_one_event(cf, tmp_path, ref_db):
+    """A trail on d1:// (the stand-in) holding one event, "first": (db, key, trail)."""
+    cf.d1["db1"] = str(ref_db(1))
+    key = AuditKey.from_value(uuid.uuid4().hex + uuid.uuid4().hex, "test")
+    db = open_database("d1://acct/db1")
+    ensure_journal_schema(db)
+    trail = AuditTrail(db, "staging", tmp_path / "audit-staging.jsonl", key)
+    trail.append(Event("notify.test", "staging", "first"))
+    return db, key, trail
+
+
 def test_an_append_whose_landing_cannot_be_read_is_not_made_again(cf, tmp_path, ref_db):
     """Review: the append committed, its answer was lost, the resend met its own place,
     and the read that would tell whether it landed failed too. Taking "could not tell"
@@ -556,12 +567,7 @@ def test_an_append_whose_landing_cannot_be_read_is_not_made_again(cf, tmp_path, 
     copy then short of one). Now nothing more is appended by that command: exit 3."""
     from keyrotate.errors import StoreUnavailable
 
-    cf.d1["db1"] = str(ref_db(1))
-    key = AuditKey.from_value(uuid.uuid4().hex + uuid.uuid4().hex, "test")
-    db = open_database("d1://acct/db1")
-    ensure_journal_schema(db)
-    trail = AuditTrail(db, "staging", tmp_path / "audit-staging.jsonl", key)
-    trail.append(Event("notify.test", "staging", "first"))
+    db, key, trail = _d1_trail_with_one_event(cf, tmp_path, ref_db)
     cf.matching_faults.extend([("commit-drop", b"second"),
                                ("429:600", b"prev_hash = ?")])   # the check: not in reach
     with pytest.raises(StoreUnavailable, match="run the same command again"):
@@ -652,12 +658,7 @@ def test_an_append_the_client_gave_up_on_ends_the_command_s_appends(cf, tmp_path
     refusal by the database (a lost race, a trigger, a guard) lets the command go on."""
     from keyrotate.errors import StoreUnavailable
 
-    cf.d1["db1"] = str(ref_db(1))
-    key = AuditKey.from_value(uuid.uuid4().hex + uuid.uuid4().hex, "test")
-    db = open_database("d1://acct/db1")
-    ensure_journal_schema(db)
-    trail = AuditTrail(db, "staging", tmp_path / "audit-staging.jsonl", key)
-    trail.append(Event("notify.test", "staging", "first"))
+    db, key, trail = _d1_trail_with_one_event(cf, tmp_path, ref_db)
     cf.matching_faults.append(("429:600", b"second"))
     with pytest.raises(StoreUnavailable):
         trail.append(Event("notify.test", "staging", "second"))
